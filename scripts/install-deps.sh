@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs the real components that the demo and the tests talk to: Debian's haproxy,
+# busybox-static (the cloud container image is built from it), prometheus and
+# prometheus-alertmanager. Idempotent: does nothing when all are present.
+set -euo pipefail
+
+need=()
+command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
+[ -x /bin/busybox ] && /bin/busybox --list 2>/dev/null | grep -qx httpd || need+=(busybox-static)
+command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
+command -v alertmanager >/dev/null 2>&1 || command -v prometheus-alertmanager >/dev/null 2>&1 || need+=(prometheus-alertmanager)
+command -v curl >/dev/null 2>&1 || need+=(curl)
+
+if [ ${#need[@]} -eq 0 ]; then
+  echo "install-deps: all components present"
+  exit 0
+fi
+
+echo "install-deps: installing ${need[*]}"
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+# --no-install-recommends keeps the install small; the packages' own services are not
+# wanted (the tests start their own instances on loopback), so stop them if apt started them.
+$SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"
+for svc in haproxy prometheus prometheus-alertmanager prometheus-node-exporter; do
+  $SUDO systemctl stop "$svc" >/dev/null 2>&1 || true
+  $SUDO pkill -x "$svc" >/dev/null 2>&1 || true
+done
+echo "install-deps: done"

@@ -1,0 +1,79 @@
+//! Wiring: builds the store, metrics, backends and one reconciler task per service, and serves
+//! HTTP on an already-bound listener until `shutdown` resolves. Tests bind `127.0.0.1:0` and
+//! pass the listener in, so they never race for a port.
+
+use std::future::Future;
+use std::net::TcpListener;
+use std::sync::Arc;
+
+use actix_web::{web, App, HttpServer};
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::config::Config;
+use crate::http::{auth::Auth, routes, AppState};
+use crate::metrics::Metrics;
+use crate::reconcile::{run_service, Context, ServiceRuntime};
+use crate::store::Store;
+
+/// Runs the responder until `shutdown` completes, then stops accepting, lets in-flight
+/// requests finish, and stops the reconcilers (a step in flight is abandoned; the next start
+/// observes the world and carries on from there).
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let store = Store::new();
+    let metrics = Arc::new(Metrics::new());
+    let services: Vec<ServiceRuntime> = config
+        .services
+        .iter()
+        .map(|(name, cfg)| ServiceRuntime::new(name, Arc::new(cfg.clone())))
+        .collect();
+    let ctx = Context {
+        store: store.clone(),
+        metrics: metrics.clone(),
+        settings: config.reconcile.clone(),
+    };
+    let stop = CancellationToken::new();
+    let mut tasks = Vec::new();
+    for svc in &services {
+        tasks.push(tokio::spawn(run_service(svc.clone(), ctx.clone(), stop.clone())));
+    }
+
+    let state = AppState {
+        store,
+        metrics,
+        services: Arc::new(services),
+        auth: Auth::from_config(&config.auth),
+        max_body_bytes: config.webhook.max_body_bytes,
+    };
+    listener.set_nonblocking(true)?;
+    let addr = listener.local_addr()?;
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(web::Data::new(state.clone()))
+            .configure(routes)
+    })
+    .workers(2)
+    .disable_signals()
+    .shutdown_timeout(5)
+    .listen(listener)?
+    .run();
+    let handle = server.handle();
+    info!(%addr, "listening");
+
+    let server = tokio::spawn(server);
+    shutdown.await;
+    info!("shutting down");
+    handle.stop(true).await;
+    stop.cancel();
+    for t in tasks {
+        let _ = t.await;
+    }
+    match server.await {
+        Ok(r) => r,
+        Err(e) => Err(std::io::Error::other(e)),
+    }
+}

@@ -1,0 +1,327 @@
+//! HAProxy Runtime API backend: observe and set the admin state of cloud servers.
+//!
+//! Speaks the plain-text Runtime API in non-interactive mode (one command per connection,
+//! HAProxy answers and closes), over a unix socket or TCP, so it works with any HAProxy
+//! since 1.8 without the Data Plane API. Admin state is read from `show servers state`
+//! (the documented, stable format), sessions from `show stat` CSV.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpStream, UnixStream};
+
+use super::BackendError;
+use crate::plan::{AdminState, ServerState};
+
+/// Where a Runtime API listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RuntimeAddr {
+    Unix(PathBuf),
+    Tcp(String),
+}
+
+impl RuntimeAddr {
+    /// Accepts `unix:/path`, `unix@/path`, `/path`, `tcp:host:port`, `tcp://host:port`,
+    /// `ipv4@host:port` and `host:port` (HAProxy's own `stats socket` spellings included).
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        for prefix in ["unix://", "unix:", "unix@"] {
+            if let Some(p) = s.strip_prefix(prefix) {
+                return unix_path(p, s);
+            }
+        }
+        if s.starts_with('/') {
+            return unix_path(s, s);
+        }
+        let hostport = ["tcp://", "tcp:", "ipv4@", "ipv6@"]
+            .iter()
+            .find_map(|p| s.strip_prefix(p))
+            .unwrap_or(s);
+        match hostport.rsplit_once(':') {
+            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => {
+                Ok(RuntimeAddr::Tcp(hostport.to_string()))
+            }
+            _ => Err(format!(
+                "{s:?} is not a Runtime API address (want unix:/path/to.sock or tcp:host:port)"
+            )),
+        }
+    }
+}
+
+fn unix_path(p: &str, original: &str) -> Result<RuntimeAddr, String> {
+    if p.starts_with('/') {
+        Ok(RuntimeAddr::Unix(PathBuf::from(p)))
+    } else {
+        Err(format!("{original:?}: the unix socket path must be absolute"))
+    }
+}
+
+/// One HAProxy's Runtime API. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct RuntimeApi {
+    /// The address as configured, used in status, metrics and errors.
+    pub label: String,
+    addr: RuntimeAddr,
+    timeout: Duration,
+}
+
+impl RuntimeApi {
+    /// `label` must already be a valid address (config validation checked it).
+    pub fn new(label: &str, timeout: Duration) -> Result<Self, String> {
+        Ok(RuntimeApi {
+            label: label.to_string(),
+            addr: RuntimeAddr::parse(label)?,
+            timeout,
+        })
+    }
+
+    /// Sends one command and returns HAProxy's whole answer.
+    pub async fn command(&self, cmd: &str) -> Result<String, BackendError> {
+        let fut = async {
+            match &self.addr {
+                RuntimeAddr::Unix(path) => {
+                    let s = UnixStream::connect(path).await.map_err(|e| self.unreachable(e))?;
+                    self.exchange(s, cmd).await
+                }
+                RuntimeAddr::Tcp(hp) => {
+                    let s = TcpStream::connect(hp).await.map_err(|e| self.unreachable(e))?;
+                    self.exchange(s, cmd).await
+                }
+            }
+        };
+        tokio::time::timeout(self.timeout, fut)
+            .await
+            .map_err(|_| BackendError::Timeout {
+                what: format!("haproxy {}: {cmd}", self.label),
+                after: self.timeout,
+            })?
+    }
+
+    async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        mut s: S,
+        cmd: &str,
+    ) -> Result<String, BackendError> {
+        s.write_all(format!("{cmd}\n").as_bytes())
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await.map_err(|e| self.unreachable(e))?;
+        Ok(String::from_utf8_lossy(&out).into_owned())
+    }
+
+    fn unreachable(&self, e: std::io::Error) -> BackendError {
+        BackendError::Unreachable {
+            target: format!("haproxy {}", self.label),
+            message: e.to_string(),
+        }
+    }
+
+    fn rejected(&self, message: String, retryable: bool) -> BackendError {
+        BackendError::Rejected {
+            target: format!("haproxy {}", self.label),
+            message,
+            retryable,
+        }
+    }
+
+    /// Admin state of the named servers in `backend`; a name not in the backend is `Missing`.
+    pub async fn observe(
+        &self,
+        backend: &str,
+        servers: &[String],
+    ) -> Result<BTreeMap<String, ServerState>, BackendError> {
+        let out = self.command(&format!("show servers state {backend}")).await?;
+        let states = parse_servers_state(&out, backend).map_err(|m| self.rejected(m, true))?;
+        Ok(servers
+            .iter()
+            .map(|s| (s.clone(), states.get(s).cloned().unwrap_or(ServerState::Missing)))
+            .collect())
+    }
+
+    /// `set server <backend>/<server> state <ready|drain|maint>`.
+    pub async fn set_state(
+        &self,
+        backend: &str,
+        server: &str,
+        state: AdminState,
+    ) -> Result<(), BackendError> {
+        let out = self
+            .command(&format!("set server {backend}/{server} state {}", state.as_str()))
+            .await?;
+        let msg = out.trim();
+        if msg.is_empty() {
+            Ok(())
+        } else {
+            // "No such server." / "No such backend." / "Permission denied": a config mismatch that a
+            // HAProxy reload may still fix, so it is retried, slowly.
+            Err(self.rejected(msg.to_string(), true))
+        }
+    }
+
+    /// Current sessions plus queued requests on a server, from `show stat`.
+    pub async fn sessions(&self, backend: &str, server: &str) -> Result<u64, BackendError> {
+        let out = self.command(&format!("show stat {backend} 4 -1")).await?;
+        parse_stat_sessions(&out, backend, server).map_err(|m| self.rejected(m, true))
+    }
+
+    /// Cheap reachability check.
+    pub async fn ping(&self) -> Result<(), BackendError> {
+        self.command("show info").await.map(|_| ())
+    }
+}
+
+// Admin-state flags of `show servers state` (HAProxy's SRV_ADMF_*).
+const ADMF_FMAINT: u32 = 0x01;
+const ADMF_IMAINT: u32 = 0x02;
+const ADMF_CMAINT: u32 = 0x04;
+const ADMF_FDRAIN: u32 = 0x08;
+const ADMF_IDRAIN: u32 = 0x10;
+const ADMF_RMAINT: u32 = 0x20;
+const ADMF_HMAINT: u32 = 0x40;
+
+/// Maps the `srv_admin_state` bitfield to the three states the planner knows.
+pub fn admin_state_from_flags(flags: u32) -> ServerState {
+    if flags & (ADMF_FMAINT | ADMF_IMAINT | ADMF_CMAINT | ADMF_RMAINT | ADMF_HMAINT) != 0 {
+        ServerState::Maint
+    } else if flags & (ADMF_FDRAIN | ADMF_IDRAIN) != 0 {
+        ServerState::Drain
+    } else {
+        ServerState::Ready
+    }
+}
+
+/// Parses `show servers state <backend>` output (format version 1): a version line, a `# `
+/// header naming the columns, then one space-separated line per server.
+pub fn parse_servers_state(
+    out: &str,
+    backend: &str,
+) -> Result<BTreeMap<String, ServerState>, String> {
+    let mut lines = out.lines().filter(|l| !l.trim().is_empty());
+    let first = lines.next().unwrap_or("").trim();
+    if first != "1" {
+        if first.contains("Can't find backend") || first.contains("No such backend") {
+            // Every server of a missing backend is missing.
+            return Ok(BTreeMap::new());
+        }
+        return Err(format!("unexpected answer to show servers state: {first:?}"));
+    }
+    let header = lines
+        .next()
+        .and_then(|h| h.strip_prefix("# "))
+        .ok_or("show servers state: no header line")?;
+    let cols: Vec<&str> = header.split_whitespace().collect();
+    let col = |name: &str| {
+        cols.iter()
+            .position(|c| *c == name)
+            .ok_or(format!("show servers state: no {name} column"))
+    };
+    let (be_col, name_col, admin_col) = (col("be_name")?, col("srv_name")?, col("srv_admin_state")?);
+    let mut states = BTreeMap::new();
+    for line in lines {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (Some(be), Some(name), Some(admin)) =
+            (fields.get(be_col), fields.get(name_col), fields.get(admin_col))
+        else {
+            return Err(format!("show servers state: short line {line:?}"));
+        };
+        if *be != backend {
+            continue;
+        }
+        let flags: u32 = admin
+            .parse()
+            .map_err(|_| format!("show servers state: bad srv_admin_state {admin:?}"))?;
+        states.insert(name.to_string(), admin_state_from_flags(flags));
+    }
+    Ok(states)
+}
+
+/// Parses `show stat` CSV and returns scur + qcur of one server.
+pub fn parse_stat_sessions(out: &str, backend: &str, server: &str) -> Result<u64, String> {
+    let mut lines = out.lines();
+    let header = lines
+        .next()
+        .and_then(|h| h.strip_prefix("# "))
+        .ok_or_else(|| format!("unexpected answer to show stat: {:?}", out.trim()))?;
+    let cols: Vec<&str> = header.split(',').collect();
+    let col = |name: &str| {
+        cols.iter()
+            .position(|c| *c == name)
+            .ok_or(format!("show stat: no {name} column"))
+    };
+    let (px, sv, scur, qcur) = (col("pxname")?, col("svname")?, col("scur")?, col("qcur")?);
+    for line in lines {
+        let f: Vec<&str> = line.split(',').collect();
+        if f.get(px) == Some(&backend) && f.get(sv) == Some(&server) {
+            let num = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            return Ok(num(scur) + num(qcur));
+        }
+    }
+    Err(format!("show stat: server {backend}/{server} not found"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses() {
+        let ok: &[(&str, RuntimeAddr)] = &[
+            ("unix:/run/haproxy/admin.sock", RuntimeAddr::Unix("/run/haproxy/admin.sock".into())),
+            ("unix@/a.sock", RuntimeAddr::Unix("/a.sock".into())),
+            ("unix:///a.sock", RuntimeAddr::Unix("/a.sock".into())),
+            ("/a.sock", RuntimeAddr::Unix("/a.sock".into())),
+            ("tcp:127.0.0.1:9999", RuntimeAddr::Tcp("127.0.0.1:9999".into())),
+            ("tcp://127.0.0.1:9999", RuntimeAddr::Tcp("127.0.0.1:9999".into())),
+            ("ipv4@127.0.0.1:9999", RuntimeAddr::Tcp("127.0.0.1:9999".into())),
+            ("localhost:9999", RuntimeAddr::Tcp("localhost:9999".into())),
+        ];
+        for (s, want) in ok {
+            assert_eq!(RuntimeAddr::parse(s).as_ref(), Ok(want), "{s}");
+        }
+        for bad in ["", "unix:relative.sock", "tcp:host", "tcp::80", "host:0", "host:99999"] {
+            assert!(RuntimeAddr::parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn admin_flags() {
+        let cases: &[(u32, ServerState)] = &[
+            (0, ServerState::Ready),
+            (0x01, ServerState::Maint),
+            (0x04, ServerState::Maint),
+            (0x05, ServerState::Maint),
+            (0x08, ServerState::Drain),
+            (0x10, ServerState::Drain),
+            (0x09, ServerState::Maint),
+            (0x20, ServerState::Maint),
+        ];
+        for (flags, want) in cases {
+            assert_eq!(&admin_state_from_flags(*flags), want, "{flags:#x}");
+        }
+    }
+
+    #[test]
+    fn servers_state_output() {
+        let out = "1\n# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_uweight\n\
+                   3 api 1 onprem 127.0.0.1 2 0 1\n3 api 2 cloud1 127.0.0.1 0 5 1\n3 api 3 cloud2 127.0.0.1 2 8 1\n\n";
+        let s = parse_servers_state(out, "api").expect("parses");
+        assert_eq!(s.get("onprem"), Some(&ServerState::Ready));
+        assert_eq!(s.get("cloud1"), Some(&ServerState::Maint));
+        assert_eq!(s.get("cloud2"), Some(&ServerState::Drain));
+        assert!(parse_servers_state("Can't find backend.\n", "api").expect("ok").is_empty());
+        assert!(parse_servers_state("Permission denied\n", "api").is_err());
+        assert!(parse_servers_state("1\n# be_id be_name\n", "api").is_err());
+    }
+
+    #[test]
+    fn stat_sessions() {
+        let out = "# pxname,svname,qcur,qmax,scur,smax\napi,onprem,0,0,3,9\napi,cloud1,2,0,5,9\n";
+        assert_eq!(parse_stat_sessions(out, "api", "cloud1"), Ok(7));
+        assert_eq!(parse_stat_sessions(out, "api", "onprem"), Ok(3));
+        assert!(parse_stat_sessions(out, "api", "nope").is_err());
+        assert!(parse_stat_sessions("Unknown command\n", "api", "x").is_err());
+    }
+}

@@ -1,0 +1,773 @@
+//! Typed configuration: YAML or TOML file, `FAILOVER_RESPONDER__<SECTION>__<KEY>` environment
+//! overrides, secrets read from files.
+//!
+//! Strict on purpose: a responder that silently ignores a misspelt key fails over the wrong
+//! thing at the worst moment. [`Config::from_str`] parses and validates without I/O (apart from
+//! nothing); [`Config::load`] reads the file and the environment and then the secret files.
+//! Every problem is reported with the key's path, all of them at once where serde allows
+//! (unknown keys and semantic checks are collected; a type error stops parsing at that key).
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::matcher::Matcher;
+
+/// Environment variables with this prefix override file keys: `FAILOVER_RESPONDER__LISTEN_ADDRESS`,
+/// `FAILOVER_RESPONDER__AUTH__BEARER_TOKEN_FILE`, ...
+pub const ENV_PREFIX: &str = "FAILOVER_RESPONDER";
+
+/// The whole configuration, validated.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Config {
+    /// Where the webhook, API and metrics listen. `--web.listen-address` overrides it.
+    #[serde(default = "default_listen")]
+    pub listen_address: SocketAddr,
+    /// Who may post notifications and use the control API.
+    #[serde(default)]
+    pub auth: AuthConfig,
+    /// Limits on incoming webhook requests.
+    #[serde(default)]
+    pub webhook: WebhookConfig,
+    /// Reconcile loop timing shared by all services.
+    #[serde(default)]
+    pub reconcile: ReconcileConfig,
+    /// The services this responder fails over, by name (used in URLs, metrics and logs).
+    pub services: BTreeMap<String, ServiceConfig>,
+}
+
+/// Credentials accepted on the webhook. At least one must be configured unless
+/// `insecure_no_auth` is set, because an open webhook lets anyone move production traffic.
+#[derive(Clone, Default, Deserialize)]
+pub struct AuthConfig {
+    /// File holding the bearer token (Alertmanager `http_config.authorization.credentials_file`).
+    pub bearer_token_file: Option<PathBuf>,
+    /// The bearer token itself; prefer the file, this exists for environment overrides.
+    pub bearer_token: Option<Secret>,
+    /// HTTP basic auth (Alertmanager `http_config.basic_auth`).
+    pub basic_auth: Option<BasicAuthConfig>,
+    /// Accept unauthenticated notifications. For loopback demos only.
+    #[serde(default)]
+    pub insecure_no_auth: bool,
+    /// Resolved credentials, filled by [`Config::load`] from the fields above.
+    #[serde(skip)]
+    pub credentials: Credentials,
+}
+
+/// Basic auth user and password (from a file or inline).
+#[derive(Clone, Deserialize)]
+pub struct BasicAuthConfig {
+    pub username: String,
+    pub password: Option<Secret>,
+    pub password_file: Option<PathBuf>,
+}
+
+/// The credentials the webhook accepts, read from their files.
+#[derive(Clone, Default)]
+pub struct Credentials {
+    pub bearer_token: Option<Secret>,
+    pub basic: Option<(String, Secret)>,
+}
+
+/// A secret string. Its `Debug` and `Display` never show the value, so it cannot leak into
+/// logs or error messages by accident.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    /// The value, for the one place that compares it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<secret>")
+    }
+}
+
+impl fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthConfig")
+            .field("bearer_token_file", &self.bearer_token_file)
+            .field("bearer_token", &self.bearer_token)
+            .field("basic_auth", &self.basic_auth.as_ref().map(|b| &b.username))
+            .field("insecure_no_auth", &self.insecure_no_auth)
+            .finish()
+    }
+}
+
+/// Webhook request limits.
+#[derive(Debug, Clone, Deserialize)]
+pub struct WebhookConfig {
+    /// Largest accepted body. Alertmanager bodies are a few KiB; `max_alerts` keeps them small.
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        WebhookConfig {
+            max_body_bytes: default_max_body(),
+        }
+    }
+}
+
+/// Reconcile loop timing.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ReconcileConfig {
+    /// How often each service is observed and repaired even without a notification, so drift
+    /// and lost notifications are fixed.
+    #[serde(default = "default_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    /// First wait after a failed step; doubles on each further failure.
+    #[serde(default = "default_retry_initial", with = "humantime_serde")]
+    pub retry_initial: Duration,
+    /// Longest wait between retries of a failing step.
+    #[serde(default = "default_retry_max", with = "humantime_serde")]
+    pub retry_max: Duration,
+}
+
+impl Default for ReconcileConfig {
+    fn default() -> Self {
+        ReconcileConfig {
+            interval: default_interval(),
+            retry_initial: default_retry_initial(),
+            retry_max: default_retry_max(),
+        }
+    }
+}
+
+/// One service: which alerts move it, and the cloud capacity and HAProxy servers behind it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ServiceConfig {
+    /// Fail over while a firing alert matches all of these (Alertmanager matcher syntax).
+    pub failover_on: Vec<String>,
+    /// Fail back when an alert matching all of these fires after the failover alert started.
+    #[serde(default)]
+    pub failback_on: Vec<String>,
+    /// Cloud containers started on failover, stopped on failback.
+    pub docker: Option<DockerConfig>,
+    /// HAProxy servers opened on failover, drained and closed on failback.
+    pub haproxy: Option<HaproxyConfig>,
+    #[serde(default)]
+    pub timeouts: Timeouts,
+    /// `failover_on`, parsed.
+    #[serde(skip)]
+    pub failover_matchers: Vec<Matcher>,
+    /// `failback_on`, parsed.
+    #[serde(skip)]
+    pub failback_matchers: Vec<Matcher>,
+}
+
+/// The Docker engine and containers of a service.
+#[derive(Debug, Clone, Deserialize)]
+pub struct DockerConfig {
+    /// `unix:///var/run/docker.sock`, `tcp://host:2375` or `http://host:2375`.
+    #[serde(default = "default_docker_host")]
+    pub host: String,
+    pub containers: Vec<ContainerConfig>,
+}
+
+/// One container, created from this spec when absent. Only the config names containers:
+/// alert labels never choose what runs.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ContainerConfig {
+    pub name: String,
+    pub image: String,
+    /// Docker-style port publications: `[ip:]host_port:container_port[/tcp|/udp]`.
+    #[serde(default)]
+    pub ports: Vec<String>,
+    /// `KEY=VALUE` environment entries.
+    #[serde(default)]
+    pub env: Vec<String>,
+    /// Overrides the image's command.
+    pub command: Option<Vec<String>>,
+    /// Polled until it answers 2xx when the image has no Docker HEALTHCHECK.
+    pub health_url: Option<String>,
+}
+
+/// The HAProxy instances and servers of a service.
+#[derive(Debug, Clone, Deserialize)]
+pub struct HaproxyConfig {
+    /// Runtime API of every HAProxy in front of the service: `unix:/run/haproxy/admin.sock`,
+    /// `/path/to.sock` or `tcp:127.0.0.1:9999`. Every one is kept in the same state.
+    pub runtime_api: Vec<String>,
+    /// The backend holding the cloud servers.
+    pub backend: String,
+    /// Servers in that backend that point at the cloud capacity.
+    pub cloud_servers: Vec<String>,
+    /// Deadline for one Runtime API command.
+    #[serde(default = "default_command_timeout", with = "humantime_serde")]
+    pub command_timeout: Duration,
+}
+
+/// How long each phase may take.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Timeouts {
+    /// From container start to healthy.
+    #[serde(default = "default_healthy", with = "humantime_serde")]
+    pub healthy: Duration,
+    /// How long a draining server may keep sessions before it is put in maint anyway.
+    #[serde(default = "default_drain", with = "humantime_serde")]
+    pub drain: Duration,
+    /// Grace period between SIGTERM and SIGKILL when a container is stopped.
+    #[serde(default = "default_stop", with = "humantime_serde")]
+    pub stop: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            healthy: default_healthy(),
+            drain: default_drain(),
+            stop: default_stop(),
+        }
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9095))
+}
+fn default_max_body() -> usize {
+    1024 * 1024
+}
+fn default_interval() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_retry_initial() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_retry_max() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_docker_host() -> String {
+    "unix:///var/run/docker.sock".into()
+}
+fn default_command_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_healthy() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_drain() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_stop() -> Duration {
+    Duration::from_secs(10)
+}
+
+/// Every problem found in a configuration, each naming its key path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<String>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} configuration problem(s):", self.0.len())?;
+        for e in &self.0 {
+            write!(f, "\n  - {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Config file syntax.
+#[derive(Debug, Clone, Copy)]
+pub enum Format {
+    Yaml,
+    Toml,
+}
+
+impl Format {
+    /// `.toml` is TOML; everything else is read as YAML.
+    pub fn from_path(path: &Path) -> Self {
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("toml") => Format::Toml,
+            _ => Format::Yaml,
+        }
+    }
+    fn file_format(self) -> config::FileFormat {
+        match self {
+            Format::Yaml => config::FileFormat::Yaml,
+            Format::Toml => config::FileFormat::Toml,
+        }
+    }
+}
+
+impl Config {
+    /// Parses and validates config text. No I/O: secret files are not read (see [`Config::load`]).
+    pub fn from_str(text: &str, format: Format) -> Result<Config, ConfigErrors> {
+        Self::build(text, format, None)
+    }
+
+    /// Reads the file, applies `FAILOVER_RESPONDER__*` environment overrides, validates, and
+    /// reads the secret files.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let env: HashMap<String, String> = std::env::vars()
+            .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+            .collect();
+        Self::load_with_env(path, env)
+    }
+
+    /// [`Config::load`] with an explicit environment, for tests.
+    pub fn load_with_env(path: &Path, env: HashMap<String, String>) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![format!("config.file {}: {e}", path.display())])
+        })?;
+        let mut cfg = Self::build(&text, Format::from_path(path), Some(env))?;
+        cfg.auth.credentials = read_credentials(&cfg.auth).map_err(ConfigErrors)?;
+        Ok(cfg)
+    }
+
+    fn build(
+        text: &str,
+        format: Format,
+        env: Option<HashMap<String, String>>,
+    ) -> Result<Config, ConfigErrors> {
+        let mut builder =
+            config::Config::builder().add_source(config::File::from_str(text, format.file_format()));
+        if let Some(env) = env {
+            builder = builder.add_source(
+                config::Environment::with_prefix(ENV_PREFIX)
+                    .prefix_separator("__")
+                    .separator("__")
+                    .source(Some(env.into_iter().collect())),
+            );
+        }
+        let merged = builder
+            .build()
+            .map_err(|e| ConfigErrors(vec![format!("config: {e}")]))?;
+
+        let mut unknown = Vec::new();
+        let mut on_unknown = |path: serde_ignored::Path<'_>| unknown.push(key_path(&path));
+        let de = serde_ignored::Deserializer::new(merged, &mut on_unknown);
+        let parsed: Result<Config, _> = serde_path_to_error::deserialize(de);
+        let mut cfg = match parsed {
+            Ok(c) => c,
+            Err(e) => {
+                let path = e.path().to_string();
+                return Err(ConfigErrors(vec![format!("{path}: {}", e.into_inner())]));
+            }
+        };
+        let mut errors: Vec<String> = unknown
+            .into_iter()
+            .map(|p| format!("{p}: unknown key"))
+            .collect();
+        cfg.validate(&mut errors);
+        if errors.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(ConfigErrors(errors))
+        }
+    }
+
+    /// Semantic checks; compiles matchers. Pushes one message per problem.
+    fn validate(&mut self, errors: &mut Vec<String>) {
+        let a = &self.auth;
+        let has_basic = a.basic_auth.is_some();
+        let has_bearer = a.bearer_token.is_some() || a.bearer_token_file.is_some();
+        if a.bearer_token.is_some() && a.bearer_token_file.is_some() {
+            errors.push("auth: set bearer_token or bearer_token_file, not both".into());
+        }
+        if let Some(b) = &a.basic_auth {
+            if b.username.is_empty() {
+                errors.push("auth.basic_auth.username: must not be empty".into());
+            }
+            if b.password.is_some() == b.password_file.is_some() {
+                errors.push("auth.basic_auth: set exactly one of password, password_file".into());
+            }
+        }
+        if !has_basic && !has_bearer && !a.insecure_no_auth {
+            errors.push(
+                "auth: no credentials configured; set bearer_token_file or basic_auth \
+                 (or insecure_no_auth: true for a loopback demo)"
+                    .into(),
+            );
+        }
+        if self.webhook.max_body_bytes < 1024 {
+            errors.push("webhook.max_body_bytes: must be at least 1024".into());
+        }
+        for (key, d) in [
+            ("reconcile.interval", self.reconcile.interval),
+            ("reconcile.retry_initial", self.reconcile.retry_initial),
+            ("reconcile.retry_max", self.reconcile.retry_max),
+        ] {
+            if d.is_zero() {
+                errors.push(format!("{key}: must be greater than 0"));
+            }
+        }
+        if self.services.is_empty() {
+            errors.push("services: at least one service is needed".into());
+        }
+
+        // Two services driving the same container or server would fight each other forever.
+        let mut container_owner: BTreeMap<String, String> = BTreeMap::new();
+        let mut server_owner: BTreeMap<String, String> = BTreeMap::new();
+        for (name, svc) in &mut self.services {
+            let p = format!("services.{name}");
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            {
+                errors.push(format!("{p}: service names may use only [A-Za-z0-9._-]"));
+            }
+            svc.failover_matchers = parse_matchers(&svc.failover_on, &format!("{p}.failover_on"), errors);
+            svc.failback_matchers = parse_matchers(&svc.failback_on, &format!("{p}.failback_on"), errors);
+            if svc.failover_on.is_empty() {
+                errors.push(format!("{p}.failover_on: at least one matcher is needed"));
+            }
+            if svc.docker.is_none() && svc.haproxy.is_none() {
+                errors.push(format!("{p}: needs docker and/or haproxy, or it has nothing to do"));
+            }
+            for (key, d) in [
+                ("healthy", svc.timeouts.healthy),
+                ("drain", svc.timeouts.drain),
+                ("stop", svc.timeouts.stop),
+            ] {
+                if d.is_zero() && key != "drain" {
+                    errors.push(format!("{p}.timeouts.{key}: must be greater than 0"));
+                }
+            }
+            if let Some(d) = &svc.docker {
+                validate_docker(d, &format!("{p}.docker"), errors);
+                for c in &d.containers {
+                    let key = format!("{}|{}", d.host, c.name);
+                    if let Some(other) = container_owner.insert(key, name.clone()) {
+                        errors.push(format!(
+                            "{p}.docker.containers: container {:?} is also managed by service {other:?}",
+                            c.name
+                        ));
+                    }
+                }
+            }
+            if let Some(h) = &svc.haproxy {
+                validate_haproxy(h, &format!("{p}.haproxy"), errors);
+                for api in &h.runtime_api {
+                    for s in &h.cloud_servers {
+                        let key = format!("{api}|{}/{s}", h.backend);
+                        if let Some(other) = server_owner.insert(key, name.clone()) {
+                            errors.push(format!(
+                                "{p}.haproxy: server {}/{s} on {api} is also managed by service {other:?}",
+                                h.backend
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `services.a.haproxy.colud`: serde_ignored's path without its `?` marks for options.
+fn key_path(p: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path;
+    match p {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => format!("{}[{index}]", key_path(parent)),
+        Path::Map { parent, key } => {
+            let parent = key_path(parent);
+            if parent.is_empty() {
+                key.to_string()
+            } else {
+                format!("{parent}.{key}")
+            }
+        }
+        Path::Some { parent } | Path::NewtypeStruct { parent } | Path::NewtypeVariant { parent } => {
+            key_path(parent)
+        }
+    }
+}
+
+fn parse_matchers(raw: &[String], path: &str, errors: &mut Vec<String>) -> Vec<Matcher> {
+    raw.iter()
+        .enumerate()
+        .filter_map(|(i, s)| match Matcher::parse(s) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                errors.push(format!("{path}[{i}]: {e}"));
+                None
+            }
+        })
+        .collect()
+}
+
+fn validate_docker(d: &DockerConfig, p: &str, errors: &mut Vec<String>) {
+    if !(d.host.starts_with("unix://") || d.host.starts_with("tcp://") || d.host.starts_with("http://")) {
+        errors.push(format!(
+            "{p}.host: {:?} is not unix://PATH, tcp://HOST:PORT or http://HOST:PORT",
+            d.host
+        ));
+    }
+    if d.containers.is_empty() {
+        errors.push(format!("{p}.containers: at least one container is needed"));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, c) in d.containers.iter().enumerate() {
+        let cp = format!("{p}.containers[{i}]");
+        let valid_name = !c.name.is_empty()
+            && c.name.chars().next().is_some_and(|ch| ch.is_ascii_alphanumeric())
+            && c.name.chars().all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '_' | '.' | '-'));
+        if !valid_name {
+            errors.push(format!("{cp}.name: {:?} is not a valid container name ([a-zA-Z0-9][a-zA-Z0-9_.-]*)", c.name));
+        }
+        if !seen.insert(c.name.clone()) {
+            errors.push(format!("{cp}.name: duplicate container {:?}", c.name));
+        }
+        if c.image.trim().is_empty() {
+            errors.push(format!("{cp}.image: must not be empty"));
+        }
+        for (j, port) in c.ports.iter().enumerate() {
+            if let Err(e) = crate::backend::docker::parse_port(port) {
+                errors.push(format!("{cp}.ports[{j}]: {e}"));
+            }
+        }
+        for (j, e) in c.env.iter().enumerate() {
+            if !e.contains('=') || e.starts_with('=') {
+                errors.push(format!("{cp}.env[{j}]: want KEY=VALUE"));
+            }
+        }
+        if let Some(url) = &c.health_url {
+            match reqwest::Url::parse(url) {
+                Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
+                Ok(u) => errors.push(format!("{cp}.health_url: scheme {:?} is not http or https", u.scheme())),
+                Err(e) => errors.push(format!("{cp}.health_url: {e}")),
+            }
+        }
+    }
+}
+
+fn validate_haproxy(h: &HaproxyConfig, p: &str, errors: &mut Vec<String>) {
+    if h.runtime_api.is_empty() {
+        errors.push(format!("{p}.runtime_api: at least one Runtime API address is needed"));
+    }
+    for (i, a) in h.runtime_api.iter().enumerate() {
+        if let Err(e) = crate::backend::haproxy::RuntimeAddr::parse(a) {
+            errors.push(format!("{p}.runtime_api[{i}]: {e}"));
+        }
+    }
+    let name_ok = |s: &str| {
+        !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
+    };
+    if !name_ok(&h.backend) {
+        errors.push(format!("{p}.backend: {:?} is not a valid HAProxy backend name", h.backend));
+    }
+    if h.cloud_servers.is_empty() {
+        errors.push(format!("{p}.cloud_servers: at least one server is needed"));
+    }
+    for (i, s) in h.cloud_servers.iter().enumerate() {
+        if !name_ok(s) {
+            errors.push(format!("{p}.cloud_servers[{i}]: {s:?} is not a valid HAProxy server name"));
+        }
+    }
+    if h.command_timeout.is_zero() {
+        errors.push(format!("{p}.command_timeout: must be greater than 0"));
+    }
+}
+
+/// Reads the secret files named in `auth`. An unreadable or empty secret file is an error
+/// (naming the key and the file, never the content).
+fn read_credentials(a: &AuthConfig) -> Result<Credentials, Vec<String>> {
+    let mut errors = Vec::new();
+    let mut read = |key: &str, path: &Path| -> Option<Secret> {
+        match std::fs::read_to_string(path) {
+            // Files written by editors and `echo` end in a newline that is not part of the secret.
+            Ok(s) if !s.trim().is_empty() => Some(Secret(s.trim_end_matches(['\n', '\r']).to_string())),
+            Ok(_) => {
+                errors.push(format!("{key}: {} is empty", path.display()));
+                None
+            }
+            Err(e) => {
+                errors.push(format!("{key}: cannot read {}: {e}", path.display()));
+                None
+            }
+        }
+    };
+    let bearer_token = match (&a.bearer_token, &a.bearer_token_file) {
+        (Some(t), _) => Some(t.clone()),
+        (None, Some(path)) => read("auth.bearer_token_file", path),
+        (None, None) => None,
+    };
+    let basic = match &a.basic_auth {
+        Some(b) => {
+            let pw = match (&b.password, &b.password_file) {
+                (Some(p), _) => Some(p.clone()),
+                (None, Some(path)) => read("auth.basic_auth.password_file", path),
+                (None, None) => None,
+            };
+            pw.map(|p| (b.username.clone(), p))
+        }
+        None => None,
+    };
+    if errors.is_empty() {
+        Ok(Credentials { bearer_token, basic })
+    } else {
+        Err(errors)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../config/failover-responder.yaml");
+
+    #[test]
+    fn example_config_is_valid() {
+        let cfg = Config::from_str(EXAMPLE, Format::Yaml).expect("example parses");
+        let svc = &cfg.services["onprem-api"];
+        assert_eq!(svc.failover_matchers.len(), 2);
+        assert_eq!(svc.timeouts.healthy, Duration::from_secs(60));
+        assert_eq!(svc.docker.as_ref().map(|d| d.containers.len()), Some(1));
+    }
+
+    #[test]
+    fn issue_example_is_valid() {
+        let text = r#"
+listen_address: 127.0.0.1:9095
+auth:
+  bearer_token_file: /etc/failover-responder/token
+services:
+  onprem-api:
+    failover_on: ['alertname="onprem_down"', 'service="onprem-api"']
+    failback_on: ['alertname="onprem_recovered"', 'service="onprem-api"']
+    docker:
+      host: unix:///var/run/docker.sock
+      containers:
+        - name: cloud-api
+          image: onprem-api:latest
+          ports: ['127.0.0.1:8081:8080']
+          health_url: http://127.0.0.1:8081/health
+    haproxy:
+      runtime_api: ['unix:/run/haproxy/admin.sock']
+      backend: api
+      cloud_servers: [cloud1]
+    timeouts: {healthy: 60s, drain: 30s, stop: 10s}
+"#;
+        let cfg = Config::from_str(text, Format::Yaml).expect("issue example parses");
+        assert_eq!(cfg.listen_address.port(), 9095);
+        assert_eq!(cfg.services["onprem-api"].timeouts.drain, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn toml_works_too() {
+        let text = r#"
+[auth]
+insecure_no_auth = true
+[services.web]
+failover_on = ['alertname="down"']
+[services.web.haproxy]
+runtime_api = ["tcp:127.0.0.1:9999"]
+backend = "web"
+cloud_servers = ["c1"]
+"#;
+        let cfg = Config::from_str(text, Format::Toml).expect("toml parses");
+        assert!(cfg.services.contains_key("web"));
+    }
+
+    #[test]
+    fn bad_configs_name_every_key() {
+        // Each case: config text, and the messages that must appear (all of them).
+        let cases: &[(&str, &[&str])] = &[
+            (
+                "services: {}\n",
+                &["auth: no credentials configured", "services: at least one service"],
+            ),
+            (
+                "auth: {insecure_no_auth: true}\nlisten_adress: 1.2.3.4:5\nservices:\n  a:\n    failover_on: ['x=\"y\"']\n    haproxy: {runtime_api: ['unix:/s'], backend: b, cloud_servers: [c], colud: 1}\n",
+                &["listen_adress: unknown key", "services.a.haproxy.colud: unknown key"],
+            ),
+            (
+                "auth: {insecure_no_auth: true}\nservices:\n  a:\n    failover_on: ['alertname=~\"(\"', 'bad-name=\"x\"']\n    failback_on: ['x']\n    docker: {host: 'ftp://x', containers: [{name: '-x', image: '', ports: ['99999:80'], health_url: 'gopher://x'}]}\n",
+                &[
+                    "services.a.failover_on[0]: invalid regex",
+                    "services.a.failover_on[1]: invalid label name",
+                    "services.a.failback_on[0]: missing operator",
+                    "services.a.docker.host",
+                    "services.a.docker.containers[0].name",
+                    "services.a.docker.containers[0].image",
+                    "services.a.docker.containers[0].ports[0]",
+                    "services.a.docker.containers[0].health_url",
+                ],
+            ),
+            (
+                "auth: {insecure_no_auth: true}\nservices:\n  a:\n    failover_on: []\n",
+                &["services.a.failover_on: at least one", "services.a: needs docker and/or haproxy"],
+            ),
+            (
+                "auth: {insecure_no_auth: true}\nservices:\n  a:\n    failover_on: ['a=\"b\"']\n    haproxy: {runtime_api: ['nope:x'], backend: b, cloud_servers: []}\n    timeouts: {healthy: 0s}\n",
+                &[
+                    "services.a.haproxy.runtime_api[0]",
+                    "services.a.haproxy.cloud_servers: at least one",
+                    "services.a.timeouts.healthy: must be greater than 0",
+                ],
+            ),
+            (
+                "auth: {insecure_no_auth: true}\nservices:\n  a:\n    failover_on: ['a=\"b\"']\n    timeouts: {healthy: soon}\n",
+                &["services.a.timeouts.healthy"],
+            ),
+            (
+                "auth: {insecure_no_auth: true}\nservices:\n  a:\n    failover_on: ['a=\"b\"']\n    haproxy: {runtime_api: ['/s'], backend: b, cloud_servers: [c]}\n  b:\n    failover_on: ['a=\"b\"']\n    haproxy: {runtime_api: ['/s'], backend: b, cloud_servers: [c]}\n",
+                &["services.b.haproxy: server b/c on /s is also managed by service \"a\""],
+            ),
+        ];
+        for (text, wants) in cases {
+            let errs = Config::from_str(text, Format::Yaml)
+                .err()
+                .unwrap_or_else(|| panic!("accepted:\n{text}"))
+                .to_string();
+            for want in *wants {
+                assert!(errs.contains(want), "want {want:?} in:\n{errs}\nfor:\n{text}");
+            }
+        }
+    }
+
+    #[test]
+    fn load_reads_secrets_and_env_overrides() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let token = dir.path().join("token");
+        std::fs::write(&token, "s3cret-token\n").expect("write token");
+        let cfg_path = dir.path().join("c.yaml");
+        let text = format!(
+            "auth: {{bearer_token_file: {}}}\nservices:\n  a:\n    failover_on: ['a=\"b\"']\n    haproxy: {{runtime_api: ['/s'], backend: b, cloud_servers: [c]}}\n",
+            token.display()
+        );
+        std::fs::write(&cfg_path, text).expect("write config");
+        let env: HashMap<String, String> = [
+            ("FAILOVER_RESPONDER__LISTEN_ADDRESS", "127.0.0.1:19999"),
+            ("FAILOVER_RESPONDER__RECONCILE__INTERVAL", "3s"),
+            ("FAILOVER_RESPONDER__WEBHOOK__MAX_BODY_BYTES", "4096"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let cfg = Config::load_with_env(&cfg_path, env).expect("loads");
+        assert_eq!(cfg.listen_address.port(), 19999);
+        assert_eq!(cfg.reconcile.interval, Duration::from_secs(3));
+        assert_eq!(cfg.webhook.max_body_bytes, 4096);
+        assert_eq!(
+            cfg.auth.credentials.bearer_token.as_ref().map(Secret::expose),
+            Some("s3cret-token")
+        );
+        // The secret never shows in Debug output.
+        assert!(!format!("{cfg:?}").contains("s3cret"));
+
+        std::fs::remove_file(&token).expect("rm token");
+        let err = Config::load_with_env(&cfg_path, HashMap::new())
+            .err()
+            .expect("missing token file is refused")
+            .to_string();
+        assert!(err.contains("auth.bearer_token_file: cannot read"), "{err}");
+    }
+}

@@ -1,0 +1,21 @@
+//! failover-responder: Alertmanager webhooks in, cloud capacity and HAProxy servers reconciled out.
+//!
+//! Alerts are edges; the world is a level. The webhook ([`http`]) only authenticates, parses
+//! ([`alert`]), records ([`store`]) and wakes the reconciler. The reconciler ([`reconcile`]),
+//! one task per service, derives the desired mode from the alerts firing now ([`desired`],
+//! pure, using Alertmanager [`matcher`]s from the [`config`]), observes the real state through
+//! the [`backend`]s (Docker Engine API, HAProxy Runtime API), plans the missing steps in a safe
+//! order ([`plan`], pure) and runs them. It runs again on a timer, so drift is repaired and a
+//! lost notification does not leave the world wrong. [`app`] wires it together.
+
+pub mod alert;
+pub mod app;
+pub mod backend;
+pub mod config;
+pub mod desired;
+pub mod http;
+pub mod matcher;
+pub mod metrics;
+pub mod plan;
+pub mod reconcile;
+pub mod store;

@@ -1,0 +1,165 @@
+//! Prometheus metrics, all prefixed `failover_responder_`. The alerts in `prometheus/` are
+//! written against these names: renaming one breaks a user's paging.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServiceLabels {
+    pub service: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModeLabels {
+    pub service: String,
+    pub mode: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StepLabels {
+    pub service: String,
+    pub action: String,
+    pub outcome: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ActionLabels {
+    pub service: String,
+    pub action: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TargetLabels {
+    pub service: String,
+    pub backend: String,
+    pub target: String,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// Every metric the responder exports.
+pub struct Metrics {
+    registry: Registry,
+    /// Webhook requests by result (accepted, bad_request, unauthorized, ...).
+    pub notifications: Family<ResultLabels, Counter>,
+    /// Alerts firing now that match a service's `failover_on`.
+    pub failover_alerts: Family<ServiceLabels, Gauge>,
+    /// 1 for the desired mode of each service, 0 for the other.
+    pub desired_mode: Family<ModeLabels, Gauge>,
+    /// 1 when the observed world matches the desired mode.
+    pub converged: Family<ServiceLabels, Gauge>,
+    /// Steps run, by action and outcome (success, failure, superseded, drain_timeout).
+    pub steps: Family<StepLabels, Counter>,
+    pub step_seconds: HistogramFamily<ActionLabels>,
+    /// 1 when the backend answered the last observation.
+    pub backend_up: Family<TargetLabels, Gauge>,
+    /// Failed reconcile passes in a row; 0 when the last pass succeeded.
+    pub consecutive_failures: Family<ServiceLabels, Gauge>,
+    /// Unix time of the last completed reconcile pass.
+    pub last_reconcile: Family<ServiceLabels, Gauge>,
+}
+
+fn step_histogram() -> Histogram {
+    // 1 ms .. ~65 s: a HAProxy command to a slow container start.
+    Histogram::new(exponential_buckets(0.001, 2.0, 17))
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("failover_responder");
+        let notifications = Family::default();
+        registry.register(
+            "notifications",
+            "Webhook requests received, by result",
+            notifications.clone(),
+        );
+        let failover_alerts = Family::default();
+        registry.register(
+            "failover_alerts_firing",
+            "Firing alerts that match a service's failover_on matchers",
+            failover_alerts.clone(),
+        );
+        let desired_mode = Family::default();
+        registry.register(
+            "desired_mode",
+            "1 for the mode each service should be in (onprem or cloud)",
+            desired_mode.clone(),
+        );
+        let converged = Family::default();
+        registry.register(
+            "converged",
+            "1 when the observed state matches the desired mode",
+            converged.clone(),
+        );
+        let steps = Family::default();
+        registry.register("steps", "Reconcile steps run, by action and outcome", steps.clone());
+        let step_seconds: HistogramFamily<ActionLabels> = Family::new_with_constructor(step_histogram);
+        registry.register(
+            "step_duration_seconds",
+            "Time taken by each reconcile step",
+            step_seconds.clone(),
+        );
+        let backend_up = Family::default();
+        registry.register(
+            "backend_up",
+            "1 when the backend answered the last observation",
+            backend_up.clone(),
+        );
+        let consecutive_failures = Family::default();
+        registry.register(
+            "consecutive_failures",
+            "Failed reconcile passes in a row",
+            consecutive_failures.clone(),
+        );
+        let last_reconcile = Family::default();
+        registry.register(
+            "last_reconcile_timestamp_seconds",
+            "Unix time of the last reconcile pass",
+            last_reconcile.clone(),
+        );
+        Metrics {
+            registry,
+            notifications,
+            failover_alerts,
+            desired_mode,
+            converged,
+            steps,
+            step_seconds,
+            backend_up,
+            consecutive_failures,
+            last_reconcile,
+        }
+    }
+
+    /// Counts one webhook request.
+    pub fn notification(&self, result: &str) {
+        self.notifications
+            .get_or_create(&ResultLabels {
+                result: result.to_string(),
+            })
+            .inc();
+    }
+
+    /// Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

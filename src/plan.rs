@@ -1,0 +1,472 @@
+//! Desired mode + observed world -> the ordered steps still missing. Pure: no I/O.
+//!
+//! The safe orders live here and only here:
+//! - to cloud: start the containers, wait until every one is healthy, then open the servers
+//!   on every HAProxy. A server is never opened in front of capacity not known to be healthy.
+//! - to on-prem: drain the open servers, wait for their sessions to end (or the drain timeout),
+//!   put them in maint, and only then stop the containers. A container is never stopped while
+//!   any HAProxy might still send it traffic, including one whose state is unknown.
+//!
+//! A step that is already done is not planned, so running a plan twice is harmless.
+
+use std::fmt;
+
+use serde::Serialize;
+
+use crate::desired::Mode;
+
+/// A container as observed through the Docker Engine API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum ContainerState {
+    /// The engine could not be asked.
+    Unknown { reason: String },
+    Absent,
+    Stopped,
+    Running { health: Health },
+}
+
+/// Health of a running container: Docker's HEALTHCHECK status, else the configured
+/// `health_url`, else "running" counts as healthy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Health {
+    Healthy,
+    Starting,
+    Unhealthy,
+}
+
+/// A cloud server's admin state in one HAProxy, from `show servers state`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum ServerState {
+    /// That HAProxy's Runtime API could not be asked.
+    Unknown { reason: String },
+    /// The backend or server does not exist in that HAProxy (a config mismatch).
+    Missing,
+    Ready,
+    Drain,
+    Maint,
+}
+
+/// Admin states the responder sets through `set server <b>/<s> state <x>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AdminState {
+    Ready,
+    Drain,
+    Maint,
+}
+
+impl AdminState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdminState::Ready => "ready",
+            AdminState::Drain => "drain",
+            AdminState::Maint => "maint",
+        }
+    }
+}
+
+/// One server in one HAProxy.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct ServerRef {
+    /// The Runtime API address, as configured.
+    pub api: String,
+    pub backend: String,
+    pub server: String,
+}
+
+impl fmt::Display for ServerRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}@{}", self.backend, self.server, self.api)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ContainerObs {
+    pub name: String,
+    #[serde(flatten)]
+    pub state: ContainerState,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ServerObs {
+    #[serde(flatten)]
+    pub target: ServerRef,
+    #[serde(flatten)]
+    pub state: ServerState,
+}
+
+/// Everything observed about one service.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Observed {
+    pub containers: Vec<ContainerObs>,
+    pub servers: Vec<ServerObs>,
+}
+
+/// One action. Waits are steps too: they have deadlines and can fail.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum Step {
+    /// Create the container from its config if absent, then start it.
+    StartContainer { container: String },
+    /// Poll until every listed container is healthy, up to `timeouts.healthy`.
+    WaitHealthy { containers: Vec<String> },
+    SetServer {
+        #[serde(flatten)]
+        target: ServerRef,
+        state: AdminState,
+    },
+    /// Poll until the servers have no sessions, up to `timeouts.drain`.
+    WaitDrained { servers: Vec<ServerRef> },
+    /// Stop with `timeouts.stop` grace.
+    StopContainer { container: String },
+}
+
+impl Step {
+    /// Short name for metrics and logs.
+    pub fn action(&self) -> &'static str {
+        match self {
+            Step::StartContainer { .. } => "start_container",
+            Step::WaitHealthy { .. } => "wait_healthy",
+            Step::SetServer { state: AdminState::Ready, .. } => "server_ready",
+            Step::SetServer { state: AdminState::Drain, .. } => "server_drain",
+            Step::SetServer { state: AdminState::Maint, .. } => "server_maint",
+            Step::WaitDrained { .. } => "wait_drained",
+            Step::StopContainer { .. } => "stop_container",
+        }
+    }
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Step::StartContainer { container } => write!(f, "start {container}"),
+            Step::WaitHealthy { containers } => write!(f, "wait-healthy {}", containers.join(",")),
+            Step::SetServer { target, state } => {
+                write!(f, "{} {}/{}", state.as_str(), target.backend, target.server)
+            }
+            Step::WaitDrained { servers } => {
+                let names: Vec<String> = servers
+                    .iter()
+                    .map(|s| format!("{}/{}", s.backend, s.server))
+                    .collect();
+                write!(f, "wait-drained {}", names.join(","))
+            }
+            Step::StopContainer { container } => write!(f, "stop {container}"),
+        }
+    }
+}
+
+/// The steps still missing, and what keeps the service from converging without a step
+/// (an unreachable backend, a server missing from HAProxy's config).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Plan {
+    pub steps: Vec<Step>,
+    pub waiting: Vec<String>,
+}
+
+impl Plan {
+    /// Nothing to do and nothing unknown: the world is as desired.
+    pub fn converged(&self) -> bool {
+        self.steps.is_empty() && self.waiting.is_empty()
+    }
+}
+
+/// Plans the steps that take `observed` to `mode`.
+pub fn plan(mode: Mode, observed: &Observed) -> Plan {
+    match mode {
+        Mode::Cloud => plan_cloud(observed),
+        Mode::Onprem => plan_onprem(observed),
+    }
+}
+
+fn plan_cloud(o: &Observed) -> Plan {
+    let mut p = Plan::default();
+    let unknown: Vec<String> = o
+        .containers
+        .iter()
+        .filter_map(|c| match &c.state {
+            ContainerState::Unknown { reason } => Some(format!("container {}: {reason}", c.name)),
+            _ => None,
+        })
+        .collect();
+    if !unknown.is_empty() {
+        // Health unknown: opening a server now could send traffic to nothing.
+        p.waiting = unknown;
+        return p;
+    }
+    let mut not_healthy = Vec::new();
+    for c in &o.containers {
+        match c.state {
+            ContainerState::Absent | ContainerState::Stopped => {
+                p.steps.push(Step::StartContainer {
+                    container: c.name.clone(),
+                });
+                not_healthy.push(c.name.clone());
+            }
+            ContainerState::Running {
+                health: Health::Starting | Health::Unhealthy,
+            } => not_healthy.push(c.name.clone()),
+            ContainerState::Running {
+                health: Health::Healthy,
+            }
+            | ContainerState::Unknown { .. } => {}
+        }
+    }
+    if !not_healthy.is_empty() {
+        p.steps.push(Step::WaitHealthy {
+            containers: not_healthy,
+        });
+    }
+    for s in &o.servers {
+        match &s.state {
+            ServerState::Ready => {}
+            ServerState::Drain | ServerState::Maint => p.steps.push(Step::SetServer {
+                target: s.target.clone(),
+                state: AdminState::Ready,
+            }),
+            ServerState::Missing => p.waiting.push(format!("server {}: not found in HAProxy", s.target)),
+            ServerState::Unknown { reason } => p.waiting.push(format!("server {}: {reason}", s.target)),
+        }
+    }
+    p
+}
+
+fn plan_onprem(o: &Observed) -> Plan {
+    let mut p = Plan::default();
+    let mut open = Vec::new();
+    let mut any_unknown_server = false;
+    for s in &o.servers {
+        match &s.state {
+            ServerState::Ready => {
+                p.steps.push(Step::SetServer {
+                    target: s.target.clone(),
+                    state: AdminState::Drain,
+                });
+                open.push(s.target.clone());
+            }
+            ServerState::Drain => open.push(s.target.clone()),
+            ServerState::Maint => {}
+            // Not in HAProxy means HAProxy cannot route to it: no reason to keep capacity up.
+            ServerState::Missing => p.waiting.push(format!("server {}: not found in HAProxy", s.target)),
+            ServerState::Unknown { reason } => {
+                any_unknown_server = true;
+                p.waiting.push(format!("server {}: {reason}", s.target));
+            }
+        }
+    }
+    if !open.is_empty() {
+        p.steps.push(Step::WaitDrained {
+            servers: open.clone(),
+        });
+        p.steps.extend(open.into_iter().map(|target| Step::SetServer {
+            target,
+            state: AdminState::Maint,
+        }));
+    }
+    for c in &o.containers {
+        match &c.state {
+            ContainerState::Running { .. } if any_unknown_server => {
+                p.waiting.push(format!(
+                    "container {}: kept running until every HAProxy confirms its servers are closed",
+                    c.name
+                ));
+            }
+            ContainerState::Running { .. } => p.steps.push(Step::StopContainer {
+                container: c.name.clone(),
+            }),
+            ContainerState::Absent | ContainerState::Stopped => {}
+            ContainerState::Unknown { reason } => p.waiting.push(format!("container {}: {reason}", c.name)),
+        }
+    }
+    p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn container_states() -> Vec<(&'static str, ContainerState)> {
+        vec![
+            ("c?", ContainerState::Unknown { reason: "down".into() }),
+            ("absent", ContainerState::Absent),
+            ("stopped", ContainerState::Stopped),
+            ("healthy", ContainerState::Running { health: Health::Healthy }),
+            ("starting", ContainerState::Running { health: Health::Starting }),
+            ("unhealthy", ContainerState::Running { health: Health::Unhealthy }),
+        ]
+    }
+
+    fn server_states() -> Vec<(&'static str, ServerState)> {
+        vec![
+            ("s?", ServerState::Unknown { reason: "down".into() }),
+            ("missing", ServerState::Missing),
+            ("ready", ServerState::Ready),
+            ("drain", ServerState::Drain),
+            ("maint", ServerState::Maint),
+        ]
+    }
+
+    fn observed(c: &ContainerState, s: &ServerState) -> Observed {
+        Observed {
+            containers: vec![ContainerObs {
+                name: "c".into(),
+                state: c.clone(),
+            }],
+            servers: vec![ServerObs {
+                target: ServerRef {
+                    api: "/sock".into(),
+                    backend: "b".into(),
+                    server: "s".into(),
+                },
+                state: s.clone(),
+            }],
+        }
+    }
+
+    fn render(p: &Plan) -> String {
+        let steps: Vec<String> = p.steps.iter().map(ToString::to_string).collect();
+        format!("{}{}", steps.join("; "), if p.waiting.is_empty() { "" } else { " (waiting)" })
+    }
+
+    /// Every pair of (container state, server state), for both modes, with the exact plan.
+    #[test]
+    fn every_pair_of_states() {
+        let table: &[(Mode, &str, &str, &str)] = &[
+            (Mode::Cloud, "c?", "s?", " (waiting)"),
+            (Mode::Cloud, "c?", "missing", " (waiting)"),
+            (Mode::Cloud, "c?", "ready", " (waiting)"),
+            (Mode::Cloud, "c?", "drain", " (waiting)"),
+            (Mode::Cloud, "c?", "maint", " (waiting)"),
+            (Mode::Cloud, "absent", "s?", "start c; wait-healthy c (waiting)"),
+            (Mode::Cloud, "absent", "missing", "start c; wait-healthy c (waiting)"),
+            (Mode::Cloud, "absent", "ready", "start c; wait-healthy c"),
+            (Mode::Cloud, "absent", "drain", "start c; wait-healthy c; ready b/s"),
+            (Mode::Cloud, "absent", "maint", "start c; wait-healthy c; ready b/s"),
+            (Mode::Cloud, "stopped", "s?", "start c; wait-healthy c (waiting)"),
+            (Mode::Cloud, "stopped", "missing", "start c; wait-healthy c (waiting)"),
+            (Mode::Cloud, "stopped", "ready", "start c; wait-healthy c"),
+            (Mode::Cloud, "stopped", "drain", "start c; wait-healthy c; ready b/s"),
+            (Mode::Cloud, "stopped", "maint", "start c; wait-healthy c; ready b/s"),
+            (Mode::Cloud, "healthy", "s?", " (waiting)"),
+            (Mode::Cloud, "healthy", "missing", " (waiting)"),
+            (Mode::Cloud, "healthy", "ready", ""),
+            (Mode::Cloud, "healthy", "drain", "ready b/s"),
+            (Mode::Cloud, "healthy", "maint", "ready b/s"),
+            (Mode::Cloud, "starting", "s?", "wait-healthy c (waiting)"),
+            (Mode::Cloud, "starting", "missing", "wait-healthy c (waiting)"),
+            (Mode::Cloud, "starting", "ready", "wait-healthy c"),
+            (Mode::Cloud, "starting", "drain", "wait-healthy c; ready b/s"),
+            (Mode::Cloud, "starting", "maint", "wait-healthy c; ready b/s"),
+            (Mode::Cloud, "unhealthy", "s?", "wait-healthy c (waiting)"),
+            (Mode::Cloud, "unhealthy", "missing", "wait-healthy c (waiting)"),
+            (Mode::Cloud, "unhealthy", "ready", "wait-healthy c"),
+            (Mode::Cloud, "unhealthy", "drain", "wait-healthy c; ready b/s"),
+            (Mode::Cloud, "unhealthy", "maint", "wait-healthy c; ready b/s"),
+            (Mode::Onprem, "c?", "s?", " (waiting)"),
+            (Mode::Onprem, "c?", "missing", " (waiting)"),
+            (Mode::Onprem, "c?", "ready", "drain b/s; wait-drained b/s; maint b/s (waiting)"),
+            (Mode::Onprem, "c?", "drain", "wait-drained b/s; maint b/s (waiting)"),
+            (Mode::Onprem, "c?", "maint", " (waiting)"),
+            (Mode::Onprem, "absent", "s?", " (waiting)"),
+            (Mode::Onprem, "absent", "missing", " (waiting)"),
+            (Mode::Onprem, "absent", "ready", "drain b/s; wait-drained b/s; maint b/s"),
+            (Mode::Onprem, "absent", "drain", "wait-drained b/s; maint b/s"),
+            (Mode::Onprem, "absent", "maint", ""),
+            (Mode::Onprem, "stopped", "s?", " (waiting)"),
+            (Mode::Onprem, "stopped", "missing", " (waiting)"),
+            (Mode::Onprem, "stopped", "ready", "drain b/s; wait-drained b/s; maint b/s"),
+            (Mode::Onprem, "stopped", "drain", "wait-drained b/s; maint b/s"),
+            (Mode::Onprem, "stopped", "maint", ""),
+            (Mode::Onprem, "healthy", "s?", " (waiting)"),
+            (Mode::Onprem, "healthy", "missing", "stop c (waiting)"),
+            (Mode::Onprem, "healthy", "ready", "drain b/s; wait-drained b/s; maint b/s; stop c"),
+            (Mode::Onprem, "healthy", "drain", "wait-drained b/s; maint b/s; stop c"),
+            (Mode::Onprem, "healthy", "maint", "stop c"),
+            (Mode::Onprem, "starting", "s?", " (waiting)"),
+            (Mode::Onprem, "starting", "missing", "stop c (waiting)"),
+            (Mode::Onprem, "starting", "ready", "drain b/s; wait-drained b/s; maint b/s; stop c"),
+            (Mode::Onprem, "starting", "drain", "wait-drained b/s; maint b/s; stop c"),
+            (Mode::Onprem, "starting", "maint", "stop c"),
+            (Mode::Onprem, "unhealthy", "s?", " (waiting)"),
+            (Mode::Onprem, "unhealthy", "missing", "stop c (waiting)"),
+            (Mode::Onprem, "unhealthy", "ready", "drain b/s; wait-drained b/s; maint b/s; stop c"),
+            (Mode::Onprem, "unhealthy", "drain", "wait-drained b/s; maint b/s; stop c"),
+            (Mode::Onprem, "unhealthy", "maint", "stop c"),
+        ];
+        let cs = container_states();
+        let ss = server_states();
+        assert_eq!(table.len(), 2 * cs.len() * ss.len(), "the table covers every pair");
+        for (mode, cname, sname, want) in table {
+            let c = &cs.iter().find(|(n, _)| n == cname).expect("container state").1;
+            let s = &ss.iter().find(|(n, _)| n == sname).expect("server state").1;
+            let got = render(&plan(*mode, &observed(c, s)));
+            assert_eq!(got, *want, "{mode:?} container={cname} server={sname}");
+        }
+    }
+
+    /// Safety properties over every pair, with two HAProxies where one may differ.
+    #[test]
+    fn safety_invariants_hold_for_every_combination() {
+        for (_, c) in container_states() {
+            for (_, s1) in server_states() {
+                for (_, s2) in server_states() {
+                    let mut o = observed(&c, &s1);
+                    o.servers.push(ServerObs {
+                        target: ServerRef {
+                            api: "/sock2".into(),
+                            backend: "b".into(),
+                            server: "s".into(),
+                        },
+                        state: s2.clone(),
+                    });
+                    let cloud = plan(Mode::Cloud, &o);
+                    // Never open a server before the capacity is known healthy.
+                    let healthy_now = c == ContainerState::Running { health: Health::Healthy };
+                    for (i, step) in cloud.steps.iter().enumerate() {
+                        if let Step::SetServer { state, .. } = step {
+                            assert_eq!(*state, AdminState::Ready);
+                            let waited = cloud.steps[..i]
+                                .iter()
+                                .any(|s| matches!(s, Step::WaitHealthy { .. }));
+                            assert!(healthy_now || waited, "{o:?}: {cloud:?}");
+                        }
+                        assert!(!matches!(step, Step::StopContainer { .. }));
+                    }
+                    let onprem = plan(Mode::Onprem, &o);
+                    // Never stop capacity while a server may still be open.
+                    let may_be_open = |st: &ServerState| {
+                        matches!(st, ServerState::Ready | ServerState::Drain | ServerState::Unknown { .. })
+                    };
+                    for (i, step) in onprem.steps.iter().enumerate() {
+                        if matches!(step, Step::StopContainer { .. }) {
+                            for so in &o.servers {
+                                if may_be_open(&so.state) {
+                                    let closed = onprem.steps[..i].iter().any(|s| {
+                                        matches!(s, Step::SetServer { target, state: AdminState::Maint } if *target == so.target)
+                                    });
+                                    assert!(closed, "{o:?}: {onprem:?}");
+                                }
+                            }
+                        }
+                        assert!(!matches!(step, Step::StartContainer { .. }));
+                        assert!(!matches!(step, Step::SetServer { state: AdminState::Ready, .. }));
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn converged_states() {
+        let healthy = ContainerState::Running { health: Health::Healthy };
+        assert!(plan(Mode::Cloud, &observed(&healthy, &ServerState::Ready)).converged());
+        assert!(plan(Mode::Onprem, &observed(&ContainerState::Stopped, &ServerState::Maint)).converged());
+        assert!(plan(Mode::Onprem, &observed(&ContainerState::Absent, &ServerState::Maint)).converged());
+        assert!(!plan(Mode::Onprem, &observed(&healthy, &ServerState::Maint)).converged());
+        // Planning the converged world again yields nothing: idempotent.
+        assert!(plan(Mode::Cloud, &Observed::default()).converged());
+    }
+}
