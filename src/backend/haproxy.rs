@@ -176,17 +176,21 @@ impl RuntimeApi {
 // Admin-state flags of `show servers state` (HAProxy's SRV_ADMF_*).
 const ADMF_FMAINT: u32 = 0x01;
 const ADMF_IMAINT: u32 = 0x02;
-const ADMF_CMAINT: u32 = 0x04;
 const ADMF_FDRAIN: u32 = 0x08;
 const ADMF_IDRAIN: u32 = 0x10;
 const ADMF_RMAINT: u32 = 0x20;
-const ADMF_HMAINT: u32 = 0x40;
+/// HAProxy's own SRV_ADMF_MAINT mask. CMAINT (0x04, the `disabled` keyword) is deliberately not
+/// in it: HAProxy keeps that bit as a marker after `set server ... state ready` while the server
+/// is up and taking traffic (seen with 2.6: admin state 4, op state 2).
+const ADMF_MAINT: u32 = ADMF_FMAINT | ADMF_IMAINT | ADMF_RMAINT;
+const ADMF_DRAIN: u32 = ADMF_FDRAIN | ADMF_IDRAIN;
 
-/// Maps the `srv_admin_state` bitfield to the three states the planner knows.
+/// Maps the `srv_admin_state` bitfield to the three states the planner knows, the way HAProxy
+/// itself names them (maint wins over drain).
 pub fn admin_state_from_flags(flags: u32) -> ServerState {
-    if flags & (ADMF_FMAINT | ADMF_IMAINT | ADMF_CMAINT | ADMF_RMAINT | ADMF_HMAINT) != 0 {
+    if flags & ADMF_MAINT != 0 {
         ServerState::Maint
-    } else if flags & (ADMF_FDRAIN | ADMF_IDRAIN) != 0 {
+    } else if flags & ADMF_DRAIN != 0 {
         ServerState::Drain
     } else {
         ServerState::Ready
@@ -291,8 +295,10 @@ mod tests {
         let cases: &[(u32, ServerState)] = &[
             (0, ServerState::Ready),
             (0x01, ServerState::Maint),
-            (0x04, ServerState::Maint),
+            // `disabled` in the config sets CMAINT|FMAINT; `state ready` leaves CMAINT behind.
+            (0x04, ServerState::Ready),
             (0x05, ServerState::Maint),
+            (0x0c, ServerState::Drain),
             (0x08, ServerState::Drain),
             (0x10, ServerState::Drain),
             (0x09, ServerState::Maint),
@@ -306,7 +312,7 @@ mod tests {
     #[test]
     fn servers_state_output() {
         let out = "1\n# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_uweight\n\
-                   3 api 1 onprem 127.0.0.1 2 0 1\n3 api 2 cloud1 127.0.0.1 0 5 1\n3 api 3 cloud2 127.0.0.1 2 8 1\n\n";
+                   3 api 1 onprem 127.0.0.1 2 0 1\n3 api 2 cloud1 127.0.0.1 0 5 1\n3 api 3 cloud2 127.0.0.1 2 12 1\n\n";
         let s = parse_servers_state(out, "api").expect("parses");
         assert_eq!(s.get("onprem"), Some(&ServerState::Ready));
         assert_eq!(s.get("cloud1"), Some(&ServerState::Maint));

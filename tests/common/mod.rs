@@ -1,0 +1,391 @@
+//! Shared test harness: real components on loopback, started and stopped by the tests.
+//!
+//! A component that is missing makes its test skip loudly outside CI and fail under `CI=true`
+//! (run `scripts/install-deps.sh` to install them). Everything binds 127.0.0.1 only.
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use failover_responder::config::{Config, Format};
+use tokio::sync::oneshot;
+
+pub const TOKEN: &str = "s3cret-token";
+pub const DOCKER_SOCK: &str = "/var/run/docker.sock";
+
+/// Returns true when `available`; otherwise skips loudly, or panics under CI=true.
+pub fn require(what: &str, available: bool) -> bool {
+    if available {
+        return true;
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{what} is required under CI=true but is missing; run scripts/install-deps.sh");
+    }
+    eprintln!("\n!!!!! SKIPPED: {what} is missing. Run scripts/install-deps.sh. (Under CI=true this test fails.)\n");
+    false
+}
+
+pub fn have_binary(name: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {name}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+pub fn have_docker() -> bool {
+    Path::new(DOCKER_SOCK).exists()
+}
+
+pub fn fixture(name: &str) -> Vec<u8> {
+    let path = format!("{}/../shared/fixtures/alertmanager-0.25/{name}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read(&path).unwrap_or_else(|e| panic!("fixture {path}: {e}"))
+}
+
+pub fn fixture_names() -> Vec<String> {
+    let dir = format!("{}/../shared/fixtures/alertmanager-0.25", env!("CARGO_MANIFEST_DIR"));
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{dir}: {e}"))
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".json"))
+        .collect();
+    names.sort();
+    names
+}
+
+/// A port free right now on 127.0.0.1 (for components that must bind it themselves).
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local addr").port()
+}
+
+/// Polls `f` every 100 ms until it returns Some, or panics with `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A child process killed when dropped.
+pub struct Proc {
+    pub child: Child,
+    pub name: String,
+}
+
+impl Proc {
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A busybox httpd on 127.0.0.1 serving `body` at / and "ok" at /health: the on-prem API.
+pub fn start_httpd(dir: &Path, port: u16, body: &str) -> Proc {
+    let www = dir.join(format!("www-{port}"));
+    std::fs::create_dir_all(&www).expect("mkdir www");
+    std::fs::write(www.join("index.html"), format!("{body}\n")).expect("index");
+    std::fs::write(www.join("health"), "ok\n").expect("health");
+    let child = Command::new("/bin/busybox")
+        .args(["httpd", "-f", "-p", &format!("127.0.0.1:{port}"), "-h"])
+        .arg(&www)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn busybox httpd");
+    Proc {
+        child,
+        name: format!("httpd:{port}"),
+    }
+}
+
+/// A real HAProxy with a frontend, an on-prem server and a `backup` cloud server that starts
+/// in maint (`disabled`), and an admin socket.
+pub struct Haproxy {
+    pub proc: Proc,
+    pub socket: PathBuf,
+    pub frontend_port: u16,
+    pub config: PathBuf,
+}
+
+impl Haproxy {
+    pub async fn start(dir: &Path, onprem_port: u16, cloud_port: u16) -> Haproxy {
+        let socket = dir.join("admin.sock");
+        let frontend_port = free_port();
+        let config = dir.join("haproxy.cfg");
+        let cfg = format!(
+            "global\n  stats socket {sock} mode 600 level admin\n  stats timeout 10s\n\n\
+             defaults\n  mode http\n  timeout connect 1s\n  timeout client 10s\n  timeout server 10s\n  \
+             retries 1\n  option redispatch\n\n\
+             frontend fe\n  bind 127.0.0.1:{frontend_port}\n  default_backend api\n\n\
+             backend api\n  option httpchk GET /health\n  default-server inter 200ms fall 2 rise 1\n  \
+             server onprem 127.0.0.1:{onprem_port} check\n  \
+             server cloud1 127.0.0.1:{cloud_port} check backup disabled\n",
+            sock = socket.display()
+        );
+        std::fs::write(&config, cfg).expect("write haproxy.cfg");
+        let child = Command::new("haproxy")
+            .arg("-db")
+            .arg("-f")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn haproxy");
+        let h = Haproxy {
+            proc: Proc {
+                child,
+                name: "haproxy".into(),
+            },
+            socket,
+            frontend_port,
+            config,
+        };
+        let sock = h.socket.clone();
+        eventually("haproxy admin socket answers", Duration::from_secs(10), || {
+            let sock = sock.clone();
+            async move { runtime_cmd(&sock, "show info").await.ok().filter(|o| o.contains("Name: HAProxy")) }
+        })
+        .await;
+        h
+    }
+
+    /// Restarts HAProxy from its config: all runtime state is lost.
+    pub async fn restart(&mut self) {
+        self.proc.kill();
+        let _ = std::fs::remove_file(&self.socket);
+        let child = Command::new("haproxy")
+            .arg("-db")
+            .arg("-f")
+            .arg(&self.config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("respawn haproxy");
+        self.proc.child = child;
+        let sock = self.socket.clone();
+        eventually("restarted haproxy answers", Duration::from_secs(10), || {
+            let sock = sock.clone();
+            async move { runtime_cmd(&sock, "show info").await.ok().filter(|o| o.contains("Name: HAProxy")) }
+        })
+        .await;
+    }
+
+    pub async fn cmd(&self, cmd: &str) -> String {
+        runtime_cmd(&self.socket, cmd)
+            .await
+            .unwrap_or_else(|e| panic!("haproxy {cmd}: {e}"))
+    }
+
+    /// The `srv_admin_state` flags of a server, straight from `show servers state`.
+    pub async fn admin_flags(&self, server: &str) -> u32 {
+        let out = self.cmd("show servers state api").await;
+        let header: Vec<&str> = out
+            .lines()
+            .find_map(|l| l.strip_prefix("# "))
+            .expect("header")
+            .split_whitespace()
+            .collect();
+        let name_col = header.iter().position(|c| *c == "srv_name").expect("srv_name");
+        let admin_col = header.iter().position(|c| *c == "srv_admin_state").expect("admin");
+        out.lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .find(|f| f.get(name_col) == Some(&server))
+            .and_then(|f| f.get(admin_col).and_then(|v| v.parse().ok()))
+            .unwrap_or_else(|| panic!("server {server} not in:\n{out}"))
+    }
+
+    pub fn frontend(&self) -> String {
+        format!("http://127.0.0.1:{}/", self.frontend_port)
+    }
+}
+
+/// One Runtime API command over the unix socket, written independently of the backend under
+/// test so the tests check HAProxy itself.
+pub async fn runtime_cmd(sock: &Path, cmd: &str) -> std::io::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::UnixStream::connect(sock).await?;
+    s.write_all(format!("{cmd}\n").as_bytes()).await?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).await?;
+    Ok(out)
+}
+
+/// Builds the test image once (the script is idempotent and takes a lock).
+pub fn ensure_image(reference: &str, body: &str) {
+    let script = format!("{}/scripts/build-image.sh", env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new("bash")
+        .arg(&script)
+        .args([reference, body])
+        .output()
+        .expect("run build-image.sh");
+    assert!(
+        out.status.success(),
+        "build-image.sh failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Connects to the local engine with a negotiated API version.
+pub async fn docker() -> bollard::Docker {
+    bollard::Docker::connect_with_unix(DOCKER_SOCK, 60, bollard::API_DEFAULT_VERSION)
+        .expect("docker client")
+        .negotiate_version()
+        .await
+        .expect("docker version negotiation")
+}
+
+/// Running state of a container, None when absent.
+pub async fn container_running(d: &bollard::Docker, name: &str) -> Option<bool> {
+    d.inspect_container(name, None::<bollard::query_parameters::InspectContainerOptions>)
+        .await
+        .ok()
+        .map(|i| i.state.and_then(|s| s.running).unwrap_or(false))
+}
+
+/// Removes a container when dropped, whatever the test's outcome.
+pub struct ContainerGuard(pub String);
+
+impl Drop for ContainerGuard {
+    fn drop(&mut self) {
+        let name = self.0.clone();
+        // Drop cannot await; a short-lived runtime on another thread does the removal.
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+                return;
+            };
+            rt.block_on(async {
+                let d = docker().await;
+                let opts = bollard::query_parameters::RemoveContainerOptions {
+                    force: true,
+                    ..Default::default()
+                };
+                let _ = d.remove_container(&name, Some(opts)).await;
+            });
+        })
+        .join();
+    }
+}
+
+/// The responder running in-process on 127.0.0.1:0.
+pub struct Responder {
+    pub url: String,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    pub client: reqwest::Client,
+}
+
+impl Responder {
+    pub async fn start(config_yaml: &str, dir: &Path) -> Responder {
+        let path = dir.join("responder.yaml");
+        std::fs::write(&path, config_yaml).expect("write config");
+        let config = Config::load_with_env(&path, Default::default())
+            .unwrap_or_else(|e| panic!("test config invalid: {e}"));
+        Self::start_with(config).await
+    }
+
+    pub async fn start_with(config: Config) -> Responder {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(failover_responder::app::run(listener, config, async {
+            let _ = rx.await;
+        }));
+        let r = Responder {
+            url,
+            stop: Some(tx),
+            task: Some(task),
+            client: reqwest::Client::new(),
+        };
+        let client = r.client.clone();
+        let ready = format!("{}/-/ready", r.url);
+        eventually("responder ready", Duration::from_secs(10), || {
+            let (c, u) = (client.clone(), ready.clone());
+            async move { c.get(&u).send().await.ok().filter(|r| r.status().is_success()) }
+        })
+        .await;
+        r
+    }
+
+    pub async fn post_alerts(&self, body: &[u8]) -> reqwest::Response {
+        self.client
+            .post(format!("{}/api/v1/alerts", self.url))
+            .bearer_auth(TOKEN)
+            .header("content-type", "application/json")
+            .body(body.to_vec())
+            .send()
+            .await
+            .expect("post alerts")
+    }
+
+    pub async fn status(&self) -> serde_json::Value {
+        self.client
+            .get(format!("{}/api/v1/status", self.url))
+            .send()
+            .await
+            .expect("status")
+            .json()
+            .await
+            .expect("status json")
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.client
+            .get(format!("{}/metrics", self.url))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
+    pub async fn shutdown(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+        }
+    }
+}
+
+impl Drop for Responder {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Writes the bearer token file the test configs point at.
+pub fn token_file(dir: &Path) -> PathBuf {
+    let p = dir.join("token");
+    std::fs::write(&p, format!("{TOKEN}\n")).expect("write token");
+    p
+}
+
+/// Parses a config string, for tests that need a `Config` without files.
+pub fn parse_config(yaml: &str) -> Config {
+    Config::from_str(yaml, Format::Yaml).unwrap_or_else(|e| panic!("{e}"))
+}

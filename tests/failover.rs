@@ -1,0 +1,254 @@
+//! The whole core loop against real parts: Debian's HAProxy (started here with its own config),
+//! the real Docker engine with a locally built busybox image, and the responder in-process.
+//! Every address is on 127.0.0.1.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+const IMAGE: &str = "fr-test-api:latest";
+
+struct Stack {
+    dir: tempfile::TempDir,
+    onprem: Proc,
+    haproxy: Haproxy,
+    responder: Responder,
+    docker: bollard::Docker,
+    container: String,
+    _guard: ContainerGuard,
+}
+
+/// Starts on-prem, HAProxy and the responder; returns None (skipping) when a part is missing.
+async fn stack(test: &str) -> Option<Stack> {
+    let ok = require("haproxy (Debian package haproxy)", have_binary("haproxy"))
+        && require("/bin/busybox (Debian package busybox-static)", std::path::Path::new("/bin/busybox").exists())
+        && require("curl (Debian package curl)", have_binary("curl"))
+        && require("the Docker engine at /var/run/docker.sock", have_docker());
+    if !ok {
+        return None;
+    }
+    ensure_image(IMAGE, "cloud");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let onprem_port = free_port();
+    let cloud_port = free_port();
+    let onprem = start_httpd(dir.path(), onprem_port, "onprem");
+    let haproxy = Haproxy::start(dir.path(), onprem_port, cloud_port).await;
+    let container = format!("fr-test-{test}-{}", std::process::id());
+    let guard = ContainerGuard(container.clone());
+    let docker = docker().await;
+    // A leftover from an aborted run would make the test meaningless.
+    drop(ContainerGuard(container.clone()));
+    let token = token_file(dir.path());
+    let cfg = format!(
+        r#"
+auth: {{bearer_token_file: {token}}}
+reconcile: {{interval: 1s, retry_initial: 200ms, retry_max: 2s}}
+services:
+  onprem-api:
+    failover_on: ['alertname="onprem_down"', 'service="onprem-api"']
+    failback_on: ['alertname="onprem_recovered"', 'service="onprem-api"']
+    docker:
+      host: unix://{DOCKER_SOCK}
+      containers:
+        - name: {container}
+          image: {IMAGE}
+          ports: ['127.0.0.1:{cloud_port}:8080']
+          health_url: http://127.0.0.1:{cloud_port}/health
+    haproxy:
+      runtime_api: ['unix:{sock}']
+      backend: api
+      cloud_servers: [cloud1]
+    timeouts: {{healthy: 30s, drain: 3s, stop: 2s}}
+"#,
+        token = token.display(),
+        sock = haproxy.socket.display(),
+    );
+    let responder = Responder::start(&cfg, dir.path()).await;
+    Some(Stack {
+        dir,
+        onprem,
+        haproxy,
+        responder,
+        docker,
+        container,
+        _guard: guard,
+    })
+}
+
+async fn get_text(url: &str) -> Option<String> {
+    let c = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().ok()?;
+    let r = c.get(url).send().await.ok()?;
+    if !r.status().is_success() {
+        return None;
+    }
+    r.text().await.ok().map(|t| t.trim().to_string())
+}
+
+fn steps(st: &Value) -> Vec<(String, String)> {
+    st["services"]["onprem-api"]["last_steps"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|s| {
+                    (
+                        s["action"].as_str().unwrap_or_default().to_string(),
+                        s["outcome"].as_str().unwrap_or_default().to_string(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+async fn converged(r: &Responder, mode: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let st = r.status().await;
+        let svc = &st["services"]["onprem-api"];
+        if svc["desired"]["mode"] == mode && svc["converged"] == true {
+            return st;
+        }
+        assert!(Instant::now() < deadline, "not converged in {mode} mode after 60 s:\n{st:#}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until the reconciler has finished a pass that started after this call.
+async fn one_more_pass(r: &Responder) {
+    let before = r.status().await["services"]["onprem-api"]["last_reconcile_at"].clone();
+    eventually("another reconcile pass", Duration::from_secs(10), || async {
+        let now = r.status().await["services"]["onprem-api"]["last_reconcile_at"].clone();
+        (now != before).then_some(())
+    })
+    .await;
+    // The pass seen above may have started before; one more guarantees a whole pass after.
+    let before = r.status().await["services"]["onprem-api"]["last_reconcile_at"].clone();
+    eventually("a whole reconcile pass", Duration::from_secs(10), || async {
+        let now = r.status().await["services"]["onprem-api"]["last_reconcile_at"].clone();
+        (now != before).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_and_failback_through_real_haproxy_and_docker() {
+    let Some(mut s) = stack("core").await else { return };
+    let r = &s.responder;
+
+    // At rest: on-prem serves, the cloud server is in maint, no container.
+    assert_eq!(get_text(&s.haproxy.frontend()).await.as_deref(), Some("onprem"));
+    assert_ne!(s.haproxy.admin_flags("cloud1").await & 0x01, 0, "cloud1 starts in maint");
+    converged(r, "onprem").await;
+    assert_eq!(container_running(&s.docker, &s.container).await, None, "no container before failover");
+
+    // onprem_down fires.
+    let t0 = Instant::now();
+    let resp = r.post_alerts(&fixture("onprem_down-firing.json")).await;
+    assert_eq!(resp.status().as_u16(), 202);
+    let st = converged(r, "cloud").await;
+    let failover_time = t0.elapsed();
+    assert_eq!(container_running(&s.docker, &s.container).await, Some(true));
+    assert_eq!(s.haproxy.admin_flags("cloud1").await & 0x3b, 0, "cloud1 ready in HAProxy (no maint or drain flag)");
+    assert_eq!(
+        steps(&st).iter().map(|(a, _)| a.as_str()).collect::<Vec<_>>(),
+        vec!["start_container", "wait_healthy", "server_ready"],
+        "safe order: start, healthy, then open"
+    );
+    println!("failover: webhook -> container healthy and server ready in {failover_time:?}");
+
+    // With on-prem stopped, the frontend is answered by the cloud container.
+    s.onprem.kill();
+    let t1 = Instant::now();
+    let frontend = s.haproxy.frontend();
+    eventually("frontend answered by the cloud container", Duration::from_secs(30), || async {
+        (get_text(&frontend).await.as_deref() == Some("cloud")).then_some(())
+    })
+    .await;
+    println!("on-prem stopped -> first answer from the cloud in {:?}", t1.elapsed());
+
+    // The same notification again: no extra steps.
+    let before = steps(&r.status().await).len();
+    assert_eq!(r.post_alerts(&fixture("onprem_down-firing.json")).await.status().as_u16(), 202);
+    one_more_pass(r).await;
+    let st = r.status().await;
+    assert_eq!(steps(&st).len(), before, "a duplicate notification caused steps: {st}");
+    assert_eq!(st["services"]["onprem-api"]["converged"], true);
+
+    // Resolved: drain, maint, stop, in that order.
+    let resp = r.post_alerts(&fixture("onprem_down-resolved.json")).await;
+    assert_eq!(resp.status().as_u16(), 202);
+    let st = converged(r, "onprem").await;
+    let all = steps(&st);
+    let tail: Vec<&str> = all[before..].iter().map(|(a, _)| a.as_str()).collect();
+    assert_eq!(tail, vec!["server_drain", "wait_drained", "server_maint", "stop_container"], "{st}");
+    assert_eq!(s.haproxy.admin_flags("cloud1").await & 0x01, 0x01, "cloud1 forced into maint");
+    assert_eq!(container_running(&s.docker, &s.container).await, Some(false), "container stopped");
+    let m = r.metrics().await;
+    assert!(m.contains(r#"failover_responder_steps_total{service="onprem-api",action="stop_container",outcome="success"} 1"#), "{m}");
+    let _ = &s.dir;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drift_is_repaired_within_one_period() {
+    let Some(mut s) = stack("drift").await else { return };
+    let r = &s.responder;
+    assert_eq!(r.post_alerts(&fixture("onprem_down-firing.json")).await.status().as_u16(), 202);
+    converged(r, "cloud").await;
+
+    // Someone stops the container behind the responder's back.
+    let opts = bollard::query_parameters::StopContainerOptions { t: Some(0), signal: None };
+    s.docker.stop_container(&s.container, Some(opts)).await.expect("stop container by hand");
+    let t = Instant::now();
+    let d = s.docker.clone();
+    let name = s.container.clone();
+    eventually("the container is started again", Duration::from_secs(10), || {
+        let (d, name) = (d.clone(), name.clone());
+        async move { (container_running(&d, &name).await == Some(true)).then_some(()) }
+    })
+    .await;
+    // interval is 1 s: one period plus the start itself.
+    assert!(t.elapsed() < Duration::from_secs(5), "repair took {:?}", t.elapsed());
+    println!("stopped container restarted after {:?}", t.elapsed());
+    converged(r, "cloud").await;
+
+    // Someone puts the cloud server in maint by hand.
+    let out = s.haproxy.cmd("set server api/cloud1 state maint").await;
+    assert!(out.trim().is_empty(), "{out}");
+    let t = Instant::now();
+    let h = &s.haproxy;
+    eventually("cloud1 is ready again", Duration::from_secs(10), || async {
+        (h.admin_flags("cloud1").await & 0x3b == 0).then_some(())
+    })
+    .await;
+    println!("server put in maint reopened after {:?}", t.elapsed());
+
+    // HAProxy restarts and forgets its runtime state: the server is reopened.
+    s.haproxy.restart().await;
+    assert_ne!(s.haproxy.admin_flags("cloud1").await & 0x01, 0, "restarted HAProxy starts with cloud1 in maint");
+    let t = Instant::now();
+    let h = &s.haproxy;
+    eventually("cloud1 ready after HAProxy restart", Duration::from_secs(10), || async {
+        (h.admin_flags("cloud1").await & 0x3b == 0).then_some(())
+    })
+    .await;
+    println!("HAProxy restart repaired after {:?}", t.elapsed());
+    let _ = &s.dir;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_alert_fails_back_without_resolved_notification() {
+    let Some(s) = stack("recovered").await else { return };
+    let r = &s.responder;
+    assert_eq!(r.post_alerts(&fixture("onprem_down-firing.json")).await.status().as_u16(), 202);
+    converged(r, "cloud").await;
+    // The resolved notification is lost; onprem_recovered fires later (startsAt 05:38:23 > 05:38:00).
+    assert_eq!(r.post_alerts(&fixture("onprem_recovered-firing.json")).await.status().as_u16(), 202);
+    let st = converged(r, "onprem").await;
+    let reason = st["services"]["onprem-api"]["desired"]["reason"].as_str().unwrap_or_default().to_string();
+    assert!(reason.contains("failback alert"), "{reason}");
+    assert_eq!(container_running(&s.docker, &s.container).await, Some(false));
+    assert_eq!(s.haproxy.admin_flags("cloud1").await & 0x01, 0x01);
+}

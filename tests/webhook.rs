@@ -1,0 +1,195 @@
+//! The webhook against the running responder (in-process on 127.0.0.1:0): every real
+//! Alertmanager fixture is accepted; each bad request gets the right 4xx and changes nothing;
+//! the responder starts and takes webhooks while Docker and HAProxy are unreachable.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+
+/// Backends point at sockets that do not exist: unreachable on purpose.
+fn config(dir: &std::path::Path, extra_auth: &str) -> String {
+    let token = token_file(dir);
+    format!(
+        r#"
+auth:
+  bearer_token_file: {token}
+{extra_auth}
+webhook: {{max_body_bytes: 4096}}
+reconcile: {{interval: 200ms, retry_initial: 100ms, retry_max: 500ms}}
+services:
+  onprem-api:
+    failover_on: ['alertname="onprem_down"', 'service="onprem-api"']
+    failback_on: ['alertname="onprem_recovered"', 'service="onprem-api"']
+    docker:
+      host: unix://{dir}/no-docker.sock
+      containers: [{{name: fr-never-created, image: none:latest}}]
+    haproxy:
+      runtime_api: ['unix:{dir}/no-haproxy.sock']
+      backend: api
+      cloud_servers: [cloud1]
+"#,
+        token = token.display(),
+        dir = dir.display()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_fixture_is_accepted_and_recorded() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = Responder::start(&config(dir.path(), ""), dir.path()).await;
+    for name in fixture_names() {
+        let resp = r.post_alerts(&fixture(&name)).await;
+        let status = resp.status().as_u16();
+        let body: Value = resp.json().await.expect("json answer");
+        assert_eq!(status, 202, "{name}: {body}");
+        assert_eq!(body["status"], "accepted", "{name}");
+    }
+    let st = r.status().await;
+    assert_eq!(st["notifications"].as_array().map(Vec::len), Some(fixture_names().len()));
+    // onprem_down fired then resolved (sorted order: firing before resolved), the recovery
+    // alert fires; the overloaded alerts concern no configured matcher and are not kept.
+    let firing: Vec<&str> = st["services"]["onprem-api"]["firing_alerts"]
+        .as_array()
+        .expect("firing_alerts")
+        .iter()
+        .filter_map(|a| a["labels"]["alertname"].as_str())
+        .collect();
+    assert_eq!(firing, vec!["onprem_recovered"]);
+    assert!(r.metrics().await.contains(r#"failover_responder_notifications_total{result="accepted"} 4"#));
+    r.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_the_right_4xx_and_change_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = Responder::start(&config(dir.path(), ""), dir.path()).await;
+    let url = format!("{}/api/v1/alerts", r.url);
+    let good = fixture("onprem_down-firing.json");
+    let good_str = String::from_utf8(good.clone()).expect("utf8");
+    let mut big = good_str.clone();
+    big.insert_str(1, &format!("\"pad\":\"{}\",", "x".repeat(5000)));
+
+    struct Case {
+        name: &'static str,
+        auth: Option<String>,
+        content_type: Option<&'static str>,
+        body: String,
+        status: u16,
+        message: &'static str,
+    }
+    let bearer = Some(format!("Bearer {TOKEN}"));
+    let cases = vec![
+        Case { name: "no credentials", auth: None, content_type: Some("application/json"), body: good_str.clone(), status: 401, message: "credentials" },
+        Case { name: "wrong token", auth: Some("Bearer nope".into()), content_type: Some("application/json"), body: good_str.clone(), status: 401, message: "credentials" },
+        Case { name: "token prefix", auth: Some(format!("Bearer {}", &TOKEN[..4])), content_type: Some("application/json"), body: good_str.clone(), status: 401, message: "credentials" },
+        Case { name: "basic when only bearer is configured", auth: Some("Basic dXNlcjpzM2NyZXQtdG9rZW4=".into()), content_type: Some("application/json"), body: good_str.clone(), status: 401, message: "credentials" },
+        Case { name: "text/plain", auth: bearer.clone(), content_type: Some("text/plain"), body: good_str.clone(), status: 415, message: "text/plain" },
+        Case { name: "no content type", auth: bearer.clone(), content_type: None, body: good_str.clone(), status: 415, message: "content type" },
+        Case { name: "too large", auth: bearer.clone(), content_type: Some("application/json"), body: big, status: 413, message: "4096 bytes" },
+        Case { name: "not JSON", auth: bearer.clone(), content_type: Some("application/json"), body: "{\"version\": ".into(), status: 400, message: "invalid JSON" },
+        Case { name: "empty", auth: bearer.clone(), content_type: Some("application/json"), body: String::new(), status: 400, message: "invalid JSON at body" },
+        Case { name: "wrong label type", auth: bearer.clone(), content_type: Some("application/json"), body: good_str.replace("\"severity\":\"critical\"", "\"severity\":3"), status: 400, message: "alerts[0].labels.severity" },
+        Case { name: "bad status", auth: bearer.clone(), content_type: Some("application/json"), body: good_str.replace("\"status\":\"firing\",\"alerts\"", "\"status\":\"burning\",\"alerts\""), status: 400, message: "status" },
+        Case { name: "bad time", auth: bearer.clone(), content_type: Some("application/json"), body: good_str.replace("2026-11-22T05:38:00Z", "yesterday"), status: 400, message: "alerts[0].startsAt" },
+        Case { name: "version 5", auth: bearer.clone(), content_type: Some("application/json"), body: good_str.replace("\"version\":\"4\"", "\"version\":\"5\""), status: 400, message: "unsupported webhook version" },
+    ];
+    for c in &cases {
+        let mut req = r.client.post(&url).body(c.body.clone());
+        if let Some(a) = &c.auth {
+            req = req.header("authorization", a);
+        }
+        if let Some(ct) = c.content_type {
+            req = req.header("content-type", ct);
+        }
+        let resp = req.send().await.expect("send");
+        let status = resp.status().as_u16();
+        let challenge = resp.headers().get("www-authenticate").cloned();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        assert_eq!(status, c.status, "{}: {body}", c.name);
+        let msg = body["error"].as_str().unwrap_or_default();
+        assert!(msg.contains(c.message), "{}: message {msg:?} should mention {:?}", c.name, c.message);
+        assert!(!msg.contains(TOKEN), "{}: the token leaked into the answer", c.name);
+        if status == 401 {
+            assert!(challenge.is_some_and(|h| h.to_str().is_ok_and(|v| v.starts_with("Bearer"))), "{}", c.name);
+        }
+    }
+    // Nothing was recorded by any refused request.
+    let st = r.status().await;
+    assert_eq!(st["notifications"].as_array().map(Vec::len), Some(0), "{st}");
+    assert_eq!(st["services"]["onprem-api"]["firing_alerts"].as_array().map(Vec::len), Some(0));
+    let metrics = r.metrics().await;
+    for (result, n) in [("unauthorized", 4), ("unsupported_media_type", 2), ("too_large", 1), ("bad_request", 6)] {
+        let line = format!("failover_responder_notifications_total{{result=\"{result}\"}} {n}");
+        assert!(metrics.contains(&line), "want {line} in\n{metrics}");
+    }
+    // And the right request still works afterwards, on the older path too.
+    let resp = r
+        .client
+        .post(format!("{}/failover", r.url))
+        .bearer_auth(TOKEN)
+        .header("content-type", "application/json; charset=utf-8")
+        .body(good)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status().as_u16(), 202);
+    r.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn basic_auth_is_accepted_when_configured() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, "hunter2\n").expect("pw");
+    let extra = format!("  basic_auth: {{username: am, password_file: {}}}", pw.display());
+    let r = Responder::start(&config(dir.path(), &extra), dir.path()).await;
+    let url = format!("{}/api/v1/alerts", r.url);
+    let body = fixture("onprem_down-firing.json");
+    for (user, pass, want) in [("am", "hunter2", 202), ("am", "hunter", 401), ("amx", "hunter2", 401)] {
+        let resp = r
+            .client
+            .post(&url)
+            .basic_auth(user, Some(pass))
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(resp.status().as_u16(), want, "{user}:{pass}");
+    }
+    // The bearer token keeps working beside basic auth.
+    assert_eq!(r.post_alerts(&body).await.status().as_u16(), 202);
+    r.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_backends_are_shown_not_fatal() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = Responder::start(&config(dir.path(), ""), dir.path()).await;
+    assert_eq!(r.post_alerts(&fixture("onprem_down-firing.json")).await.status().as_u16(), 202);
+    let svc = eventually("status shows cloud with unknown backends", Duration::from_secs(10), || async {
+        let st = r.status().await;
+        let svc = st["services"]["onprem-api"].clone();
+        (svc["desired"]["mode"] == "cloud" && svc["observed"]["servers"][0]["state"] == "unknown").then_some(svc)
+    })
+    .await;
+    assert_eq!(svc["observed"]["containers"][0]["state"], "unknown", "{svc}");
+    assert_eq!(svc["converged"], false);
+    assert!(!svc["waiting"].as_array().expect("waiting").is_empty());
+    let m = r.metrics().await;
+    assert!(m.contains(r#"failover_responder_backend_up{service="onprem-api",backend="haproxy""#), "{m}");
+    assert!(
+        m.lines().filter(|l| l.starts_with("failover_responder_backend_up{")).all(|l| l.ends_with(" 0")),
+        "{m}"
+    );
+    assert!(m.contains(r#"failover_responder_desired_mode{service="onprem-api",mode="cloud"} 1"#), "{m}");
+    // Health endpoints answer regardless.
+    for p in ["/-/healthy", "/-/ready"] {
+        let resp = r.client.get(format!("{}{p}", r.url)).send().await.expect("get");
+        assert!(resp.status().is_success(), "{p}");
+    }
+    r.shutdown().await;
+}
