@@ -39,7 +39,11 @@ pub async fn run(
     let stop = CancellationToken::new();
     let mut tasks = Vec::new();
     for svc in &services {
-        tasks.push(tokio::spawn(run_service(svc.clone(), ctx.clone(), stop.clone())));
+        tasks.push(tokio::spawn(run_service(
+            svc.clone(),
+            ctx.clone(),
+            stop.clone(),
+        )));
     }
 
     let state = AppState {

@@ -321,10 +321,12 @@ impl Config {
     }
 
     /// [`Config::load`] with an explicit environment, for tests.
-    pub fn load_with_env(path: &Path, env: HashMap<String, String>) -> Result<Config, ConfigErrors> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            ConfigErrors(vec![format!("config.file {}: {e}", path.display())])
-        })?;
+    pub fn load_with_env(
+        path: &Path,
+        env: HashMap<String, String>,
+    ) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigErrors(vec![format!("config.file {}: {e}", path.display())]))?;
         let mut cfg = Self::build(&text, Format::from_path(path), Some(env))?;
         cfg.auth.credentials = read_credentials(&cfg.auth).map_err(ConfigErrors)?;
         Ok(cfg)
@@ -335,8 +337,8 @@ impl Config {
         format: Format,
         env: Option<HashMap<String, String>>,
     ) -> Result<Config, ConfigErrors> {
-        let mut builder =
-            config::Config::builder().add_source(config::File::from_str(text, format.file_format()));
+        let mut builder = config::Config::builder()
+            .add_source(config::File::from_str(text, format.file_format()));
         if let Some(env) = env {
             builder = builder.add_source(
                 config::Environment::with_prefix(ENV_PREFIX)
@@ -423,13 +425,17 @@ impl Config {
             {
                 errors.push(format!("{p}: service names may use only [A-Za-z0-9._-]"));
             }
-            svc.failover_matchers = parse_matchers(&svc.failover_on, &format!("{p}.failover_on"), errors);
-            svc.failback_matchers = parse_matchers(&svc.failback_on, &format!("{p}.failback_on"), errors);
+            svc.failover_matchers =
+                parse_matchers(&svc.failover_on, &format!("{p}.failover_on"), errors);
+            svc.failback_matchers =
+                parse_matchers(&svc.failback_on, &format!("{p}.failback_on"), errors);
             if svc.failover_on.is_empty() {
                 errors.push(format!("{p}.failover_on: at least one matcher is needed"));
             }
             if svc.docker.is_none() && svc.haproxy.is_none() {
-                errors.push(format!("{p}: needs docker and/or haproxy, or it has nothing to do"));
+                errors.push(format!(
+                    "{p}: needs docker and/or haproxy, or it has nothing to do"
+                ));
             }
             for (key, d) in [
                 ("healthy", svc.timeouts.healthy),
@@ -484,9 +490,9 @@ fn key_path(p: &serde_ignored::Path<'_>) -> String {
                 format!("{parent}.{key}")
             }
         }
-        Path::Some { parent } | Path::NewtypeStruct { parent } | Path::NewtypeVariant { parent } => {
-            key_path(parent)
-        }
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => key_path(parent),
     }
 }
 
@@ -504,7 +510,10 @@ fn parse_matchers(raw: &[String], path: &str, errors: &mut Vec<String>) -> Vec<M
 }
 
 fn validate_docker(d: &DockerConfig, p: &str, errors: &mut Vec<String>) {
-    if !(d.host.starts_with("unix://") || d.host.starts_with("tcp://") || d.host.starts_with("http://")) {
+    if !(d.host.starts_with("unix://")
+        || d.host.starts_with("tcp://")
+        || d.host.starts_with("http://"))
+    {
         errors.push(format!(
             "{p}.host: {:?} is not unix://PATH, tcp://HOST:PORT or http://HOST:PORT",
             d.host
@@ -517,10 +526,18 @@ fn validate_docker(d: &DockerConfig, p: &str, errors: &mut Vec<String>) {
     for (i, c) in d.containers.iter().enumerate() {
         let cp = format!("{p}.containers[{i}]");
         let valid_name = !c.name.is_empty()
-            && c.name.chars().next().is_some_and(|ch| ch.is_ascii_alphanumeric())
-            && c.name.chars().all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '_' | '.' | '-'));
+            && c.name
+                .chars()
+                .next()
+                .is_some_and(|ch| ch.is_ascii_alphanumeric())
+            && c.name
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '_' | '.' | '-'));
         if !valid_name {
-            errors.push(format!("{cp}.name: {:?} is not a valid container name ([a-zA-Z0-9][a-zA-Z0-9_.-]*)", c.name));
+            errors.push(format!(
+                "{cp}.name: {:?} is not a valid container name ([a-zA-Z0-9][a-zA-Z0-9_.-]*)",
+                c.name
+            ));
         }
         if !seen.insert(c.name.clone()) {
             errors.push(format!("{cp}.name: duplicate container {:?}", c.name));
@@ -541,7 +558,10 @@ fn validate_docker(d: &DockerConfig, p: &str, errors: &mut Vec<String>) {
         if let Some(url) = &c.health_url {
             match reqwest::Url::parse(url) {
                 Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
-                Ok(u) => errors.push(format!("{cp}.health_url: scheme {:?} is not http or https", u.scheme())),
+                Ok(u) => errors.push(format!(
+                    "{cp}.health_url: scheme {:?} is not http or https",
+                    u.scheme()
+                )),
                 Err(e) => errors.push(format!("{cp}.health_url: {e}")),
             }
         }
@@ -550,7 +570,9 @@ fn validate_docker(d: &DockerConfig, p: &str, errors: &mut Vec<String>) {
 
 fn validate_haproxy(h: &HaproxyConfig, p: &str, errors: &mut Vec<String>) {
     if h.runtime_api.is_empty() {
-        errors.push(format!("{p}.runtime_api: at least one Runtime API address is needed"));
+        errors.push(format!(
+            "{p}.runtime_api: at least one Runtime API address is needed"
+        ));
     }
     for (i, a) in h.runtime_api.iter().enumerate() {
         if let Err(e) = crate::backend::haproxy::RuntimeAddr::parse(a) {
@@ -558,17 +580,24 @@ fn validate_haproxy(h: &HaproxyConfig, p: &str, errors: &mut Vec<String>) {
         }
     }
     let name_ok = |s: &str| {
-        !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
+        !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
     };
     if !name_ok(&h.backend) {
-        errors.push(format!("{p}.backend: {:?} is not a valid HAProxy backend name", h.backend));
+        errors.push(format!(
+            "{p}.backend: {:?} is not a valid HAProxy backend name",
+            h.backend
+        ));
     }
     if h.cloud_servers.is_empty() {
         errors.push(format!("{p}.cloud_servers: at least one server is needed"));
     }
     for (i, s) in h.cloud_servers.iter().enumerate() {
         if !name_ok(s) {
-            errors.push(format!("{p}.cloud_servers[{i}]: {s:?} is not a valid HAProxy server name"));
+            errors.push(format!(
+                "{p}.cloud_servers[{i}]: {s:?} is not a valid HAProxy server name"
+            ));
         }
     }
     if h.command_timeout.is_zero() {
@@ -583,7 +612,9 @@ fn read_credentials(a: &AuthConfig) -> Result<Credentials, Vec<String>> {
     let mut read = |key: &str, path: &Path| -> Option<Secret> {
         match std::fs::read_to_string(path) {
             // Files written by editors and `echo` end in a newline that is not part of the secret.
-            Ok(s) if !s.trim().is_empty() => Some(Secret(s.trim_end_matches(['\n', '\r']).to_string())),
+            Ok(s) if !s.trim().is_empty() => {
+                Some(Secret(s.trim_end_matches(['\n', '\r']).to_string()))
+            }
             Ok(_) => {
                 errors.push(format!("{key}: {} is empty", path.display()));
                 None
@@ -611,7 +642,10 @@ fn read_credentials(a: &AuthConfig) -> Result<Credentials, Vec<String>> {
         None => None,
     };
     if errors.is_empty() {
-        Ok(Credentials { bearer_token, basic })
+        Ok(Credentials {
+            bearer_token,
+            basic,
+        })
     } else {
         Err(errors)
     }
@@ -657,7 +691,10 @@ services:
 "#;
         let cfg = Config::from_str(text, Format::Yaml).expect("issue example parses");
         assert_eq!(cfg.listen_address.port(), 9095);
-        assert_eq!(cfg.services["onprem-api"].timeouts.drain, Duration::from_secs(30));
+        assert_eq!(
+            cfg.services["onprem-api"].timeouts.drain,
+            Duration::from_secs(30)
+        );
     }
 
     #[test]
@@ -728,7 +765,10 @@ cloud_servers = ["c1"]
                 .unwrap_or_else(|| panic!("accepted:\n{text}"))
                 .to_string();
             for want in *wants {
-                assert!(errs.contains(want), "want {want:?} in:\n{errs}\nfor:\n{text}");
+                assert!(
+                    errs.contains(want),
+                    "want {want:?} in:\n{errs}\nfor:\n{text}"
+                );
             }
         }
     }
@@ -757,7 +797,11 @@ cloud_servers = ["c1"]
         assert_eq!(cfg.reconcile.interval, Duration::from_secs(3));
         assert_eq!(cfg.webhook.max_body_bytes, 4096);
         assert_eq!(
-            cfg.auth.credentials.bearer_token.as_ref().map(Secret::expose),
+            cfg.auth
+                .credentials
+                .bearer_token
+                .as_ref()
+                .map(Secret::expose),
             Some("s3cret-token")
         );
         // The secret never shows in Debug output.
@@ -765,8 +809,7 @@ cloud_servers = ["c1"]
 
         std::fs::remove_file(&token).expect("rm token");
         let err = Config::load_with_env(&cfg_path, HashMap::new())
-            .err()
-            .expect("missing token file is refused")
+            .expect_err("missing token file is refused")
             .to_string();
         assert!(err.contains("auth.bearer_token_file: cannot read"), "{err}");
     }

@@ -134,13 +134,37 @@ mod tests {
         let cases: Vec<(&str, Vec<FiringAlert>, Mode)> = vec![
             ("nothing firing", vec![], Mode::Onprem),
             ("down firing", vec![down(10)], Mode::Cloud),
-            ("down for another service", vec![alert("x", "onprem_down", "other", 10)], Mode::Onprem),
-            ("unrelated alert", vec![alert("x", "disk_full", "api", 10)], Mode::Onprem),
+            (
+                "down for another service",
+                vec![alert("x", "onprem_down", "other", 10)],
+                Mode::Onprem,
+            ),
+            (
+                "unrelated alert",
+                vec![alert("x", "disk_full", "api", 10)],
+                Mode::Onprem,
+            ),
             ("recovered after down", vec![down(10), up(11)], Mode::Onprem),
-            ("recovered before down (stale recovery)", vec![up(9), down(10)], Mode::Cloud),
-            ("same start: no evidence of recovery", vec![down(10), up(10)], Mode::Cloud),
-            ("newer down after recovery", vec![down(10), up(11), down2(12)], Mode::Cloud),
-            ("recovery after both downs", vec![down(10), down2(12), up(13)], Mode::Onprem),
+            (
+                "recovered before down (stale recovery)",
+                vec![up(9), down(10)],
+                Mode::Cloud,
+            ),
+            (
+                "same start: no evidence of recovery",
+                vec![down(10), up(10)],
+                Mode::Cloud,
+            ),
+            (
+                "newer down after recovery",
+                vec![down(10), up(11), down2(12)],
+                Mode::Cloud,
+            ),
+            (
+                "recovery after both downs",
+                vec![down(10), down2(12), up(13)],
+                Mode::Onprem,
+            ),
             ("recovery alone", vec![up(11)], Mode::Onprem),
         ];
         for (name, firing, want) in cases {

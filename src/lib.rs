@@ -8,6 +8,12 @@
 //! order ([`plan`], pure) and runs them. It runs again on a timer, so drift is repaired and a
 //! lost notification does not leave the world wrong. [`app`] wires it together.
 
+// Input and the outside world must never be able to panic the responder.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
 pub mod alert;
 pub mod app;
 pub mod backend;

@@ -1,4 +1,5 @@
 //! The `failover-responder` binary: `serve` and `check-config`. anyhow lives only here.
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -9,7 +10,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 use failover_responder::config::Config;
 
 #[derive(Parser)]
-#[command(name = "failover-responder", version, about = "Alert-driven failover: Alertmanager webhooks in, Docker and HAProxy reconciled out")]
+#[command(
+    name = "failover-responder",
+    version,
+    about = "Alert-driven failover: Alertmanager webhooks in, Docker and HAProxy reconciled out"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

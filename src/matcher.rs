@@ -178,19 +178,33 @@ mod tests {
     #[test]
     fn parse_table() {
         let ok: &[(&str, &str, MatchOp, &str)] = &[
-            (r#"alertname="onprem_down""#, "alertname", MatchOp::Equal, "onprem_down"),
+            (
+                r#"alertname="onprem_down""#,
+                "alertname",
+                MatchOp::Equal,
+                "onprem_down",
+            ),
             (r#"  service = "a b"  "#, "service", MatchOp::Equal, "a b"),
             (r#"sev!="info""#, "sev", MatchOp::NotEqual, "info"),
             (r#"sev=~"crit.*""#, "sev", MatchOp::Regex, "crit.*"),
             (r#"sev!~"warn|info""#, "sev", MatchOp::NotRegex, "warn|info"),
-            ("service=onprem-api", "service", MatchOp::Equal, "onprem-api"),
+            (
+                "service=onprem-api",
+                "service",
+                MatchOp::Equal,
+                "onprem-api",
+            ),
             (r#"x="a\"b\\c\n""#, "x", MatchOp::Equal, "a\"b\\c\n"),
             (r#"x="""#, "x", MatchOp::Equal, ""),
             (r#"_x9="ü""#, "_x9", MatchOp::Equal, "ü"),
         ];
         for (input, name, op, value) in ok {
             let m = Matcher::parse(input).unwrap_or_else(|e| panic!("{input}: {e}"));
-            assert_eq!((m.name.as_str(), m.op, m.value.as_str()), (*name, *op, *value), "{input}");
+            assert_eq!(
+                (m.name.as_str(), m.op, m.value.as_str()),
+                (*name, *op, *value),
+                "{input}"
+            );
         }
         let bad: &[(&str, MatcherError)] = &[
             ("", MatcherError::Empty),
@@ -204,7 +218,11 @@ mod tests {
             (r#"a="\t""#, MatcherError::BadEscape('t')),
         ];
         for (input, want) in bad {
-            assert_eq!(Matcher::parse(input).err().as_ref(), Some(want), "{input:?}");
+            assert_eq!(
+                Matcher::parse(input).err().as_ref(),
+                Some(want),
+                "{input:?}"
+            );
         }
         assert!(matches!(
             Matcher::parse(r#"a=~"(""#),

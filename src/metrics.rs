@@ -101,8 +101,13 @@ impl Metrics {
             converged.clone(),
         );
         let steps = Family::default();
-        registry.register("steps", "Reconcile steps run, by action and outcome", steps.clone());
-        let step_seconds: HistogramFamily<ActionLabels> = Family::new_with_constructor(step_histogram);
+        registry.register(
+            "steps",
+            "Reconcile steps run, by action and outcome",
+            steps.clone(),
+        );
+        let step_seconds: HistogramFamily<ActionLabels> =
+            Family::new_with_constructor(step_histogram);
         registry.register(
             "step_duration_seconds",
             "Time taken by each reconcile step",

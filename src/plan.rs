@@ -20,10 +20,14 @@ use crate::desired::Mode;
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum ContainerState {
     /// The engine could not be asked.
-    Unknown { reason: String },
+    Unknown {
+        reason: String,
+    },
     Absent,
     Stopped,
-    Running { health: Health },
+    Running {
+        health: Health,
+    },
 }
 
 /// Health of a running container: Docker's HEALTHCHECK status, else the configured
@@ -41,7 +45,9 @@ pub enum Health {
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum ServerState {
     /// That HAProxy's Runtime API could not be asked.
-    Unknown { reason: String },
+    Unknown {
+        reason: String,
+    },
     /// The backend or server does not exist in that HAProxy (a config mismatch).
     Missing,
     Ready,
@@ -130,9 +136,18 @@ impl Step {
         match self {
             Step::StartContainer { .. } => "start_container",
             Step::WaitHealthy { .. } => "wait_healthy",
-            Step::SetServer { state: AdminState::Ready, .. } => "server_ready",
-            Step::SetServer { state: AdminState::Drain, .. } => "server_drain",
-            Step::SetServer { state: AdminState::Maint, .. } => "server_maint",
+            Step::SetServer {
+                state: AdminState::Ready,
+                ..
+            } => "server_ready",
+            Step::SetServer {
+                state: AdminState::Drain,
+                ..
+            } => "server_drain",
+            Step::SetServer {
+                state: AdminState::Maint,
+                ..
+            } => "server_maint",
             Step::WaitDrained { .. } => "wait_drained",
             Step::StopContainer { .. } => "stop_container",
         }
@@ -227,8 +242,12 @@ fn plan_cloud(o: &Observed) -> Plan {
                 target: s.target.clone(),
                 state: AdminState::Ready,
             }),
-            ServerState::Missing => p.waiting.push(format!("server {}: not found in HAProxy", s.target)),
-            ServerState::Unknown { reason } => p.waiting.push(format!("server {}: {reason}", s.target)),
+            ServerState::Missing => p
+                .waiting
+                .push(format!("server {}: not found in HAProxy", s.target)),
+            ServerState::Unknown { reason } => {
+                p.waiting.push(format!("server {}: {reason}", s.target))
+            }
         }
     }
     p
@@ -250,7 +269,9 @@ fn plan_onprem(o: &Observed) -> Plan {
             ServerState::Drain => open.push(s.target.clone()),
             ServerState::Maint => {}
             // Not in HAProxy means HAProxy cannot route to it: no reason to keep capacity up.
-            ServerState::Missing => p.waiting.push(format!("server {}: not found in HAProxy", s.target)),
+            ServerState::Missing => p
+                .waiting
+                .push(format!("server {}: not found in HAProxy", s.target)),
             ServerState::Unknown { reason } => {
                 any_unknown_server = true;
                 p.waiting.push(format!("server {}: {reason}", s.target));
@@ -261,10 +282,11 @@ fn plan_onprem(o: &Observed) -> Plan {
         p.steps.push(Step::WaitDrained {
             servers: open.clone(),
         });
-        p.steps.extend(open.into_iter().map(|target| Step::SetServer {
-            target,
-            state: AdminState::Maint,
-        }));
+        p.steps
+            .extend(open.into_iter().map(|target| Step::SetServer {
+                target,
+                state: AdminState::Maint,
+            }));
     }
     for c in &o.containers {
         match &c.state {
@@ -278,7 +300,9 @@ fn plan_onprem(o: &Observed) -> Plan {
                 container: c.name.clone(),
             }),
             ContainerState::Absent | ContainerState::Stopped => {}
-            ContainerState::Unknown { reason } => p.waiting.push(format!("container {}: {reason}", c.name)),
+            ContainerState::Unknown { reason } => {
+                p.waiting.push(format!("container {}: {reason}", c.name))
+            }
         }
     }
     p
@@ -290,18 +314,43 @@ mod tests {
 
     fn container_states() -> Vec<(&'static str, ContainerState)> {
         vec![
-            ("c?", ContainerState::Unknown { reason: "down".into() }),
+            (
+                "c?",
+                ContainerState::Unknown {
+                    reason: "down".into(),
+                },
+            ),
             ("absent", ContainerState::Absent),
             ("stopped", ContainerState::Stopped),
-            ("healthy", ContainerState::Running { health: Health::Healthy }),
-            ("starting", ContainerState::Running { health: Health::Starting }),
-            ("unhealthy", ContainerState::Running { health: Health::Unhealthy }),
+            (
+                "healthy",
+                ContainerState::Running {
+                    health: Health::Healthy,
+                },
+            ),
+            (
+                "starting",
+                ContainerState::Running {
+                    health: Health::Starting,
+                },
+            ),
+            (
+                "unhealthy",
+                ContainerState::Running {
+                    health: Health::Unhealthy,
+                },
+            ),
         ]
     }
 
     fn server_states() -> Vec<(&'static str, ServerState)> {
         vec![
-            ("s?", ServerState::Unknown { reason: "down".into() }),
+            (
+                "s?",
+                ServerState::Unknown {
+                    reason: "down".into(),
+                },
+            ),
             ("missing", ServerState::Missing),
             ("ready", ServerState::Ready),
             ("drain", ServerState::Drain),
@@ -328,7 +377,15 @@ mod tests {
 
     fn render(p: &Plan) -> String {
         let steps: Vec<String> = p.steps.iter().map(ToString::to_string).collect();
-        format!("{}{}", steps.join("; "), if p.waiting.is_empty() { "" } else { " (waiting)" })
+        format!(
+            "{}{}",
+            steps.join("; "),
+            if p.waiting.is_empty() {
+                ""
+            } else {
+                " (waiting)"
+            }
+        )
     }
 
     /// Every pair of (container state, server state), for both modes, with the exact plan.
@@ -340,67 +397,205 @@ mod tests {
             (Mode::Cloud, "c?", "ready", " (waiting)"),
             (Mode::Cloud, "c?", "drain", " (waiting)"),
             (Mode::Cloud, "c?", "maint", " (waiting)"),
-            (Mode::Cloud, "absent", "s?", "start c; wait-healthy c (waiting)"),
-            (Mode::Cloud, "absent", "missing", "start c; wait-healthy c (waiting)"),
+            (
+                Mode::Cloud,
+                "absent",
+                "s?",
+                "start c; wait-healthy c (waiting)",
+            ),
+            (
+                Mode::Cloud,
+                "absent",
+                "missing",
+                "start c; wait-healthy c (waiting)",
+            ),
             (Mode::Cloud, "absent", "ready", "start c; wait-healthy c"),
-            (Mode::Cloud, "absent", "drain", "start c; wait-healthy c; ready b/s"),
-            (Mode::Cloud, "absent", "maint", "start c; wait-healthy c; ready b/s"),
-            (Mode::Cloud, "stopped", "s?", "start c; wait-healthy c (waiting)"),
-            (Mode::Cloud, "stopped", "missing", "start c; wait-healthy c (waiting)"),
+            (
+                Mode::Cloud,
+                "absent",
+                "drain",
+                "start c; wait-healthy c; ready b/s",
+            ),
+            (
+                Mode::Cloud,
+                "absent",
+                "maint",
+                "start c; wait-healthy c; ready b/s",
+            ),
+            (
+                Mode::Cloud,
+                "stopped",
+                "s?",
+                "start c; wait-healthy c (waiting)",
+            ),
+            (
+                Mode::Cloud,
+                "stopped",
+                "missing",
+                "start c; wait-healthy c (waiting)",
+            ),
             (Mode::Cloud, "stopped", "ready", "start c; wait-healthy c"),
-            (Mode::Cloud, "stopped", "drain", "start c; wait-healthy c; ready b/s"),
-            (Mode::Cloud, "stopped", "maint", "start c; wait-healthy c; ready b/s"),
+            (
+                Mode::Cloud,
+                "stopped",
+                "drain",
+                "start c; wait-healthy c; ready b/s",
+            ),
+            (
+                Mode::Cloud,
+                "stopped",
+                "maint",
+                "start c; wait-healthy c; ready b/s",
+            ),
             (Mode::Cloud, "healthy", "s?", " (waiting)"),
             (Mode::Cloud, "healthy", "missing", " (waiting)"),
             (Mode::Cloud, "healthy", "ready", ""),
             (Mode::Cloud, "healthy", "drain", "ready b/s"),
             (Mode::Cloud, "healthy", "maint", "ready b/s"),
             (Mode::Cloud, "starting", "s?", "wait-healthy c (waiting)"),
-            (Mode::Cloud, "starting", "missing", "wait-healthy c (waiting)"),
+            (
+                Mode::Cloud,
+                "starting",
+                "missing",
+                "wait-healthy c (waiting)",
+            ),
             (Mode::Cloud, "starting", "ready", "wait-healthy c"),
-            (Mode::Cloud, "starting", "drain", "wait-healthy c; ready b/s"),
-            (Mode::Cloud, "starting", "maint", "wait-healthy c; ready b/s"),
+            (
+                Mode::Cloud,
+                "starting",
+                "drain",
+                "wait-healthy c; ready b/s",
+            ),
+            (
+                Mode::Cloud,
+                "starting",
+                "maint",
+                "wait-healthy c; ready b/s",
+            ),
             (Mode::Cloud, "unhealthy", "s?", "wait-healthy c (waiting)"),
-            (Mode::Cloud, "unhealthy", "missing", "wait-healthy c (waiting)"),
+            (
+                Mode::Cloud,
+                "unhealthy",
+                "missing",
+                "wait-healthy c (waiting)",
+            ),
             (Mode::Cloud, "unhealthy", "ready", "wait-healthy c"),
-            (Mode::Cloud, "unhealthy", "drain", "wait-healthy c; ready b/s"),
-            (Mode::Cloud, "unhealthy", "maint", "wait-healthy c; ready b/s"),
+            (
+                Mode::Cloud,
+                "unhealthy",
+                "drain",
+                "wait-healthy c; ready b/s",
+            ),
+            (
+                Mode::Cloud,
+                "unhealthy",
+                "maint",
+                "wait-healthy c; ready b/s",
+            ),
             (Mode::Onprem, "c?", "s?", " (waiting)"),
             (Mode::Onprem, "c?", "missing", " (waiting)"),
-            (Mode::Onprem, "c?", "ready", "drain b/s; wait-drained b/s; maint b/s (waiting)"),
-            (Mode::Onprem, "c?", "drain", "wait-drained b/s; maint b/s (waiting)"),
+            (
+                Mode::Onprem,
+                "c?",
+                "ready",
+                "drain b/s; wait-drained b/s; maint b/s (waiting)",
+            ),
+            (
+                Mode::Onprem,
+                "c?",
+                "drain",
+                "wait-drained b/s; maint b/s (waiting)",
+            ),
             (Mode::Onprem, "c?", "maint", " (waiting)"),
             (Mode::Onprem, "absent", "s?", " (waiting)"),
             (Mode::Onprem, "absent", "missing", " (waiting)"),
-            (Mode::Onprem, "absent", "ready", "drain b/s; wait-drained b/s; maint b/s"),
-            (Mode::Onprem, "absent", "drain", "wait-drained b/s; maint b/s"),
+            (
+                Mode::Onprem,
+                "absent",
+                "ready",
+                "drain b/s; wait-drained b/s; maint b/s",
+            ),
+            (
+                Mode::Onprem,
+                "absent",
+                "drain",
+                "wait-drained b/s; maint b/s",
+            ),
             (Mode::Onprem, "absent", "maint", ""),
             (Mode::Onprem, "stopped", "s?", " (waiting)"),
             (Mode::Onprem, "stopped", "missing", " (waiting)"),
-            (Mode::Onprem, "stopped", "ready", "drain b/s; wait-drained b/s; maint b/s"),
-            (Mode::Onprem, "stopped", "drain", "wait-drained b/s; maint b/s"),
+            (
+                Mode::Onprem,
+                "stopped",
+                "ready",
+                "drain b/s; wait-drained b/s; maint b/s",
+            ),
+            (
+                Mode::Onprem,
+                "stopped",
+                "drain",
+                "wait-drained b/s; maint b/s",
+            ),
             (Mode::Onprem, "stopped", "maint", ""),
             (Mode::Onprem, "healthy", "s?", " (waiting)"),
             (Mode::Onprem, "healthy", "missing", "stop c (waiting)"),
-            (Mode::Onprem, "healthy", "ready", "drain b/s; wait-drained b/s; maint b/s; stop c"),
-            (Mode::Onprem, "healthy", "drain", "wait-drained b/s; maint b/s; stop c"),
+            (
+                Mode::Onprem,
+                "healthy",
+                "ready",
+                "drain b/s; wait-drained b/s; maint b/s; stop c",
+            ),
+            (
+                Mode::Onprem,
+                "healthy",
+                "drain",
+                "wait-drained b/s; maint b/s; stop c",
+            ),
             (Mode::Onprem, "healthy", "maint", "stop c"),
             (Mode::Onprem, "starting", "s?", " (waiting)"),
             (Mode::Onprem, "starting", "missing", "stop c (waiting)"),
-            (Mode::Onprem, "starting", "ready", "drain b/s; wait-drained b/s; maint b/s; stop c"),
-            (Mode::Onprem, "starting", "drain", "wait-drained b/s; maint b/s; stop c"),
+            (
+                Mode::Onprem,
+                "starting",
+                "ready",
+                "drain b/s; wait-drained b/s; maint b/s; stop c",
+            ),
+            (
+                Mode::Onprem,
+                "starting",
+                "drain",
+                "wait-drained b/s; maint b/s; stop c",
+            ),
             (Mode::Onprem, "starting", "maint", "stop c"),
             (Mode::Onprem, "unhealthy", "s?", " (waiting)"),
             (Mode::Onprem, "unhealthy", "missing", "stop c (waiting)"),
-            (Mode::Onprem, "unhealthy", "ready", "drain b/s; wait-drained b/s; maint b/s; stop c"),
-            (Mode::Onprem, "unhealthy", "drain", "wait-drained b/s; maint b/s; stop c"),
+            (
+                Mode::Onprem,
+                "unhealthy",
+                "ready",
+                "drain b/s; wait-drained b/s; maint b/s; stop c",
+            ),
+            (
+                Mode::Onprem,
+                "unhealthy",
+                "drain",
+                "wait-drained b/s; maint b/s; stop c",
+            ),
             (Mode::Onprem, "unhealthy", "maint", "stop c"),
         ];
         let cs = container_states();
         let ss = server_states();
-        assert_eq!(table.len(), 2 * cs.len() * ss.len(), "the table covers every pair");
+        assert_eq!(
+            table.len(),
+            2 * cs.len() * ss.len(),
+            "the table covers every pair"
+        );
         for (mode, cname, sname, want) in table {
-            let c = &cs.iter().find(|(n, _)| n == cname).expect("container state").1;
+            let c = &cs
+                .iter()
+                .find(|(n, _)| n == cname)
+                .expect("container state")
+                .1;
             let s = &ss.iter().find(|(n, _)| n == sname).expect("server state").1;
             let got = render(&plan(*mode, &observed(c, s)));
             assert_eq!(got, *want, "{mode:?} container={cname} server={sname}");
@@ -424,7 +619,10 @@ mod tests {
                     });
                     let cloud = plan(Mode::Cloud, &o);
                     // Never open a server before the capacity is known healthy.
-                    let healthy_now = c == ContainerState::Running { health: Health::Healthy };
+                    let healthy_now = c
+                        == ContainerState::Running {
+                            health: Health::Healthy,
+                        };
                     for (i, step) in cloud.steps.iter().enumerate() {
                         if let Step::SetServer { state, .. } = step {
                             assert_eq!(*state, AdminState::Ready);
@@ -438,7 +636,10 @@ mod tests {
                     let onprem = plan(Mode::Onprem, &o);
                     // Never stop capacity while a server may still be open.
                     let may_be_open = |st: &ServerState| {
-                        matches!(st, ServerState::Ready | ServerState::Drain | ServerState::Unknown { .. })
+                        matches!(
+                            st,
+                            ServerState::Ready | ServerState::Drain | ServerState::Unknown { .. }
+                        )
                     };
                     for (i, step) in onprem.steps.iter().enumerate() {
                         if matches!(step, Step::StopContainer { .. }) {
@@ -452,7 +653,13 @@ mod tests {
                             }
                         }
                         assert!(!matches!(step, Step::StartContainer { .. }));
-                        assert!(!matches!(step, Step::SetServer { state: AdminState::Ready, .. }));
+                        assert!(!matches!(
+                            step,
+                            Step::SetServer {
+                                state: AdminState::Ready,
+                                ..
+                            }
+                        ));
                     }
                 }
             }
@@ -461,10 +668,20 @@ mod tests {
 
     #[test]
     fn converged_states() {
-        let healthy = ContainerState::Running { health: Health::Healthy };
+        let healthy = ContainerState::Running {
+            health: Health::Healthy,
+        };
         assert!(plan(Mode::Cloud, &observed(&healthy, &ServerState::Ready)).converged());
-        assert!(plan(Mode::Onprem, &observed(&ContainerState::Stopped, &ServerState::Maint)).converged());
-        assert!(plan(Mode::Onprem, &observed(&ContainerState::Absent, &ServerState::Maint)).converged());
+        assert!(plan(
+            Mode::Onprem,
+            &observed(&ContainerState::Stopped, &ServerState::Maint)
+        )
+        .converged());
+        assert!(plan(
+            Mode::Onprem,
+            &observed(&ContainerState::Absent, &ServerState::Maint)
+        )
+        .converged());
         assert!(!plan(Mode::Onprem, &observed(&healthy, &ServerState::Maint)).converged());
         // Planning the converged world again yields nothing: idempotent.
         assert!(plan(Mode::Cloud, &Observed::default()).converged());

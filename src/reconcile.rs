@@ -20,7 +20,9 @@ use crate::backend::BackendError;
 use crate::config::{ReconcileConfig, ServiceConfig};
 use crate::desired::{self, Decision, Mode, Rules};
 use crate::metrics::{ActionLabels, Metrics, ModeLabels, ServiceLabels, StepLabels, TargetLabels};
-use crate::plan::{self, ContainerObs, ContainerState, Health, Observed, ServerObs, ServerRef, ServerState, Step};
+use crate::plan::{
+    self, ContainerObs, ContainerState, Health, Observed, ServerObs, ServerRef, ServerState, Step,
+};
 use crate::store::{StepRecord, Store};
 
 /// How often waits re-check the world.
@@ -174,7 +176,10 @@ fn decide(svc: &ServiceRuntime, ctx: &Context) -> Decision {
 }
 
 /// One pass: decide, observe, plan, execute.
-pub async fn reconcile_once(svc: &ServiceRuntime, ctx: &Context) -> Result<PassOutcome, StepFailed> {
+pub async fn reconcile_once(
+    svc: &ServiceRuntime,
+    ctx: &Context,
+) -> Result<PassOutcome, StepFailed> {
     let decision = decide(svc, ctx);
     let observed = observe(svc, ctx).await;
     let plan = plan::plan(decision.mode, &observed);
@@ -202,18 +207,28 @@ pub async fn reconcile_once(svc: &ServiceRuntime, ctx: &Context) -> Result<PassO
             decision.mode.as_str(),
             decision.reason,
             decision.failover_alerts,
-            plan.steps.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+            plan.steps
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
         ),
     );
     for step in &plan.steps {
         // The world may have moved on while earlier steps ran (a recovery during a slow start).
         if decide(svc, ctx).mode != decision.mode {
-            ctx.store.event(&svc.name, "superseded", format!("desired mode changed before {step}"));
+            ctx.store.event(
+                &svc.name,
+                "superseded",
+                format!("desired mode changed before {step}"),
+            );
             return Ok(PassOutcome::Superseded);
         }
         let span = info_span!("step", service = %svc.name, action = step.action(), target = %step);
         let started = Instant::now();
-        let result = execute(svc, ctx, decision.mode, step).instrument(span).await;
+        let result = execute(svc, ctx, decision.mode, step)
+            .instrument(span)
+            .await;
         let elapsed = started.elapsed();
         let (outcome, error) = match &result {
             Ok(StepDone::Done) => ("success", None),
@@ -236,8 +251,15 @@ pub async fn reconcile_once(svc: &ServiceRuntime, ctx: &Context) -> Result<PassO
     Ok(PassOutcome::Progress)
 }
 
-fn record_pass(svc: &ServiceRuntime, ctx: &Context, decision: &Decision, observed: &Observed, plan: &plan::Plan) {
-    ctx.store.set_observation(&svc.name, decision, observed, plan);
+fn record_pass(
+    svc: &ServiceRuntime,
+    ctx: &Context,
+    decision: &Decision,
+    observed: &Observed,
+    plan: &plan::Plan,
+) {
+    ctx.store
+        .set_observation(&svc.name, decision, observed, plan);
     let service = svc.name.clone();
     for mode in [Mode::Onprem, Mode::Cloud] {
         ctx.metrics
@@ -248,13 +270,21 @@ fn record_pass(svc: &ServiceRuntime, ctx: &Context, decision: &Decision, observe
             })
             .set(i64::from(decision.mode == mode));
     }
-    let sl = ServiceLabels { service: service.clone() };
-    ctx.metrics.converged.get_or_create(&sl).set(i64::from(plan.converged()));
+    let sl = ServiceLabels {
+        service: service.clone(),
+    };
+    ctx.metrics
+        .converged
+        .get_or_create(&sl)
+        .set(i64::from(plan.converged()));
     ctx.metrics
         .failover_alerts
         .get_or_create(&sl)
         .set(i64::try_from(decision.failover_alerts.len()).unwrap_or(i64::MAX));
-    ctx.metrics.last_reconcile.get_or_create(&sl).set(Utc::now().timestamp());
+    ctx.metrics
+        .last_reconcile
+        .get_or_create(&sl)
+        .set(Utc::now().timestamp());
     for c in &observed.containers {
         let up = !matches!(c.state, ContainerState::Unknown { .. });
         let target = svc.docker.as_ref().map_or("", |d| d.host()).to_string();
@@ -280,10 +310,19 @@ fn record_pass(svc: &ServiceRuntime, ctx: &Context, decision: &Decision, observe
     }
 }
 
-fn record_step(svc: &ServiceRuntime, ctx: &Context, step: &Step, outcome: &'static str, elapsed: Duration, error: Option<String>) {
+fn record_step(
+    svc: &ServiceRuntime,
+    ctx: &Context,
+    step: &Step,
+    outcome: &'static str,
+    elapsed: Duration,
+    error: Option<String>,
+) {
     match &error {
         Some(e) => warn!(service = %svc.name, step = %step, error = %e, "step failed"),
-        None => info!(service = %svc.name, step = %step, outcome, ms = elapsed.as_millis() as u64, "step done"),
+        None => {
+            info!(service = %svc.name, step = %step, outcome, ms = elapsed.as_millis() as u64, "step done")
+        }
     }
     ctx.metrics
         .steps
@@ -337,16 +376,22 @@ pub async fn observe(svc: &ServiceRuntime, _ctx: &Context) -> Observed {
     };
     let servers = async {
         let mut out = Vec::new();
-        let Some(h) = &svc.config.haproxy else { return out };
+        let Some(h) = &svc.config.haproxy else {
+            return out;
+        };
         let answers = futures_util::future::join_all(
-            svc.haproxy.iter().map(|api| api.observe(&h.backend, &h.cloud_servers)),
+            svc.haproxy
+                .iter()
+                .map(|api| api.observe(&h.backend, &h.cloud_servers)),
         )
         .await;
         for (api, answer) in svc.haproxy.iter().zip(answers) {
             for server in &h.cloud_servers {
                 let state = match &answer {
                     Ok(states) => states.get(server).cloned().unwrap_or(ServerState::Missing),
-                    Err(e) => ServerState::Unknown { reason: e.to_string() },
+                    Err(e) => ServerState::Unknown {
+                        reason: e.to_string(),
+                    },
                 };
                 out.push(ServerObs {
                     target: ServerRef {
@@ -361,7 +406,10 @@ pub async fn observe(svc: &ServiceRuntime, _ctx: &Context) -> Observed {
         out
     };
     let (containers, servers) = tokio::join!(containers, servers);
-    Observed { containers, servers }
+    Observed {
+        containers,
+        servers,
+    }
 }
 
 enum StepDone {
@@ -372,7 +420,12 @@ enum StepDone {
     Superseded,
 }
 
-async fn execute(svc: &ServiceRuntime, ctx: &Context, mode: Mode, step: &Step) -> Result<StepDone, BackendError> {
+async fn execute(
+    svc: &ServiceRuntime,
+    ctx: &Context,
+    mode: Mode,
+    step: &Step,
+) -> Result<StepDone, BackendError> {
     let timeouts = &svc.config.timeouts;
     match step {
         Step::StartContainer { container } => {
@@ -387,7 +440,8 @@ async fn execute(svc: &ServiceRuntime, ctx: &Context, mode: Mode, step: &Step) -
         }
         Step::SetServer { target, state } => {
             let api = api_of(svc, &target.api)?;
-            api.set_state(&target.backend, &target.server, *state).await?;
+            api.set_state(&target.backend, &target.server, *state)
+                .await?;
             Ok(StepDone::Done)
         }
         Step::WaitHealthy { containers } => {
@@ -397,7 +451,9 @@ async fn execute(svc: &ServiceRuntime, ctx: &Context, mode: Mode, step: &Step) -
                 for name in containers {
                     let (d, c) = container_of(svc, name)?;
                     match d.observe(c).await {
-                        ContainerState::Running { health: Health::Healthy } => {}
+                        ContainerState::Running {
+                            health: Health::Healthy,
+                        } => {}
                         // Stopped while we waited (crashed on start): fail, so backoff applies
                         // and the next pass starts it again.
                         ContainerState::Stopped | ContainerState::Absent => {
@@ -452,9 +508,16 @@ fn container_of<'a>(
     svc: &'a ServiceRuntime,
     name: &str,
 ) -> Result<(&'a DockerBackend, &'a crate::config::ContainerConfig), BackendError> {
-    let found = svc.docker.as_ref().zip(svc.config.docker.as_ref()).and_then(|(d, cfg)| {
-        cfg.containers.iter().find(|c| c.name == name).map(|c| (d, c))
-    });
+    let found = svc
+        .docker
+        .as_ref()
+        .zip(svc.config.docker.as_ref())
+        .and_then(|(d, cfg)| {
+            cfg.containers
+                .iter()
+                .find(|c| c.name == name)
+                .map(|c| (d, c))
+        });
     found.ok_or_else(|| BackendError::Rejected {
         target: format!("container {name}"),
         message: "not in this service's config".into(),

@@ -156,7 +156,10 @@ impl Store {
                 changed |= prev.is_none_or(|p| p.starts_at != a.starts_at || p.labels != a.labels);
             } else {
                 changed |= inner.firing.remove(&a.fingerprint).is_some();
-                let t = inner.tombstones.entry(a.fingerprint.clone()).or_insert(a.starts_at);
+                let t = inner
+                    .tombstones
+                    .entry(a.fingerprint.clone())
+                    .or_insert(a.starts_at);
                 *t = (*t).max(a.starts_at);
                 if inner.tombstones.len() > MAX_TOMBSTONES {
                     // Drop the oldest incarnation; it is long past any retry.
@@ -211,7 +214,13 @@ impl Store {
     }
 
     /// Updates one service's status after a reconcile pass.
-    pub fn set_observation(&self, service: &str, decision: &Decision, observed: &Observed, plan: &Plan) {
+    pub fn set_observation(
+        &self,
+        service: &str,
+        decision: &Decision,
+        observed: &Observed,
+        plan: &Plan,
+    ) {
         let mut g = self.lock();
         let s = g.services.entry(service.to_string()).or_default();
         s.desired = Some(decision.clone());
@@ -294,7 +303,13 @@ mod tests {
         let resolved = fixture("onprem_down-resolved.json");
 
         let o = store.record(&firing, all, now);
-        assert_eq!(o, RecordOutcome { changed: true, relevant: 1 });
+        assert_eq!(
+            o,
+            RecordOutcome {
+                changed: true,
+                relevant: 1
+            }
+        );
         assert_eq!(store.firing().len(), 1);
         // A duplicate changes nothing.
         assert!(!store.record(&firing, all, now).changed);
@@ -310,15 +325,29 @@ mod tests {
     #[test]
     fn irrelevant_alerts_are_not_kept() {
         let store = Store::new();
-        let o = store.record(&fixture("onprem_overloaded-truncated.json"), |_| false, Utc::now());
-        assert_eq!(o, RecordOutcome { changed: false, relevant: 0 });
+        let o = store.record(
+            &fixture("onprem_overloaded-truncated.json"),
+            |_| false,
+            Utc::now(),
+        );
+        assert_eq!(
+            o,
+            RecordOutcome {
+                changed: false,
+                relevant: 0
+            }
+        );
         assert!(store.firing().is_empty());
     }
 
     #[test]
     fn truncated_notification_keeps_what_it_got() {
         let store = Store::new();
-        store.record(&fixture("onprem_overloaded-truncated.json"), |_| true, Utc::now());
+        store.record(
+            &fixture("onprem_overloaded-truncated.json"),
+            |_| true,
+            Utc::now(),
+        );
         assert_eq!(store.firing().len(), 3);
     }
 }

@@ -24,7 +24,10 @@ struct Stack {
 /// Starts on-prem, HAProxy and the responder; returns None (skipping) when a part is missing.
 async fn stack(test: &str) -> Option<Stack> {
     let ok = require("haproxy (Debian package haproxy)", have_binary("haproxy"))
-        && require("/bin/busybox (Debian package busybox-static)", std::path::Path::new("/bin/busybox").exists())
+        && require(
+            "/bin/busybox (Debian package busybox-static)",
+            std::path::Path::new("/bin/busybox").exists(),
+        )
         && require("curl (Debian package curl)", have_binary("curl"))
         && require("the Docker engine at /var/run/docker.sock", have_docker());
     if !ok {
@@ -79,7 +82,10 @@ services:
 }
 
 async fn get_text(url: &str) -> Option<String> {
-    let c = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().ok()?;
+    let c = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .ok()?;
     let r = c.get(url).send().await.ok()?;
     if !r.status().is_success() {
         return None;
@@ -111,7 +117,10 @@ async fn converged(r: &Responder, mode: &str) -> Value {
         if svc["desired"]["mode"] == mode && svc["converged"] == true {
             return st;
         }
-        assert!(Instant::now() < deadline, "not converged in {mode} mode after 60 s:\n{st:#}");
+        assert!(
+            Instant::now() < deadline,
+            "not converged in {mode} mode after 60 s:\n{st:#}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -119,30 +128,51 @@ async fn converged(r: &Responder, mode: &str) -> Value {
 /// Waits until the reconciler has finished a pass that started after this call.
 async fn one_more_pass(r: &Responder) {
     let before = r.status().await["services"]["onprem-api"]["last_reconcile_at"].clone();
-    eventually("another reconcile pass", Duration::from_secs(10), || async {
-        let now = r.status().await["services"]["onprem-api"]["last_reconcile_at"].clone();
-        (now != before).then_some(())
-    })
+    eventually(
+        "another reconcile pass",
+        Duration::from_secs(10),
+        || async {
+            let now = r.status().await["services"]["onprem-api"]["last_reconcile_at"].clone();
+            (now != before).then_some(())
+        },
+    )
     .await;
     // The pass seen above may have started before; one more guarantees a whole pass after.
     let before = r.status().await["services"]["onprem-api"]["last_reconcile_at"].clone();
-    eventually("a whole reconcile pass", Duration::from_secs(10), || async {
-        let now = r.status().await["services"]["onprem-api"]["last_reconcile_at"].clone();
-        (now != before).then_some(())
-    })
+    eventually(
+        "a whole reconcile pass",
+        Duration::from_secs(10),
+        || async {
+            let now = r.status().await["services"]["onprem-api"]["last_reconcile_at"].clone();
+            (now != before).then_some(())
+        },
+    )
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failover_and_failback_through_real_haproxy_and_docker() {
-    let Some(mut s) = stack("core").await else { return };
+    let Some(mut s) = stack("core").await else {
+        return;
+    };
     let r = &s.responder;
 
     // At rest: on-prem serves, the cloud server is in maint, no container.
-    assert_eq!(get_text(&s.haproxy.frontend()).await.as_deref(), Some("onprem"));
-    assert_ne!(s.haproxy.admin_flags("cloud1").await & 0x01, 0, "cloud1 starts in maint");
+    assert_eq!(
+        get_text(&s.haproxy.frontend()).await.as_deref(),
+        Some("onprem")
+    );
+    assert_ne!(
+        s.haproxy.admin_flags("cloud1").await & 0x01,
+        0,
+        "cloud1 starts in maint"
+    );
     converged(r, "onprem").await;
-    assert_eq!(container_running(&s.docker, &s.container).await, None, "no container before failover");
+    assert_eq!(
+        container_running(&s.docker, &s.container).await,
+        None,
+        "no container before failover"
+    );
 
     // onprem_down fires.
     let t0 = Instant::now();
@@ -151,9 +181,16 @@ async fn failover_and_failback_through_real_haproxy_and_docker() {
     let st = converged(r, "cloud").await;
     let failover_time = t0.elapsed();
     assert_eq!(container_running(&s.docker, &s.container).await, Some(true));
-    assert_eq!(s.haproxy.admin_flags("cloud1").await & 0x3b, 0, "cloud1 ready in HAProxy (no maint or drain flag)");
     assert_eq!(
-        steps(&st).iter().map(|(a, _)| a.as_str()).collect::<Vec<_>>(),
+        s.haproxy.admin_flags("cloud1").await & 0x3b,
+        0,
+        "cloud1 ready in HAProxy (no maint or drain flag)"
+    );
+    assert_eq!(
+        steps(&st)
+            .iter()
+            .map(|(a, _)| a.as_str())
+            .collect::<Vec<_>>(),
         vec!["start_container", "wait_healthy", "server_ready"],
         "safe order: start, healthy, then open"
     );
@@ -163,18 +200,33 @@ async fn failover_and_failback_through_real_haproxy_and_docker() {
     s.onprem.kill();
     let t1 = Instant::now();
     let frontend = s.haproxy.frontend();
-    eventually("frontend answered by the cloud container", Duration::from_secs(30), || async {
-        (get_text(&frontend).await.as_deref() == Some("cloud")).then_some(())
-    })
+    eventually(
+        "frontend answered by the cloud container",
+        Duration::from_secs(30),
+        || async { (get_text(&frontend).await.as_deref() == Some("cloud")).then_some(()) },
+    )
     .await;
-    println!("on-prem stopped -> first answer from the cloud in {:?}", t1.elapsed());
+    println!(
+        "on-prem stopped -> first answer from the cloud in {:?}",
+        t1.elapsed()
+    );
 
     // The same notification again: no extra steps.
     let before = steps(&r.status().await).len();
-    assert_eq!(r.post_alerts(&fixture("onprem_down-firing.json")).await.status().as_u16(), 202);
+    assert_eq!(
+        r.post_alerts(&fixture("onprem_down-firing.json"))
+            .await
+            .status()
+            .as_u16(),
+        202
+    );
     one_more_pass(r).await;
     let st = r.status().await;
-    assert_eq!(steps(&st).len(), before, "a duplicate notification caused steps: {st}");
+    assert_eq!(
+        steps(&st).len(),
+        before,
+        "a duplicate notification caused steps: {st}"
+    );
     assert_eq!(st["services"]["onprem-api"]["converged"], true);
 
     // Resolved: drain, maint, stop, in that order.
@@ -183,9 +235,26 @@ async fn failover_and_failback_through_real_haproxy_and_docker() {
     let st = converged(r, "onprem").await;
     let all = steps(&st);
     let tail: Vec<&str> = all[before..].iter().map(|(a, _)| a.as_str()).collect();
-    assert_eq!(tail, vec!["server_drain", "wait_drained", "server_maint", "stop_container"], "{st}");
-    assert_eq!(s.haproxy.admin_flags("cloud1").await & 0x01, 0x01, "cloud1 forced into maint");
-    assert_eq!(container_running(&s.docker, &s.container).await, Some(false), "container stopped");
+    assert_eq!(
+        tail,
+        vec![
+            "server_drain",
+            "wait_drained",
+            "server_maint",
+            "stop_container"
+        ],
+        "{st}"
+    );
+    assert_eq!(
+        s.haproxy.admin_flags("cloud1").await & 0x01,
+        0x01,
+        "cloud1 forced into maint"
+    );
+    assert_eq!(
+        container_running(&s.docker, &s.container).await,
+        Some(false),
+        "container stopped"
+    );
     let m = r.metrics().await;
     assert!(m.contains(r#"failover_responder_steps_total{service="onprem-api",action="stop_container",outcome="success"} 1"#), "{m}");
     let _ = &s.dir;
@@ -193,24 +262,46 @@ async fn failover_and_failback_through_real_haproxy_and_docker() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drift_is_repaired_within_one_period() {
-    let Some(mut s) = stack("drift").await else { return };
+    let Some(mut s) = stack("drift").await else {
+        return;
+    };
     let r = &s.responder;
-    assert_eq!(r.post_alerts(&fixture("onprem_down-firing.json")).await.status().as_u16(), 202);
+    assert_eq!(
+        r.post_alerts(&fixture("onprem_down-firing.json"))
+            .await
+            .status()
+            .as_u16(),
+        202
+    );
     converged(r, "cloud").await;
 
     // Someone stops the container behind the responder's back.
-    let opts = bollard::query_parameters::StopContainerOptions { t: Some(0), signal: None };
-    s.docker.stop_container(&s.container, Some(opts)).await.expect("stop container by hand");
+    let opts = bollard::query_parameters::StopContainerOptions {
+        t: Some(0),
+        signal: None,
+    };
+    s.docker
+        .stop_container(&s.container, Some(opts))
+        .await
+        .expect("stop container by hand");
     let t = Instant::now();
     let d = s.docker.clone();
     let name = s.container.clone();
-    eventually("the container is started again", Duration::from_secs(10), || {
-        let (d, name) = (d.clone(), name.clone());
-        async move { (container_running(&d, &name).await == Some(true)).then_some(()) }
-    })
+    eventually(
+        "the container is started again",
+        Duration::from_secs(10),
+        || {
+            let (d, name) = (d.clone(), name.clone());
+            async move { (container_running(&d, &name).await == Some(true)).then_some(()) }
+        },
+    )
     .await;
     // interval is 1 s: one period plus the start itself.
-    assert!(t.elapsed() < Duration::from_secs(5), "repair took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "repair took {:?}",
+        t.elapsed()
+    );
     println!("stopped container restarted after {:?}", t.elapsed());
     converged(r, "cloud").await;
 
@@ -227,12 +318,18 @@ async fn drift_is_repaired_within_one_period() {
 
     // HAProxy restarts and forgets its runtime state: the server is reopened.
     s.haproxy.restart().await;
-    assert_ne!(s.haproxy.admin_flags("cloud1").await & 0x01, 0, "restarted HAProxy starts with cloud1 in maint");
+    assert_ne!(
+        s.haproxy.admin_flags("cloud1").await & 0x01,
+        0,
+        "restarted HAProxy starts with cloud1 in maint"
+    );
     let t = Instant::now();
     let h = &s.haproxy;
-    eventually("cloud1 ready after HAProxy restart", Duration::from_secs(10), || async {
-        (h.admin_flags("cloud1").await & 0x3b == 0).then_some(())
-    })
+    eventually(
+        "cloud1 ready after HAProxy restart",
+        Duration::from_secs(10),
+        || async { (h.admin_flags("cloud1").await & 0x3b == 0).then_some(()) },
+    )
     .await;
     println!("HAProxy restart repaired after {:?}", t.elapsed());
     let _ = &s.dir;
@@ -240,15 +337,35 @@ async fn drift_is_repaired_within_one_period() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recovery_alert_fails_back_without_resolved_notification() {
-    let Some(s) = stack("recovered").await else { return };
+    let Some(s) = stack("recovered").await else {
+        return;
+    };
     let r = &s.responder;
-    assert_eq!(r.post_alerts(&fixture("onprem_down-firing.json")).await.status().as_u16(), 202);
+    assert_eq!(
+        r.post_alerts(&fixture("onprem_down-firing.json"))
+            .await
+            .status()
+            .as_u16(),
+        202
+    );
     converged(r, "cloud").await;
     // The resolved notification is lost; onprem_recovered fires later (startsAt 05:38:23 > 05:38:00).
-    assert_eq!(r.post_alerts(&fixture("onprem_recovered-firing.json")).await.status().as_u16(), 202);
+    assert_eq!(
+        r.post_alerts(&fixture("onprem_recovered-firing.json"))
+            .await
+            .status()
+            .as_u16(),
+        202
+    );
     let st = converged(r, "onprem").await;
-    let reason = st["services"]["onprem-api"]["desired"]["reason"].as_str().unwrap_or_default().to_string();
+    let reason = st["services"]["onprem-api"]["desired"]["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     assert!(reason.contains("failback alert"), "{reason}");
-    assert_eq!(container_running(&s.docker, &s.container).await, Some(false));
+    assert_eq!(
+        container_running(&s.docker, &s.container).await,
+        Some(false)
+    );
     assert_eq!(s.haproxy.admin_flags("cloud1").await & 0x01, 0x01);
 }

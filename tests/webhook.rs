@@ -48,7 +48,10 @@ async fn every_fixture_is_accepted_and_recorded() {
         assert_eq!(body["status"], "accepted", "{name}");
     }
     let st = r.status().await;
-    assert_eq!(st["notifications"].as_array().map(Vec::len), Some(fixture_names().len()));
+    assert_eq!(
+        st["notifications"].as_array().map(Vec::len),
+        Some(fixture_names().len())
+    );
     // onprem_down fired then resolved (sorted order: firing before resolved), the recovery
     // alert fires; the overloaded alerts concern no configured matcher and are not kept.
     let firing: Vec<&str> = st["services"]["onprem-api"]["firing_alerts"]
@@ -58,7 +61,10 @@ async fn every_fixture_is_accepted_and_recorded() {
         .filter_map(|a| a["labels"]["alertname"].as_str())
         .collect();
     assert_eq!(firing, vec!["onprem_recovered"]);
-    assert!(r.metrics().await.contains(r#"failover_responder_notifications_total{result="accepted"} 4"#));
+    assert!(r
+        .metrics()
+        .await
+        .contains(r#"failover_responder_notifications_total{result="accepted"} 4"#));
     r.shutdown().await;
 }
 
@@ -82,19 +88,113 @@ async fn bad_requests_get_the_right_4xx_and_change_nothing() {
     }
     let bearer = Some(format!("Bearer {TOKEN}"));
     let cases = vec![
-        Case { name: "no credentials", auth: None, content_type: Some("application/json"), body: good_str.clone(), status: 401, message: "credentials" },
-        Case { name: "wrong token", auth: Some("Bearer nope".into()), content_type: Some("application/json"), body: good_str.clone(), status: 401, message: "credentials" },
-        Case { name: "token prefix", auth: Some(format!("Bearer {}", &TOKEN[..4])), content_type: Some("application/json"), body: good_str.clone(), status: 401, message: "credentials" },
-        Case { name: "basic when only bearer is configured", auth: Some("Basic dXNlcjpzM2NyZXQtdG9rZW4=".into()), content_type: Some("application/json"), body: good_str.clone(), status: 401, message: "credentials" },
-        Case { name: "text/plain", auth: bearer.clone(), content_type: Some("text/plain"), body: good_str.clone(), status: 415, message: "text/plain" },
-        Case { name: "no content type", auth: bearer.clone(), content_type: None, body: good_str.clone(), status: 415, message: "content type" },
-        Case { name: "too large", auth: bearer.clone(), content_type: Some("application/json"), body: big, status: 413, message: "4096 bytes" },
-        Case { name: "not JSON", auth: bearer.clone(), content_type: Some("application/json"), body: "{\"version\": ".into(), status: 400, message: "invalid JSON" },
-        Case { name: "empty", auth: bearer.clone(), content_type: Some("application/json"), body: String::new(), status: 400, message: "invalid JSON at body" },
-        Case { name: "wrong label type", auth: bearer.clone(), content_type: Some("application/json"), body: good_str.replace("\"severity\":\"critical\"", "\"severity\":3"), status: 400, message: "alerts[0].labels.severity" },
-        Case { name: "bad status", auth: bearer.clone(), content_type: Some("application/json"), body: good_str.replace("\"status\":\"firing\",\"alerts\"", "\"status\":\"burning\",\"alerts\""), status: 400, message: "status" },
-        Case { name: "bad time", auth: bearer.clone(), content_type: Some("application/json"), body: good_str.replace("2026-11-22T05:38:00Z", "yesterday"), status: 400, message: "alerts[0].startsAt" },
-        Case { name: "version 5", auth: bearer.clone(), content_type: Some("application/json"), body: good_str.replace("\"version\":\"4\"", "\"version\":\"5\""), status: 400, message: "unsupported webhook version" },
+        Case {
+            name: "no credentials",
+            auth: None,
+            content_type: Some("application/json"),
+            body: good_str.clone(),
+            status: 401,
+            message: "credentials",
+        },
+        Case {
+            name: "wrong token",
+            auth: Some("Bearer nope".into()),
+            content_type: Some("application/json"),
+            body: good_str.clone(),
+            status: 401,
+            message: "credentials",
+        },
+        Case {
+            name: "token prefix",
+            auth: Some(format!("Bearer {}", &TOKEN[..4])),
+            content_type: Some("application/json"),
+            body: good_str.clone(),
+            status: 401,
+            message: "credentials",
+        },
+        Case {
+            name: "basic when only bearer is configured",
+            auth: Some("Basic dXNlcjpzM2NyZXQtdG9rZW4=".into()),
+            content_type: Some("application/json"),
+            body: good_str.clone(),
+            status: 401,
+            message: "credentials",
+        },
+        Case {
+            name: "text/plain",
+            auth: bearer.clone(),
+            content_type: Some("text/plain"),
+            body: good_str.clone(),
+            status: 415,
+            message: "text/plain",
+        },
+        Case {
+            name: "no content type",
+            auth: bearer.clone(),
+            content_type: None,
+            body: good_str.clone(),
+            status: 415,
+            message: "content type",
+        },
+        Case {
+            name: "too large",
+            auth: bearer.clone(),
+            content_type: Some("application/json"),
+            body: big,
+            status: 413,
+            message: "4096 bytes",
+        },
+        Case {
+            name: "not JSON",
+            auth: bearer.clone(),
+            content_type: Some("application/json"),
+            body: "{\"version\": ".into(),
+            status: 400,
+            message: "invalid JSON",
+        },
+        Case {
+            name: "empty",
+            auth: bearer.clone(),
+            content_type: Some("application/json"),
+            body: String::new(),
+            status: 400,
+            message: "invalid JSON at body",
+        },
+        Case {
+            name: "wrong label type",
+            auth: bearer.clone(),
+            content_type: Some("application/json"),
+            body: good_str.replace("\"severity\":\"critical\"", "\"severity\":3"),
+            status: 400,
+            message: "alerts[0].labels.severity",
+        },
+        Case {
+            name: "bad status",
+            auth: bearer.clone(),
+            content_type: Some("application/json"),
+            body: good_str.replace(
+                "\"status\":\"firing\",\"alerts\"",
+                "\"status\":\"burning\",\"alerts\"",
+            ),
+            status: 400,
+            message: "status",
+        },
+        Case {
+            name: "bad time",
+            auth: bearer.clone(),
+            content_type: Some("application/json"),
+            body: good_str.replace("2026-11-22T05:38:00Z", "yesterday"),
+            status: 400,
+            message: "alerts[0].startsAt",
+        },
+        Case {
+            name: "version 5",
+            auth: bearer.clone(),
+            content_type: Some("application/json"),
+            body: good_str.replace("\"version\":\"4\"", "\"version\":\"5\""),
+            status: 400,
+            message: "unsupported webhook version",
+        },
     ];
     for c in &cases {
         let mut req = r.client.post(&url).body(c.body.clone());
@@ -110,18 +210,45 @@ async fn bad_requests_get_the_right_4xx_and_change_nothing() {
         let body: Value = resp.json().await.unwrap_or(Value::Null);
         assert_eq!(status, c.status, "{}: {body}", c.name);
         let msg = body["error"].as_str().unwrap_or_default();
-        assert!(msg.contains(c.message), "{}: message {msg:?} should mention {:?}", c.name, c.message);
-        assert!(!msg.contains(TOKEN), "{}: the token leaked into the answer", c.name);
+        assert!(
+            msg.contains(c.message),
+            "{}: message {msg:?} should mention {:?}",
+            c.name,
+            c.message
+        );
+        assert!(
+            !msg.contains(TOKEN),
+            "{}: the token leaked into the answer",
+            c.name
+        );
         if status == 401 {
-            assert!(challenge.is_some_and(|h| h.to_str().is_ok_and(|v| v.starts_with("Bearer"))), "{}", c.name);
+            assert!(
+                challenge.is_some_and(|h| h.to_str().is_ok_and(|v| v.starts_with("Bearer"))),
+                "{}",
+                c.name
+            );
         }
     }
     // Nothing was recorded by any refused request.
     let st = r.status().await;
-    assert_eq!(st["notifications"].as_array().map(Vec::len), Some(0), "{st}");
-    assert_eq!(st["services"]["onprem-api"]["firing_alerts"].as_array().map(Vec::len), Some(0));
+    assert_eq!(
+        st["notifications"].as_array().map(Vec::len),
+        Some(0),
+        "{st}"
+    );
+    assert_eq!(
+        st["services"]["onprem-api"]["firing_alerts"]
+            .as_array()
+            .map(Vec::len),
+        Some(0)
+    );
     let metrics = r.metrics().await;
-    for (result, n) in [("unauthorized", 4), ("unsupported_media_type", 2), ("too_large", 1), ("bad_request", 6)] {
+    for (result, n) in [
+        ("unauthorized", 4),
+        ("unsupported_media_type", 2),
+        ("too_large", 1),
+        ("bad_request", 6),
+    ] {
         let line = format!("failover_responder_notifications_total{{result=\"{result}\"}} {n}");
         assert!(metrics.contains(&line), "want {line} in\n{metrics}");
     }
@@ -144,11 +271,18 @@ async fn basic_auth_is_accepted_when_configured() {
     let dir = tempfile::tempdir().expect("tempdir");
     let pw = dir.path().join("pw");
     std::fs::write(&pw, "hunter2\n").expect("pw");
-    let extra = format!("  basic_auth: {{username: am, password_file: {}}}", pw.display());
+    let extra = format!(
+        "  basic_auth: {{username: am, password_file: {}}}",
+        pw.display()
+    );
     let r = Responder::start(&config(dir.path(), &extra), dir.path()).await;
     let url = format!("{}/api/v1/alerts", r.url);
     let body = fixture("onprem_down-firing.json");
-    for (user, pass, want) in [("am", "hunter2", 202), ("am", "hunter", 401), ("amx", "hunter2", 401)] {
+    for (user, pass, want) in [
+        ("am", "hunter2", 202),
+        ("am", "hunter", 401),
+        ("amx", "hunter2", 401),
+    ] {
         let resp = r
             .client
             .post(&url)
@@ -169,26 +303,54 @@ async fn basic_auth_is_accepted_when_configured() {
 async fn unreachable_backends_are_shown_not_fatal() {
     let dir = tempfile::tempdir().expect("tempdir");
     let r = Responder::start(&config(dir.path(), ""), dir.path()).await;
-    assert_eq!(r.post_alerts(&fixture("onprem_down-firing.json")).await.status().as_u16(), 202);
-    let svc = eventually("status shows cloud with unknown backends", Duration::from_secs(10), || async {
-        let st = r.status().await;
-        let svc = st["services"]["onprem-api"].clone();
-        (svc["desired"]["mode"] == "cloud" && svc["observed"]["servers"][0]["state"] == "unknown").then_some(svc)
-    })
+    assert_eq!(
+        r.post_alerts(&fixture("onprem_down-firing.json"))
+            .await
+            .status()
+            .as_u16(),
+        202
+    );
+    let svc = eventually(
+        "status shows cloud with unknown backends",
+        Duration::from_secs(10),
+        || async {
+            let st = r.status().await;
+            let svc = st["services"]["onprem-api"].clone();
+            (svc["desired"]["mode"] == "cloud"
+                && svc["observed"]["servers"][0]["state"] == "unknown")
+                .then_some(svc)
+        },
+    )
     .await;
-    assert_eq!(svc["observed"]["containers"][0]["state"], "unknown", "{svc}");
+    assert_eq!(
+        svc["observed"]["containers"][0]["state"], "unknown",
+        "{svc}"
+    );
     assert_eq!(svc["converged"], false);
     assert!(!svc["waiting"].as_array().expect("waiting").is_empty());
     let m = r.metrics().await;
-    assert!(m.contains(r#"failover_responder_backend_up{service="onprem-api",backend="haproxy""#), "{m}");
     assert!(
-        m.lines().filter(|l| l.starts_with("failover_responder_backend_up{")).all(|l| l.ends_with(" 0")),
+        m.contains(r#"failover_responder_backend_up{service="onprem-api",backend="haproxy""#),
         "{m}"
     );
-    assert!(m.contains(r#"failover_responder_desired_mode{service="onprem-api",mode="cloud"} 1"#), "{m}");
+    assert!(
+        m.lines()
+            .filter(|l| l.starts_with("failover_responder_backend_up{"))
+            .all(|l| l.ends_with(" 0")),
+        "{m}"
+    );
+    assert!(
+        m.contains(r#"failover_responder_desired_mode{service="onprem-api",mode="cloud"} 1"#),
+        "{m}"
+    );
     // Health endpoints answer regardless.
     for p in ["/-/healthy", "/-/ready"] {
-        let resp = r.client.get(format!("{}{p}", r.url)).send().await.expect("get");
+        let resp = r
+            .client
+            .get(format!("{}{p}", r.url))
+            .send()
+            .await
+            .expect("get");
         assert!(resp.status().is_success(), "{p}");
     }
     r.shutdown().await;

@@ -56,7 +56,10 @@ pub fn parse_port(spec: &str) -> Result<PortSpec, String> {
         let parts: Vec<&str> = addr.split(':').collect();
         match parts.len() {
             1 | 2 => (None, addr.to_string()),
-            3 => (Some(parts[0].to_string()), format!("{}:{}", parts[1], parts[2])),
+            3 => (
+                Some(parts[0].to_string()),
+                format!("{}:{}", parts[1], parts[2]),
+            ),
             _ => return Err(format!("{spec:?}: want [ip:]host_port:container_port")),
         }
     };
@@ -115,7 +118,10 @@ impl DockerBackend {
                 .map_err(|e| self.unreachable(e))?;
                 // Older engines (this project is tested against 20.10, API 1.41) refuse newer
                 // API versions, so ask the engine which one it speaks.
-                docker.negotiate_version().await.map_err(|e| self.unreachable(e))
+                docker
+                    .negotiate_version()
+                    .await
+                    .map_err(|e| self.unreachable(e))
             })
             .await
     }
@@ -211,7 +217,10 @@ impl DockerBackend {
         if let ContainerState::Absent = self.inspect(c).await? {
             self.create(d, service, c).await?;
         }
-        match d.start_container(&c.name, None::<StartContainerOptions>).await {
+        match d
+            .start_container(&c.name, None::<StartContainerOptions>)
+            .await
+        {
             Ok(()) => Ok(()),
             // 304: already started.
             Err(DockerError::DockerResponseServerError {
@@ -221,7 +230,12 @@ impl DockerBackend {
         }
     }
 
-    async fn create(&self, d: &Docker, service: &str, c: &ContainerConfig) -> Result<(), BackendError> {
+    async fn create(
+        &self,
+        d: &Docker,
+        service: &str,
+        c: &ContainerConfig,
+    ) -> Result<(), BackendError> {
         let body = container_body(service, c);
         let opts = CreateContainerOptions {
             name: Some(c.name.clone()),
@@ -298,7 +312,10 @@ pub fn container_body(service: &str, c: &ContainerConfig) -> ContainerCreateBody
         env: (!c.env.is_empty()).then(|| c.env.clone()),
         cmd: c.command.clone(),
         exposed_ports: (!exposed.is_empty()).then_some(exposed),
-        labels: Some(HashMap::from([(MANAGED_LABEL.to_string(), service.to_string())])),
+        labels: Some(HashMap::from([(
+            MANAGED_LABEL.to_string(),
+            service.to_string(),
+        )])),
         host_config: Some(HostConfig {
             port_bindings: (!bindings.is_empty()).then_some(bindings),
             ..Default::default()
@@ -313,22 +330,43 @@ mod tests {
 
     #[test]
     fn port_specs() {
-        let ok: &[(&str, Option<&str>, Option<u16>, u16, &str)] = &[
+        type Want<'a> = (&'a str, Option<&'a str>, Option<u16>, u16, &'a str);
+        let ok: &[Want] = &[
             ("8080", None, None, 8080, "tcp"),
             ("8081:8080", None, Some(8081), 8080, "tcp"),
-            ("127.0.0.1:8081:8080", Some("127.0.0.1"), Some(8081), 8080, "tcp"),
+            (
+                "127.0.0.1:8081:8080",
+                Some("127.0.0.1"),
+                Some(8081),
+                8080,
+                "tcp",
+            ),
             ("127.0.0.1::8080", Some("127.0.0.1"), None, 8080, "tcp"),
             ("[::1]:8081:8080/udp", Some("::1"), Some(8081), 8080, "udp"),
         ];
         for (s, ip, hp, cp, proto) in ok {
             let p = parse_port(s).unwrap_or_else(|e| panic!("{e}"));
             assert_eq!(
-                (p.host_ip.as_deref(), p.host_port, p.container_port, p.proto.as_str()),
+                (
+                    p.host_ip.as_deref(),
+                    p.host_port,
+                    p.container_port,
+                    p.proto.as_str()
+                ),
                 (*ip, *hp, *cp, *proto),
                 "{s}"
             );
         }
-        for bad in ["", "x", "99999:80", "0:80", "1.2.3:80:80", "a:b:c:d", "80/http", "[::1:80:80"] {
+        for bad in [
+            "",
+            "x",
+            "99999:80",
+            "0:80",
+            "1.2.3:80:80",
+            "a:b:c:d",
+            "80/http",
+            "[::1:80:80",
+        ] {
             assert!(parse_port(bad).is_err(), "{bad:?} accepted");
         }
     }
@@ -353,7 +391,10 @@ mod tests {
         assert_eq!(pb[0].host_ip.as_deref(), Some("127.0.0.1"));
         assert_eq!(pb[0].host_port.as_deref(), Some("8081"));
         assert_eq!(
-            b.labels.as_ref().and_then(|l| l.get(MANAGED_LABEL)).map(String::as_str),
+            b.labels
+                .as_ref()
+                .and_then(|l| l.get(MANAGED_LABEL))
+                .map(String::as_str),
             Some("onprem-api")
         );
     }

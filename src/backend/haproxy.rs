@@ -54,7 +54,9 @@ fn unix_path(p: &str, original: &str) -> Result<RuntimeAddr, String> {
     if p.starts_with('/') {
         Ok(RuntimeAddr::Unix(PathBuf::from(p)))
     } else {
-        Err(format!("{original:?}: the unix socket path must be absolute"))
+        Err(format!(
+            "{original:?}: the unix socket path must be absolute"
+        ))
     }
 }
 
@@ -82,11 +84,15 @@ impl RuntimeApi {
         let fut = async {
             match &self.addr {
                 RuntimeAddr::Unix(path) => {
-                    let s = UnixStream::connect(path).await.map_err(|e| self.unreachable(e))?;
+                    let s = UnixStream::connect(path)
+                        .await
+                        .map_err(|e| self.unreachable(e))?;
                     self.exchange(s, cmd).await
                 }
                 RuntimeAddr::Tcp(hp) => {
-                    let s = TcpStream::connect(hp).await.map_err(|e| self.unreachable(e))?;
+                    let s = TcpStream::connect(hp)
+                        .await
+                        .map_err(|e| self.unreachable(e))?;
                     self.exchange(s, cmd).await
                 }
             }
@@ -108,7 +114,9 @@ impl RuntimeApi {
             .await
             .map_err(|e| self.unreachable(e))?;
         let mut out = Vec::new();
-        s.read_to_end(&mut out).await.map_err(|e| self.unreachable(e))?;
+        s.read_to_end(&mut out)
+            .await
+            .map_err(|e| self.unreachable(e))?;
         Ok(String::from_utf8_lossy(&out).into_owned())
     }
 
@@ -133,11 +141,18 @@ impl RuntimeApi {
         backend: &str,
         servers: &[String],
     ) -> Result<BTreeMap<String, ServerState>, BackendError> {
-        let out = self.command(&format!("show servers state {backend}")).await?;
+        let out = self
+            .command(&format!("show servers state {backend}"))
+            .await?;
         let states = parse_servers_state(&out, backend).map_err(|m| self.rejected(m, true))?;
         Ok(servers
             .iter()
-            .map(|s| (s.clone(), states.get(s).cloned().unwrap_or(ServerState::Missing)))
+            .map(|s| {
+                (
+                    s.clone(),
+                    states.get(s).cloned().unwrap_or(ServerState::Missing),
+                )
+            })
             .collect())
     }
 
@@ -149,7 +164,10 @@ impl RuntimeApi {
         state: AdminState,
     ) -> Result<(), BackendError> {
         let out = self
-            .command(&format!("set server {backend}/{server} state {}", state.as_str()))
+            .command(&format!(
+                "set server {backend}/{server} state {}",
+                state.as_str()
+            ))
             .await?;
         let msg = out.trim();
         if msg.is_empty() {
@@ -210,7 +228,9 @@ pub fn parse_servers_state(
             // Every server of a missing backend is missing.
             return Ok(BTreeMap::new());
         }
-        return Err(format!("unexpected answer to show servers state: {first:?}"));
+        return Err(format!(
+            "unexpected answer to show servers state: {first:?}"
+        ));
     }
     let header = lines
         .next()
@@ -222,13 +242,16 @@ pub fn parse_servers_state(
             .position(|c| *c == name)
             .ok_or(format!("show servers state: no {name} column"))
     };
-    let (be_col, name_col, admin_col) = (col("be_name")?, col("srv_name")?, col("srv_admin_state")?);
+    let (be_col, name_col, admin_col) =
+        (col("be_name")?, col("srv_name")?, col("srv_admin_state")?);
     let mut states = BTreeMap::new();
     for line in lines {
         let fields: Vec<&str> = line.split_whitespace().collect();
-        let (Some(be), Some(name), Some(admin)) =
-            (fields.get(be_col), fields.get(name_col), fields.get(admin_col))
-        else {
+        let (Some(be), Some(name), Some(admin)) = (
+            fields.get(be_col),
+            fields.get(name_col),
+            fields.get(admin_col),
+        ) else {
             return Err(format!("show servers state: short line {line:?}"));
         };
         if *be != backend {
@@ -273,19 +296,38 @@ mod tests {
     #[test]
     fn addresses() {
         let ok: &[(&str, RuntimeAddr)] = &[
-            ("unix:/run/haproxy/admin.sock", RuntimeAddr::Unix("/run/haproxy/admin.sock".into())),
+            (
+                "unix:/run/haproxy/admin.sock",
+                RuntimeAddr::Unix("/run/haproxy/admin.sock".into()),
+            ),
             ("unix@/a.sock", RuntimeAddr::Unix("/a.sock".into())),
             ("unix:///a.sock", RuntimeAddr::Unix("/a.sock".into())),
             ("/a.sock", RuntimeAddr::Unix("/a.sock".into())),
-            ("tcp:127.0.0.1:9999", RuntimeAddr::Tcp("127.0.0.1:9999".into())),
-            ("tcp://127.0.0.1:9999", RuntimeAddr::Tcp("127.0.0.1:9999".into())),
-            ("ipv4@127.0.0.1:9999", RuntimeAddr::Tcp("127.0.0.1:9999".into())),
+            (
+                "tcp:127.0.0.1:9999",
+                RuntimeAddr::Tcp("127.0.0.1:9999".into()),
+            ),
+            (
+                "tcp://127.0.0.1:9999",
+                RuntimeAddr::Tcp("127.0.0.1:9999".into()),
+            ),
+            (
+                "ipv4@127.0.0.1:9999",
+                RuntimeAddr::Tcp("127.0.0.1:9999".into()),
+            ),
             ("localhost:9999", RuntimeAddr::Tcp("localhost:9999".into())),
         ];
         for (s, want) in ok {
             assert_eq!(RuntimeAddr::parse(s).as_ref(), Ok(want), "{s}");
         }
-        for bad in ["", "unix:relative.sock", "tcp:host", "tcp::80", "host:0", "host:99999"] {
+        for bad in [
+            "",
+            "unix:relative.sock",
+            "tcp:host",
+            "tcp::80",
+            "host:0",
+            "host:99999",
+        ] {
             assert!(RuntimeAddr::parse(bad).is_err(), "{bad:?} accepted");
         }
     }
@@ -317,7 +359,9 @@ mod tests {
         assert_eq!(s.get("onprem"), Some(&ServerState::Ready));
         assert_eq!(s.get("cloud1"), Some(&ServerState::Maint));
         assert_eq!(s.get("cloud2"), Some(&ServerState::Drain));
-        assert!(parse_servers_state("Can't find backend.\n", "api").expect("ok").is_empty());
+        assert!(parse_servers_state("Can't find backend.\n", "api")
+            .expect("ok")
+            .is_empty());
         assert!(parse_servers_state("Permission denied\n", "api").is_err());
         assert!(parse_servers_state("1\n# be_id be_name\n", "api").is_err());
     }

@@ -54,7 +54,8 @@ impl AppState {
 }
 
 fn concerns(s: &ServiceRuntime, labels: &Labels) -> bool {
-    matches_all(&s.config.failover_matchers, labels) || matches_all(&s.config.failback_matchers, labels)
+    matches_all(&s.config.failover_matchers, labels)
+        || matches_all(&s.config.failback_matchers, labels)
 }
 
 /// Registers every route.

@@ -24,7 +24,11 @@ pub async fn receive(
     result
 }
 
-async fn handle(req: &HttpRequest, payload: web::Payload, state: &AppState) -> Result<HttpResponse, ApiError> {
+async fn handle(
+    req: &HttpRequest,
+    payload: web::Payload,
+    state: &AppState,
+) -> Result<HttpResponse, ApiError> {
     // Credentials first: an unauthenticated client learns nothing else about the endpoint.
     state.auth.check(req)?;
     check_json(req)?;
@@ -57,7 +61,12 @@ fn check_json(req: &HttpRequest) -> Result<(), ApiError> {
         .get(header::CONTENT_TYPE)
         .map(|v| v.to_str().unwrap_or("<non-ascii>").to_string())
         .unwrap_or_default();
-    let essence = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let essence = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     if essence == "application/json" {
         Ok(())
     } else if ct.is_empty() {
@@ -69,7 +78,11 @@ fn check_json(req: &HttpRequest) -> Result<(), ApiError> {
 
 /// Reads the body, refusing as soon as it passes `limit` (a declared Content-Length over the
 /// limit is refused before reading anything).
-async fn read_capped(req: &HttpRequest, mut payload: web::Payload, limit: usize) -> Result<web::BytesMut, ApiError> {
+async fn read_capped(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+) -> Result<web::BytesMut, ApiError> {
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)

@@ -40,12 +40,18 @@ pub fn have_docker() -> bool {
 }
 
 pub fn fixture(name: &str) -> Vec<u8> {
-    let path = format!("{}/../shared/fixtures/alertmanager-0.25/{name}", env!("CARGO_MANIFEST_DIR"));
+    let path = format!(
+        "{}/../shared/fixtures/alertmanager-0.25/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    );
     std::fs::read(&path).unwrap_or_else(|e| panic!("fixture {path}: {e}"))
 }
 
 pub fn fixture_names() -> Vec<String> {
-    let dir = format!("{}/../shared/fixtures/alertmanager-0.25", env!("CARGO_MANIFEST_DIR"));
+    let dir = format!(
+        "{}/../shared/fixtures/alertmanager-0.25",
+        env!("CARGO_MANIFEST_DIR")
+    );
     let mut names: Vec<String> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{dir}: {e}"))
         .filter_map(|e| e.ok())
@@ -161,10 +167,19 @@ impl Haproxy {
             config,
         };
         let sock = h.socket.clone();
-        eventually("haproxy admin socket answers", Duration::from_secs(10), || {
-            let sock = sock.clone();
-            async move { runtime_cmd(&sock, "show info").await.ok().filter(|o| o.contains("Name: HAProxy")) }
-        })
+        eventually(
+            "haproxy admin socket answers",
+            Duration::from_secs(10),
+            || {
+                let sock = sock.clone();
+                async move {
+                    runtime_cmd(&sock, "show info")
+                        .await
+                        .ok()
+                        .filter(|o| o.contains("Name: HAProxy"))
+                }
+            },
+        )
         .await;
         h
     }
@@ -185,7 +200,12 @@ impl Haproxy {
         let sock = self.socket.clone();
         eventually("restarted haproxy answers", Duration::from_secs(10), || {
             let sock = sock.clone();
-            async move { runtime_cmd(&sock, "show info").await.ok().filter(|o| o.contains("Name: HAProxy")) }
+            async move {
+                runtime_cmd(&sock, "show info")
+                    .await
+                    .ok()
+                    .filter(|o| o.contains("Name: HAProxy"))
+            }
         })
         .await;
     }
@@ -205,8 +225,14 @@ impl Haproxy {
             .expect("header")
             .split_whitespace()
             .collect();
-        let name_col = header.iter().position(|c| *c == "srv_name").expect("srv_name");
-        let admin_col = header.iter().position(|c| *c == "srv_admin_state").expect("admin");
+        let name_col = header
+            .iter()
+            .position(|c| *c == "srv_name")
+            .expect("srv_name");
+        let admin_col = header
+            .iter()
+            .position(|c| *c == "srv_admin_state")
+            .expect("admin");
         out.lines()
             .map(|l| l.split_whitespace().collect::<Vec<_>>())
             .find(|f| f.get(name_col) == Some(&server))
@@ -257,10 +283,13 @@ pub async fn docker() -> bollard::Docker {
 
 /// Running state of a container, None when absent.
 pub async fn container_running(d: &bollard::Docker, name: &str) -> Option<bool> {
-    d.inspect_container(name, None::<bollard::query_parameters::InspectContainerOptions>)
-        .await
-        .ok()
-        .map(|i| i.state.and_then(|s| s.running).unwrap_or(false))
+    d.inspect_container(
+        name,
+        None::<bollard::query_parameters::InspectContainerOptions>,
+    )
+    .await
+    .ok()
+    .map(|i| i.state.and_then(|s| s.running).unwrap_or(false))
 }
 
 /// Removes a container when dropped, whatever the test's outcome.
@@ -271,7 +300,10 @@ impl Drop for ContainerGuard {
         let name = self.0.clone();
         // Drop cannot await; a short-lived runtime on another thread does the removal.
         let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
                 return;
             };
             rt.block_on(async {
@@ -321,7 +353,13 @@ impl Responder {
         let ready = format!("{}/-/ready", r.url);
         eventually("responder ready", Duration::from_secs(10), || {
             let (c, u) = (client.clone(), ready.clone());
-            async move { c.get(&u).send().await.ok().filter(|r| r.status().is_success()) }
+            async move {
+                c.get(&u)
+                    .send()
+                    .await
+                    .ok()
+                    .filter(|r| r.status().is_success())
+            }
         })
         .await;
         r
