@@ -90,7 +90,7 @@ async fn serve_answers_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().expect("tempdir");
     let token = token_file(dir.path());
     let port = free_port();
-    let mut child = Command::new(BIN)
+    let child = Command::new(BIN)
         .args(["serve", "--config.file", EXAMPLE, "--web.listen-address"])
         .arg(format!("127.0.0.1:{port}"))
         .args(["--log.format", "json"])

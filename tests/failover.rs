@@ -369,3 +369,118 @@ async fn recovery_alert_fails_back_without_resolved_notification() {
     );
     assert_eq!(s.haproxy.admin_flags("cloud1").await & 0x01, 0x01);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_service_backs_off_and_the_other_goes_on() {
+    let ok = require("haproxy (Debian package haproxy)", have_binary("haproxy"))
+        && require(
+            "/bin/busybox (Debian package busybox-static)",
+            std::path::Path::new("/bin/busybox").exists(),
+        )
+        && require("curl (Debian package curl)", have_binary("curl"))
+        && require("the Docker engine at /var/run/docker.sock", have_docker());
+    if !ok {
+        return;
+    }
+    ensure_image(IMAGE, "cloud");
+    let d = docker().await;
+    let (dir_good, dir_bad) = (
+        tempfile::tempdir().expect("tmp"),
+        tempfile::tempdir().expect("tmp"),
+    );
+    let (good_port, bad_port) = (free_port(), free_port());
+    let h_good = Haproxy::start(dir_good.path(), free_port(), good_port).await;
+    let h_bad = Haproxy::start(dir_bad.path(), free_port(), bad_port).await;
+    let pid = std::process::id();
+    let (good, bad) = (format!("fr-test-good-{pid}"), format!("fr-test-bad-{pid}"));
+    let _guards = (ContainerGuard(good.clone()), ContainerGuard(bad.clone()));
+    drop(ContainerGuard(good.clone()));
+    drop(ContainerGuard(bad.clone()));
+    let token = token_file(dir_good.path());
+    // "broken" never becomes healthy: its health_url points at a port nothing listens on.
+    let cfg = format!(
+        r#"
+auth: {{bearer_token_file: {token}}}
+reconcile: {{interval: 1s, retry_initial: 200ms, retry_max: 800ms}}
+services:
+  onprem-api:
+    failover_on: ['alertname="onprem_down"']
+    docker:
+      containers: [{{name: {good}, image: {IMAGE}, ports: ['127.0.0.1:{good_port}:8080'], health_url: 'http://127.0.0.1:{good_port}/health'}}]
+    haproxy: {{runtime_api: ['unix:{good_sock}'], backend: api, cloud_servers: [cloud1]}}
+    timeouts: {{healthy: 20s, drain: 1s, stop: 1s}}
+  broken:
+    failover_on: ['alertname="onprem_down"']
+    docker:
+      containers: [{{name: {bad}, image: {IMAGE}, ports: ['127.0.0.1:{bad_port}:8080'], health_url: 'http://127.0.0.1:{unused}/health'}}]
+    haproxy: {{runtime_api: ['unix:{bad_sock}'], backend: api, cloud_servers: [cloud1]}}
+    timeouts: {{healthy: 500ms, drain: 1s, stop: 1s}}
+"#,
+        token = token.display(),
+        good_sock = h_good.socket.display(),
+        bad_sock = h_bad.socket.display(),
+        unused = free_port(),
+    );
+    let r = Responder::start(&cfg, dir_good.path()).await;
+    assert_eq!(
+        r.post_alerts(&fixture("onprem_down-firing.json"))
+            .await
+            .status()
+            .as_u16(),
+        202
+    );
+
+    // The healthy service converges while the broken one keeps failing.
+    converged(&r, "cloud").await;
+    assert_eq!(h_good.admin_flags("cloud1").await & 0x3b, 0);
+    let st = eventually(
+        "broken shows repeated failures",
+        Duration::from_secs(20),
+        || async {
+            let st = r.status().await;
+            (st["services"]["broken"]["consecutive_failures"].as_u64() >= Some(3)).then_some(st)
+        },
+    )
+    .await;
+    let broken = &st["services"]["broken"];
+    let err = broken["last_error"].as_str().unwrap_or_default();
+    assert!(
+        err.contains("healthy") && err.contains("timed out"),
+        "{err}"
+    );
+    assert_eq!(broken["converged"], false);
+    // Never opened in front of an unhealthy container.
+    assert_ne!(
+        h_bad.admin_flags("cloud1").await & 0x01,
+        0,
+        "broken's server must stay in maint"
+    );
+    assert_eq!(container_running(&d, &bad).await, Some(true));
+    let m = r.metrics().await;
+    let failures: u64 = m
+        .lines()
+        .find(|l| l.starts_with(r#"failover_responder_steps_total{service="broken",action="wait_healthy",outcome="failure"}"#))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!(failures >= 3, "{m}");
+    assert!(m.contains(r#"failover_responder_consecutive_failures{service="broken"}"#));
+    // Backoff: with a 500 ms health timeout and 200..800 ms waits, 3 s allow at most ~5 attempts
+    // more; a loop without backoff would make far more.
+    let before = failures;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after: u64 = r
+        .metrics()
+        .await
+        .lines()
+        .find(|l| l.starts_with(r#"failover_responder_steps_total{service="broken",action="wait_healthy",outcome="failure"}"#))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        after > before && after - before <= 3,
+        "attempts in 3 s: {}",
+        after - before
+    );
+    r.shutdown().await;
+}
