@@ -26,7 +26,11 @@ scripts/build-image.sh fr-test-api:latest cloud
 stage "cargo test"
 # Integration tests share one Docker engine and the machine has 2 cores: run test binaries
 # one after another (cargo's default) with two test threads each.
-cargo test --locked -- --test-threads=2
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --locked -- --test-threads=2 2>&1 | tee "$log"
+# One closing line over every test binary.
+awk '/^test result:/ { p += $4; f += $6; i += $8 } END { printf "tests: %d passed, %d failed, %d skipped\n", p, f, i }' "$log"
 
 if [ -x scripts/check-deploy.sh ]; then
   stage "deployment files (promtool, amtool, systemd-analyze, terraform checks)"
