@@ -14,7 +14,17 @@ use crate::config::Config;
 use crate::http::{auth::Auth, routes, AppState};
 use crate::metrics::Metrics;
 use crate::reconcile::{run_service, Context, ServiceRuntime};
-use crate::store::Store;
+use crate::resync::Resync;
+use crate::store::{Store, StoreError};
+
+/// Why the responder could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Storage(#[from] StoreError),
+    #[error("http server: {0}")]
+    Io(#[from] std::io::Error),
+}
 
 /// Runs the responder until `shutdown` completes, then stops accepting, lets in-flight
 /// requests finish, and stops the reconcilers (a step in flight is abandoned; the next start
@@ -23,8 +33,9 @@ pub async fn run(
     listener: TcpListener,
     config: Config,
     shutdown: impl Future<Output = ()>,
-) -> std::io::Result<()> {
-    let store = Store::new();
+) -> Result<(), AppError> {
+    let store = Store::open(&config.storage.path, config.storage.retention())?;
+    info!(path = %store.path().display(), journal = store.journal_len(), firing = store.firing().len(), "storage open");
     let metrics = Arc::new(Metrics::new());
     let services: Vec<ServiceRuntime> = config
         .services
@@ -35,7 +46,11 @@ pub async fn run(
         store: store.clone(),
         metrics: metrics.clone(),
         settings: config.reconcile.clone(),
+        dry_run: config.dry_run,
     };
+    if config.dry_run {
+        tracing::warn!("dry run: plans are recorded, no step is executed");
+    }
     let stop = CancellationToken::new();
     let mut tasks = Vec::new();
     for svc in &services {
@@ -46,10 +61,15 @@ pub async fn run(
         )));
     }
 
+    let services = Arc::new(services);
+    if let Some(am) = &config.alertmanager {
+        let resync = Resync::new(am.clone(), store.clone(), metrics.clone(), services.clone());
+        tasks.push(tokio::spawn(resync.run(stop.clone())));
+    }
     let state = AppState {
         store,
         metrics,
-        services: Arc::new(services),
+        services,
         auth: Auth::from_config(&config.auth),
         max_body_bytes: config.webhook.max_body_bytes,
     };
@@ -77,7 +97,7 @@ pub async fn run(
         let _ = t.await;
     }
     match server.await {
-        Ok(r) => r,
-        Err(e) => Err(std::io::Error::other(e)),
+        Ok(r) => Ok(r?),
+        Err(e) => Err(AppError::Io(std::io::Error::other(e))),
     }
 }

@@ -36,8 +36,17 @@ pub struct Config {
     /// Reconcile loop timing shared by all services.
     #[serde(default)]
     pub reconcile: ReconcileConfig,
+    /// Where and how long state is kept. `--storage.path` overrides `path`.
+    #[serde(default)]
+    pub storage: StorageConfig,
+    /// Resync of the firing alerts from Alertmanager's API, repairing lost and truncated
+    /// notifications. Off when absent.
+    pub alertmanager: Option<AlertmanagerConfig>,
     /// The services this responder fails over, by name (used in URLs, metrics and logs).
     pub services: BTreeMap<String, ServiceConfig>,
+    /// Plan and record, execute nothing (`--dry-run`; not a config key).
+    #[serde(skip)]
+    pub dry_run: bool,
 }
 
 /// Credentials accepted on the webhook. At least one must be configured unless
@@ -147,6 +156,85 @@ impl Default for ReconcileConfig {
     }
 }
 
+/// Durable state.
+#[derive(Debug, Clone, Deserialize)]
+pub struct StorageConfig {
+    /// Directory of the embedded database (created if missing).
+    #[serde(default = "default_storage_path")]
+    pub path: PathBuf,
+    /// Most notifications kept in the journal.
+    #[serde(default = "default_journal_entries")]
+    pub journal_max_entries: u64,
+    /// Journal entries older than this are dropped.
+    #[serde(default = "default_journal_age", with = "humantime_serde")]
+    pub journal_max_age: Duration,
+    /// Most events kept in the history.
+    #[serde(default = "default_events_entries")]
+    pub events_max_entries: u64,
+    /// Events older than this are dropped.
+    #[serde(default = "default_events_age", with = "humantime_serde")]
+    pub events_max_age: Duration,
+}
+
+impl StorageConfig {
+    pub fn retention(&self) -> crate::store::Retention {
+        crate::store::Retention {
+            journal_max_entries: self.journal_max_entries,
+            journal_max_age: self.journal_max_age,
+            events_max_entries: self.events_max_entries,
+            events_max_age: self.events_max_age,
+        }
+    }
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            path: default_storage_path(),
+            journal_max_entries: default_journal_entries(),
+            journal_max_age: default_journal_age(),
+            events_max_entries: default_events_entries(),
+            events_max_age: default_events_age(),
+        }
+    }
+}
+
+fn default_journal_entries() -> u64 {
+    100_000
+}
+fn default_journal_age() -> Duration {
+    Duration::from_secs(7 * 24 * 3600)
+}
+fn default_events_entries() -> u64 {
+    100_000
+}
+fn default_events_age() -> Duration {
+    Duration::from_secs(30 * 24 * 3600)
+}
+
+fn default_storage_path() -> PathBuf {
+    PathBuf::from("data")
+}
+
+/// Alertmanager's API, read to resync the firing alerts.
+#[derive(Debug, Clone, Deserialize)]
+pub struct AlertmanagerConfig {
+    /// Base URL, e.g. `http://alertmanager:9093`.
+    pub url: String,
+    /// How often to resync (and once at start).
+    #[serde(default = "default_resync", with = "humantime_serde")]
+    pub resync_interval: Duration,
+    /// Only alerts routed to this receiver (the responder's), when set.
+    pub receiver: Option<String>,
+    /// Deadline of one API call.
+    #[serde(default = "default_command_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+fn default_resync() -> Duration {
+    Duration::from_secs(30)
+}
+
 /// One service: which alerts move it, and the cloud capacity and HAProxy servers behind it.
 #[derive(Debug, Clone, Deserialize)]
 pub struct ServiceConfig {
@@ -161,6 +249,18 @@ pub struct ServiceConfig {
     pub haproxy: Option<HaproxyConfig>,
     #[serde(default)]
     pub timeouts: Timeouts,
+    /// Minimum time in cloud before failing back, so a flapping site does not bounce traffic.
+    #[serde(default = "default_hold_down", with = "humantime_serde")]
+    pub hold_down: Duration,
+    /// On-prem health URL the responder probes itself; when set, failback waits until it has
+    /// answered 2xx continuously for `healthy_for`.
+    pub onprem_health_url: Option<String>,
+    #[serde(default = "default_healthy_for", with = "humantime_serde")]
+    pub healthy_for: Duration,
+    /// Mode changes allowed in any hour; past it the service stays in cloud and says so.
+    /// 0 disables the cap.
+    #[serde(default = "default_max_transitions")]
+    pub max_transitions_per_hour: u32,
     /// `failover_on`, parsed.
     #[serde(skip)]
     pub failover_matchers: Vec<Matcher>,
@@ -233,6 +333,16 @@ impl Default for Timeouts {
             stop: default_stop(),
         }
     }
+}
+
+fn default_hold_down() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_healthy_for() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_max_transitions() -> u32 {
+    6
 }
 
 fn default_listen() -> SocketAddr {
@@ -412,6 +522,18 @@ impl Config {
         if self.services.is_empty() {
             errors.push("services: at least one service is needed".into());
         }
+        if let Some(am) = &self.alertmanager {
+            validate_http_url(&am.url, "alertmanager.url", errors);
+            if am.resync_interval.is_zero() {
+                errors.push("alertmanager.resync_interval: must be greater than 0".into());
+            }
+            if am.timeout.is_zero() {
+                errors.push("alertmanager.timeout: must be greater than 0".into());
+            }
+        }
+        if self.storage.path.as_os_str().is_empty() {
+            errors.push("storage.path: must not be empty".into());
+        }
 
         // Two services driving the same container or server would fight each other forever.
         let mut container_owner: BTreeMap<String, String> = BTreeMap::new();
@@ -445,6 +567,9 @@ impl Config {
                 if d.is_zero() && key != "drain" {
                     errors.push(format!("{p}.timeouts.{key}: must be greater than 0"));
                 }
+            }
+            if let Some(url) = &svc.onprem_health_url {
+                validate_http_url(url, &format!("{p}.onprem_health_url"), errors);
             }
             if let Some(d) = &svc.docker {
                 validate_docker(d, &format!("{p}.docker"), errors);
@@ -565,6 +690,17 @@ fn validate_docker(d: &DockerConfig, p: &str, errors: &mut Vec<String>) {
                 Err(e) => errors.push(format!("{cp}.health_url: {e}")),
             }
         }
+    }
+}
+
+fn validate_http_url(url: &str, key: &str, errors: &mut Vec<String>) {
+    match reqwest::Url::parse(url) {
+        Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
+        Ok(u) => errors.push(format!(
+            "{key}: scheme {:?} is not http or https",
+            u.scheme()
+        )),
+        Err(e) => errors.push(format!("{key}: {url:?}: {e}")),
     }
 }
 

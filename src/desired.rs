@@ -1,16 +1,22 @@
 //! Firing alerts -> the mode a service should be in. Pure: no I/O, no clock (time is passed in).
 //!
-//! Alerts are edges, the mode is a level: the decision is recomputed from the alerts firing now,
-//! never from the last notification, so replays, duplicates and reordering cannot flip it.
+//! Two layers. [`decide`] reads only the alerts: alerts are edges, the mode is a level, so the
+//! decision is recomputed from the alerts firing now and replays, duplicates and reordering
+//! cannot flip it. [`effective`] then applies what the operator and the damping rules say: a
+//! manual override, `hold_down`, the on-prem probe's `healthy_for` and
+//! `max_transitions_per_hour`. Failing over is never delayed (the cloud is the safe side);
+//! only failing back is.
+
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::alert::Labels;
 use crate::matcher::{matches_all, Matcher};
 
 /// Where a service's traffic should go.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// On-prem serves; cloud capacity closed in HAProxy and stopped.
@@ -95,6 +101,168 @@ pub fn decide(rules: Rules<'_>, firing: &[FiringAlert]) -> Decision {
         failover_alerts: fps(&failover),
         failback_alerts: fps(&failback),
     }
+}
+
+/// The firing set as it would be after `n` is applied: firing alerts join, resolved and
+/// ended ones leave. For previews; the store applies notifications for real.
+pub fn preview(
+    mut firing: Vec<FiringAlert>,
+    n: &crate::alert::Notification,
+    now: DateTime<Utc>,
+) -> Vec<FiringAlert> {
+    for a in &n.alerts {
+        firing.retain(|f| f.fingerprint != a.fingerprint);
+        if a.is_firing_at(now) {
+            firing.push(FiringAlert {
+                fingerprint: a.fingerprint.clone(),
+                labels: a.labels.clone(),
+                starts_at: a.starts_at,
+            });
+        }
+    }
+    firing
+}
+
+/// A manual override, set through the control API and kept across restarts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Override {
+    /// Observe and record, change nothing.
+    Paused,
+    /// Stay in cloud whatever the alerts say.
+    Failover,
+    /// Stay on-prem whatever the alerts say.
+    Failback,
+}
+
+/// Per-service flap damping, from the config.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Damping {
+    /// Minimum time in cloud before failing back.
+    pub hold_down: Duration,
+    /// When an on-prem probe is configured: how long it must have answered continuously.
+    pub healthy_for: Option<Duration>,
+    /// Mode changes allowed per hour before staying in cloud; 0 means no cap.
+    pub max_transitions_per_hour: u32,
+}
+
+/// Where the service is now, as the responder remembers it.
+#[derive(Debug, Clone, Copy)]
+pub struct Current<'a> {
+    pub mode: Mode,
+    pub since: DateTime<Utc>,
+    /// Mode changes, newest last; only those in the last hour count.
+    pub transitions: &'a [DateTime<Utc>],
+    pub override_: Option<Override>,
+    /// Since when the on-prem probe has answered without a failure (None: failing or unknown).
+    pub onprem_healthy_since: Option<DateTime<Utc>>,
+}
+
+/// The mode to drive towards, and why it differs from the alerts' decision if it does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Effective {
+    pub mode: Mode,
+    /// Why the mode is not what the alerts say (or why nothing is executed).
+    pub held: Option<String>,
+    /// Paused: observe and record, execute nothing.
+    pub paused: bool,
+    /// `max_transitions_per_hour` is what keeps the service in cloud.
+    pub capped: bool,
+    /// When holding will end by itself (hold-down or probe window), look again then.
+    #[serde(skip)]
+    pub recheck_after: Option<Duration>,
+}
+
+/// Applies overrides and damping to the alerts' decision.
+pub fn effective(
+    decision: &Decision,
+    cur: Current<'_>,
+    damping: Damping,
+    now: DateTime<Utc>,
+) -> Effective {
+    let keep = |mode, held: String| Effective {
+        mode,
+        held: Some(held),
+        paused: false,
+        capped: false,
+        recheck_after: None,
+    };
+    match cur.override_ {
+        Some(Override::Failover) => return keep(Mode::Cloud, "manual override: failover".into()),
+        Some(Override::Failback) => return keep(Mode::Onprem, "manual override: failback".into()),
+        Some(Override::Paused) => {
+            return Effective {
+                paused: true,
+                ..keep(
+                    cur.mode,
+                    "paused: observing only, no step is executed".into(),
+                )
+            }
+        }
+        None => {}
+    }
+    let follow = Effective {
+        mode: decision.mode,
+        held: None,
+        paused: false,
+        capped: false,
+        recheck_after: None,
+    };
+    if decision.mode == cur.mode || decision.mode == Mode::Cloud {
+        return follow;
+    }
+    // The alerts say on-prem while we are in cloud: fail back only when it is safe and calm.
+    let in_cloud = (now - cur.since).to_std().unwrap_or_default();
+    if in_cloud < damping.hold_down {
+        let left = damping.hold_down - in_cloud;
+        return Effective {
+            recheck_after: Some(left),
+            ..keep(
+                Mode::Cloud,
+                format!(
+                    "hold_down: in cloud since {}, failback not before {}",
+                    cur.since.to_rfc3339(),
+                    (cur.since + chrono::Duration::from_std(damping.hold_down).unwrap_or_default())
+                        .to_rfc3339()
+                ),
+            )
+        };
+    }
+    if let Some(need) = damping.healthy_for {
+        let healthy = cur
+            .onprem_healthy_since
+            .map(|t| (now - t).to_std().unwrap_or_default());
+        match healthy {
+            Some(h) if h >= need => {}
+            Some(h) => {
+                return Effective {
+                    recheck_after: Some(need - h),
+                    ..keep(
+                        Mode::Cloud,
+                        format!(
+                            "on-prem probe healthy for {} of the {} required",
+                            humantime::format_duration(Duration::from_secs(h.as_secs())),
+                            humantime::format_duration(need)
+                        ),
+                    )
+                }
+            }
+            None => return keep(Mode::Cloud, "on-prem probe is not answering yet".into()),
+        }
+    }
+    let hour_ago = now - chrono::Duration::hours(1);
+    let recent = cur.transitions.iter().filter(|t| **t > hour_ago).count();
+    let max = damping.max_transitions_per_hour as usize;
+    if max > 0 && recent >= max {
+        return Effective {
+            capped: true,
+            ..keep(
+                Mode::Cloud,
+                format!("max_transitions_per_hour ({max}) reached: staying in cloud until the last hour has fewer changes"),
+            )
+        };
+    }
+    follow
 }
 
 #[cfg(test)]
@@ -187,5 +355,210 @@ mod tests {
         assert_eq!(d.mode, Mode::Cloud);
         assert_eq!(d.failover_alerts, vec!["d".to_string()]);
         assert!(d.failback_alerts.is_empty());
+    }
+
+    fn decision(mode: Mode) -> Decision {
+        Decision {
+            mode,
+            reason: String::new(),
+            failover_alerts: vec![],
+            failback_alerts: vec![],
+        }
+    }
+
+    #[test]
+    fn effective_table() {
+        let t0 = Utc
+            .with_ymd_and_hms(2026, 11, 22, 6, 0, 0)
+            .single()
+            .expect("time");
+        let secs = |s: i64| t0 + chrono::Duration::seconds(s);
+        let damping = Damping {
+            hold_down: Duration::from_secs(60),
+            healthy_for: Some(Duration::from_secs(30)),
+            max_transitions_per_hour: 4,
+        };
+        let two = [secs(-100), secs(-50)];
+        let four = [secs(-400), secs(-300), secs(-200), secs(-100)];
+        let old = [secs(-7200), secs(-7100), secs(-7000), secs(-6900)];
+        // (name, alerts say, current mode, since, transitions, override, probe healthy since, now)
+        type Row<'a> = (
+            &'a str,
+            Mode,
+            Mode,
+            DateTime<Utc>,
+            &'a [DateTime<Utc>],
+            Option<Override>,
+            Option<DateTime<Utc>>,
+            DateTime<Utc>,
+            Mode,
+            bool,
+        );
+        let rows: &[Row] = &[
+            (
+                "follow: steady on-prem",
+                Mode::Onprem,
+                Mode::Onprem,
+                secs(-10),
+                &[],
+                None,
+                None,
+                t0,
+                Mode::Onprem,
+                false,
+            ),
+            (
+                "failover is never delayed",
+                Mode::Cloud,
+                Mode::Onprem,
+                secs(-1),
+                &four,
+                None,
+                None,
+                t0,
+                Mode::Cloud,
+                false,
+            ),
+            (
+                "hold-down keeps cloud",
+                Mode::Onprem,
+                Mode::Cloud,
+                secs(-30),
+                &two,
+                None,
+                Some(secs(-3000)),
+                t0,
+                Mode::Cloud,
+                true,
+            ),
+            (
+                "probe not answering keeps cloud",
+                Mode::Onprem,
+                Mode::Cloud,
+                secs(-300),
+                &two,
+                None,
+                None,
+                t0,
+                Mode::Cloud,
+                true,
+            ),
+            (
+                "probe healthy too briefly keeps cloud",
+                Mode::Onprem,
+                Mode::Cloud,
+                secs(-300),
+                &two,
+                None,
+                Some(secs(-10)),
+                t0,
+                Mode::Cloud,
+                true,
+            ),
+            (
+                "all clear fails back",
+                Mode::Onprem,
+                Mode::Cloud,
+                secs(-300),
+                &two,
+                None,
+                Some(secs(-31)),
+                t0,
+                Mode::Onprem,
+                false,
+            ),
+            (
+                "cap reached keeps cloud",
+                Mode::Onprem,
+                Mode::Cloud,
+                secs(-300),
+                &four,
+                None,
+                Some(secs(-100)),
+                t0,
+                Mode::Cloud,
+                true,
+            ),
+            (
+                "old transitions do not count",
+                Mode::Onprem,
+                Mode::Cloud,
+                secs(-300),
+                &old,
+                None,
+                Some(secs(-100)),
+                t0,
+                Mode::Onprem,
+                false,
+            ),
+            (
+                "override failover",
+                Mode::Onprem,
+                Mode::Onprem,
+                secs(-300),
+                &[],
+                Some(Override::Failover),
+                None,
+                t0,
+                Mode::Cloud,
+                true,
+            ),
+            (
+                "override failback beats alerts and damping",
+                Mode::Cloud,
+                Mode::Cloud,
+                secs(-1),
+                &four,
+                Some(Override::Failback),
+                None,
+                t0,
+                Mode::Onprem,
+                true,
+            ),
+            (
+                "paused keeps the current mode",
+                Mode::Cloud,
+                Mode::Onprem,
+                secs(-1),
+                &[],
+                Some(Override::Paused),
+                None,
+                t0,
+                Mode::Onprem,
+                true,
+            ),
+        ];
+        for (name, says, mode, since, transitions, override_, healthy, now, want, held) in rows {
+            let cur = Current {
+                mode: *mode,
+                since: *since,
+                transitions,
+                override_: *override_,
+                onprem_healthy_since: *healthy,
+            };
+            let e = effective(&decision(*says), cur, damping, *now);
+            assert_eq!((e.mode, e.held.is_some()), (*want, *held), "{name}: {e:?}");
+        }
+        // Only the cap row says capped; hold-down says when to look again.
+        let cur = Current {
+            mode: Mode::Cloud,
+            since: secs(-300),
+            transitions: &four,
+            override_: None,
+            onprem_healthy_since: Some(secs(-100)),
+        };
+        assert!(effective(&decision(Mode::Onprem), cur, damping, t0).capped);
+        let cur = Current {
+            mode: Mode::Cloud,
+            since: secs(-45),
+            transitions: &two,
+            override_: None,
+            onprem_healthy_since: None,
+        };
+        let e = effective(&decision(Mode::Onprem), cur, damping, t0);
+        assert_eq!(e.recheck_after, Some(Duration::from_secs(15)));
+        // Without damping configured, failback follows the alerts at once.
+        let e = effective(&decision(Mode::Onprem), cur, Damping::default(), t0);
+        assert_eq!(e.mode, Mode::Onprem);
     }
 }

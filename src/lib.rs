@@ -24,4 +24,5 @@ pub mod matcher;
 pub mod metrics;
 pub mod plan;
 pub mod reconcile;
+pub mod resync;
 pub mod store;

@@ -35,12 +35,40 @@ enum Command {
         log_level: String,
         #[arg(long = "log.format", value_enum, default_value = "text")]
         log_format: LogFormat,
+        /// Directory of the durable state; overrides storage.path (default data/).
+        #[arg(long = "storage.path", value_name = "DIR")]
+        storage_path: Option<PathBuf>,
+        /// Plan and record, execute nothing.
+        #[arg(long = "dry-run")]
+        dry_run: bool,
+    },
+    /// Talk to a running responder: status, or pause/resume/failover/failback a service.
+    Ctl {
+        /// The responder's base URL.
+        #[arg(long, default_value = "http://127.0.0.1:9095")]
+        url: String,
+        /// File holding the bearer token; else FAILOVER_RESPONDER_TOKEN is used.
+        #[arg(long = "token-file", value_name = "PATH")]
+        token_file: Option<PathBuf>,
+        #[arg(value_enum)]
+        action: CtlAction,
+        /// The service (every action but status needs one).
+        service: Option<String>,
     },
     /// Validate a configuration and exit: 0 with a summary, 1 listing every problem.
     CheckConfig {
         #[arg(long = "config.file", value_name = "PATH")]
         config_file: PathBuf,
     },
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum CtlAction {
+    Status,
+    Pause,
+    Resume,
+    Failover,
+    Failback,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -53,14 +81,28 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::CheckConfig { config_file } => check_config(&config_file),
+        Command::Ctl {
+            url,
+            token_file,
+            action,
+            service,
+        } => match ctl(&url, token_file.as_deref(), action, service.as_deref()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("failover-responder ctl: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Serve {
             config_file,
             listen_address,
             log_level,
             log_format,
+            storage_path,
+            dry_run,
         } => {
             init_tracing(&log_level, log_format);
-            match serve(&config_file, listen_address) {
+            match serve(&config_file, listen_address, storage_path, dry_run) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e:#}");
@@ -108,12 +150,108 @@ fn init_tracing(level: &str, format: LogFormat) {
 }
 
 #[tokio::main]
-async fn serve(path: &std::path::Path, listen: Option<SocketAddr>) -> anyhow::Result<()> {
-    let config = Config::load(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+async fn serve(
+    path: &std::path::Path,
+    listen: Option<SocketAddr>,
+    storage: Option<PathBuf>,
+    dry_run: bool,
+) -> anyhow::Result<()> {
+    let mut config = Config::load(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    if let Some(dir) = storage {
+        config.storage.path = dir;
+    }
+    config.dry_run = dry_run;
     let addr = listen.unwrap_or(config.listen_address);
     let listener = std::net::TcpListener::bind(addr).with_context(|| format!("binding {addr}"))?;
     failover_responder::app::run(listener, config, shutdown_signal()).await?;
     Ok(())
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn ctl(
+    url: &str,
+    token_file: Option<&std::path::Path>,
+    action: CtlAction,
+    service: Option<&str>,
+) -> anyhow::Result<()> {
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(10))
+        .build()?;
+    let base = url.trim_end_matches('/');
+    if action == CtlAction::Status {
+        let st: serde_json::Value = client
+            .get(format!("{base}/api/v1/status"))
+            .send()
+            .await
+            .with_context(|| format!("GET {base}/api/v1/status"))?
+            .error_for_status()?
+            .json()
+            .await?;
+        print_status(&st, service);
+        return Ok(());
+    }
+    let service = service.context("this action needs a SERVICE")?;
+    let token = match token_file {
+        Some(p) => std::fs::read_to_string(p)
+            .with_context(|| format!("reading token file {}", p.display()))?
+            .trim_end_matches(['\n', '\r'])
+            .to_string(),
+        None => std::env::var("FAILOVER_RESPONDER_TOKEN")
+            .context("no --token-file and FAILOVER_RESPONDER_TOKEN is not set")?,
+    };
+    let verb = match action {
+        CtlAction::Pause => "pause",
+        CtlAction::Resume => "resume",
+        CtlAction::Failover => "failover",
+        CtlAction::Failback => "failback",
+        CtlAction::Status => "status",
+    };
+    let resp = client
+        .post(format!("{base}/api/v1/services/{service}/{verb}"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .with_context(|| format!("POST {base}/api/v1/services/{service}/{verb}"))?;
+    let status = resp.status();
+    let body: serde_json::Value = resp.json().await.unwrap_or_default();
+    if !status.is_success() {
+        anyhow::bail!(
+            "{status}: {}",
+            body["error"].as_str().unwrap_or("no message")
+        );
+    }
+    println!("{service}: override {}", body["override"]);
+    Ok(())
+}
+
+/// One line per service: mode, converged, override, why held, last error.
+fn print_status(st: &serde_json::Value, only: Option<&str>) {
+    let Some(services) = st["services"].as_object() else {
+        println!("{st:#}");
+        return;
+    };
+    for (name, s) in services {
+        if only.is_some_and(|o| o != name) {
+            continue;
+        }
+        let mode = s["state"]["mode"].as_str().unwrap_or("onprem");
+        let converged = if s["converged"] == true {
+            "converged"
+        } else {
+            "converging"
+        };
+        let mut line = format!("{name}: {mode} ({converged})");
+        if let Some(o) = s["state"]["override"].as_str() {
+            line.push_str(&format!(", override {o}"));
+        }
+        if let Some(h) = s["held"].as_str() {
+            line.push_str(&format!(", held: {h}"));
+        }
+        if let Some(e) = s["last_error"].as_str() {
+            line.push_str(&format!(", last error: {e}"));
+        }
+        println!("{line}");
+    }
 }
 
 /// SIGINT or SIGTERM (systemd's stop).

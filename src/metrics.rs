@@ -66,6 +66,16 @@ pub struct Metrics {
     pub consecutive_failures: Family<ServiceLabels, Gauge>,
     /// Unix time of the last completed reconcile pass.
     pub last_reconcile: Family<ServiceLabels, Gauge>,
+    /// Mode changes, by the mode entered.
+    pub transitions: Family<ModeLabels, Counter>,
+    /// 1 while `max_transitions_per_hour` keeps a service in cloud.
+    pub transitions_capped: Family<ServiceLabels, Gauge>,
+    /// 1 when the last resync from Alertmanager succeeded.
+    pub alertmanager_up: Gauge,
+    /// Resyncs from Alertmanager, by result.
+    pub resyncs: Family<ResultLabels, Counter>,
+    /// Notifications in the journal.
+    pub journal_entries: Gauge,
 }
 
 fn step_histogram() -> Histogram {
@@ -131,8 +141,43 @@ impl Metrics {
             "Unix time of the last reconcile pass",
             last_reconcile.clone(),
         );
+        let transitions = Family::default();
+        registry.register(
+            "transitions",
+            "Mode changes, by the mode entered",
+            transitions.clone(),
+        );
+        let transitions_capped = Family::default();
+        registry.register(
+            "transitions_capped",
+            "1 while max_transitions_per_hour keeps a service in cloud",
+            transitions_capped.clone(),
+        );
+        let alertmanager_up = Gauge::default();
+        registry.register(
+            "alertmanager_up",
+            "1 when the last resync from Alertmanager's API succeeded",
+            alertmanager_up.clone(),
+        );
+        let resyncs = Family::default();
+        registry.register(
+            "resyncs",
+            "Resyncs from Alertmanager's API, by result",
+            resyncs.clone(),
+        );
+        let journal_entries = Gauge::default();
+        registry.register(
+            "journal_entries",
+            "Notifications kept in the journal",
+            journal_entries.clone(),
+        );
         Metrics {
             registry,
+            transitions,
+            transitions_capped,
+            alertmanager_up,
+            resyncs,
+            journal_entries,
             notifications,
             failover_alerts,
             desired_mode,

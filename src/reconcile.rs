@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, info_span, warn, Instrument};
@@ -18,12 +18,18 @@ use crate::backend::docker::DockerBackend;
 use crate::backend::haproxy::RuntimeApi;
 use crate::backend::BackendError;
 use crate::config::{ReconcileConfig, ServiceConfig};
-use crate::desired::{self, Decision, Mode, Rules};
+use crate::desired::{self, Current, Damping, Decision, Effective, Mode, Rules};
 use crate::metrics::{ActionLabels, Metrics, ModeLabels, ServiceLabels, StepLabels, TargetLabels};
 use crate::plan::{
     self, ContainerObs, ContainerState, Health, Observed, ServerObs, ServerRef, ServerState, Step,
 };
+use crate::store::ServiceState;
 use crate::store::{StepRecord, Store};
+
+/// Test-only crash points: `FAILOVER_RESPONDER_CRASH_BEFORE=<action>` aborts the process (as
+/// kill -9 would) right before the first step with that action (`start_container`,
+/// `server_ready`, ...). Used by the crash tests; never set it in production.
+pub const CRASH_ENV: &str = "FAILOVER_RESPONDER_CRASH_BEFORE";
 
 /// How often waits re-check the world.
 const POLL: Duration = Duration::from_millis(200);
@@ -39,6 +45,9 @@ pub struct ServiceRuntime {
     pub haproxy: Vec<RuntimeApi>,
     /// Notified by the webhook when a notification concerns this service.
     pub wake: Arc<Notify>,
+    /// Since when the on-prem probe has answered without a failure.
+    onprem_healthy_since: Arc<std::sync::Mutex<Option<DateTime<Utc>>>>,
+    probe: reqwest::Client,
 }
 
 impl ServiceRuntime {
@@ -60,6 +69,61 @@ impl ServiceRuntime {
             docker,
             haproxy,
             wake: Arc::new(Notify::new()),
+            onprem_healthy_since: Arc::default(),
+            probe: reqwest::Client::builder()
+                .timeout(Duration::from_secs(2))
+                .build()
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Whether an alert with these labels concerns this service (matches its failover_on or
+    /// failback_on). Others can never move it.
+    pub fn concerns(&self, labels: &crate::alert::Labels) -> bool {
+        crate::matcher::matches_all(&self.config.failover_matchers, labels)
+            || crate::matcher::matches_all(&self.config.failback_matchers, labels)
+    }
+
+    /// The damping rules from the config.
+    pub fn damping(&self) -> Damping {
+        Damping {
+            hold_down: self.config.hold_down,
+            healthy_for: self
+                .config
+                .onprem_health_url
+                .as_ref()
+                .map(|_| self.config.healthy_for),
+            max_transitions_per_hour: self.config.max_transitions_per_hour,
+        }
+    }
+
+    /// Since when the on-prem probe has answered continuously (None: failing or not probed).
+    pub fn healthy_since(&self) -> Option<DateTime<Utc>> {
+        *self
+            .onprem_healthy_since
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Probes `onprem_health_url` and updates since when it has answered.
+    async fn probe_onprem(&self) {
+        let Some(url) = &self.config.onprem_health_url else {
+            return;
+        };
+        let ok = self
+            .probe
+            .get(url)
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success());
+        let mut since = self
+            .onprem_healthy_since
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        match (ok, *since) {
+            (true, None) => *since = Some(Utc::now()),
+            (false, _) => *since = None,
+            (true, Some(_)) => {}
         }
     }
 
@@ -77,6 +141,8 @@ pub struct Context {
     pub store: Store,
     pub metrics: Arc<Metrics>,
     pub settings: ReconcileConfig,
+    /// Plan and record, execute nothing.
+    pub dry_run: bool,
 }
 
 /// What a pass ended with.
@@ -90,21 +156,46 @@ pub enum PassOutcome {
     Waiting,
     /// The desired mode changed while steps ran; plan again at once.
     Superseded,
+    /// Steps are due but not executed (paused or dry run); look again after `after`.
+    Held { after: Duration },
 }
 
 /// Why a pass failed.
 #[derive(Debug, thiserror::Error)]
-#[error("step {step:?} failed: {source}")]
-pub struct StepFailed {
-    pub step: String,
-    #[source]
-    pub source: BackendError,
+pub enum PassError {
+    #[error("step {step:?} failed: {source}")]
+    Step {
+        step: String,
+        #[source]
+        source: BackendError,
+    },
+    /// The decision or step could not be recorded; nothing is executed unrecorded.
+    #[error("recording failed: {0}")]
+    Store(#[from] crate::store::StoreError),
+}
+
+impl PassError {
+    fn is_retryable(&self) -> bool {
+        match self {
+            PassError::Step { source, .. } => source.is_retryable(),
+            PassError::Store(_) => true,
+        }
+    }
 }
 
 /// Runs one service's loop until `shutdown` is cancelled.
 pub async fn run_service(svc: ServiceRuntime, ctx: Context, shutdown: CancellationToken) {
     let mut failures: u32 = 0;
     let mut busy: u32 = 0;
+    // A step still marked in flight means the last run died during it. Say so; the pass below
+    // observes the world and redoes only what is missing.
+    if let Some(step) = ctx.store.service(&svc.name).and_then(|s| s.step_in_flight) {
+        warn!(service = %svc.name, step = %step, "the previous run stopped during a step; resuming");
+        let _ = ctx
+            .store
+            .event(&svc.name, "resume", format!("previous run stopped during step {step:?}; observing and redoing what is missing"), vec![])
+            .await;
+    }
     loop {
         let pass = async {
             tokio::select! {
@@ -136,10 +227,15 @@ pub async fn run_service(svc: ServiceRuntime, ctx: Context, shutdown: Cancellati
                 failures = failures.saturating_add(1);
                 backoff(&ctx.settings, failures, true).min(ctx.settings.interval)
             }
+            Ok(PassOutcome::Held { after }) => {
+                failures = 0;
+                busy = 0;
+                after.min(ctx.settings.interval)
+            }
             Err(e) => {
                 failures = failures.saturating_add(1);
                 warn!(service = %svc.name, error = %e, failures, "reconcile pass failed");
-                backoff(&ctx.settings, failures, e.source.is_retryable())
+                backoff(&ctx.settings, failures, e.is_retryable())
             }
         };
         ctx.store.set_failures(&svc.name, failures);
@@ -170,65 +266,154 @@ pub fn backoff(s: &ReconcileConfig, failures: u32, retryable: bool) -> Duration 
     s.retry_initial.saturating_mul(1u32 << exp).min(s.retry_max)
 }
 
-/// The desired mode from the alerts firing now.
-fn decide(svc: &ServiceRuntime, ctx: &Context) -> Decision {
-    desired::decide(svc.rules(), &ctx.store.firing())
+/// The persisted state of a service, or a fresh one (on-prem) the first time.
+fn state_of(svc: &ServiceRuntime, ctx: &Context) -> ServiceState {
+    ctx.store
+        .service(&svc.name)
+        .unwrap_or_else(|| ServiceState::new(Utc::now()))
 }
 
-/// One pass: decide, observe, plan, execute.
-pub async fn reconcile_once(
-    svc: &ServiceRuntime,
-    ctx: &Context,
-) -> Result<PassOutcome, StepFailed> {
-    let decision = decide(svc, ctx);
+/// The alerts' decision and the effective mode after overrides and damping.
+fn desired_now(svc: &ServiceRuntime, ctx: &Context, state: &ServiceState) -> (Decision, Effective) {
+    let decision = desired::decide(svc.rules(), &ctx.store.firing());
+    let eff = desired::effective(
+        &decision,
+        Current {
+            mode: state.mode,
+            since: state.since,
+            transitions: &state.transitions,
+            override_: state.override_,
+            onprem_healthy_since: svc.healthy_since(),
+        },
+        svc.damping(),
+        Utc::now(),
+    );
+    (decision, eff)
+}
+
+/// Whether a wait or the next step should stop because the target mode has changed.
+fn superseded(svc: &ServiceRuntime, ctx: &Context, mode: Mode) -> bool {
+    let state = state_of(svc, ctx);
+    let (_, eff) = desired_now(svc, ctx, &state);
+    eff.mode != mode || eff.paused
+}
+
+/// One pass: decide, record the decision, observe, plan, execute.
+pub async fn reconcile_once(svc: &ServiceRuntime, ctx: &Context) -> Result<PassOutcome, PassError> {
+    let mut state = state_of(svc, ctx);
+    if state.mode == Mode::Cloud {
+        svc.probe_onprem().await;
+    }
+    let (decision, eff) = desired_now(svc, ctx, &state);
+    ctx.metrics
+        .transitions_capped
+        .get_or_create(&ServiceLabels {
+            service: svc.name.clone(),
+        })
+        .set(i64::from(eff.capped));
+    if eff.mode != state.mode {
+        let now = Utc::now();
+        let from = state.mode;
+        state.mode = eff.mode;
+        state.since = now;
+        let hour_ago = now - chrono::Duration::hours(1);
+        state.transitions.retain(|t| *t > hour_ago);
+        state.transitions.push(now);
+        ctx.store.set_service(&svc.name, state.clone()).await?;
+        let alerts = match eff.mode {
+            Mode::Cloud => decision.failover_alerts.clone(),
+            Mode::Onprem => decision.failback_alerts.clone(),
+        };
+        let why = eff.held.clone().unwrap_or_else(|| decision.reason.clone());
+        info!(service = %svc.name, from = from.as_str(), to = eff.mode.as_str(), reason = %why, "mode change");
+        ctx.store
+            .event(
+                &svc.name,
+                "decision",
+                format!("{} -> {}: {why}", from.as_str(), eff.mode.as_str()),
+                alerts,
+            )
+            .await?;
+        ctx.metrics
+            .transitions
+            .get_or_create(&ModeLabels {
+                service: svc.name.clone(),
+                mode: eff.mode.as_str().to_string(),
+            })
+            .inc();
+    }
+
     let observed = observe(svc, ctx).await;
-    let plan = plan::plan(decision.mode, &observed);
-    record_pass(svc, ctx, &decision, &observed, &plan);
+    let plan = plan::plan(eff.mode, &observed);
+    record_pass(svc, ctx, &decision, &eff, &observed, &plan);
 
     if plan.steps.is_empty() {
-        return Ok(if plan.converged() {
-            PassOutcome::Converged
-        } else {
-            PassOutcome::Waiting
+        if state.step_in_flight.is_some() {
+            state.step_in_flight = None;
+            ctx.store.set_service(&svc.name, state).await?;
+        }
+        return Ok(match (plan.converged(), eff.recheck_after) {
+            (true, Some(after)) => PassOutcome::Held { after },
+            (true, None) => PassOutcome::Converged,
+            (false, _) => PassOutcome::Waiting,
         });
     }
-    info!(
-        service = %svc.name,
-        mode = decision.mode.as_str(),
-        reason = %decision.reason,
-        steps = %plan.steps.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "),
-        "executing plan"
-    );
-    ctx.store.event(
-        &svc.name,
-        "plan",
-        format!(
-            "mode {} ({}); alerts {:?}; steps: {}",
-            decision.mode.as_str(),
-            decision.reason,
-            decision.failover_alerts,
-            plan.steps
+    let steps_text = plan
+        .steps
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ");
+    if eff.paused || ctx.dry_run {
+        let why = if eff.paused { "paused" } else { "dry run" };
+        info!(service = %svc.name, mode = eff.mode.as_str(), steps = %steps_text, "{why}: not executing");
+        return Ok(PassOutcome::Held {
+            after: ctx.settings.interval,
+        });
+    }
+    info!(service = %svc.name, mode = eff.mode.as_str(), reason = %decision.reason, steps = %steps_text, "executing plan");
+    ctx.store
+        .event(
+            &svc.name,
+            "plan",
+            format!(
+                "mode {} ({}); steps: {steps_text}",
+                eff.mode.as_str(),
+                eff.held.as_deref().unwrap_or(&decision.reason)
+            ),
+            decision
+                .failover_alerts
                 .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("; ")
-        ),
-    );
+                .chain(&decision.failback_alerts)
+                .cloned()
+                .collect(),
+        )
+        .await?;
+    let crash_before = std::env::var(CRASH_ENV).ok();
     for step in &plan.steps {
-        // The world may have moved on while earlier steps ran (a recovery during a slow start).
-        if decide(svc, ctx).mode != decision.mode {
-            ctx.store.event(
-                &svc.name,
-                "superseded",
-                format!("desired mode changed before {step}"),
-            );
+        // The world may have moved on while earlier steps ran (a recovery during a slow start,
+        // an override).
+        if superseded(svc, ctx, eff.mode) {
+            ctx.store
+                .event(
+                    &svc.name,
+                    "superseded",
+                    format!("desired mode changed before {step}"),
+                    vec![],
+                )
+                .await?;
             return Ok(PassOutcome::Superseded);
+        }
+        // Recorded before it runs, so a crash in the middle is known at restart.
+        state.step_in_flight = Some(step.to_string());
+        ctx.store.set_service(&svc.name, state.clone()).await?;
+        if crash_before.as_deref() == Some(step.action()) {
+            // Test-only: die as kill -9 would, with the step recorded and not done.
+            std::process::abort();
         }
         let span = info_span!("step", service = %svc.name, action = step.action(), target = %step);
         let started = Instant::now();
-        let result = execute(svc, ctx, decision.mode, step)
-            .instrument(span)
-            .await;
+        let result = execute(svc, ctx, eff.mode, step).instrument(span).await;
         let elapsed = started.elapsed();
         let (outcome, error) = match &result {
             Ok(StepDone::Done) => ("success", None),
@@ -236,18 +421,20 @@ pub async fn reconcile_once(
             Ok(StepDone::Superseded) => ("superseded", None),
             Err(e) => ("failure", Some(e.to_string())),
         };
-        record_step(svc, ctx, step, outcome, elapsed, error);
+        record_step(svc, ctx, step, outcome, elapsed, error).await?;
         match result {
             Ok(StepDone::Done | StepDone::DrainTimedOut) => {}
             Ok(StepDone::Superseded) => return Ok(PassOutcome::Superseded),
             Err(source) => {
-                return Err(StepFailed {
+                return Err(PassError::Step {
                     step: step.to_string(),
                     source,
                 })
             }
         }
     }
+    state.step_in_flight = None;
+    ctx.store.set_service(&svc.name, state).await?;
     Ok(PassOutcome::Progress)
 }
 
@@ -255,11 +442,12 @@ fn record_pass(
     svc: &ServiceRuntime,
     ctx: &Context,
     decision: &Decision,
+    eff: &Effective,
     observed: &Observed,
     plan: &plan::Plan,
 ) {
     ctx.store
-        .set_observation(&svc.name, decision, observed, plan);
+        .set_observation(&svc.name, decision, eff.held.clone(), observed, plan);
     let service = svc.name.clone();
     for mode in [Mode::Onprem, Mode::Cloud] {
         ctx.metrics
@@ -268,7 +456,7 @@ fn record_pass(
                 service: service.clone(),
                 mode: mode.as_str().to_string(),
             })
-            .set(i64::from(decision.mode == mode));
+            .set(i64::from(eff.mode == mode));
     }
     let sl = ServiceLabels {
         service: service.clone(),
@@ -310,14 +498,14 @@ fn record_pass(
     }
 }
 
-fn record_step(
+async fn record_step(
     svc: &ServiceRuntime,
     ctx: &Context,
     step: &Step,
     outcome: &'static str,
     elapsed: Duration,
     error: Option<String>,
-) {
+) -> Result<(), crate::store::StoreError> {
     match &error {
         Some(e) => warn!(service = %svc.name, step = %step, error = %e, "step failed"),
         None => {
@@ -339,14 +527,10 @@ fn record_step(
             action: step.action().to_string(),
         })
         .observe(elapsed.as_secs_f64());
-    ctx.store.event(
-        &svc.name,
-        "step",
-        match &error {
-            Some(e) => format!("{step}: {outcome}: {e}"),
-            None => format!("{step}: {outcome}"),
-        },
-    );
+    let message = match &error {
+        Some(e) => format!("{step}: {outcome}: {e}"),
+        None => format!("{step}: {outcome}"),
+    };
     ctx.store.record_step(
         &svc.name,
         StepRecord {
@@ -358,6 +542,10 @@ fn record_step(
             error,
         },
     );
+    ctx.store
+        .event(&svc.name, "step", message, vec![])
+        .await
+        .map(|_| ())
 }
 
 /// Observes every container and every server on every HAProxy, concurrently.
@@ -469,7 +657,7 @@ async fn execute(
                 if all {
                     return Ok(StepDone::Done);
                 }
-                if decide(svc, ctx).mode != mode {
+                if superseded(svc, ctx, mode) {
                     return Ok(StepDone::Superseded);
                 }
                 if Instant::now() >= deadline {
@@ -491,7 +679,7 @@ async fn execute(
                 if left == 0 {
                     return Ok(StepDone::Done);
                 }
-                if decide(svc, ctx).mode != mode {
+                if superseded(svc, ctx, mode) {
                     return Ok(StepDone::Superseded);
                 }
                 if Instant::now() >= deadline {

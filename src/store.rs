@@ -1,64 +1,98 @@
-//! The responder's memory: the firing alerts, recent notifications, each service's status and an
-//! event history. A cheap-to-clone handle (`Arc` inside) shared by the HTTP handlers and the
-//! reconcilers.
+//! The responder's memory, durable: every accepted notification (journal), the firing alerts,
+//! each service's mode, override and step in flight, and an event history, in an embedded,
+//! crash-safe redb database under `--storage.path`.
 //!
-//! Kept in memory in this version; every collection is bounded so an alert storm cannot grow it
-//! without limit. The interface is what a durable store must offer too: `record` is the one
-//! write path for notifications and returns only once the notification is recorded.
+//! One writer thread owns every write. It takes all the requests waiting, applies them in one
+//! transaction and commits once with fsync (group commit), and only then updates the in-memory
+//! copy and answers. So a webhook gets its 2xx only once its notification is on disk, and an
+//! alert storm costs one fsync per batch rather than one per notification. Reads come from the
+//! in-memory copy (firing set, service state) or a read transaction (events), never blocking
+//! the writer. Every table is bounded: the journal and events are pruned by count and age.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
 
-use crate::alert::{Labels, Notification};
-use crate::desired::{Decision, FiringAlert};
+use crate::alert::{AlertStatus, Labels, Notification};
+use crate::desired::{Decision, FiringAlert, Mode, Override};
 use crate::plan::{Observed, Plan};
+
+const JOURNAL: TableDefinition<u64, &[u8]> = TableDefinition::new("journal");
+const FIRING: TableDefinition<&str, &[u8]> = TableDefinition::new("firing");
+const TOMBSTONES: TableDefinition<&str, &[u8]> = TableDefinition::new("tombstones");
+const SERVICES: TableDefinition<&str, &[u8]> = TableDefinition::new("services");
+const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 
 /// How many resolved-alert tombstones are kept to refuse stale, re-delivered "firing" copies.
 const MAX_TOMBSTONES: usize = 10_000;
-/// How many notifications the status keeps.
-const MAX_NOTIFICATIONS: usize = 100;
-/// How many events are kept.
-const MAX_EVENTS: usize = 1_000;
-/// How many step records each service keeps.
+/// How many notifications the status shows.
+const MAX_RECENT_NOTIFICATIONS: usize = 100;
+/// How many step records each service's status keeps.
 const MAX_STEPS: usize = 50;
+/// Most requests applied in one transaction.
+const MAX_BATCH: usize = 4096;
+/// Queue of write requests; a full queue makes writers wait (backpressure, not loss).
+const QUEUE: usize = 16_384;
 
-/// Shared handle to the store.
-#[derive(Clone, Default)]
-pub struct Store {
-    inner: Arc<Mutex<Inner>>,
+/// Retention of the journal and the event history (from `storage` in the config).
+#[derive(Debug, Clone)]
+pub struct Retention {
+    pub journal_max_entries: u64,
+    pub journal_max_age: Duration,
+    pub events_max_entries: u64,
+    pub events_max_age: Duration,
 }
 
-#[derive(Default)]
-struct Inner {
-    firing: BTreeMap<String, StoredAlert>,
-    /// fingerprint -> startsAt of the resolved incarnation. A firing copy of that same
-    /// incarnation arriving late (a retried or HA-duplicated notification) must not revive it.
-    tombstones: BTreeMap<String, DateTime<Utc>>,
-    notifications: VecDeque<NotificationRecord>,
-    services: BTreeMap<String, ServiceStatus>,
-    events: VecDeque<Event>,
-    next_event_id: u64,
+impl Default for Retention {
+    fn default() -> Self {
+        crate::config::StorageConfig::default().retention()
+    }
+}
+
+/// Why the store could not do what was asked.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open storage at {path}: {message}")]
+    Open { path: String, message: String },
+    #[error("storage write failed: {0}")]
+    Write(String),
+    #[error("storage read failed: {0}")]
+    Read(String),
+    #[error("storage writer has stopped")]
+    Closed,
 }
 
 /// A firing alert and where it came from.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct StoredAlert {
     pub fingerprint: String,
     pub labels: Labels,
     pub starts_at: DateTime<Utc>,
     pub received_at: DateTime<Utc>,
-    pub group_key: String,
+    /// The notification group, or `resync` when learnt from Alertmanager's API.
+    pub source: String,
+}
+
+/// A resolved incarnation of an alert: its start, and when we learnt it resolved.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+struct Tombstone {
+    starts_at: DateTime<Utc>,
+    resolved_at: DateTime<Utc>,
 }
 
 /// Summary of one accepted notification.
 #[derive(Debug, Clone, Serialize)]
 pub struct NotificationRecord {
+    pub seq: u64,
     pub received_at: DateTime<Utc>,
     pub group_key: String,
-    pub status: crate::alert::AlertStatus,
+    pub status: AlertStatus,
     pub alerts: usize,
     pub truncated_alerts: u64,
     /// Whether it changed the firing set (a duplicate does not).
@@ -68,13 +102,42 @@ pub struct NotificationRecord {
 /// What recording a notification did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RecordOutcome {
+    /// Journal sequence number.
+    pub seq: u64,
     /// The firing set changed.
     pub changed: bool,
     /// Alerts that concern a configured service.
     pub relevant: usize,
 }
 
-/// One step the reconciler ran, with its outcome.
+/// What the responder remembers about a service across restarts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServiceState {
+    /// The mode the responder is driving the service towards.
+    pub mode: Mode,
+    /// When it entered that mode.
+    pub since: DateTime<Utc>,
+    /// Mode changes in the last hour, for `max_transitions_per_hour`.
+    pub transitions: Vec<DateTime<Utc>>,
+    #[serde(rename = "override")]
+    pub override_: Option<Override>,
+    /// The step being executed; still set after a crash, so the restart says what it redoes.
+    pub step_in_flight: Option<String>,
+}
+
+impl ServiceState {
+    pub fn new(now: DateTime<Utc>) -> Self {
+        ServiceState {
+            mode: Mode::Onprem,
+            since: now,
+            transitions: Vec::new(),
+            override_: None,
+            step_in_flight: None,
+        }
+    }
+}
+
+/// One step the reconciler ran, with its outcome (status only, not persisted).
 #[derive(Debug, Clone, Serialize)]
 pub struct StepRecord {
     pub at: DateTime<Utc>,
@@ -86,7 +149,7 @@ pub struct StepRecord {
     pub error: Option<String>,
 }
 
-/// Everything the status API shows about one service.
+/// What the status API shows about one service beyond its persisted state.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ServiceStatus {
     pub desired: Option<Decision>,
@@ -94,6 +157,8 @@ pub struct ServiceStatus {
     pub converged: bool,
     /// What keeps it from converging without a step (unreachable backends...).
     pub waiting: Vec<String>,
+    /// Why the mode is held against what the alerts say (hold-down, probe, cap, override).
+    pub held: Option<String>,
     /// Steps still to run in the current plan.
     pub pending_steps: Vec<String>,
     pub last_reconcile_at: Option<DateTime<Utc>>,
@@ -103,97 +168,213 @@ pub struct ServiceStatus {
 }
 
 /// A decision or step, for the event history.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Event {
     pub id: u64,
     pub at: DateTime<Utc>,
     pub service: String,
     pub kind: String,
     pub message: String,
+    /// Fingerprints of the alerts behind it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alerts: Vec<String>,
+}
+
+/// Result of the last Alertmanager resync.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ResyncStatus {
+    pub last_attempt: Option<DateTime<Utc>>,
+    pub last_success: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
+    pub alerts: usize,
+}
+
+#[derive(Serialize, Deserialize)]
+struct JournalEntry {
+    received_at: DateTime<Utc>,
+    notification: Notification,
+}
+
+enum Op {
+    Record {
+        n: Arc<Notification>,
+        relevant: Vec<bool>,
+        at: DateTime<Utc>,
+        reply: oneshot::Sender<Result<RecordOutcome, StoreError>>,
+    },
+    ReplaceFiring {
+        alerts: Vec<StoredAlert>,
+        fetched_at: DateTime<Utc>,
+        reply: oneshot::Sender<Result<bool, StoreError>>,
+    },
+    SetService {
+        name: String,
+        state: ServiceState,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    Event {
+        service: String,
+        kind: String,
+        message: String,
+        alerts: Vec<String>,
+        reply: oneshot::Sender<Result<u64, StoreError>>,
+    },
+}
+
+#[derive(Default)]
+struct Mem {
+    firing: BTreeMap<String, StoredAlert>,
+    tombstones: BTreeMap<String, Tombstone>,
+    services: BTreeMap<String, ServiceState>,
+    status: BTreeMap<String, ServiceStatus>,
+    recent: VecDeque<NotificationRecord>,
+    resync: ResyncStatus,
+    journal_len: u64,
+}
+
+/// Shared handle to the store. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    mem: Arc<RwLock<Mem>>,
+    tx: mpsc::Sender<Op>,
+    db: Arc<Database>,
+    path: PathBuf,
 }
 
 impl Store {
-    pub fn new() -> Self {
-        Store::default()
+    /// Opens (or creates) the database in `dir` and loads what it holds. Must be called from
+    /// within a tokio runtime (the writer answers through tokio channels).
+    pub fn open(dir: &Path, retention: Retention) -> Result<Store, StoreError> {
+        let open_err = |m: String| StoreError::Open {
+            path: dir.display().to_string(),
+            message: m,
+        };
+        std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
+        let path = dir.join("failover-responder.redb");
+        let db = Database::create(&path).map_err(|e| open_err(e.to_string()))?;
+        let mut mem = Mem::default();
+        let (next_seq, next_event) = load(&db, &mut mem).map_err(open_err)?;
+        let db = Arc::new(db);
+        let mem = Arc::new(RwLock::new(mem));
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let writer = Writer {
+            db: db.clone(),
+            mem: mem.clone(),
+            retention,
+            next_seq,
+            next_event,
+            since_prune: 0,
+        };
+        std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| open_err(format!("starting the writer: {e}")))?;
+        Ok(Store { mem, tx, db, path })
     }
 
-    fn lock(&self) -> MutexGuard<'_, Inner> {
-        // A panic while holding the lock cannot leave the maps half-updated in a way that matters
-        // more than stopping the responder would, so keep serving.
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    /// Where the database lives.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
-    /// Records a notification: firing alerts join the firing set, resolved ones leave it.
-    /// Only alerts for which `relevant` is true are kept.
-    pub fn record(
+    fn read(&self) -> RwLockReadGuard<'_, Mem> {
+        // Only the writer holds the lock across code that could panic; keep serving regardless.
+        self.mem.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Mem> {
+        self.mem.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    async fn call<T>(
         &self,
-        n: &Notification,
-        relevant: impl Fn(&Labels) -> bool,
-        now: DateTime<Utc>,
-    ) -> RecordOutcome {
-        let mut g = self.lock();
-        let inner = &mut *g;
-        let mut changed = false;
-        let mut count = 0;
-        for a in n.alerts.iter().filter(|a| relevant(&a.labels)) {
-            count += 1;
-            if a.is_firing_at(now) {
-                let stale = inner
-                    .tombstones
-                    .get(&a.fingerprint)
-                    .is_some_and(|resolved_start| a.starts_at <= *resolved_start);
-                if stale {
-                    continue;
-                }
-                let entry = StoredAlert {
-                    fingerprint: a.fingerprint.clone(),
-                    labels: a.labels.clone(),
-                    starts_at: a.starts_at,
-                    received_at: now,
-                    group_key: n.group_key.clone(),
-                };
-                let prev = inner.firing.insert(a.fingerprint.clone(), entry);
-                changed |= prev.is_none_or(|p| p.starts_at != a.starts_at || p.labels != a.labels);
-            } else {
-                changed |= inner.firing.remove(&a.fingerprint).is_some();
-                let t = inner
-                    .tombstones
-                    .entry(a.fingerprint.clone())
-                    .or_insert(a.starts_at);
-                *t = (*t).max(a.starts_at);
-                if inner.tombstones.len() > MAX_TOMBSTONES {
-                    // Drop the oldest incarnation; it is long past any retry.
-                    if let Some(oldest) = inner
-                        .tombstones
-                        .iter()
-                        .min_by_key(|(_, t)| **t)
-                        .map(|(k, _)| k.clone())
-                    {
-                        inner.tombstones.remove(&oldest);
-                    }
-                }
-            }
-        }
-        inner.notifications.push_back(NotificationRecord {
-            received_at: now,
-            group_key: n.group_key.clone(),
-            status: n.status,
-            alerts: n.alerts.len(),
-            truncated_alerts: n.truncated_alerts,
-            changed,
-        });
-        while inner.notifications.len() > MAX_NOTIFICATIONS {
-            inner.notifications.pop_front();
-        }
-        RecordOutcome {
-            changed,
-            relevant: count,
-        }
+        op: Op,
+        rx: oneshot::Receiver<Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        self.tx.send(op).await.map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Journals a notification and applies it: firing alerts join the firing set, resolved
+    /// ones leave it. `relevant[i]` says whether alert i concerns a service (others are
+    /// journaled but not kept as firing). Returns once it is on disk.
+    pub async fn record(
+        &self,
+        n: Arc<Notification>,
+        relevant: Vec<bool>,
+    ) -> Result<RecordOutcome, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.call(
+            Op::Record {
+                n,
+                relevant,
+                at: Utc::now(),
+                reply,
+            },
+            rx,
+        )
+        .await
+    }
+
+    /// Replaces the firing set with what Alertmanager reports active (resync). Alerts received
+    /// or resolved by webhook after `fetched_at` win over the older snapshot. Returns whether
+    /// the set changed.
+    pub async fn replace_firing(
+        &self,
+        alerts: Vec<StoredAlert>,
+        fetched_at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.call(
+            Op::ReplaceFiring {
+                alerts,
+                fetched_at,
+                reply,
+            },
+            rx,
+        )
+        .await
+    }
+
+    /// Persists a service's state.
+    pub async fn set_service(&self, name: &str, state: ServiceState) -> Result<(), StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.call(
+            Op::SetService {
+                name: name.to_string(),
+                state,
+                reply,
+            },
+            rx,
+        )
+        .await
+    }
+
+    /// Appends to the event history; returns the event id.
+    pub async fn event(
+        &self,
+        service: &str,
+        kind: &str,
+        message: String,
+        alerts: Vec<String>,
+    ) -> Result<u64, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.call(
+            Op::Event {
+                service: service.to_string(),
+                kind: kind.to_string(),
+                message,
+                alerts,
+                reply,
+            },
+            rx,
+        )
+        .await
     }
 
     /// The alerts firing now, as the planner reads them.
     pub fn firing(&self) -> Vec<FiringAlert> {
-        self.lock()
+        self.read()
             .firing
             .values()
             .map(|a| FiringAlert {
@@ -206,24 +387,35 @@ impl Store {
 
     /// The firing alerts with their provenance.
     pub fn firing_detail(&self) -> Vec<StoredAlert> {
-        self.lock().firing.values().cloned().collect()
+        self.read().firing.values().cloned().collect()
     }
 
-    pub fn notifications(&self) -> Vec<NotificationRecord> {
-        self.lock().notifications.iter().cloned().collect()
+    /// The persisted state of a service, if it has one.
+    pub fn service(&self, name: &str) -> Option<ServiceState> {
+        self.read().services.get(name).cloned()
     }
 
-    /// Updates one service's status after a reconcile pass.
+    pub fn recent_notifications(&self) -> Vec<NotificationRecord> {
+        self.read().recent.iter().cloned().collect()
+    }
+
+    pub fn journal_len(&self) -> u64 {
+        self.read().journal_len
+    }
+
+    /// Updates one service's volatile status after a reconcile pass.
     pub fn set_observation(
         &self,
         service: &str,
         decision: &Decision,
+        held: Option<String>,
         observed: &Observed,
         plan: &Plan,
     ) {
-        let mut g = self.lock();
-        let s = g.services.entry(service.to_string()).or_default();
+        let mut g = self.write();
+        let s = g.status.entry(service.to_string()).or_default();
         s.desired = Some(decision.clone());
+        s.held = held;
         s.observed = observed.clone();
         s.converged = plan.converged();
         s.waiting = plan.waiting.clone();
@@ -231,10 +423,10 @@ impl Store {
         s.last_reconcile_at = Some(Utc::now());
     }
 
-    /// Records a step outcome; a failure also sets `last_error`.
+    /// Records a step outcome in the status; a failure also sets `last_error`.
     pub fn record_step(&self, service: &str, record: StepRecord) {
-        let mut g = self.lock();
-        let s = g.services.entry(service.to_string()).or_default();
+        let mut g = self.write();
+        let s = g.status.entry(service.to_string()).or_default();
         if let Some(e) = &record.error {
             s.last_error = Some(format!("{}: {e}", record.step));
         }
@@ -246,8 +438,8 @@ impl Store {
 
     /// Sets the failure count after a pass (0 clears `last_error`).
     pub fn set_failures(&self, service: &str, failures: u32) {
-        let mut g = self.lock();
-        let s = g.services.entry(service.to_string()).or_default();
+        let mut g = self.write();
+        let s = g.status.entry(service.to_string()).or_default();
         s.consecutive_failures = failures;
         if failures == 0 {
             s.last_error = None;
@@ -255,29 +447,490 @@ impl Store {
     }
 
     pub fn service_status(&self) -> BTreeMap<String, ServiceStatus> {
-        self.lock().services.clone()
+        self.read().status.clone()
     }
 
-    /// Appends to the event history.
-    pub fn event(&self, service: &str, kind: &str, message: String) {
-        let mut g = self.lock();
-        g.next_event_id += 1;
-        let id = g.next_event_id;
-        g.events.push_back(Event {
-            id,
-            at: Utc::now(),
-            service: service.to_string(),
-            kind: kind.to_string(),
-            message,
-        });
-        while g.events.len() > MAX_EVENTS {
-            g.events.pop_front();
+    pub fn set_resync(&self, r: ResyncStatus) {
+        self.write().resync = r;
+    }
+
+    pub fn resync(&self) -> ResyncStatus {
+        self.read().resync.clone()
+    }
+
+    /// Events in id order, optionally for one service and after an id or a time.
+    pub fn events(
+        &self,
+        service: Option<&str>,
+        since_id: Option<u64>,
+        since_time: Option<DateTime<Utc>>,
+        limit: usize,
+    ) -> Result<Vec<Event>, StoreError> {
+        let rerr = |e: String| StoreError::Read(e);
+        let txn = self.db.begin_read().map_err(|e| rerr(e.to_string()))?;
+        let table = match txn.open_table(EVENTS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(rerr(e.to_string())),
+        };
+        let start = since_id.map_or(0, |id| id.saturating_add(1));
+        let mut out = Vec::new();
+        for item in table.range(start..).map_err(|e| rerr(e.to_string()))? {
+            let (_, v) = item.map_err(|e| rerr(e.to_string()))?;
+            let Ok(ev) = serde_json::from_slice::<Event>(v.value()) else {
+                continue;
+            };
+            if service.is_some_and(|s| s != ev.service) || since_time.is_some_and(|t| ev.at < t) {
+                continue;
+            }
+            out.push(ev);
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Loads the tables into memory; returns the next journal and event ids.
+fn load(db: &Database, mem: &mut Mem) -> Result<(u64, u64), String> {
+    let e = |e: &dyn std::fmt::Display| e.to_string();
+    // Create every table up front, so readers never meet a missing one.
+    let txn = db.begin_write().map_err(|x| e(&x))?;
+    {
+        txn.open_table(JOURNAL).map_err(|x| e(&x))?;
+        txn.open_table(FIRING).map_err(|x| e(&x))?;
+        txn.open_table(TOMBSTONES).map_err(|x| e(&x))?;
+        txn.open_table(SERVICES).map_err(|x| e(&x))?;
+        txn.open_table(EVENTS).map_err(|x| e(&x))?;
+    }
+    txn.commit().map_err(|x| e(&x))?;
+
+    let txn = db.begin_read().map_err(|x| e(&x))?;
+    let firing = txn.open_table(FIRING).map_err(|x| e(&x))?;
+    for item in firing.iter().map_err(|x| e(&x))? {
+        let (k, v) = item.map_err(|x| e(&x))?;
+        // A record that no longer parses (written by another version) is skipped, not fatal:
+        // the next resync or notification repairs the firing set.
+        if let Ok(a) = serde_json::from_slice::<StoredAlert>(v.value()) {
+            mem.firing.insert(k.value().to_string(), a);
+        }
+    }
+    let tombs = txn.open_table(TOMBSTONES).map_err(|x| e(&x))?;
+    for item in tombs.iter().map_err(|x| e(&x))? {
+        let (k, v) = item.map_err(|x| e(&x))?;
+        if let Ok(t) = serde_json::from_slice::<Tombstone>(v.value()) {
+            mem.tombstones.insert(k.value().to_string(), t);
+        }
+    }
+    let services = txn.open_table(SERVICES).map_err(|x| e(&x))?;
+    for item in services.iter().map_err(|x| e(&x))? {
+        let (k, v) = item.map_err(|x| e(&x))?;
+        if let Ok(s) = serde_json::from_slice::<ServiceState>(v.value()) {
+            mem.services.insert(k.value().to_string(), s);
+        }
+    }
+    let journal = txn.open_table(JOURNAL).map_err(|x| e(&x))?;
+    mem.journal_len = journal.len().map_err(|x| e(&x))?;
+    let next_seq = journal
+        .last()
+        .map_err(|x| e(&x))?
+        .map_or(1, |(k, _)| k.value() + 1);
+    let events = txn.open_table(EVENTS).map_err(|x| e(&x))?;
+    let next_event = events
+        .last()
+        .map_err(|x| e(&x))?
+        .map_or(1, |(k, _)| k.value() + 1);
+    Ok((next_seq, next_event))
+}
+
+struct Writer {
+    db: Arc<Database>,
+    mem: Arc<RwLock<Mem>>,
+    retention: Retention,
+    next_seq: u64,
+    next_event: u64,
+    since_prune: u64,
+}
+
+/// Changes staged by one batch, applied to memory only after the commit.
+#[derive(Default)]
+struct Staged {
+    firing: BTreeMap<String, Option<StoredAlert>>,
+    tombstones: BTreeMap<String, Option<Tombstone>>,
+    services: BTreeMap<String, ServiceState>,
+    recent: Vec<NotificationRecord>,
+    journal_added: u64,
+}
+
+enum Reply {
+    Record(
+        oneshot::Sender<Result<RecordOutcome, StoreError>>,
+        RecordOutcome,
+    ),
+    Replace(oneshot::Sender<Result<bool, StoreError>>, bool),
+    Unit(oneshot::Sender<Result<(), StoreError>>),
+    Event(oneshot::Sender<Result<u64, StoreError>>, u64),
+}
+
+impl Reply {
+    fn fail(self, e: StoreError) {
+        // The requester may have gone away (client disconnected); nothing to do then.
+        let _ = match self {
+            Reply::Record(tx, _) => tx.send(Err(e)).map_err(|_| ()),
+            Reply::Replace(tx, _) => tx.send(Err(e)).map_err(|_| ()),
+            Reply::Unit(tx) => tx.send(Err(e)).map_err(|_| ()),
+            Reply::Event(tx, _) => tx.send(Err(e)).map_err(|_| ()),
+        };
+    }
+    fn succeed(self) {
+        let _ = match self {
+            Reply::Record(tx, o) => tx.send(Ok(o)).map_err(|_| ()),
+            Reply::Replace(tx, c) => tx.send(Ok(c)).map_err(|_| ()),
+            Reply::Unit(tx) => tx.send(Ok(())).map_err(|_| ()),
+            Reply::Event(tx, id) => tx.send(Ok(id)).map_err(|_| ()),
+        };
+    }
+}
+
+impl Writer {
+    fn run(mut self, mut rx: mpsc::Receiver<Op>) {
+        while let Some(first) = rx.blocking_recv() {
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(op) => batch.push(op),
+                    Err(_) => break,
+                }
+            }
+            self.apply(batch);
         }
     }
 
-    pub fn events(&self) -> Vec<Event> {
-        self.lock().events.iter().cloned().collect()
+    fn apply(&mut self, batch: Vec<Op>) {
+        let (seq0, ev0) = (self.next_seq, self.next_event);
+        let mut staged = Staged::default();
+        let mut replies = Vec::with_capacity(batch.len());
+        let result = self.write_batch(batch, &mut staged, &mut replies);
+        match result {
+            Ok(()) => {
+                let mut m = self.mem.write().unwrap_or_else(|e| e.into_inner());
+                for (k, v) in staged.firing {
+                    match v {
+                        Some(a) => m.firing.insert(k, a),
+                        None => m.firing.remove(&k),
+                    };
+                }
+                for (k, v) in staged.tombstones {
+                    match v {
+                        Some(t) => m.tombstones.insert(k, t),
+                        None => m.tombstones.remove(&k),
+                    };
+                }
+                m.services.extend(staged.services);
+                m.recent.extend(staged.recent);
+                while m.recent.len() > MAX_RECENT_NOTIFICATIONS {
+                    m.recent.pop_front();
+                }
+                m.journal_len += staged.journal_added;
+                drop(m);
+                if self.since_prune >= 1024 {
+                    self.since_prune = 0;
+                    if let Err(e) = self.prune() {
+                        tracing::warn!(error = %e, "pruning storage failed; will retry");
+                    }
+                }
+                replies.into_iter().for_each(Reply::succeed);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "storage write failed; the batch is refused");
+                self.next_seq = seq0;
+                self.next_event = ev0;
+                let err = StoreError::Write(e);
+                replies.into_iter().for_each(|r| r.fail(err.clone()));
+            }
+        }
     }
+
+    fn write_batch(
+        &mut self,
+        batch: Vec<Op>,
+        st: &mut Staged,
+        replies: &mut Vec<Reply>,
+    ) -> Result<(), String> {
+        let e = |e: &dyn std::fmt::Display| e.to_string();
+        let txn = self.db.begin_write().map_err(|x| e(&x))?;
+        {
+            let mut journal = txn.open_table(JOURNAL).map_err(|x| e(&x))?;
+            let mut firing = txn.open_table(FIRING).map_err(|x| e(&x))?;
+            let mut tombs = txn.open_table(TOMBSTONES).map_err(|x| e(&x))?;
+            let mut services = txn.open_table(SERVICES).map_err(|x| e(&x))?;
+            let mut events = txn.open_table(EVENTS).map_err(|x| e(&x))?;
+            let mem = self.mem.read().unwrap_or_else(|e| e.into_inner());
+            // Current value of an alert: staged in this batch first, then memory.
+            let cur_alert = |st: &Staged, fp: &str| -> Option<StoredAlert> {
+                match st.firing.get(fp) {
+                    Some(v) => v.clone(),
+                    None => mem.firing.get(fp).cloned(),
+                }
+            };
+            let cur_tomb = |st: &Staged, fp: &str| -> Option<Tombstone> {
+                match st.tombstones.get(fp) {
+                    Some(v) => *v,
+                    None => mem.tombstones.get(fp).copied(),
+                }
+            };
+            for op in batch {
+                match op {
+                    Op::Record {
+                        n,
+                        relevant,
+                        at,
+                        reply,
+                    } => {
+                        let seq = self.next_seq;
+                        self.next_seq += 1;
+                        let entry = serde_json::to_vec(&JournalEntry {
+                            received_at: at,
+                            notification: (*n).clone(),
+                        })
+                        .map_err(|x| e(&x))?;
+                        journal.insert(seq, entry.as_slice()).map_err(|x| e(&x))?;
+                        st.journal_added += 1;
+                        self.since_prune += 1;
+                        let mut changed = false;
+                        let mut count = 0;
+                        for (a, _) in n.alerts.iter().zip(&relevant).filter(|(_, r)| **r) {
+                            count += 1;
+                            let fp = a.fingerprint.as_str();
+                            if a.is_firing_at(at) {
+                                // A firing copy of an incarnation that already resolved arrives
+                                // late (retry, HA twin): it must not revive the alert.
+                                if cur_tomb(st, fp).is_some_and(|t| a.starts_at <= t.starts_at) {
+                                    continue;
+                                }
+                                let prev = cur_alert(st, fp);
+                                let new = StoredAlert {
+                                    fingerprint: a.fingerprint.clone(),
+                                    labels: a.labels.clone(),
+                                    starts_at: a.starts_at,
+                                    received_at: at,
+                                    source: n.group_key.clone(),
+                                };
+                                changed |= prev.is_none_or(|p| {
+                                    p.starts_at != a.starts_at || p.labels != a.labels
+                                });
+                                firing
+                                    .insert(
+                                        fp,
+                                        serde_json::to_vec(&new).map_err(|x| e(&x))?.as_slice(),
+                                    )
+                                    .map_err(|x| e(&x))?;
+                                st.firing.insert(fp.to_string(), Some(new));
+                            } else {
+                                if cur_alert(st, fp).is_some() {
+                                    changed = true;
+                                    firing.remove(fp).map_err(|x| e(&x))?;
+                                    st.firing.insert(fp.to_string(), None);
+                                }
+                                let t = Tombstone {
+                                    starts_at: cur_tomb(st, fp)
+                                        .map_or(a.starts_at, |t| t.starts_at.max(a.starts_at)),
+                                    resolved_at: at,
+                                };
+                                tombs
+                                    .insert(
+                                        fp,
+                                        serde_json::to_vec(&t).map_err(|x| e(&x))?.as_slice(),
+                                    )
+                                    .map_err(|x| e(&x))?;
+                                st.tombstones.insert(fp.to_string(), Some(t));
+                            }
+                        }
+                        let outcome = RecordOutcome {
+                            seq,
+                            changed,
+                            relevant: count,
+                        };
+                        st.recent.push(NotificationRecord {
+                            seq,
+                            received_at: at,
+                            group_key: n.group_key.clone(),
+                            status: n.status,
+                            alerts: n.alerts.len(),
+                            truncated_alerts: n.truncated_alerts,
+                            changed,
+                        });
+                        replies.push(Reply::Record(reply, outcome));
+                    }
+                    Op::ReplaceFiring {
+                        alerts,
+                        fetched_at,
+                        reply,
+                    } => {
+                        let mut changed = false;
+                        let incoming: BTreeMap<String, StoredAlert> = alerts
+                            .into_iter()
+                            .map(|a| (a.fingerprint.clone(), a))
+                            .collect();
+                        // Current set = memory overlaid with staged changes.
+                        let mut current: BTreeMap<String, StoredAlert> = mem.firing.clone();
+                        for (k, v) in &st.firing {
+                            match v {
+                                Some(a) => current.insert(k.clone(), a.clone()),
+                                None => current.remove(k),
+                            };
+                        }
+                        for (fp, a) in &current {
+                            // Learnt by webhook after the snapshot was taken: newer than it.
+                            if !incoming.contains_key(fp) && a.received_at <= fetched_at {
+                                changed = true;
+                                firing.remove(fp.as_str()).map_err(|x| e(&x))?;
+                                st.firing.insert(fp.clone(), None);
+                            }
+                        }
+                        for (fp, a) in incoming {
+                            let resolved_after = cur_tomb(st, &fp).is_some_and(|t| {
+                                t.resolved_at > fetched_at && a.starts_at <= t.starts_at
+                            });
+                            if resolved_after {
+                                continue;
+                            }
+                            let prev = current.get(&fp);
+                            if prev
+                                .is_none_or(|p| p.starts_at != a.starts_at || p.labels != a.labels)
+                            {
+                                changed = true;
+                                firing
+                                    .insert(
+                                        fp.as_str(),
+                                        serde_json::to_vec(&a).map_err(|x| e(&x))?.as_slice(),
+                                    )
+                                    .map_err(|x| e(&x))?;
+                                st.firing.insert(fp, Some(a));
+                            }
+                        }
+                        replies.push(Reply::Replace(reply, changed));
+                    }
+                    Op::SetService { name, state, reply } => {
+                        services
+                            .insert(
+                                name.as_str(),
+                                serde_json::to_vec(&state).map_err(|x| e(&x))?.as_slice(),
+                            )
+                            .map_err(|x| e(&x))?;
+                        st.services.insert(name, state);
+                        replies.push(Reply::Unit(reply));
+                    }
+                    Op::Event {
+                        service,
+                        kind,
+                        message,
+                        alerts,
+                        reply,
+                    } => {
+                        let id = self.next_event;
+                        self.next_event += 1;
+                        self.since_prune += 1;
+                        let ev = Event {
+                            id,
+                            at: Utc::now(),
+                            service,
+                            kind,
+                            message,
+                            alerts,
+                        };
+                        events
+                            .insert(id, serde_json::to_vec(&ev).map_err(|x| e(&x))?.as_slice())
+                            .map_err(|x| e(&x))?;
+                        replies.push(Reply::Event(reply, id));
+                    }
+                }
+            }
+            // Bound the tombstones: drop the oldest resolutions, long past any retry.
+            let total =
+                mem.tombstones.len() + st.tombstones.values().filter(|t| t.is_some()).count();
+            if total > MAX_TOMBSTONES {
+                let mut all: Vec<(String, DateTime<Utc>)> = mem
+                    .tombstones
+                    .iter()
+                    .map(|(k, t)| (k.clone(), t.resolved_at))
+                    .collect();
+                all.sort_by_key(|(_, t)| *t);
+                for (k, _) in all.into_iter().take(total - MAX_TOMBSTONES) {
+                    if let std::collections::btree_map::Entry::Vacant(slot) = st.tombstones.entry(k)
+                    {
+                        tombs.remove(slot.key().as_str()).map_err(|x| e(&x))?;
+                        slot.insert(None);
+                    }
+                }
+            }
+        }
+        txn.commit().map_err(|x| e(&x))
+    }
+
+    /// Drops journal entries and events past their count or age limits.
+    fn prune(&mut self) -> Result<(), String> {
+        let e = |e: &dyn std::fmt::Display| e.to_string();
+        let now = Utc::now();
+        let r = &self.retention;
+        let journal_cut =
+            now - chrono::Duration::from_std(r.journal_max_age).unwrap_or(chrono::Duration::MAX);
+        let events_cut =
+            now - chrono::Duration::from_std(r.events_max_age).unwrap_or(chrono::Duration::MAX);
+        let txn = self.db.begin_write().map_err(|x| e(&x))?;
+        let removed;
+        {
+            let mut journal = txn.open_table(JOURNAL).map_err(|x| e(&x))?;
+            removed = prune_table(&mut journal, r.journal_max_entries, |v| {
+                serde_json::from_slice::<JournalHead>(v)
+                    .map_or(true, |h| h.received_at < journal_cut)
+            })
+            .map_err(|x| e(&x))?;
+            let mut events = txn.open_table(EVENTS).map_err(|x| e(&x))?;
+            prune_table(&mut events, r.events_max_entries, |v| {
+                serde_json::from_slice::<EventHead>(v).map_or(true, |h| h.at < events_cut)
+            })
+            .map_err(|x| e(&x))?;
+        }
+        txn.commit().map_err(|x| e(&x))?;
+        let mut m = self.mem.write().unwrap_or_else(|e| e.into_inner());
+        m.journal_len = m.journal_len.saturating_sub(removed);
+        Ok(())
+    }
+}
+
+#[derive(Deserialize)]
+struct JournalHead {
+    received_at: DateTime<Utc>,
+}
+
+#[derive(Deserialize)]
+struct EventHead {
+    at: DateTime<Utc>,
+}
+
+/// Removes the oldest entries (lowest keys) while there are more than `max` or `too_old` says
+/// so. Keys grow with time, so the oldest are first. Returns how many were removed.
+fn prune_table(
+    table: &mut redb::Table<'_, u64, &[u8]>,
+    max: u64,
+    too_old: impl Fn(&[u8]) -> bool,
+) -> Result<u64, redb::StorageError> {
+    let mut len = table.len()?;
+    let mut removed = 0;
+    loop {
+        let Some((k, old)) = table.first()?.map(|(k, v)| (k.value(), too_old(v.value()))) else {
+            break;
+        };
+        if len <= max && !old {
+            break;
+        }
+        table.remove(k)?;
+        len -= 1;
+        removed += 1;
+    }
+    Ok(removed)
 }
 
 #[cfg(test)]
@@ -285,69 +938,177 @@ mod tests {
     use super::*;
     use crate::alert::parse_notification;
 
-    fn fixture(name: &str) -> Notification {
+    fn fixture(name: &str) -> Arc<Notification> {
         let path = format!(
             "{}/../shared/fixtures/alertmanager-0.25/{name}",
             env!("CARGO_MANIFEST_DIR")
         );
         let body = std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-        parse_notification(&body).expect("fixture parses")
+        Arc::new(parse_notification(&body).expect("fixture parses"))
     }
 
-    #[test]
-    fn firing_then_resolved_then_stale_firing() {
-        let store = Store::new();
-        let now = Utc::now();
-        let all = |_: &Labels| true;
+    fn all(n: &Notification) -> Vec<bool> {
+        vec![true; n.alerts.len()]
+    }
+
+    #[tokio::test]
+    async fn firing_then_resolved_then_stale_firing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), Retention::default()).expect("open");
         let firing = fixture("onprem_down-firing.json");
         let resolved = fixture("onprem_down-resolved.json");
 
-        let o = store.record(&firing, all, now);
-        assert_eq!(
-            o,
-            RecordOutcome {
-                changed: true,
-                relevant: 1
-            }
-        );
+        let o = store
+            .record(firing.clone(), all(&firing))
+            .await
+            .expect("record");
+        assert_eq!((o.changed, o.relevant), (true, 1));
         assert_eq!(store.firing().len(), 1);
         // A duplicate changes nothing.
-        assert!(!store.record(&firing, all, now).changed);
-
-        assert!(store.record(&resolved, all, now).changed);
+        assert!(
+            !store
+                .record(firing.clone(), all(&firing))
+                .await
+                .expect("record")
+                .changed
+        );
+        assert!(
+            store
+                .record(resolved.clone(), all(&resolved))
+                .await
+                .expect("record")
+                .changed
+        );
         assert!(store.firing().is_empty());
         // The firing copy of the resolved incarnation, delivered late, stays dead.
-        assert!(!store.record(&firing, all, now).changed);
-        assert!(store.firing().is_empty());
-        assert_eq!(store.notifications().len(), 4);
-    }
-
-    #[test]
-    fn irrelevant_alerts_are_not_kept() {
-        let store = Store::new();
-        let o = store.record(
-            &fixture("onprem_overloaded-truncated.json"),
-            |_| false,
-            Utc::now(),
-        );
-        assert_eq!(
-            o,
-            RecordOutcome {
-                changed: false,
-                relevant: 0
-            }
+        assert!(
+            !store
+                .record(firing.clone(), all(&firing))
+                .await
+                .expect("record")
+                .changed
         );
         assert!(store.firing().is_empty());
+        assert_eq!(store.journal_len(), 4);
     }
 
-    #[test]
-    fn truncated_notification_keeps_what_it_got() {
-        let store = Store::new();
-        store.record(
-            &fixture("onprem_overloaded-truncated.json"),
-            |_| true,
-            Utc::now(),
-        );
+    #[tokio::test]
+    async fn irrelevant_alerts_are_journaled_not_kept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), Retention::default()).expect("open");
+        let n = fixture("onprem_overloaded-truncated.json");
+        let o = store
+            .record(n.clone(), vec![false; 3])
+            .await
+            .expect("record");
+        assert_eq!((o.changed, o.relevant), (false, 0));
+        assert!(store.firing().is_empty());
+        assert_eq!(store.journal_len(), 1);
+        // Truncated: three of five alerts sent, three kept, nothing inferred about the rest.
+        store.record(n.clone(), all(&n)).await.expect("record");
         assert_eq!(store.firing().len(), 3);
+    }
+
+    #[tokio::test]
+    async fn everything_survives_a_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let store = Store::open(dir.path(), Retention::default()).expect("open");
+            let n = fixture("onprem_down-firing.json");
+            store.record(n.clone(), all(&n)).await.expect("record");
+            let mut s = ServiceState::new(Utc::now());
+            s.mode = Mode::Cloud;
+            s.override_ = Some(Override::Paused);
+            s.step_in_flight = Some("start cloud-api".into());
+            store.set_service("svc", s).await.expect("set");
+            store
+                .event("svc", "plan", "m".into(), vec!["fp".into()])
+                .await
+                .expect("event");
+        }
+        // The writer thread of the first handle still holds the file until it sees its channel
+        // closed; wait for the lock to be released.
+        let store = loop {
+            match Store::open(dir.path(), Retention::default()) {
+                Ok(s) => break s,
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        };
+        assert_eq!(store.firing().len(), 1);
+        let s = store.service("svc").expect("service state");
+        assert_eq!((s.mode, s.override_), (Mode::Cloud, Some(Override::Paused)));
+        assert_eq!(s.step_in_flight.as_deref(), Some("start cloud-api"));
+        let ev = store.events(Some("svc"), None, None, 10).expect("events");
+        assert_eq!(ev.len(), 1);
+        assert_eq!(ev[0].alerts, vec!["fp".to_string()]);
+        // New ids continue after the old ones.
+        let id = store
+            .event("svc", "x", "y".into(), vec![])
+            .await
+            .expect("event");
+        assert_eq!(id, 2);
+        assert_eq!(store.journal_len(), 1);
+    }
+
+    #[tokio::test]
+    async fn resync_replaces_but_newer_webhook_state_wins() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), Retention::default()).expect("open");
+        let before = Utc::now() - chrono::Duration::seconds(5);
+        let n = fixture("onprem_down-firing.json");
+        store.record(n.clone(), all(&n)).await.expect("record");
+        // A snapshot taken before the notification arrived does not remove it.
+        assert!(!store.replace_firing(vec![], before).await.expect("replace"));
+        assert_eq!(store.firing().len(), 1);
+        // A later snapshot without it does.
+        assert!(store
+            .replace_firing(vec![], Utc::now())
+            .await
+            .expect("replace"));
+        assert!(store.firing().is_empty());
+        // A snapshot adds what it reports.
+        let a = StoredAlert {
+            fingerprint: "f1".into(),
+            labels: [("alertname".to_string(), "x".to_string())]
+                .into_iter()
+                .collect(),
+            starts_at: Utc::now(),
+            received_at: Utc::now(),
+            source: "resync".into(),
+        };
+        assert!(store
+            .replace_firing(vec![a.clone()], Utc::now())
+            .await
+            .expect("replace"));
+        assert!(!store
+            .replace_firing(vec![a], Utc::now())
+            .await
+            .expect("replace"));
+        assert_eq!(store.firing().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn journal_and_events_are_pruned_by_count() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let retention = Retention {
+            journal_max_entries: 10,
+            events_max_entries: 5,
+            ..Retention::default()
+        };
+        let store = Store::open(dir.path(), retention).expect("open");
+        let n = fixture("onprem_down-firing.json");
+        // Pruning runs every 1024 writes.
+        for _ in 0..1030 {
+            store.record(n.clone(), all(&n)).await.expect("record");
+        }
+        for i in 0..10 {
+            store
+                .event("s", "k", format!("e{i}"), vec![])
+                .await
+                .expect("event");
+        }
+        assert!(store.journal_len() <= 20, "journal {}", store.journal_len());
+        let ev = store.events(None, None, None, 100).expect("events");
+        assert!(ev.len() <= 10, "{}", ev.len());
     }
 }

@@ -93,7 +93,8 @@ async fn serve_answers_and_stops_on_sigterm() {
     let child = Command::new(BIN)
         .args(["serve", "--config.file", EXAMPLE, "--web.listen-address"])
         .arg(format!("127.0.0.1:{port}"))
-        .args(["--log.format", "json"])
+        .args(["--log.format", "json", "--storage.path"])
+        .arg(dir.path().join("data"))
         .env("FAILOVER_RESPONDER__AUTH__BEARER_TOKEN_FILE", &token)
         .env("FAILOVER_RESPONDER__RECONCILE__INTERVAL", "1s")
         // Never touch this machine's real engine: point Docker at a socket that does not exist.

@@ -65,6 +65,8 @@ services:
       backend: api
       cloud_servers: [cloud1]
     timeouts: {{healthy: 30s, drain: 3s, stop: 2s}}
+    # No flap damping here: these tests fail back at once.
+    hold_down: 0s
 "#,
         token = token.display(),
         sock = haproxy.socket.display(),

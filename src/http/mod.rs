@@ -2,22 +2,26 @@
 //! Docker, HAProxy or EC2; that is the reconciler's job.
 //!
 //! - `POST /api/v1/alerts` (and `/failover`, the older Flask design's path): the webhook.
-//! - `GET /api/v1/status`: desired mode, observed state, alerts and last steps per service.
+//! - `GET /api/v1/status`, `GET /api/v1/events`: what the responder sees, decided and did.
+//! - `POST /api/v1/services/{name}/{pause|resume|failover|failback}`: manual control.
+//! - `POST /api/v1/plan`: the steps a webhook body would cause, changing nothing.
 //! - `GET /metrics`, `GET /-/healthy`, `GET /-/ready`.
+//!
+//! Everything that changes state or reveals a plan needs the webhook's credentials; status,
+//! events and metrics are read-only and open, like Prometheus' and Alertmanager's own.
 
 use std::sync::Arc;
 
 use actix_web::web;
-use chrono::Utc;
 
-use crate::alert::{Labels, Notification};
-use crate::matcher::matches_all;
+use crate::alert::Notification;
 use crate::metrics::Metrics;
 use crate::reconcile::ServiceRuntime;
-use crate::store::{RecordOutcome, Store};
+use crate::store::{RecordOutcome, Store, StoreError};
 
 pub mod api;
 pub mod auth;
+pub mod control;
 pub mod error;
 pub mod ops;
 pub mod webhook;
@@ -33,29 +37,35 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// True when an alert with these labels concerns some service (matches its failover_on or
-    /// failback_on). Others are acknowledged and dropped: they can never move anything.
-    pub fn is_relevant(&self, labels: &Labels) -> bool {
-        self.services.iter().any(|s| concerns(s, labels))
-    }
-
-    /// Records a notification and wakes the services it concerns. Returns the names woken.
-    pub fn ingest(&self, n: &Notification) -> (RecordOutcome, Vec<String>) {
-        let outcome = self.store.record(n, |l| self.is_relevant(l), Utc::now());
+    /// Journals a notification, applies it, and wakes the services it concerns. Returns the
+    /// outcome and the names woken; fails only when it could not be recorded.
+    pub async fn ingest(
+        &self,
+        n: Notification,
+    ) -> Result<(RecordOutcome, Vec<String>), StoreError> {
+        let relevant: Vec<bool> = n
+            .alerts
+            .iter()
+            .map(|a| self.services.iter().any(|s| s.concerns(&a.labels)))
+            .collect();
+        let n = Arc::new(n);
+        let outcome = self.store.record(n.clone(), relevant).await?;
+        self.metrics
+            .journal_entries
+            .set(i64::try_from(self.store.journal_len()).unwrap_or(i64::MAX));
         let mut woken = Vec::new();
         for s in self.services.iter() {
-            if n.alerts.iter().any(|a| concerns(s, &a.labels)) {
+            if n.alerts.iter().any(|a| s.concerns(&a.labels)) {
                 s.wake.notify_one();
                 woken.push(s.name.clone());
             }
         }
-        (outcome, woken)
+        Ok((outcome, woken))
     }
-}
 
-fn concerns(s: &ServiceRuntime, labels: &Labels) -> bool {
-    matches_all(&s.config.failover_matchers, labels)
-        || matches_all(&s.config.failback_matchers, labels)
+    pub fn service(&self, name: &str) -> Option<&ServiceRuntime> {
+        self.services.iter().find(|s| s.name == name)
+    }
 }
 
 /// Registers every route.
@@ -63,6 +73,12 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/api/v1/alerts", web::post().to(webhook::receive))
         .route("/failover", web::post().to(webhook::receive))
         .route("/api/v1/status", web::get().to(api::status))
+        .route("/api/v1/events", web::get().to(api::events))
+        .route("/api/v1/plan", web::post().to(control::plan))
+        .route(
+            "/api/v1/services/{name}/{action}",
+            web::post().to(control::set_override),
+        )
         .route("/metrics", web::get().to(ops::metrics))
         .route("/-/healthy", web::get().to(ops::healthy))
         .route("/-/ready", web::get().to(ops::ready));

@@ -5,7 +5,7 @@ use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
 use serde_json::json;
-use tracing::{info, info_span};
+use tracing::{info, info_span, Instrument};
 
 use super::error::ApiError;
 use super::AppState;
@@ -36,23 +36,47 @@ async fn handle(
     let n = parse_notification(&body).map_err(|e| ApiError::BadRequest(e.to_string()))?;
 
     let span = info_span!("notification", group_key = %n.group_key, status = ?n.status);
-    let _enter = span.enter();
-    let (outcome, woken) = state.ingest(&n);
-    info!(
-        alerts = n.alerts.len(),
-        relevant = outcome.relevant,
-        truncated = n.truncated_alerts,
-        changed = outcome.changed,
-        services = ?woken,
-        "notification recorded"
-    );
+    let alerts = n.alerts.len();
+    let truncated = n.truncated_alerts;
+    // 2xx only once it is on disk; a storage failure is a 500 so Alertmanager retries.
+    let (outcome, woken) = state
+        .ingest(n)
+        .instrument(span.clone())
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    span.in_scope(|| {
+        info!(
+            seq = outcome.seq,
+            alerts,
+            relevant = outcome.relevant,
+            truncated,
+            changed = outcome.changed,
+            services = ?woken,
+            "notification recorded"
+        )
+    });
     Ok(HttpResponse::Accepted().json(json!({
         "status": "accepted",
-        "alerts": n.alerts.len(),
+        "seq": outcome.seq,
+        "alerts": alerts,
         "relevant_alerts": outcome.relevant,
         "changed": outcome.changed,
         "services": woken,
     })))
+}
+
+/// Authenticates, checks the content type, reads the capped body and parses it. Shared by the
+/// webhook and the plan preview.
+pub async fn read_notification(
+    req: &HttpRequest,
+    payload: web::Payload,
+    state: &AppState,
+) -> Result<crate::alert::Notification, ApiError> {
+    // Credentials first: an unauthenticated client learns nothing else about the endpoint.
+    state.auth.check(req)?;
+    check_json(req)?;
+    let body = read_capped(req, payload, state.max_body_bytes).await?;
+    parse_notification(&body).map_err(|e| ApiError::BadRequest(e.to_string()))
 }
 
 fn check_json(req: &HttpRequest) -> Result<(), ApiError> {

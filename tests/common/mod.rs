@@ -323,8 +323,10 @@ impl Drop for ContainerGuard {
 pub struct Responder {
     pub url: String,
     stop: Option<oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    task: Option<tokio::task::JoinHandle<Result<(), failover_responder::app::AppError>>>,
     pub client: reqwest::Client,
+    /// Storage of its own unless the config names one.
+    _storage: Option<tempfile::TempDir>,
 }
 
 impl Responder {
@@ -336,7 +338,13 @@ impl Responder {
         Self::start_with(config).await
     }
 
-    pub async fn start_with(config: Config) -> Responder {
+    pub async fn start_with(mut config: Config) -> Responder {
+        // Never the default `data/` in the working tree: each responder gets its own storage.
+        let storage = (config.storage.path == Path::new("data")).then(|| {
+            let d = tempfile::tempdir().expect("storage tempdir");
+            config.storage.path = d.path().to_path_buf();
+            d
+        });
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let (tx, rx) = oneshot::channel::<()>();
@@ -348,6 +356,7 @@ impl Responder {
             stop: Some(tx),
             task: Some(task),
             client: reqwest::Client::new(),
+            _storage: storage,
         };
         let client = r.client.clone();
         let ready = format!("{}/-/ready", r.url);

@@ -1,0 +1,122 @@
+//! Manual control (`POST /api/v1/services/{name}/{action}`) and the plan preview
+//! (`POST /api/v1/plan`). Both need the webhook's credentials.
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use chrono::Utc;
+use serde_json::json;
+use tracing::info;
+
+use super::error::ApiError;
+use super::AppState;
+use crate::desired::{self, Current, Override};
+use crate::plan;
+use crate::store::ServiceState;
+
+/// Sets or clears a persisted override: `pause` (observe, change nothing), `failover`,
+/// `failback` (hold that mode whatever the alerts say), `resume` (follow the alerts again).
+pub async fn set_override(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    state.auth.check(&req)?;
+    let (name, action) = path.into_inner();
+    let Some(svc) = state.service(&name) else {
+        return Err(ApiError::NotFound(format!("no service named {name:?}")));
+    };
+    let new = match action.as_str() {
+        "pause" => Some(Override::Paused),
+        "failover" => Some(Override::Failover),
+        "failback" => Some(Override::Failback),
+        "resume" => None,
+        other => {
+            return Err(ApiError::BadRequest(format!(
+                "unknown action {other:?}: want pause, resume, failover or failback"
+            )))
+        }
+    };
+    let mut st = state
+        .store
+        .service(&name)
+        .unwrap_or_else(|| ServiceState::new(Utc::now()));
+    let old = st.override_;
+    st.override_ = new;
+    let store_err = |e: crate::store::StoreError| ApiError::Internal(e.to_string());
+    state
+        .store
+        .set_service(&name, st)
+        .await
+        .map_err(store_err)?;
+    state
+        .store
+        .event(
+            &name,
+            "override",
+            format!("{action}: override {old:?} -> {new:?}"),
+            vec![],
+        )
+        .await
+        .map_err(store_err)?;
+    info!(service = %name, action = %action, "manual override");
+    svc.wake.notify_one();
+    Ok(HttpResponse::Ok().json(json!({ "service": name, "override": new, "previous": old })))
+}
+
+/// A webhook body in, the steps it would cause out; nothing is recorded or changed. Plans
+/// against the last observed state of each service.
+pub async fn plan(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let n = super::webhook::read_notification(&req, payload, &state).await?;
+    let now = Utc::now();
+    let firing = desired::preview(state.store.firing(), &n, now);
+    let observed = state.store.service_status();
+    let mut out = serde_json::Map::new();
+    for svc in state.services.iter() {
+        let st = state
+            .store
+            .service(&svc.name)
+            .unwrap_or_else(|| ServiceState::new(now));
+        let relevant: Vec<_> = firing
+            .iter()
+            .filter(|a| svc.concerns(&a.labels))
+            .cloned()
+            .collect();
+        let rules = desired::Rules {
+            failover_on: &svc.config.failover_matchers,
+            failback_on: &svc.config.failback_matchers,
+        };
+        let decision = desired::decide(rules, &relevant);
+        let eff = desired::effective(
+            &decision,
+            Current {
+                mode: st.mode,
+                since: st.since,
+                transitions: &st.transitions,
+                override_: st.override_,
+                onprem_healthy_since: svc.healthy_since(),
+            },
+            svc.damping(),
+            now,
+        );
+        let seen = observed
+            .get(&svc.name)
+            .map(|s| s.observed.clone())
+            .unwrap_or_default();
+        let p = plan::plan(eff.mode, &seen);
+        out.insert(
+            svc.name.clone(),
+            json!({
+                "mode": eff.mode,
+                "reason": decision.reason,
+                "held": eff.held,
+                "paused": eff.paused,
+                "steps": p.steps.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "waiting": p.waiting,
+            }),
+        );
+    }
+    Ok(HttpResponse::Ok().json(json!({ "services": out, "changed": false })))
+}

@@ -1,0 +1,181 @@
+//! Resync from Alertmanager: on start and every `resync_interval`, read the active alerts from
+//! Alertmanager's API and make them the firing set.
+//!
+//! Webhooks are at-least-once but can be lost (a resolved notification sent while the responder
+//! was down is retried only for a while) and truncated (`max_alerts`). Alertmanager's own view
+//! repairs both. When Alertmanager cannot be asked, the last known set is kept and the failure
+//! shows in status and metrics.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::alert::Labels;
+use crate::config::AlertmanagerConfig;
+use crate::metrics::{Metrics, ResultLabels};
+use crate::reconcile::ServiceRuntime;
+use crate::store::{Store, StoreError, StoredAlert};
+
+/// One alert as `GET /api/v2/alerts` returns it (only the fields used).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ApiAlert {
+    labels: Labels,
+    starts_at: DateTime<Utc>,
+    fingerprint: String,
+}
+
+/// Why a resync did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum ResyncError {
+    #[error("alertmanager {url}: {message}")]
+    Unreachable { url: String, message: String },
+    #[error("alertmanager {url}: unexpected answer: {message}")]
+    BadAnswer { url: String, message: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Everything the resync task needs.
+#[derive(Clone)]
+pub struct Resync {
+    pub config: AlertmanagerConfig,
+    pub store: Store,
+    pub metrics: Arc<Metrics>,
+    pub services: Arc<Vec<ServiceRuntime>>,
+    client: reqwest::Client,
+}
+
+impl Resync {
+    pub fn new(
+        config: AlertmanagerConfig,
+        store: Store,
+        metrics: Arc<Metrics>,
+        services: Arc<Vec<ServiceRuntime>>,
+    ) -> Self {
+        let client = reqwest::Client::builder()
+            .timeout(config.timeout)
+            .build()
+            .unwrap_or_default();
+        Resync {
+            config,
+            store,
+            metrics,
+            services,
+            client,
+        }
+    }
+
+    /// Resyncs now and then every interval, until `shutdown`.
+    pub async fn run(self, shutdown: CancellationToken) {
+        loop {
+            let _ = self.once().await;
+            tokio::select! {
+                () = tokio::time::sleep(self.config.resync_interval) => {}
+                () = shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    /// One resync; records its outcome in status and metrics. Returns whether the firing set
+    /// changed.
+    pub async fn once(&self) -> Result<bool, ResyncError> {
+        let started = Utc::now();
+        let result = self.fetch_and_replace(started).await;
+        let mut st = self.store.resync();
+        st.last_attempt = Some(started);
+        let label = match &result {
+            Ok(_) => {
+                st.last_success = Some(started);
+                st.last_error = None;
+                self.metrics.alertmanager_up.set(1);
+                "success"
+            }
+            Err(e) => {
+                warn!(error = %e, "resync from Alertmanager failed; keeping the last known alerts");
+                st.last_error = Some(e.to_string());
+                self.metrics.alertmanager_up.set(0);
+                "failure"
+            }
+        };
+        self.metrics
+            .resyncs
+            .get_or_create(&ResultLabels {
+                result: label.to_string(),
+            })
+            .inc();
+        if let Ok((changed, count)) = &result {
+            st.alerts = *count;
+            if *changed {
+                info!(alerts = count, "resync changed the firing alerts");
+                for s in self.services.iter() {
+                    s.wake.notify_one();
+                }
+                for s in self.services.iter() {
+                    let _ = self
+                        .store
+                        .event(&s.name, "resync", format!("firing alerts replaced from Alertmanager ({count} relevant active)"), vec![])
+                        .await;
+                }
+            }
+        }
+        self.store.set_resync(st);
+        result.map(|(changed, _)| changed)
+    }
+
+    async fn fetch_and_replace(
+        &self,
+        fetched_at: DateTime<Utc>,
+    ) -> Result<(bool, usize), ResyncError> {
+        let base = self.config.url.trim_end_matches('/');
+        let url = format!("{base}/api/v2/alerts");
+        let mut query = vec![
+            ("active", "true"),
+            ("silenced", "false"),
+            ("inhibited", "false"),
+        ];
+        if let Some(r) = &self.config.receiver {
+            query.push(("receiver", r.as_str()));
+        }
+        let unreachable = |e: reqwest::Error| ResyncError::Unreachable {
+            url: url.clone(),
+            message: e.to_string(),
+        };
+        let resp = self
+            .client
+            .get(&url)
+            .query(&query)
+            .send()
+            .await
+            .map_err(unreachable)?;
+        if !resp.status().is_success() {
+            return Err(ResyncError::BadAnswer {
+                url: url.clone(),
+                message: format!("HTTP {}", resp.status()),
+            });
+        }
+        let body = resp.bytes().await.map_err(unreachable)?;
+        let alerts: Vec<ApiAlert> =
+            serde_json::from_slice(&body).map_err(|e| ResyncError::BadAnswer {
+                url: url.clone(),
+                message: e.to_string(),
+            })?;
+        let relevant: Vec<StoredAlert> = alerts
+            .into_iter()
+            .filter(|a| self.services.iter().any(|s| s.concerns(&a.labels)))
+            .map(|a| StoredAlert {
+                fingerprint: a.fingerprint,
+                labels: a.labels,
+                starts_at: a.starts_at,
+                received_at: fetched_at,
+                source: "resync".into(),
+            })
+            .collect();
+        let count = relevant.len();
+        let changed = self.store.replace_firing(relevant, fetched_at).await?;
+        Ok((changed, count))
+    }
+}
