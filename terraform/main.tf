@@ -1,0 +1,276 @@
+data "aws_partition" "current" {}
+data "aws_caller_identity" "current" {}
+
+locals {
+  partition  = data.aws_partition.current.partition
+  region     = var.region
+  account_id = data.aws_caller_identity.current.account_id
+
+  # SSM parameter ARNs drop the leading slash of hierarchical names.
+  token_parameter_arn = "arn:${local.partition}:ssm:${local.region}:${local.account_id}:parameter/${trimprefix(var.token_ssm_parameter_name, "/")}"
+
+  ami_id = var.ami_id != null ? var.ami_id : data.aws_ami.debian12[0].id
+
+  responder_config_yaml = coalesce(var.responder_config_yaml, file("${path.module}/../config/failover-responder.yaml"))
+
+  # Rendered in two steps: the bootstrap script, then cloud-config that carries it (and the
+  # unit and config) base64-encoded, so no file content can break the YAML's indentation.
+  bootstrap_sh = templatefile("${path.module}/templates/bootstrap.sh.tftpl", {
+    binary_url        = var.responder_binary_url
+    binary_sha256     = var.responder_binary_sha256
+    responder_version = var.responder_version
+    token_parameter   = var.token_ssm_parameter_name
+    region            = local.region
+    container_images  = join(" ", var.container_images)
+    responder_port    = var.responder_port
+  })
+
+  user_data = templatefile("${path.module}/templates/cloud-init.yaml.tftpl", {
+    unit_b64       = base64encode(file("${path.module}/../deploy/systemd/failover-responder.service"))
+    sysusers_b64   = base64encode(file("${path.module}/../deploy/systemd/failover-responder.sysusers.conf"))
+    config_b64     = base64encode(local.responder_config_yaml)
+    bootstrap_b64  = base64encode(local.bootstrap_sh)
+    responder_port = var.responder_port
+  })
+}
+
+# Official Debian 12 (bookworm) images, published by Debian's AWS account.
+data "aws_ami" "debian12" {
+  count       = var.ami_id == null ? 1 : 0
+  most_recent = true
+  owners      = ["136693071363"]
+
+  filter {
+    name   = "name"
+    values = ["debian-12-${var.architecture}-*"]
+  }
+
+  filter {
+    name   = "architecture"
+    values = [var.architecture == "amd64" ? "x86_64" : "arm64"]
+  }
+
+  filter {
+    name   = "virtualization-type"
+    values = ["hvm"]
+  }
+}
+
+# --- Network -------------------------------------------------------------------------------
+
+resource "aws_security_group" "responder" {
+  name        = "${var.name}-standby"
+  description = "Failover responder standby host: webhook from Alertmanager only"
+  vpc_id      = var.vpc_id
+
+  # Rules are separate resources below (one per source), so that adding a scrape CIDR does
+  # not rewrite the webhook rule.
+  lifecycle {
+    create_before_destroy = true
+  }
+
+  tags = {
+    Name = "${var.name}-standby"
+  }
+}
+
+# The only way in: the responder's port, from Alertmanager. No SSH (there is no key pair),
+# and NEVER the Docker API (2375/2376): Docker listens on its unix socket only, the bootstrap
+# verifies that, and var.responder_port refuses those ports.
+resource "aws_vpc_security_group_ingress_rule" "webhook" {
+  security_group_id = aws_security_group.responder.id
+  description       = "Alertmanager webhook (and Prometheus scrape) to the responder"
+  cidr_ipv4         = var.alertmanager_cidr
+  ip_protocol       = "tcp"
+  from_port         = var.responder_port
+  to_port           = var.responder_port
+}
+
+resource "aws_vpc_security_group_ingress_rule" "scrape" {
+  for_each = toset(var.prometheus_cidrs)
+
+  security_group_id = aws_security_group.responder.id
+  description       = "Prometheus scrape of the responder's /metrics"
+  cidr_ipv4         = each.value
+  ip_protocol       = "tcp"
+  from_port         = var.responder_port
+  to_port           = var.responder_port
+}
+
+# Out: HTTPS (SSM, the binary, container registries, Debian mirrors), HTTP (Debian's AWS
+# mirror serves apt over HTTP; packages are signature-checked) and Alertmanager's API. DNS,
+# NTP and the instance metadata service are link-local and not subject to security groups.
+# Add a rule here if the HAProxy Runtime API is reached over TCP.
+resource "aws_vpc_security_group_egress_rule" "https" {
+  security_group_id = aws_security_group.responder.id
+  description       = "HTTPS out: SSM, responder binary, container registries"
+  cidr_ipv4         = "0.0.0.0/0"
+  ip_protocol       = "tcp"
+  from_port         = 443
+  to_port           = 443
+}
+
+# The responder's resync reads Alertmanager's API (GET /api/v2/alerts).
+resource "aws_vpc_security_group_egress_rule" "alertmanager_api" {
+  count = var.alertmanager_api_port == null ? 0 : 1
+
+  security_group_id = aws_security_group.responder.id
+  description       = "Responder resync from Alertmanager's API"
+  cidr_ipv4         = var.alertmanager_cidr
+  ip_protocol       = "tcp"
+  from_port         = var.alertmanager_api_port
+  to_port           = var.alertmanager_api_port
+}
+
+resource "aws_vpc_security_group_egress_rule" "http" {
+  security_group_id = aws_security_group.responder.id
+  description       = "HTTP out: Debian package mirror (signed packages)"
+  cidr_ipv4         = "0.0.0.0/0"
+  ip_protocol       = "tcp"
+  from_port         = 80
+  to_port           = 80
+}
+
+# --- Identity --------------------------------------------------------------------------------
+
+data "aws_iam_policy_document" "assume_ec2" {
+  statement {
+    sid     = "EC2AssumeRole"
+    actions = ["sts:AssumeRole"]
+
+    principals {
+      type        = "Service"
+      identifiers = ["ec2.amazonaws.com"]
+    }
+
+  }
+}
+
+resource "aws_iam_role" "responder" {
+  name                 = "${var.name}-standby"
+  description          = "Failover responder standby host: read its token, start/stop burst instances"
+  assume_role_policy   = data.aws_iam_policy_document.assume_ec2.json
+  max_session_duration = 3600
+}
+
+# Least privilege, statement by statement.
+data "aws_iam_policy_document" "responder" {
+  # The webhook token, and nothing else in Parameter Store.
+  statement {
+    sid       = "ReadWebhookToken"
+    actions   = ["ssm:GetParameter"]
+    resources = [local.token_parameter_arn]
+  }
+
+  # Only with a customer-managed key, only through SSM, only for that parameter.
+  dynamic "statement" {
+    for_each = var.token_kms_key_arn == null ? [] : [var.token_kms_key_arn]
+    content {
+      sid       = "DecryptWebhookToken"
+      actions   = ["kms:Decrypt"]
+      resources = [statement.value]
+
+      condition {
+        test     = "StringEquals"
+        variable = "kms:ViaService"
+        values   = ["ssm.${local.region}.amazonaws.com"]
+      }
+
+      condition {
+        test     = "StringEquals"
+        variable = "kms:EncryptionContext:PARAMETER_ARN"
+        values   = [local.token_parameter_arn]
+      }
+    }
+  }
+
+  # Cloud bursting: start and stop instances, but only those carrying the burst tag.
+  statement {
+    sid     = "StartStopBurstInstances"
+    actions = ["ec2:StartInstances", "ec2:StopInstances"]
+    resources = [
+      "arn:${local.partition}:ec2:${local.region}:${local.account_id}:instance/*",
+    ]
+
+    condition {
+      test     = "StringEquals"
+      variable = "aws:ResourceTag/${var.burst_tag_key}"
+      values   = [var.burst_tag_value]
+    }
+  }
+
+  # Describe* has no resource-level permissions in EC2: "*" is the only possible resource.
+  # It is read-only, and limited to this region.
+  statement {
+    sid       = "DescribeInstances"
+    actions   = ["ec2:DescribeInstances", "ec2:DescribeInstanceStatus"]
+    resources = ["*"]
+
+    condition {
+      test     = "StringEquals"
+      variable = "aws:RequestedRegion"
+      values   = [local.region]
+    }
+  }
+}
+
+resource "aws_iam_role_policy" "responder" {
+  name   = "${var.name}-standby"
+  role   = aws_iam_role.responder.id
+  policy = data.aws_iam_policy_document.responder.json
+}
+
+resource "aws_iam_instance_profile" "responder" {
+  name = "${var.name}-standby"
+  role = aws_iam_role.responder.name
+}
+
+# --- The host --------------------------------------------------------------------------------
+
+resource "aws_instance" "standby" {
+  ami                    = local.ami_id
+  instance_type          = var.instance_type
+  subnet_id              = var.subnet_id
+  vpc_security_group_ids = [aws_security_group.responder.id]
+  iam_instance_profile   = aws_iam_instance_profile.responder.name
+
+  # Private only: Alertmanager reaches it over the VPN / Direct Connect, which also keeps the
+  # bearer token (plain HTTP) off the internet.
+  associate_public_ip_address = false
+
+  monitoring    = true # 1-minute CloudWatch metrics
+  ebs_optimized = true
+
+  # Gzipped cloud-config: the unit, config and bootstrap are embedded, and compression keeps
+  # it well under the 16 KiB user-data limit. cloud-init detects gzip by itself.
+  user_data_base64 = base64gzip(local.user_data)
+  # The host is cattle: a changed bootstrap means a fresh host. Do not apply during a
+  # failover (the responder's state is rebuilt from Alertmanager, but containers restart).
+  user_data_replace_on_change = true
+
+  metadata_options {
+    http_endpoint = "enabled"
+    # IMDSv2 only.
+    http_tokens = "required"
+    # 1 hop: the responder (on the host) reaches IMDS, the cloud containers (one more hop
+    # through Docker's bridge) do not, so they cannot borrow the instance role.
+    http_put_response_hop_limit = 1
+    instance_metadata_tags      = "disabled"
+  }
+
+  root_block_device {
+    volume_type           = "gp3"
+    volume_size           = var.root_volume_size_gb
+    encrypted             = true
+    kms_key_id            = var.ebs_kms_key_arn
+    delete_on_termination = true
+  }
+
+  # Accidental `terraform destroy` / console termination of the standby is a production risk.
+  disable_api_termination = true
+
+  tags = {
+    Name             = "${var.name}-standby"
+    ResponderVersion = var.responder_version
+  }
+}

@@ -1,0 +1,187 @@
+# Inputs. Required ones have no default; terraform.tfvars.example shows a full set.
+
+variable "region" {
+  description = "AWS region of the standby host."
+  type        = string
+}
+
+variable "name" {
+  description = "Name prefix for every resource (instance, security group, role)."
+  type        = string
+  default     = "failover-responder"
+
+  validation {
+    condition     = can(regex("^[a-zA-Z][a-zA-Z0-9-]{0,37}$", var.name))
+    error_message = "name: letters, digits and '-', starting with a letter, at most 38 characters (IAM name limits)."
+  }
+}
+
+variable "vpc_id" {
+  description = "VPC of the standby host. Its flow logs and default security group are the VPC owner's business."
+  type        = string
+}
+
+variable "subnet_id" {
+  description = <<-EOT
+    Subnet of the standby host: a PRIVATE subnet reachable from Alertmanager over the VPN /
+    Direct Connect / peering. It needs outbound HTTPS/HTTP (NAT gateway or VPC endpoints) for
+    Debian packages, SSM and the responder binary. The instance gets no public IP.
+  EOT
+  type        = string
+}
+
+variable "alertmanager_cidr" {
+  description = <<-EOT
+    CIDR Alertmanager's webhook calls come from: the ONLY source allowed to reach the
+    responder's port. Keep it as narrow as possible (a /32 for a single Alertmanager).
+  EOT
+  type        = string
+
+  validation {
+    condition     = can(cidrhost(var.alertmanager_cidr, 0)) && !contains(["0.0.0.0/0", "::/0"], var.alertmanager_cidr)
+    error_message = "alertmanager_cidr must be a valid CIDR and not the whole internet: the webhook starts and stops production capacity."
+  }
+}
+
+variable "alertmanager_api_port" {
+  description = <<-EOT
+    Port of Alertmanager's API in alertmanager_cidr. The responder reads active alerts from
+    it to repair lost or truncated webhooks (its optional `alertmanager:` config section);
+    null opens no egress for it.
+  EOT
+  type        = number
+  default     = 9093
+}
+
+variable "prometheus_cidrs" {
+  description = "Extra CIDRs allowed to scrape the responder's /metrics on the same port (empty when Prometheus sits in alertmanager_cidr)."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for c in var.prometheus_cidrs : can(cidrhost(c, 0)) && !contains(["0.0.0.0/0", "::/0"], c)])
+    error_message = "prometheus_cidrs: valid CIDRs only, and not the whole internet."
+  }
+}
+
+variable "responder_port" {
+  description = "TCP port the responder listens on (webhook, status API and /metrics)."
+  type        = number
+  default     = 9095
+
+  validation {
+    # The Docker API ports are refused outright: nothing in this stack may ever open them.
+    condition     = var.responder_port > 1023 && var.responder_port < 65536 && !contains([2375, 2376], var.responder_port)
+    error_message = "responder_port must be an unprivileged port and never 2375/2376 (the Docker API ports)."
+  }
+}
+
+variable "instance_type" {
+  description = "EC2 instance type. Must match var.architecture and be EBS-optimized capable (t3, m6i, t4g, ...)."
+  type        = string
+  default     = "t3.small"
+}
+
+variable "architecture" {
+  description = "CPU architecture of the AMI and of the responder binary: amd64 or arm64."
+  type        = string
+  default     = "amd64"
+
+  validation {
+    condition     = contains(["amd64", "arm64"], var.architecture)
+    error_message = "architecture must be amd64 or arm64."
+  }
+}
+
+variable "ami_id" {
+  description = "AMI to use. Null: the newest official Debian 12 AMI for var.architecture (pin one in production so a new AMI does not replace the host on the next apply)."
+  type        = string
+  default     = null
+}
+
+variable "root_volume_size_gb" {
+  description = "Root volume size (GiB); holds Docker images of the cloud containers."
+  type        = number
+  default     = 20
+}
+
+variable "ebs_kms_key_arn" {
+  description = "Customer-managed KMS key for the root volume. Null: the account's default EBS key (still encrypted)."
+  type        = string
+  default     = null
+}
+
+variable "responder_version" {
+  description = "Version of the responder being deployed (tag and log only; the URL and checksum decide what runs)."
+  type        = string
+}
+
+variable "responder_binary_url" {
+  description = "HTTPS URL of the failover-responder binary for var.architecture (e.g. a release asset or a presigned S3 URL)."
+  type        = string
+
+  validation {
+    condition     = startswith(var.responder_binary_url, "https://")
+    error_message = "responder_binary_url must be https://: the binary runs with access to the Docker socket."
+  }
+}
+
+variable "responder_binary_sha256" {
+  description = "SHA-256 of the binary; the bootstrap refuses to install anything else."
+  type        = string
+
+  validation {
+    condition     = can(regex("^[0-9a-f]{64}$", var.responder_binary_sha256))
+    error_message = "responder_binary_sha256 must be 64 lowercase hex digits."
+  }
+}
+
+variable "responder_config_yaml" {
+  description = <<-EOT
+    Content of /etc/failover-responder/failover-responder.yaml (no secrets in it: the token
+    is read from auth.bearer_token_file). Null: the repository's config/failover-responder.yaml.
+    listen_address is overridden to 0.0.0.0:<responder_port> on this host by a systemd drop-in.
+  EOT
+  type        = string
+  default     = null
+}
+
+variable "container_images" {
+  description = "Images the responder's containers use, pulled at boot so that a failover never waits on a registry."
+  type        = list(string)
+  default     = []
+}
+
+variable "token_ssm_parameter_name" {
+  description = "Name of the SSM SecureString parameter holding the webhook bearer token (e.g. /failover-responder/token). Created outside Terraform, so the token never lands in state."
+  type        = string
+
+  validation {
+    condition     = can(regex("^/?[a-zA-Z0-9_.\\-/]+$", var.token_ssm_parameter_name))
+    error_message = "token_ssm_parameter_name: a valid SSM parameter name."
+  }
+}
+
+variable "token_kms_key_arn" {
+  description = "Customer-managed KMS key that encrypts the token parameter. Null when it uses the AWS-managed aws/ssm key (no kms:Decrypt grant is needed then)."
+  type        = string
+  default     = null
+}
+
+variable "burst_tag_key" {
+  description = "Tag key that marks burst instances the responder may start and stop."
+  type        = string
+  default     = "failover-responder/burst"
+}
+
+variable "burst_tag_value" {
+  description = "Value of burst_tag_key on those instances."
+  type        = string
+  default     = "true"
+}
+
+variable "tags" {
+  description = "Extra tags on every resource."
+  type        = map(string)
+  default     = {}
+}
