@@ -9,78 +9,25 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::Value;
 
-const IMAGE: &str = "fr-test-api:latest";
-
 struct Stack {
-    dir: tempfile::TempDir,
-    onprem: Proc,
-    haproxy: Haproxy,
+    world: World,
     responder: Responder,
-    docker: bollard::Docker,
-    container: String,
-    _guard: ContainerGuard,
+}
+
+impl std::ops::Deref for Stack {
+    type Target = World;
+    fn deref(&self) -> &World {
+        &self.world
+    }
 }
 
 /// Starts on-prem, HAProxy and the responder; returns None (skipping) when a part is missing.
 async fn stack(test: &str) -> Option<Stack> {
-    let ok = require("haproxy (Debian package haproxy)", have_binary("haproxy"))
-        && require(
-            "/bin/busybox (Debian package busybox-static)",
-            std::path::Path::new("/bin/busybox").exists(),
-        )
-        && require("curl (Debian package curl)", have_binary("curl"))
-        && require("the Docker engine at /var/run/docker.sock", have_docker());
-    if !ok {
-        return None;
-    }
-    ensure_image(IMAGE, "cloud");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let onprem_port = free_port();
-    let cloud_port = free_port();
-    let onprem = start_httpd(dir.path(), onprem_port, "onprem");
-    let haproxy = Haproxy::start(dir.path(), onprem_port, cloud_port).await;
-    let container = format!("fr-test-{test}-{}", std::process::id());
-    let guard = ContainerGuard(container.clone());
-    let docker = docker().await;
-    // A leftover from an aborted run would make the test meaningless.
-    drop(ContainerGuard(container.clone()));
-    let token = token_file(dir.path());
-    let cfg = format!(
-        r#"
-auth: {{bearer_token_file: {token}}}
-reconcile: {{interval: 1s, retry_initial: 200ms, retry_max: 2s}}
-services:
-  onprem-api:
-    failover_on: ['alertname="onprem_down"', 'service="onprem-api"']
-    failback_on: ['alertname="onprem_recovered"', 'service="onprem-api"']
-    docker:
-      host: unix://{DOCKER_SOCK}
-      containers:
-        - name: {container}
-          image: {IMAGE}
-          ports: ['127.0.0.1:{cloud_port}:8080']
-          health_url: http://127.0.0.1:{cloud_port}/health
-    haproxy:
-      runtime_api: ['unix:{sock}']
-      backend: api
-      cloud_servers: [cloud1]
-    timeouts: {{healthy: 30s, drain: 3s, stop: 2s}}
-    # No flap damping here: these tests fail back at once.
-    hold_down: 0s
-"#,
-        token = token.display(),
-        sock = haproxy.socket.display(),
-    );
-    let responder = Responder::start(&cfg, dir.path()).await;
-    Some(Stack {
-        dir,
-        onprem,
-        haproxy,
-        responder,
-        docker,
-        container,
-        _guard: guard,
-    })
+    let world = World::start(test).await?;
+    // No flap damping here: these tests fail back at once.
+    let cfg = world.config("", "    hold_down: 0s");
+    let responder = Responder::start(&cfg, world.dir.path()).await;
+    Some(Stack { world, responder })
 }
 
 async fn get_text(url: &str) -> Option<String> {
@@ -199,7 +146,7 @@ async fn failover_and_failback_through_real_haproxy_and_docker() {
     println!("failover: webhook -> container healthy and server ready in {failover_time:?}");
 
     // With on-prem stopped, the frontend is answered by the cloud container.
-    s.onprem.kill();
+    s.world.onprem.kill();
     let t1 = Instant::now();
     let frontend = s.haproxy.frontend();
     eventually(
@@ -259,7 +206,6 @@ async fn failover_and_failback_through_real_haproxy_and_docker() {
     );
     let m = r.metrics().await;
     assert!(m.contains(r#"failover_responder_steps_total{service="onprem-api",action="stop_container",outcome="success"} 1"#), "{m}");
-    let _ = &s.dir;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -319,7 +265,7 @@ async fn drift_is_repaired_within_one_period() {
     println!("server put in maint reopened after {:?}", t.elapsed());
 
     // HAProxy restarts and forgets its runtime state: the server is reopened.
-    s.haproxy.restart().await;
+    s.world.haproxy.restart().await;
     assert_ne!(
         s.haproxy.admin_flags("cloud1").await & 0x01,
         0,
@@ -334,7 +280,6 @@ async fn drift_is_repaired_within_one_period() {
     )
     .await;
     println!("HAProxy restart repaired after {:?}", t.elapsed());
-    let _ = &s.dir;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -374,14 +319,7 @@ async fn recovery_alert_fails_back_without_resolved_notification() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_service_backs_off_and_the_other_goes_on() {
-    let ok = require("haproxy (Debian package haproxy)", have_binary("haproxy"))
-        && require(
-            "/bin/busybox (Debian package busybox-static)",
-            std::path::Path::new("/bin/busybox").exists(),
-        )
-        && require("curl (Debian package curl)", have_binary("curl"))
-        && require("the Docker engine at /var/run/docker.sock", have_docker());
-    if !ok {
+    if !require_world() {
         return;
     }
     ensure_image(IMAGE, "cloud");

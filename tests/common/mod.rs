@@ -338,14 +338,19 @@ impl Responder {
         Self::start_with(config).await
     }
 
-    pub async fn start_with(mut config: Config) -> Responder {
+    pub async fn start_with(config: Config) -> Responder {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        Self::start_on(config, listener).await
+    }
+
+    /// Starts on a given listener (tests that need a known port, e.g. for Alertmanager).
+    pub async fn start_on(mut config: Config, listener: TcpListener) -> Responder {
         // Never the default `data/` in the working tree: each responder gets its own storage.
         let storage = (config.storage.path == Path::new("data")).then(|| {
             let d = tempfile::tempdir().expect("storage tempdir");
             config.storage.path = d.path().to_path_buf();
             d
         });
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(failover_responder::app::run(listener, config, async {
@@ -421,6 +426,263 @@ impl Drop for Responder {
     fn drop(&mut self) {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
+        }
+    }
+}
+
+/// The responder binary as a child process, for tests that kill -9 it.
+pub struct ResponderProc {
+    pub proc: Proc,
+    pub url: String,
+}
+
+impl ResponderProc {
+    /// Starts `failover-responder serve` with `config` on a fresh loopback port; `env` adds
+    /// variables (e.g. a crash point). Waits until it answers /-/ready.
+    pub async fn start(config: &Path, storage: &Path, env: &[(&str, &str)]) -> ResponderProc {
+        let port = free_port();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(storage.with_extension("log"))
+            .expect("log file");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_failover-responder"));
+        cmd.args(["serve", "--config.file"])
+            .arg(config)
+            .arg("--storage.path")
+            .arg(storage)
+            .args(["--web.listen-address", &format!("127.0.0.1:{port}")])
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn responder");
+        let url = format!("http://127.0.0.1:{port}");
+        let ready = format!("{url}/-/ready");
+        let mut p = ResponderProc {
+            proc: Proc {
+                child,
+                name: "responder".into(),
+            },
+            url,
+        };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if reqwest::get(&ready)
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
+                return p;
+            }
+            if let Ok(Some(status)) = p.proc.child.try_wait() {
+                panic!(
+                    "responder exited at start: {status}; log: {}",
+                    storage.with_extension("log").display()
+                );
+            }
+            assert!(Instant::now() < deadline, "responder not ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// kill -9.
+    pub fn kill9(&mut self) {
+        self.proc.kill();
+    }
+
+    /// Waits for the process to exit by itself (a crash point); returns its status.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.proc.child.try_wait() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "responder did not exit within {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn post_alerts(&self, body: &[u8]) -> Option<u16> {
+        reqwest::Client::new()
+            .post(format!("{}/api/v1/alerts", self.url))
+            .bearer_auth(TOKEN)
+            .header("content-type", "application/json")
+            .body(body.to_vec())
+            .send()
+            .await
+            .ok()
+            .map(|r| r.status().as_u16())
+    }
+
+    pub async fn status(&self) -> Option<serde_json::Value> {
+        reqwest::get(format!("{}/api/v1/status", self.url))
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()
+    }
+}
+
+/// A notification body for service onprem-api: `onprem_down` with the given start, firing
+/// (`ends` None) or resolved.
+pub fn down_body(
+    starts: chrono::DateTime<chrono::Utc>,
+    ends: Option<chrono::DateTime<chrono::Utc>>,
+) -> Vec<u8> {
+    let status = if ends.is_some() { "resolved" } else { "firing" };
+    let ends = ends.map_or("0001-01-01T00:00:00Z".to_string(), |e| e.to_rfc3339());
+    serde_json::json!({
+        "version": "4", "groupKey": "{}:{alertname=\"onprem_down\", service=\"onprem-api\"}",
+        "status": status, "receiver": "responder", "truncatedAlerts": 0,
+        "groupLabels": {"alertname": "onprem_down", "service": "onprem-api"},
+        "commonLabels": {}, "commonAnnotations": {}, "externalURL": "http://127.0.0.1:9093",
+        "alerts": [{
+            "status": status,
+            "labels": {"alertname": "onprem_down", "service": "onprem-api", "instance": "127.0.0.1:5000"},
+            "annotations": {}, "startsAt": starts.to_rfc3339(), "endsAt": ends,
+            "generatorURL": "", "fingerprint": "0123456789abcdef"
+        }]
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// Value of one metric line (exact label set), 0 when absent.
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Every real component present, or a loud skip (a failure under CI=true).
+pub fn require_world() -> bool {
+    require("haproxy (Debian package haproxy)", have_binary("haproxy"))
+        && require(
+            "/bin/busybox (Debian package busybox-static)",
+            Path::new("/bin/busybox").exists(),
+        )
+        && require("curl (Debian package curl)", have_binary("curl"))
+        && require("the Docker engine at /var/run/docker.sock", have_docker())
+}
+
+pub const IMAGE: &str = "fr-test-api:latest";
+
+/// The real world of one test: an on-prem busybox API, a real HAProxy in front of it with a
+/// `backup disabled` cloud server, the Docker engine, and a container name of its own.
+pub struct World {
+    pub dir: tempfile::TempDir,
+    pub onprem: Proc,
+    pub haproxy: Haproxy,
+    pub docker: bollard::Docker,
+    pub container: String,
+    pub cloud_port: u16,
+    pub token: PathBuf,
+    _guard: ContainerGuard,
+}
+
+impl World {
+    /// None (after a loud skip) when a component is missing.
+    pub async fn start(test: &str) -> Option<World> {
+        if !require_world() {
+            return None;
+        }
+        ensure_image(IMAGE, "cloud");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let onprem_port = free_port();
+        let cloud_port = free_port();
+        let onprem = start_httpd(dir.path(), onprem_port, "onprem");
+        let haproxy = Haproxy::start(dir.path(), onprem_port, cloud_port).await;
+        let container = format!("fr-test-{test}-{}", std::process::id());
+        // A leftover from an aborted run would make the test meaningless.
+        drop(ContainerGuard(container.clone()));
+        let token = token_file(dir.path());
+        Some(World {
+            onprem,
+            haproxy,
+            docker: docker().await,
+            container: container.clone(),
+            cloud_port,
+            token,
+            dir,
+            _guard: ContainerGuard(container),
+        })
+    }
+
+    /// Responder config for service onprem-api on this world. `top` and `service` are extra
+    /// YAML lines at the top level and inside the service (indented by 4).
+    pub fn config(&self, top: &str, service: &str) -> String {
+        format!(
+            r#"
+auth: {{bearer_token_file: {token}}}
+reconcile: {{interval: 1s, retry_initial: 200ms, retry_max: 2s}}
+{top}
+services:
+  onprem-api:
+    failover_on: ['alertname="onprem_down"', 'service="onprem-api"']
+    failback_on: ['alertname="onprem_recovered"', 'service="onprem-api"']
+    docker:
+      host: unix://{DOCKER_SOCK}
+      containers:
+        - name: {container}
+          image: {IMAGE}
+          ports: ['127.0.0.1:{port}:8080']
+          health_url: http://127.0.0.1:{port}/health
+    haproxy:
+      runtime_api: ['unix:{sock}']
+      backend: api
+      cloud_servers: [cloud1]
+    timeouts: {{healthy: 30s, drain: 2s, stop: 1s}}
+{service}
+"#,
+            token = self.token.display(),
+            container = self.container,
+            port = self.cloud_port,
+            sock = self.haproxy.socket.display(),
+        )
+    }
+
+    /// Writes a config file and returns its path.
+    pub fn config_file(&self, top: &str, service: &str) -> PathBuf {
+        let p = self.dir.path().join("responder.yaml");
+        std::fs::write(&p, self.config(top, service)).expect("write config");
+        p
+    }
+
+    /// Cloud server ready in HAProxy (no maint or drain flag).
+    pub async fn cloud_open(&self) -> bool {
+        self.haproxy.admin_flags("cloud1").await & 0x3b == 0
+    }
+
+    pub async fn container_running(&self) -> Option<bool> {
+        container_running(&self.docker, &self.container).await
+    }
+
+    /// The world is fully in `mode`: cloud = container running and server open;
+    /// onprem = server in maint and container not running.
+    pub async fn is(&self, mode: &str) -> bool {
+        let open = self.cloud_open().await;
+        let running = self.container_running().await == Some(true);
+        match mode {
+            "cloud" => open && running,
+            _ => !open && !running,
+        }
+    }
+
+    /// The safety invariant: never a server open in front of a stopped container.
+    pub async fn assert_safe(&self, when: &str) {
+        if self.cloud_open().await {
+            assert_eq!(
+                self.container_running().await,
+                Some(true),
+                "{when}: cloud1 open in front of a stopped container"
+            );
         }
     }
 }
