@@ -67,7 +67,7 @@ pub async fn run(
         tasks.push(tokio::spawn(resync.run(stop.clone())));
     }
     let state = AppState {
-        store,
+        store: store.clone(),
         metrics,
         services,
         auth: Auth::from_config(&config.auth),
@@ -96,8 +96,13 @@ pub async fn run(
     for t in tasks {
         let _ = t.await;
     }
-    match server.await {
-        Ok(r) => Ok(r?),
+    let served = match server.await {
+        Ok(r) => r.map_err(AppError::Io),
         Err(e) => Err(AppError::Io(std::io::Error::other(e))),
-    }
+    };
+    // Everything else holding the store is gone now: let the writer finish and let go of the
+    // database before returning.
+    drop(ctx);
+    store.close(std::time::Duration::from_secs(5)).await;
+    served
 }

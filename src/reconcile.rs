@@ -344,7 +344,8 @@ pub async fn reconcile_once(svc: &ServiceRuntime, ctx: &Context) -> Result<PassO
     }
 
     let observed = observe(svc, ctx).await;
-    let plan = plan::plan(eff.mode, &observed);
+    // Paused: show what following the alerts would do, and do none of it.
+    let plan = plan::plan(if eff.paused { decision.mode } else { eff.mode }, &observed);
     record_pass(svc, ctx, &decision, &eff, &observed, &plan);
 
     if plan.steps.is_empty() {

@@ -239,6 +239,7 @@ pub struct Store {
     tx: mpsc::Sender<Op>,
     db: Arc<Database>,
     path: PathBuf,
+    writer: Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
 }
 
 impl Store {
@@ -265,11 +266,29 @@ impl Store {
             next_event,
             since_prune: 0,
         };
-        std::thread::Builder::new()
+        let handle = std::thread::Builder::new()
             .name("store-writer".into())
             .spawn(move || writer.run(rx))
             .map_err(|e| open_err(format!("starting the writer: {e}")))?;
-        Ok(Store { mem, tx, db, path })
+        Ok(Store {
+            mem,
+            tx,
+            db,
+            path,
+            writer: Arc::new(std::sync::Mutex::new(Some(handle))),
+        })
+    }
+
+    /// Waits until the writer has finished what it was given and released the database, so the
+    /// same storage can be opened again at once (a restart in the same process). Call it on the
+    /// last handle; other live handles keep the writer running and the wait ends at `timeout`.
+    pub async fn close(self, timeout: Duration) {
+        let handle = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
+        drop(self);
+        if let Some(h) = handle {
+            let join = tokio::task::spawn_blocking(move || h.join());
+            let _ = tokio::time::timeout(timeout, join).await;
+        }
     }
 
     /// Where the database lives.

@@ -1,0 +1,331 @@
+//! Manual control, the event history, the plan preview, dry run and the `ctl` CLI, against real
+//! HAProxy and Docker.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use failover_responder::config::Config;
+use serde_json::Value;
+
+fn config(w: &World, storage: &std::path::Path, service: &str) -> Config {
+    let text = format!(
+        "storage: {{path: {}}}\n{}",
+        storage.display(),
+        w.config("", service)
+    );
+    let p = w.dir.path().join("control.yaml");
+    std::fs::write(&p, text).expect("write");
+    Config::load_with_env(&p, Default::default()).expect("config")
+}
+
+async fn post(r: &Responder, path: &str, token: Option<&str>) -> (u16, Value) {
+    let mut req = r.client.post(format!("{}{path}", r.url));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let resp = req.send().await.expect("post");
+    let code = resp.status().as_u16();
+    (code, resp.json().await.unwrap_or(Value::Null))
+}
+
+async fn wait_state(r: &Responder, w: &World, mode: &str) {
+    eventually(
+        &format!("{mode}, converged"),
+        Duration::from_secs(30),
+        || async {
+            let st = r.status().await;
+            let s = &st["services"]["onprem-api"];
+            (s["state"]["mode"] == mode && s["converged"] == true && w.is(mode).await).then_some(())
+        },
+    )
+    .await;
+}
+
+/// Waits for a whole reconcile pass to finish after this call.
+async fn a_pass(r: &Responder) {
+    for _ in 0..2 {
+        let before = r.status().await["services"]["onprem-api"]["last_reconcile_at"].clone();
+        eventually("a reconcile pass", Duration::from_secs(10), || async {
+            (r.status().await["services"]["onprem-api"]["last_reconcile_at"] != before)
+                .then_some(())
+        })
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overrides_pause_force_and_persist() {
+    let Some(w) = World::start("override").await else {
+        return;
+    };
+    let storage = w.dir.path().join("data");
+    let r = Responder::start_with(config(&w, &storage, "    hold_down: 0s")).await;
+
+    // Refusals first: they change nothing.
+    assert_eq!(
+        post(&r, "/api/v1/services/onprem-api/pause", None).await.0,
+        401
+    );
+    assert_eq!(
+        post(&r, "/api/v1/services/onprem-api/pause", Some("wrong"))
+            .await
+            .0,
+        401
+    );
+    let (code, body) = post(&r, "/api/v1/services/nope/pause", Some(TOKEN)).await;
+    assert_eq!(code, 404, "{body}");
+    let (code, body) = post(&r, "/api/v1/services/onprem-api/explode", Some(TOKEN)).await;
+    assert_eq!(code, 400);
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("explode"),
+        "{body}"
+    );
+
+    // Paused: the alert is recorded, nothing moves.
+    assert_eq!(
+        post(&r, "/api/v1/services/onprem-api/pause", Some(TOKEN))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        r.post_alerts(&fixture("onprem_down-firing.json"))
+            .await
+            .status()
+            .as_u16(),
+        202
+    );
+    a_pass(&r).await;
+    let st = r.status().await;
+    let s = &st["services"]["onprem-api"];
+    assert_eq!(s["state"]["mode"], "onprem", "{s}");
+    assert!(
+        s["held"].as_str().unwrap_or_default().contains("paused"),
+        "{s}"
+    );
+    assert!(
+        !s["pending_steps"].as_array().expect("pending").is_empty(),
+        "the plan is shown: {s}"
+    );
+    assert_eq!(
+        w.container_running().await,
+        None,
+        "paused: no container started"
+    );
+    assert!(!w.cloud_open().await);
+
+    // Resume: follows the firing alert.
+    assert_eq!(
+        post(&r, "/api/v1/services/onprem-api/resume", Some(TOKEN))
+            .await
+            .0,
+        200
+    );
+    wait_state(&r, &w, "cloud").await;
+    // Forced failback while the alert still fires.
+    assert_eq!(
+        post(&r, "/api/v1/services/onprem-api/failback", Some(TOKEN))
+            .await
+            .0,
+        200
+    );
+    wait_state(&r, &w, "onprem").await;
+    // Forced failover with no alert at all.
+    assert_eq!(
+        r.post_alerts(&fixture("onprem_down-resolved.json"))
+            .await
+            .status()
+            .as_u16(),
+        202
+    );
+    assert_eq!(
+        post(&r, "/api/v1/services/onprem-api/failover", Some(TOKEN))
+            .await
+            .0,
+        200
+    );
+    wait_state(&r, &w, "cloud").await;
+
+    // The override survives a restart.
+    r.shutdown().await;
+    let r = Responder::start_with(config(&w, &storage, "    hold_down: 0s")).await;
+    assert_eq!(
+        r.status().await["services"]["onprem-api"]["state"]["override"],
+        "failover"
+    );
+
+    // ctl: resume through the CLI; with nothing firing it goes back on-prem.
+    let bin = env!("CARGO_BIN_EXE_failover-responder");
+    let out = std::process::Command::new(bin)
+        .args(["ctl", "--url", &r.url, "--token-file"])
+        .arg(&w.token)
+        .args(["resume", "onprem-api"])
+        .output()
+        .expect("ctl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_state(&r, &w, "onprem").await;
+    let out = std::process::Command::new(bin)
+        .args(["ctl", "--url", &r.url, "status"])
+        .output()
+        .expect("ctl");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("onprem-api: onprem (converged)"), "{text}");
+    let out = std::process::Command::new(bin)
+        .args(["ctl", "--url", &r.url, "pause", "onprem-api"])
+        .env_remove("FAILOVER_RESPONDER_TOKEN")
+        .output()
+        .expect("ctl");
+    assert!(!out.status.success(), "no token must fail");
+
+    // Every decision is in the history, in order, with the alerts behind it.
+    let ev: Value = r
+        .client
+        .get(format!("{}/api/v1/events?service=onprem-api", r.url))
+        .send()
+        .await
+        .expect("events")
+        .json()
+        .await
+        .expect("json");
+    let events = ev["events"].as_array().expect("events");
+    let ids: Vec<u64> = events.iter().filter_map(|e| e["id"].as_u64()).collect();
+    assert!(ids.windows(2).all(|p| p[0] < p[1]), "in order: {ids:?}");
+    let kinds: Vec<&str> = events.iter().filter_map(|e| e["kind"].as_str()).collect();
+    for k in ["override", "decision", "plan", "step"] {
+        assert!(kinds.contains(&k), "{k} missing from {kinds:?}");
+    }
+    let first_failover = events
+        .iter()
+        .find(|e| {
+            e["kind"] == "decision"
+                && e["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("onprem -> cloud"))
+        })
+        .expect("a failover decision");
+    assert_eq!(
+        first_failover["alerts"][0], "375a75b901a7e795",
+        "{first_failover}"
+    );
+    // since= filters; bad since is a 400; unknown service a 404.
+    let mid = ids[ids.len() / 2];
+    let later: Value = r
+        .client
+        .get(format!("{}/api/v1/events?since={mid}", r.url))
+        .send()
+        .await
+        .expect("events")
+        .json()
+        .await
+        .expect("json");
+    assert!(later["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .all(|e| e["id"].as_u64() > Some(mid)));
+    for (q, code) in [("since=yesterday", 400), ("service=nope", 404)] {
+        let resp = r
+            .client
+            .get(format!("{}/api/v1/events?{q}", r.url))
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(resp.status().as_u16(), code, "{q}");
+    }
+    r.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_preview_and_dry_run_change_nothing() {
+    let Some(w) = World::start("dryrun").await else {
+        return;
+    };
+    let storage = w.dir.path().join("data");
+    let r = Responder::start_with(config(&w, &storage, "    hold_down: 0s")).await;
+    a_pass(&r).await;
+
+    // Preview: what a firing onprem_down would do, nothing recorded.
+    let resp = r
+        .client
+        .post(format!("{}/api/v1/plan", r.url))
+        .bearer_auth(TOKEN)
+        .header("content-type", "application/json")
+        .body(fixture("onprem_down-firing.json"))
+        .send()
+        .await
+        .expect("plan");
+    assert_eq!(resp.status().as_u16(), 200);
+    let plan: Value = resp.json().await.expect("json");
+    let p = &plan["services"]["onprem-api"];
+    assert_eq!(p["mode"], "cloud", "{plan}");
+    let steps: Vec<&str> = p["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .filter_map(|s| s.as_str())
+        .collect();
+    assert_eq!(steps.len(), 3, "{steps:?}");
+    assert!(
+        steps[0].starts_with("start ") && steps[2] == "ready api/cloud1",
+        "{steps:?}"
+    );
+    let st = r.status().await;
+    assert_eq!(st["journal_entries"], 0);
+    assert_eq!(
+        st["services"]["onprem-api"]["firing_alerts"]
+            .as_array()
+            .map(Vec::len),
+        Some(0)
+    );
+    // Without credentials: refused.
+    let resp = r
+        .client
+        .post(format!("{}/api/v1/plan", r.url))
+        .header("content-type", "application/json")
+        .body(fixture("onprem_down-firing.json"))
+        .send()
+        .await
+        .expect("plan");
+    assert_eq!(resp.status().as_u16(), 401);
+    r.shutdown().await;
+
+    // Dry run: the alert is recorded and the decision made, no step is executed.
+    let mut cfg = config(&w, &storage, "    hold_down: 0s");
+    cfg.dry_run = true;
+    let r = Responder::start_with(cfg).await;
+    assert_eq!(
+        r.post_alerts(&fixture("onprem_down-firing.json"))
+            .await
+            .status()
+            .as_u16(),
+        202
+    );
+    eventually("dry run decided cloud", Duration::from_secs(10), || async {
+        let st = r.status().await;
+        let s = st["services"]["onprem-api"].clone();
+        (s["state"]["mode"] == "cloud" && !s["pending_steps"].as_array()?.is_empty()).then_some(())
+    })
+    .await;
+    a_pass(&r).await;
+    assert_eq!(
+        w.container_running().await,
+        None,
+        "dry run started a container"
+    );
+    assert!(!w.cloud_open().await, "dry run opened the server");
+    let m = r.metrics().await;
+    assert!(
+        !m.contains("failover_responder_steps_total{"),
+        "no step ran: {m}"
+    );
+    r.shutdown().await;
+}

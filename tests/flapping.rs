@@ -1,0 +1,105 @@
+//! Duplicates and flapping against real HAProxy and Docker: an alert storm of identical
+//! notifications fails over exactly once; a flapping site fails over and back at most once.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundred_identical_notifications_fail_over_once() {
+    let Some(w) = World::start("storm").await else {
+        return;
+    };
+    let r = Responder::start(&w.config("", "    hold_down: 0s"), w.dir.path()).await;
+    let body = down_body(chrono::Utc::now(), None);
+    let t = Instant::now();
+    let answers = futures_util::future::join_all((0..100).map(|_| r.post_alerts(&body))).await;
+    let accepted = answers
+        .iter()
+        .filter(|a| a.status().as_u16() == 202)
+        .count();
+    let ingest = t.elapsed();
+    assert_eq!(accepted, 100);
+    eventually("cloud", Duration::from_secs(30), || async {
+        w.is("cloud").await.then_some(())
+    })
+    .await;
+    let converge = t.elapsed();
+    // Let any extra pass that a duplicate might have caused run before counting.
+    let before = r.status().await["services"]["onprem-api"]["last_reconcile_at"].clone();
+    eventually("one more pass", Duration::from_secs(10), || async {
+        (r.status().await["services"]["onprem-api"]["last_reconcile_at"] != before).then_some(())
+    })
+    .await;
+    let m = r.metrics().await;
+    let starts = metric(
+        &m,
+        r#"failover_responder_steps_total{service="onprem-api",action="start_container",outcome="success"}"#,
+    );
+    let readies = metric(
+        &m,
+        r#"failover_responder_steps_total{service="onprem-api",action="server_ready",outcome="success"}"#,
+    );
+    let to_cloud = metric(
+        &m,
+        r#"failover_responder_transitions_total{service="onprem-api",mode="cloud"}"#,
+    );
+    println!("100 identical notifications: all acknowledged in {ingest:?}, converged in {converge:?}; starts {starts}, server_ready {readies}, transitions {to_cloud}");
+    assert_eq!((starts, readies, to_cloud), (1.0, 1.0, 1.0), "{m}");
+    let st = r.status().await;
+    assert_eq!(st["journal_entries"], 100, "every notification journaled");
+    r.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alternating_down_up_fails_over_and_back_at_most_once() {
+    let Some(w) = World::start("flap").await else {
+        return;
+    };
+    // hold_down keeps the cloud through the flapping; failback comes once it has passed.
+    let r = Responder::start(&w.config("", "    hold_down: 5s"), w.dir.path()).await;
+    let t0 = chrono::Utc::now();
+    let started = Instant::now();
+    for i in 0..20i64 {
+        // Even: a new outage (a new incarnation of the alert); odd: it resolves.
+        let inc = t0 + chrono::Duration::seconds(i / 2 * 2);
+        let body = if i % 2 == 0 {
+            down_body(inc, None)
+        } else {
+            down_body(inc, Some(inc + chrono::Duration::seconds(1)))
+        };
+        assert_eq!(r.post_alerts(&body).await.status().as_u16(), 202);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let flapped = started.elapsed();
+    assert!(flapped < Duration::from_secs(40));
+    eventually(
+        "back on-prem after the hold-down",
+        Duration::from_secs(40),
+        || async {
+            let st = r.status().await;
+            (st["services"]["onprem-api"]["state"]["mode"] == "onprem"
+                && st["services"]["onprem-api"]["converged"] == true
+                && w.is("onprem").await)
+                .then_some(())
+        },
+    )
+    .await;
+    let m = r.metrics().await;
+    let series = |s: &str| metric(&m, &format!("failover_responder_{s}"));
+    let to_cloud = series(r#"transitions_total{service="onprem-api",mode="cloud"}"#);
+    let to_onprem = series(r#"transitions_total{service="onprem-api",mode="onprem"}"#);
+    let starts =
+        series(r#"steps_total{service="onprem-api",action="start_container",outcome="success"}"#);
+    let stops =
+        series(r#"steps_total{service="onprem-api",action="stop_container",outcome="success"}"#);
+    println!(
+        "20 alternating notifications in {flapped:?}: failovers {to_cloud}, failbacks {to_onprem}, container starts {starts}, stops {stops}; settled after {:?}",
+        started.elapsed()
+    );
+    assert!(to_cloud <= 1.0 && to_onprem <= 1.0, "{m}");
+    assert!(starts <= 1.0 && stops <= 1.0, "{m}");
+    r.shutdown().await;
+}
