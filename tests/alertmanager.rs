@@ -1,0 +1,305 @@
+//! A real Alertmanager (Debian's prometheus-alertmanager, started here on loopback): its webhook
+//! drives the responder, and when the resolved notification is lost (the responder is down
+//! while it is sent, and comes back elsewhere) the resync from Alertmanager's API fails back
+//! anyway. An unreachable Alertmanager leaves the last known alerts in place.
+
+mod common;
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use failover_responder::config::Config;
+use serde_json::{json, Value};
+
+fn have_am() -> bool {
+    require(
+        "prometheus-alertmanager (Debian package prometheus-alertmanager)",
+        have_binary("prometheus-alertmanager"),
+    )
+}
+
+/// Starts Alertmanager on `port`, sending to the responder at `webhook_port`.
+async fn start_am(dir: &Path, port: u16, webhook_port: u16, token: &Path) -> Proc {
+    let cfg = dir.join(format!("am-{port}.yml"));
+    std::fs::write(
+        &cfg,
+        format!(
+            "route:\n  receiver: responder\n  group_by: [alertname, service]\n  group_wait: 0s\n  group_interval: 1s\n  repeat_interval: 1h\n\
+             receivers:\n  - name: responder\n    webhook_configs:\n      - url: http://127.0.0.1:{webhook_port}/api/v1/alerts\n        send_resolved: true\n        \
+             http_config:\n          authorization: {{type: Bearer, credentials_file: {}}}\n",
+            token.display()
+        ),
+    )
+    .expect("am config");
+    let child = Command::new("prometheus-alertmanager")
+        .arg(format!("--config.file={}", cfg.display()))
+        .arg(format!(
+            "--storage.path={}",
+            dir.join(format!("am-data-{port}")).display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        // No HA gossip: it would listen on every interface.
+        .arg("--cluster.listen-address=")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn alertmanager");
+    let ready = format!("http://127.0.0.1:{port}/-/ready");
+    eventually("alertmanager ready", Duration::from_secs(20), || {
+        let ready = ready.clone();
+        async move {
+            reqwest::get(&ready)
+                .await
+                .ok()
+                .filter(|r| r.status().is_success())
+        }
+    })
+    .await;
+    Proc {
+        child,
+        name: "alertmanager".into(),
+    }
+}
+
+/// Posts onprem_down to Alertmanager's API, firing for an hour or resolved now.
+async fn am_alert(port: u16, starts: chrono::DateTime<chrono::Utc>, resolved: bool) {
+    let ends = if resolved {
+        chrono::Utc::now()
+    } else {
+        chrono::Utc::now() + chrono::Duration::hours(1)
+    };
+    let body = json!([{
+        "labels": {"alertname": "onprem_down", "service": "onprem-api", "instance": "127.0.0.1:5000"},
+        "annotations": {"summary": "test"},
+        "startsAt": starts.to_rfc3339(),
+        "endsAt": ends.to_rfc3339(),
+    }]);
+    let resp = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{port}/api/v2/alerts"))
+        .json(&body)
+        .send()
+        .await
+        .expect("post to alertmanager");
+    assert!(
+        resp.status().is_success(),
+        "alertmanager refused the alert: {}",
+        resp.status()
+    );
+}
+
+/// Responder config: backends unreachable on purpose (this test is about the alert path; the
+/// mode the responder drives towards is what is checked), resync from `am_port`.
+fn config(dir: &Path, am_port: u16, token: &Path) -> Config {
+    let text = format!(
+        r#"
+auth: {{bearer_token_file: {token}}}
+storage: {{path: {dir}/data}}
+reconcile: {{interval: 500ms, retry_initial: 100ms, retry_max: 500ms}}
+alertmanager: {{url: 'http://127.0.0.1:{am_port}', resync_interval: 500ms, timeout: 1s}}
+services:
+  onprem-api:
+    failover_on: ['alertname="onprem_down"', 'service="onprem-api"']
+    hold_down: 0s
+    haproxy: {{runtime_api: ['unix:{dir}/no-haproxy.sock'], backend: api, cloud_servers: [cloud1]}}
+"#,
+        token = token.display(),
+        dir = dir.display()
+    );
+    let p = dir.join("responder.yaml");
+    std::fs::write(&p, text).expect("write");
+    Config::load_with_env(&p, Default::default()).expect("config")
+}
+
+fn mode(st: &Value) -> String {
+    st["services"]["onprem-api"]["state"]["mode"]
+        .as_str()
+        .unwrap_or("onprem")
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_resolved_notification_is_repaired_by_resync() {
+    if !have_am() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = token_file(dir.path());
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let webhook_port = listener.local_addr().expect("addr").port();
+    let am_port = free_port();
+    let _am = start_am(dir.path(), am_port, webhook_port, &token).await;
+
+    let r = Responder::start_on(config(dir.path(), am_port, &token), listener).await;
+    let starts = chrono::Utc::now();
+    let t = Instant::now();
+    am_alert(am_port, starts, false).await;
+    let st = eventually(
+        "the webhook from Alertmanager fails over",
+        Duration::from_secs(20),
+        || async {
+            let st = r.status().await;
+            (mode(&st) == "cloud"
+                && st["notifications"]
+                    .as_array()
+                    .is_some_and(|n| !n.is_empty()))
+            .then_some(st)
+        },
+    )
+    .await;
+    println!(
+        "alert posted to Alertmanager -> responder in cloud mode: {:?}",
+        t.elapsed()
+    );
+    assert_eq!(st["notifications"][0]["status"], "firing");
+
+    // The responder goes down; the alert resolves while it is away.
+    r.shutdown().await;
+    am_alert(am_port, starts, true).await;
+    eventually(
+        "alertmanager resolved the alert",
+        Duration::from_secs(10),
+        || async {
+            let active: Value = reqwest::get(format!(
+                "http://127.0.0.1:{am_port}/api/v2/alerts?active=true"
+            ))
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+            active
+                .as_array()
+                .is_some_and(|a| a.is_empty())
+                .then_some(())
+        },
+    )
+    .await;
+
+    // It comes back on another port, so Alertmanager's retries of the resolved notification
+    // can never reach it: only the resync can tell it.
+    let t = Instant::now();
+    let r = Responder::start_with(config(dir.path(), am_port, &token)).await;
+    let st = eventually("resync fails back", Duration::from_secs(20), || async {
+        let st = r.status().await;
+        (mode(&st) == "onprem").then_some(st)
+    })
+    .await;
+    println!(
+        "restarted responder failed back through resync in {:?}",
+        t.elapsed()
+    );
+    assert_eq!(
+        st["notifications"].as_array().map(Vec::len),
+        Some(0),
+        "no notification reached it: {st}"
+    );
+    assert!(
+        st["alertmanager_resync"]["last_success"].is_string(),
+        "{st}"
+    );
+    let ev: Value = r
+        .client
+        .get(format!("{}/api/v1/events?service=onprem-api", r.url))
+        .send()
+        .await
+        .expect("events")
+        .json()
+        .await
+        .expect("json");
+    let kinds: Vec<&str> = ev["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter_map(|e| e["kind"].as_str())
+        .collect();
+    let resync_at = kinds
+        .iter()
+        .rposition(|k| *k == "resync")
+        .expect("a resync event");
+    let decision_at = kinds
+        .iter()
+        .rposition(|k| *k == "decision")
+        .expect("a decision");
+    assert!(
+        resync_at < decision_at,
+        "the failback follows the resync: {kinds:?}"
+    );
+    r.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_alertmanager_keeps_the_last_known_alerts() {
+    if !have_am() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = token_file(dir.path());
+    let am_port = free_port();
+    let r = Responder::start_with(config(dir.path(), am_port, &token)).await;
+    assert_eq!(
+        r.post_alerts(&down_body(chrono::Utc::now(), None))
+            .await
+            .status()
+            .as_u16(),
+        202
+    );
+    let st = eventually(
+        "a failed resync is shown",
+        Duration::from_secs(10),
+        || async {
+            let st = r.status().await;
+            (mode(&st) == "cloud" && st["alertmanager_resync"]["last_error"].is_string())
+                .then_some(st)
+        },
+    )
+    .await;
+    assert!(
+        st["alertmanager_resync"]["last_error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("127.0.0.1"),
+        "{st}"
+    );
+    let m = r.metrics().await;
+    assert_eq!(metric(&m, "failover_responder_alertmanager_up"), 0.0, "{m}");
+    assert!(
+        metric(&m, r#"failover_responder_resyncs_total{result="failure"}"#) >= 1.0,
+        "{m}"
+    );
+    // A few more failed resyncs later, the alert learnt by webhook is still there.
+    let failures = metric(&m, r#"failover_responder_resyncs_total{result="failure"}"#);
+    eventually("more failed resyncs", Duration::from_secs(10), || async {
+        (metric(
+            &r.metrics().await,
+            r#"failover_responder_resyncs_total{result="failure"}"#,
+        ) >= failures + 2.0)
+            .then_some(())
+    })
+    .await;
+    let st = r.status().await;
+    assert_eq!(
+        st["services"]["onprem-api"]["firing_alerts"]
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
+    assert_eq!(mode(&st), "cloud");
+
+    // Alertmanager appears (without the alert): the next resync succeeds and fails back.
+    let _am = start_am(dir.path(), am_port, free_port(), &token).await;
+    eventually(
+        "resync succeeds and fails back",
+        Duration::from_secs(20),
+        || async {
+            let st = r.status().await;
+            (mode(&st) == "onprem"
+                && metric(&r.metrics().await, "failover_responder_alertmanager_up") == 1.0)
+                .then_some(())
+        },
+    )
+    .await;
+    r.shutdown().await;
+}
