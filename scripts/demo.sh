@@ -105,6 +105,8 @@ cat >"$DEMO_DIR/responder.yaml" <<EOF
 listen_address: 127.0.0.1:$RESPONDER_PORT
 auth: {bearer_token_file: $DEMO_DIR/token}
 reconcile: {interval: 2s, retry_initial: 500ms, retry_max: 5s}
+storage: {path: $DEMO_DIR/data}
+alertmanager: {url: 'http://127.0.0.1:$ALERTMANAGER_PORT', resync_interval: 5s, receiver: responder}
 services:
   onprem-api:
     failover_on: ['alertname="onprem_down"', 'service="onprem-api"']
@@ -120,6 +122,11 @@ services:
       backend: api
       cloud_servers: [cloud1]
     timeouts: {healthy: 30s, drain: 5s, stop: 2s}
+    # Demo damping: fail back no sooner than 5 s after failing over, and only once the
+    # responder's own probe has seen on-prem healthy for 3 s.
+    hold_down: 5s
+    onprem_health_url: http://127.0.0.1:$ONPREM_PORT/health
+    healthy_for: 3s
 EOF
 "$bin" check-config --config.file "$DEMO_DIR/responder.yaml" >/dev/null
 "$bin" serve --config.file "$DEMO_DIR/responder.yaml" --log.format json >"$DEMO_DIR/responder.log" 2>&1 &
