@@ -579,6 +579,7 @@ pub const IMAGE: &str = "fr-test-api:latest";
 pub struct World {
     pub dir: tempfile::TempDir,
     pub onprem: Proc,
+    onprem_port: u16,
     pub haproxy: Haproxy,
     pub docker: bollard::Docker,
     pub container: String,
@@ -605,6 +606,7 @@ impl World {
         let token = token_file(dir.path());
         Some(World {
             onprem,
+            onprem_port,
             haproxy,
             docker: docker().await,
             container: container.clone(),
@@ -653,6 +655,16 @@ services:
         let p = self.dir.path().join("responder.yaml");
         std::fs::write(&p, self.config(top, service)).expect("write config");
         p
+    }
+
+    /// The port of the on-prem API behind HAProxy.
+    pub fn haproxy_onprem_port(&self) -> u16 {
+        self.onprem_port
+    }
+
+    /// Starts the on-prem API again after `onprem.kill()`.
+    pub fn restart_onprem(&mut self) {
+        self.onprem = start_httpd(self.dir.path(), self.onprem_port, "onprem");
     }
 
     /// Cloud server ready in HAProxy (no maint or drain flag).

@@ -1,0 +1,242 @@
+//! End to end on the demo's stack, all real and on loopback: an on-prem API behind HAProxy,
+//! Prometheus probing it with the repository's rules, Alertmanager routing to the responder,
+//! the responder starting a cloud container through the Docker engine. A client keeps
+//! requesting the frontend. On-prem is really stopped: the frontend must be answered by the
+//! cloud (the RTO is printed); on-prem is restored: traffic must go back with zero failed
+//! requests during failback.
+
+mod common;
+
+use std::net::TcpListener;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use failover_responder::config::Config;
+
+fn start(cmd: &str, args: &[String]) -> Proc {
+    let child = Command::new(cmd)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {cmd}: {e}"));
+    Proc {
+        child,
+        name: cmd.into(),
+    }
+}
+
+async fn ready(what: &str, url: String) {
+    eventually(&format!("{what} ready"), Duration::from_secs(30), || {
+        let url = url.clone();
+        async move {
+            reqwest::get(&url)
+                .await
+                .ok()
+                .filter(|r| r.status().is_success())
+        }
+    })
+    .await;
+}
+
+/// One request outcome: when, and the body ("" when it failed).
+type Log = Arc<Mutex<Vec<(Instant, String)>>>;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_outage_fails_over_and_back_without_failed_requests() {
+    if !require_world()
+        || !require(
+            "prometheus (Debian package prometheus)",
+            have_binary("prometheus"),
+        )
+        || !require(
+            "prometheus-alertmanager (Debian package prometheus-alertmanager)",
+            have_binary("prometheus-alertmanager"),
+        )
+    {
+        return;
+    }
+    let Some(mut w) = World::start("e2e").await else {
+        return;
+    };
+    let dir = w.dir.path().to_path_buf();
+    let onprem_port = w.haproxy_onprem_port();
+    std::fs::write(
+        dir.join(format!("www-{onprem_port}/metrics")),
+        "onprem_api_info 1\n",
+    )
+    .expect("metrics page");
+
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let responder_port = listener.local_addr().expect("addr").port();
+    let (am_port, prom_port) = (free_port(), free_port());
+
+    std::fs::write(
+        dir.join("am.yml"),
+        format!(
+            "route: {{receiver: responder, group_by: [alertname, service], group_wait: 0s, group_interval: 1s, repeat_interval: 1m}}\n\
+             receivers:\n  - name: responder\n    webhook_configs:\n      - url: http://127.0.0.1:{responder_port}/api/v1/alerts\n        send_resolved: true\n        \
+             http_config: {{authorization: {{type: Bearer, credentials_file: {}}}}}\n",
+            w.token.display()
+        ),
+    )
+    .expect("am.yml");
+    let _am = start(
+        "prometheus-alertmanager",
+        &[
+            format!("--config.file={}/am.yml", dir.display()),
+            format!("--storage.path={}/am", dir.display()),
+            format!("--web.listen-address=127.0.0.1:{am_port}"),
+            "--cluster.listen-address=".into(),
+        ],
+    );
+    let rules = format!("{}/prometheus/rules/*.yml", env!("CARGO_MANIFEST_DIR"));
+    std::fs::write(
+        dir.join("prometheus.yml"),
+        format!(
+            "global: {{scrape_interval: 1s, evaluation_interval: 1s, scrape_timeout: 900ms}}\n\
+             rule_files: ['{rules}']\n\
+             alerting: {{alertmanagers: [{{static_configs: [{{targets: ['127.0.0.1:{am_port}']}}]}}]}}\n\
+             scrape_configs:\n  - job_name: onprem-api\n    static_configs: [{{targets: ['127.0.0.1:{onprem_port}']}}]\n"
+        ),
+    )
+    .expect("prometheus.yml");
+    let _prom = start(
+        "prometheus",
+        &[
+            format!("--config.file={}/prometheus.yml", dir.display()),
+            format!("--storage.tsdb.path={}/prom", dir.display()),
+            format!("--web.listen-address=127.0.0.1:{prom_port}"),
+        ],
+    );
+    let cfg_path = w.config_file(
+        &format!("storage: {{path: {}/data}}\nalertmanager: {{url: 'http://127.0.0.1:{am_port}', resync_interval: 5s}}", dir.display()),
+        &format!("    hold_down: 5s\n    onprem_health_url: http://127.0.0.1:{onprem_port}/health\n    healthy_for: 2s"),
+    );
+    let config = Config::load_with_env(&cfg_path, Default::default()).expect("config");
+    let r = Responder::start_on(config, listener).await;
+    ready(
+        "alertmanager",
+        format!("http://127.0.0.1:{am_port}/-/ready"),
+    )
+    .await;
+    ready(
+        "prometheus",
+        format!("http://127.0.0.1:{prom_port}/-/ready"),
+    )
+    .await;
+    // Prometheus has seen on-prem up, so the outage is a real transition.
+    let q =
+        format!("http://127.0.0.1:{prom_port}/api/v1/query?query=up%7Bjob%3D%22onprem-api%22%7D");
+    eventually(
+        "prometheus sees on-prem up",
+        Duration::from_secs(30),
+        || {
+            let q = q.clone();
+            async move {
+                let v: serde_json::Value = reqwest::get(&q).await.ok()?.json().await.ok()?;
+                (v["data"]["result"][0]["value"][1] == "1").then_some(())
+            }
+        },
+    )
+    .await;
+
+    // The steady client: a request every 50 ms.
+    let log: Log = Arc::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let client = {
+        let (log, stop, url) = (log.clone(), stop.clone(), w.haproxy.frontend());
+        tokio::spawn(async move {
+            let c = reqwest::Client::builder()
+                .timeout(Duration::from_secs(2))
+                .build()
+                .expect("client");
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let body = match c.get(&url).send().await {
+                    Ok(r) if r.status().is_success() => {
+                        r.text().await.unwrap_or_default().trim().to_string()
+                    }
+                    _ => String::new(),
+                };
+                log.lock().expect("log").push((Instant::now(), body));
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    eventually(
+        "client gets on-prem answers",
+        Duration::from_secs(10),
+        || async {
+            (log.lock()
+                .expect("log")
+                .iter()
+                .filter(|(_, b)| b == "onprem")
+                .count()
+                >= 5)
+                .then_some(())
+        },
+    )
+    .await;
+
+    // Outage.
+    w.onprem.kill();
+    let outage = Instant::now();
+    let rto = eventually(
+        "the frontend is answered by the cloud",
+        Duration::from_secs(60),
+        || async {
+            log.lock()
+                .expect("log")
+                .iter()
+                .find(|(t, b)| *t > outage && b == "cloud")
+                .map(|(t, _)| *t - outage)
+        },
+    )
+    .await;
+    let failed_outage = log
+        .lock()
+        .expect("log")
+        .iter()
+        .filter(|(t, b)| *t > outage && b.is_empty())
+        .count();
+    println!("e2e: RTO {rto:?} (outage -> first answer from the cloud), {failed_outage} failed requests before it");
+
+    // Recovery: the same on-prem API comes back.
+    w.restart_onprem();
+    let recovery = Instant::now();
+    eventually(
+        "failed back: server closed, container stopped",
+        Duration::from_secs(90),
+        || async {
+            let st = r.status().await;
+            (st["services"]["onprem-api"]["state"]["mode"] == "onprem" && w.is("onprem").await)
+                .then_some(())
+        },
+    )
+    .await;
+    let failback = recovery.elapsed();
+    // A little more traffic after the failback completed.
+    let after = log.lock().expect("log").len();
+    eventually(
+        "more requests after failback",
+        Duration::from_secs(10),
+        || async { (log.lock().expect("log").len() >= after + 10).then_some(()) },
+    )
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = client.await;
+    let log = log.lock().expect("log");
+    let since_recovery: Vec<&(Instant, String)> =
+        log.iter().filter(|(t, _)| *t > recovery).collect();
+    let failed = since_recovery.iter().filter(|(_, b)| b.is_empty()).count();
+    println!(
+        "e2e: failback done {failback:?} after recovery; {} requests since recovery, {failed} failed; last answer {:?}",
+        since_recovery.len(),
+        log.last().map(|(_, b)| b.as_str())
+    );
+    assert_eq!(failed, 0, "requests failed during failback");
+    assert_eq!(log.last().map(|(_, b)| b.as_str()), Some("onprem"));
+    r.shutdown().await;
+}
