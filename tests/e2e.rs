@@ -227,7 +227,7 @@ async fn real_outage_fails_over_and_back_without_failed_requests() {
     .await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = client.await;
-    let log = log.lock().expect("log");
+    let log: Vec<(Instant, String)> = log.lock().expect("log").clone();
     let since_recovery: Vec<&(Instant, String)> =
         log.iter().filter(|(t, _)| *t > recovery).collect();
     let failed = since_recovery.iter().filter(|(_, b)| b.is_empty()).count();
