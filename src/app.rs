@@ -71,22 +71,37 @@ pub async fn run(
         metrics,
         services,
         auth: Auth::from_config(&config.auth),
+        tls: config.tls_loaded.clone(),
         max_body_bytes: config.webhook.max_body_bytes,
     };
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
+    let limits = config.server.clone();
     let server = HttpServer::new(move || {
         App::new()
             .app_data(web::Data::new(state.clone()))
             .configure(routes)
     })
-    .workers(2)
+    .workers(limits.workers)
+    .max_connections(limits.max_connections)
+    .client_request_timeout(limits.request_timeout)
+    .client_disconnect_timeout(limits.disconnect_timeout)
+    .keep_alive(limits.keep_alive)
     .disable_signals()
-    .shutdown_timeout(5)
-    .listen(listener)?
+    .shutdown_timeout(5);
+    let server = match &config.tls_loaded {
+        Some(tls) => {
+            let sc = tls
+                .server_config()
+                .map_err(|e| AppError::Io(std::io::Error::other(e)))?;
+            tasks.push(tokio::spawn(reload_on_sighup(tls.clone(), stop.clone())));
+            server.listen_rustls_0_23(listener, sc)?
+        }
+        None => server.listen(listener)?,
+    }
     .run();
     let handle = server.handle();
-    info!(%addr, "listening");
+    info!(%addr, tls = config.tls_loaded.is_some(), "listening");
 
     let server = tokio::spawn(server);
     shutdown.await;
@@ -105,4 +120,22 @@ pub async fn run(
     drop(ctx);
     store.close(std::time::Duration::from_secs(5)).await;
     served
+}
+
+/// Reloads the TLS material on SIGHUP until `stop`.
+async fn reload_on_sighup(tls: crate::tls::Tls, stop: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; use POST /-/reload to reload certificates");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = hup.recv() => match tls.reload() {
+                Ok(()) => info!("SIGHUP: TLS certificates reloaded"),
+                Err(e) => tracing::error!(error = %e, "SIGHUP: TLS reload failed; keeping the previous certificates"),
+            },
+            () = stop.cancelled() => return,
+        }
+    }
 }

@@ -33,6 +33,14 @@ pub struct Config {
     /// Limits on incoming webhook requests.
     #[serde(default)]
     pub webhook: WebhookConfig,
+    /// Connection limits and timeouts of the listener (slowloris, floods).
+    #[serde(default)]
+    pub server: ServerLimits,
+    /// Serve HTTPS (and require client certificates when `client_ca_file` is set).
+    pub tls: Option<crate::tls::TlsConfig>,
+    /// The loaded TLS material, filled by [`Config::load`].
+    #[serde(skip)]
+    pub tls_loaded: Option<crate::tls::Tls>,
     /// Reconcile loop timing shared by all services.
     #[serde(default)]
     pub reconcile: ReconcileConfig,
@@ -62,9 +70,63 @@ pub struct AuthConfig {
     /// Accept unauthenticated notifications. For loopback demos only.
     #[serde(default)]
     pub insecure_no_auth: bool,
+    /// Failed authentications one client address may make per minute; past it, 429 until the
+    /// minute is over (slows down guessing; 0 disables).
+    #[serde(default = "default_max_failures")]
+    pub max_failures_per_minute: u32,
     /// Resolved credentials, filled by [`Config::load`] from the fields above.
     #[serde(skip)]
     pub credentials: Credentials,
+}
+
+fn default_max_failures() -> u32 {
+    20
+}
+
+/// Listener limits. Alertmanager keeps few connections and sends small bodies; anything far
+/// from that is refused early instead of tying up the responder.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ServerLimits {
+    /// Time a client has to send the request head (slowloris guard).
+    #[serde(default = "default_request_timeout", with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Time to finish a connection shutdown.
+    #[serde(default = "default_request_timeout", with = "humantime_serde")]
+    pub disconnect_timeout: Duration,
+    /// Idle keep-alive connections are closed after this.
+    #[serde(default = "default_keep_alive", with = "humantime_serde")]
+    pub keep_alive: Duration,
+    /// Concurrent connections per worker; more wait in the accept backlog.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// HTTP worker threads.
+    #[serde(default = "default_workers")]
+    pub workers: usize,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        ServerLimits {
+            request_timeout: default_request_timeout(),
+            disconnect_timeout: default_request_timeout(),
+            keep_alive: default_keep_alive(),
+            max_connections: default_max_connections(),
+            workers: default_workers(),
+        }
+    }
+}
+
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_keep_alive() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_max_connections() -> usize {
+    1024
+}
+fn default_workers() -> usize {
+    2
 }
 
 /// Basic auth user and password (from a file or inline).
@@ -111,6 +173,7 @@ impl fmt::Debug for AuthConfig {
             .field("bearer_token", &self.bearer_token)
             .field("basic_auth", &self.basic_auth.as_ref().map(|b| &b.username))
             .field("insecure_no_auth", &self.insecure_no_auth)
+            .field("max_failures_per_minute", &self.max_failures_per_minute)
             .finish()
     }
 }
@@ -439,6 +502,10 @@ impl Config {
             .map_err(|e| ConfigErrors(vec![format!("config.file {}: {e}", path.display())]))?;
         let mut cfg = Self::build(&text, Format::from_path(path), Some(env))?;
         cfg.auth.credentials = read_credentials(&cfg.auth).map_err(ConfigErrors)?;
+        if let Some(t) = &cfg.tls {
+            cfg.tls_loaded =
+                Some(crate::tls::Tls::load(t).map_err(|e| ConfigErrors(vec![e.to_string()]))?);
+        }
         Ok(cfg)
     }
 
@@ -506,6 +573,12 @@ impl Config {
                  (or insecure_no_auth: true for a loopback demo)"
                     .into(),
             );
+        }
+        if self.server.workers == 0 || self.server.max_connections == 0 {
+            errors.push("server: workers and max_connections must be greater than 0".into());
+        }
+        if self.server.request_timeout.is_zero() {
+            errors.push("server.request_timeout: must be greater than 0".into());
         }
         if self.webhook.max_body_bytes < 1024 {
             errors.push("webhook.max_body_bytes: must be at least 1024".into());

@@ -26,3 +26,4 @@ pub mod plan;
 pub mod reconcile;
 pub mod resync;
 pub mod store;
+pub mod tls;

@@ -37,6 +37,8 @@ const MAX_RECENT_NOTIFICATIONS: usize = 100;
 const MAX_STEPS: usize = 50;
 /// Most requests applied in one transaction.
 const MAX_BATCH: usize = 4096;
+/// redb page cache.
+const CACHE_BYTES: usize = 8 * 1024 * 1024;
 /// Queue of write requests; a full queue makes writers wait (backpressure, not loss).
 const QUEUE: usize = 16_384;
 
@@ -252,7 +254,12 @@ impl Store {
         };
         std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
         let path = dir.join("failover-responder.redb");
-        let db = Database::create(&path).map_err(|e| open_err(e.to_string()))?;
+        // redb's page cache defaults to 1 GiB; the working set here is the firing set and the
+        // journal's tail, so a small cache keeps memory flat under an alert storm.
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(&path)
+            .map_err(|e| open_err(e.to_string()))?;
         let mut mem = Mem::default();
         let (next_seq, next_event) = load(&db, &mut mem).map_err(open_err)?;
         let db = Arc::new(db);

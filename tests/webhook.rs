@@ -355,3 +355,42 @@ async fn unreachable_backends_are_shown_not_fatal() {
     }
     r.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_authentications_are_rate_limited_per_address() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = config(dir.path(), "  max_failures_per_minute: 3");
+    let r = Responder::start(&cfg, dir.path()).await;
+    let url = format!("{}/api/v1/alerts", r.url);
+    let send = |token: &'static str| {
+        r.client
+            .post(&url)
+            .bearer_auth(token)
+            .header("content-type", "application/json")
+            .body(fixture("onprem_down-firing.json"))
+            .send()
+    };
+    for _ in 0..3 {
+        assert_eq!(send("guess").await.expect("send").status().as_u16(), 401);
+    }
+    let resp = send("guess").await.expect("send");
+    assert_eq!(resp.status().as_u16(), 429);
+    let retry: u64 = resp
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .expect("Retry-After");
+    assert!((1..=60).contains(&retry), "{retry}");
+    assert_eq!(send("guess").await.expect("send").status().as_u16(), 429);
+    // The right token from the same address is never locked out (Alertmanager may share it).
+    assert_eq!(send(TOKEN).await.expect("send").status().as_u16(), 202);
+    let m = r.metrics().await;
+    let line = |result: &str, n: u32| {
+        format!("failover_responder_notifications_total{{result=\"{result}\"}} {n}")
+    };
+    assert!(m.contains(&line("rate_limited", 2)), "{m}");
+    assert!(m.contains(&line("unauthorized", 3)), "{m}");
+    assert_eq!(r.status().await["journal_entries"], 1);
+    r.shutdown().await;
+}

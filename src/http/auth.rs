@@ -1,4 +1,10 @@
-//! Webhook credentials: bearer token or basic auth, compared in constant time.
+//! Webhook credentials: bearer token or basic auth, compared in constant time, with a
+//! per-address limit on failed attempts.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use actix_web::http::header;
 use actix_web::HttpRequest;
@@ -13,6 +19,54 @@ use crate::config::{AuthConfig, Credentials};
 pub struct Auth {
     credentials: Credentials,
     insecure_no_auth: bool,
+    limiter: Limiter,
+}
+
+/// Failed attempts per client address in the current minute. Bounded: past `MAX_CLIENTS`
+/// addresses, finished windows are dropped first.
+#[derive(Clone)]
+struct Limiter {
+    max: u32,
+    failures: Arc<Mutex<HashMap<IpAddr, (Instant, u32)>>>,
+}
+
+const WINDOW: Duration = Duration::from_secs(60);
+const MAX_CLIENTS: usize = 10_000;
+
+impl Limiter {
+    /// Err(seconds to wait) when the address is over its limit.
+    fn check(&self, ip: Option<IpAddr>) -> Result<(), u64> {
+        let (Some(ip), true) = (ip, self.max > 0) else {
+            return Ok(());
+        };
+        let map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        match map.get(&ip) {
+            Some((start, n)) if *n >= self.max && start.elapsed() < WINDOW => {
+                Err((WINDOW - start.elapsed()).as_secs().max(1))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn fail(&self, ip: Option<IpAddr>) {
+        let (Some(ip), true) = (ip, self.max > 0) else {
+            return;
+        };
+        let mut map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= MAX_CLIENTS && !map.contains_key(&ip) {
+            map.retain(|_, (start, _)| start.elapsed() < WINDOW);
+            if map.len() >= MAX_CLIENTS {
+                // Still full of live windows (a spread-out flood): forget the lot rather than
+                // grow without bound; the limit is a brake, not a ban list.
+                map.clear();
+            }
+        }
+        let entry = map.entry(ip).or_insert((Instant::now(), 0));
+        if entry.0.elapsed() >= WINDOW {
+            *entry = (Instant::now(), 0);
+        }
+        entry.1 = entry.1.saturating_add(1);
+    }
 }
 
 impl Auth {
@@ -20,6 +74,10 @@ impl Auth {
         Auth {
             credentials: a.credentials.clone(),
             insecure_no_auth: a.insecure_no_auth,
+            limiter: Limiter {
+                max: a.max_failures_per_minute,
+                failures: Arc::default(),
+            },
         }
     }
 
@@ -31,8 +89,24 @@ impl Auth {
         }
     }
 
-    /// Ok when the request carries accepted credentials (or auth is off).
+    /// Ok when the request carries accepted credentials (or auth is off). Failed attempts are
+    /// counted per client address; past the limit they get 429 with Retry-After instead of 401.
+    /// Valid credentials are always accepted: a misbehaving client sharing Alertmanager's
+    /// address (NAT, the same host) must never lock Alertmanager out of a failover. Guessing is
+    /// defeated by the token's length; the limit keeps failed floods cheap and quiet.
     pub fn check(&self, req: &HttpRequest) -> Result<(), ApiError> {
+        let result = self.verify(req);
+        if result.is_err() {
+            let ip = req.peer_addr().map(|a| a.ip());
+            self.limiter
+                .check(ip)
+                .map_err(|retry_after| ApiError::TooManyRequests { retry_after })?;
+            self.limiter.fail(ip);
+        }
+        result
+    }
+
+    fn verify(&self, req: &HttpRequest) -> Result<(), ApiError> {
         let c = &self.credentials;
         if c.bearer_token.is_none() && c.basic.is_none() && self.insecure_no_auth {
             return Ok(());

@@ -17,6 +17,8 @@ pub enum ApiError {
     BadRequest(String),
     #[error("{0}")]
     NotFound(String),
+    #[error("too many failed authentications from this address; retry in {retry_after} s")]
+    TooManyRequests { retry_after: u64 },
     /// Logged with its cause; the client only learns that it should retry.
     #[error("internal error, retry later")]
     Internal(String),
@@ -31,6 +33,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::BadRequest(_) => "bad_request",
             ApiError::NotFound(_) => "not_found",
+            ApiError::TooManyRequests { .. } => "rate_limited",
             ApiError::Internal(_) => "internal_error",
         }
     }
@@ -44,6 +47,7 @@ impl ResponseError for ApiError {
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -55,6 +59,9 @@ impl ResponseError for ApiError {
         let mut resp = HttpResponse::build(self.status_code());
         if let ApiError::Unauthorized { challenge } = self {
             resp.insert_header((header::WWW_AUTHENTICATE, *challenge));
+        }
+        if let ApiError::TooManyRequests { retry_after } = self {
+            resp.insert_header((header::RETRY_AFTER, retry_after.to_string()));
         }
         resp.json(json!({ "status": "error", "error": self.to_string() }))
     }

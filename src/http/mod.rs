@@ -34,6 +34,8 @@ pub struct AppState {
     pub services: Arc<Vec<ServiceRuntime>>,
     pub auth: auth::Auth,
     pub max_body_bytes: usize,
+    /// Reloadable TLS material, when serving HTTPS.
+    pub tls: Option<crate::tls::Tls>,
 }
 
 impl AppState {
@@ -81,5 +83,6 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         )
         .route("/metrics", web::get().to(ops::metrics))
         .route("/-/healthy", web::get().to(ops::healthy))
-        .route("/-/ready", web::get().to(ops::ready));
+        .route("/-/ready", web::get().to(ops::ready))
+        .route("/-/reload", web::post().to(ops::reload));
 }

@@ -1,7 +1,9 @@
 //! Operational endpoints: metrics and the health/readiness probes.
 
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde_json::json;
 
+use super::error::ApiError;
 use super::AppState;
 
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
@@ -19,4 +21,22 @@ pub async fn healthy() -> HttpResponse {
 /// the listener accepts, so serving at all means ready.
 pub async fn ready() -> HttpResponse {
     HttpResponse::Ok().body("Ready\n")
+}
+
+/// Reloads the TLS certificate, key and client CA (as SIGHUP does). Needs credentials. Open
+/// connections keep their session; new handshakes get the new material.
+pub async fn reload(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    state.auth.check(&req)?;
+    let Some(tls) = &state.tls else {
+        return Ok(HttpResponse::Ok()
+            .json(json!({ "reloaded": false, "reason": "TLS is not configured" })));
+    };
+    tls.reload().map_err(|e| {
+        ApiError::BadRequest(format!("reload failed, previous certificates kept: {e}"))
+    })?;
+    tracing::info!("TLS certificates reloaded");
+    Ok(HttpResponse::Ok().json(json!({ "reloaded": true })))
 }

@@ -1,0 +1,80 @@
+//! Reaction time: webhook received -> HAProxy cloud server ready, against the real HAProxy and
+//! Docker engine, as p50/p99 over 20 runs, with a cold container start (the container is
+//! removed between runs, so each run creates and starts it). Prints figures; asserts nothing.
+//! Run with `cargo bench --bench reaction` (scripts/bench.sh runs it).
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const RUNS: usize = 20;
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    if !require_world() {
+        println!("SKIPPED: reaction bench needs haproxy, busybox-static and Docker (scripts/install-deps.sh)");
+        return;
+    }
+    let Some(w) = World::start("bench").await else {
+        return;
+    };
+    let r = Responder::start(
+        &w.config("", "    hold_down: 0s\n    max_transitions_per_hour: 0"),
+        w.dir.path(),
+    )
+    .await;
+    let t0 = chrono::Utc::now();
+    let mut cold = Vec::new();
+    for i in 0..RUNS {
+        let starts = t0 + chrono::Duration::seconds(i as i64 * 10);
+        // Settled on-prem, container absent.
+        drop(ContainerGuard(w.container.clone()));
+        let start = Instant::now();
+        assert_eq!(
+            r.post_alerts(&down_body(starts, None))
+                .await
+                .status()
+                .as_u16(),
+            202
+        );
+        loop {
+            if w.cloud_open().await {
+                break;
+            }
+            assert!(start.elapsed() < Duration::from_secs(60), "no failover");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        cold.push(start.elapsed());
+        assert_eq!(
+            r.post_alerts(&down_body(
+                starts,
+                Some(starts + chrono::Duration::seconds(1))
+            ))
+            .await
+            .status()
+            .as_u16(),
+            202
+        );
+        eventually("failed back", Duration::from_secs(30), || async {
+            w.is("onprem").await.then_some(())
+        })
+        .await;
+    }
+    cold.sort();
+    println!(
+        "reaction cold (create + start + healthy + ready): p50 {:?}  p99 {:?}  min {:?}  max {:?}  ({RUNS} runs)",
+        percentile(&cold, 0.5),
+        percentile(&cold, 0.99),
+        cold[0],
+        cold[cold.len() - 1]
+    );
+    r.shutdown().await;
+}
