@@ -305,12 +305,26 @@ pub async fn reconcile_once(svc: &ServiceRuntime, ctx: &Context) -> Result<PassO
         svc.probe_onprem().await;
     }
     let (decision, eff) = desired_now(svc, ctx, &state);
+    let labels = ServiceLabels {
+        service: svc.name.clone(),
+    };
+    let was_capped = ctx.metrics.transitions_capped.get_or_create(&labels).get() != 0;
     ctx.metrics
         .transitions_capped
-        .get_or_create(&ServiceLabels {
-            service: svc.name.clone(),
-        })
+        .get_or_create(&labels)
         .set(i64::from(eff.capped));
+    // Say it once when the cap starts holding the service in cloud, not on every pass.
+    if eff.capped && !was_capped {
+        warn!(service = %svc.name, held = eff.held.as_deref().unwrap_or(""), "flap cap reached: staying in cloud");
+        ctx.store
+            .event(
+                &svc.name,
+                "capped",
+                eff.held.clone().unwrap_or_default(),
+                decision.failback_alerts.clone(),
+            )
+            .await?;
+    }
     if eff.mode != state.mode {
         let now = Utc::now();
         let from = state.mode;

@@ -103,3 +103,99 @@ async fn alternating_down_up_fails_over_and_back_at_most_once() {
     assert!(starts <= 1.0 && stops <= 1.0, "{m}");
     r.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_transition_cap_it_stays_in_cloud_and_says_so() {
+    let Some(w) = World::start("cap").await else {
+        return;
+    };
+    let r = Responder::start(
+        &w.config("", "    hold_down: 0s\n    max_transitions_per_hour: 2"),
+        w.dir.path(),
+    )
+    .await;
+    let t0 = chrono::Utc::now();
+    let inc = |i: i64| t0 + chrono::Duration::seconds(i * 10);
+    let resolved =
+        |s: chrono::DateTime<chrono::Utc>| down_body(s, Some(s + chrono::Duration::seconds(1)));
+    let mode_is = |mode: &'static str| {
+        let r = &r;
+        let w = &w;
+        async move {
+            eventually(mode, Duration::from_secs(30), || async {
+                let st = r.status().await;
+                (st["services"]["onprem-api"]["state"]["mode"] == mode && w.is(mode).await)
+                    .then_some(())
+            })
+            .await
+        }
+    };
+    // Two changes: over and back.
+    assert_eq!(
+        r.post_alerts(&down_body(inc(0), None))
+            .await
+            .status()
+            .as_u16(),
+        202
+    );
+    mode_is("cloud").await;
+    assert_eq!(
+        r.post_alerts(&resolved(inc(0))).await.status().as_u16(),
+        202
+    );
+    mode_is("onprem").await;
+    // A third outage still fails over (the cloud is the safe side) ...
+    assert_eq!(
+        r.post_alerts(&down_body(inc(1), None))
+            .await
+            .status()
+            .as_u16(),
+        202
+    );
+    mode_is("cloud").await;
+    // ... but its recovery is held: the cap is reached.
+    assert_eq!(
+        r.post_alerts(&resolved(inc(1))).await.status().as_u16(),
+        202
+    );
+    let st = eventually(
+        "the cap holds the service in cloud",
+        Duration::from_secs(10),
+        || async {
+            let st = r.status().await;
+            st["services"]["onprem-api"]["held"]
+                .as_str()
+                .is_some_and(|h| h.contains("max_transitions_per_hour"))
+                .then_some(st)
+        },
+    )
+    .await;
+    assert_eq!(st["services"]["onprem-api"]["state"]["mode"], "cloud");
+    assert!(w.is("cloud").await);
+    let m = r.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            r#"failover_responder_transitions_capped{service="onprem-api"}"#
+        ),
+        1.0,
+        "{m}"
+    );
+    let ev: serde_json::Value = r
+        .client
+        .get(format!("{}/api/v1/events?service=onprem-api", r.url))
+        .send()
+        .await
+        .expect("events")
+        .json()
+        .await
+        .expect("json");
+    let capped = ev["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter(|e| e["kind"] == "capped")
+        .count();
+    assert_eq!(capped, 1, "said once: {ev}");
+    r.shutdown().await;
+}
