@@ -32,6 +32,9 @@ cargo test --locked -- --test-threads=2 2>&1 | tee "$log"
 # One closing line over every test binary.
 awk '/^test result:/ { p += $4; f += $6; i += $8 } END { printf "tests: %d passed, %d failed, %d skipped\n", p, f, i }' "$log"
 
+stage "fuzz the parsers briefly (webhook body, matchers, config)"
+scripts/fuzz.sh "${FUZZ_SECONDS:-10}"
+
 if [ -x scripts/check-deploy.sh ]; then
   stage "deployment files (promtool, amtool, systemd-analyze, terraform checks)"
   scripts/check-deploy.sh
