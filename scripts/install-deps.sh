@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the real components that the demo and the tests talk to: Debian's haproxy,
 # busybox-static (the cloud container image is built from it), prometheus and
-# prometheus-alertmanager. Idempotent: does nothing when all are present.
+# prometheus-alertmanager, and moto's server from PyPI (the EC2 API stand-in).
+# Idempotent: does nothing when all are present.
 set -euo pipefail
 
 need=()
@@ -10,6 +11,14 @@ command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
 command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
 command -v alertmanager >/dev/null 2>&1 || command -v prometheus-alertmanager >/dev/null 2>&1 || need+=(prometheus-alertmanager)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+
+# moto's server stands in for the EC2 API in the tests (PyPI, in a venv of its own).
+moto_venv=${MOTO_VENV:-$HOME/.cache/failover-responder/venv-moto}
+if [ ! -x "$moto_venv/bin/moto_server" ]; then
+  echo "install-deps: installing moto[server] into $moto_venv"
+  python3 -m venv "$moto_venv"
+  "$moto_venv/bin/pip" install -q --disable-pip-version-check "moto[server]==5.2.5"
+fi
 
 if [ ${#need[@]} -eq 0 ]; then
   echo "install-deps: all components present"

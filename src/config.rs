@@ -310,6 +310,9 @@ pub struct ServiceConfig {
     pub docker: Option<DockerConfig>,
     /// HAProxy servers opened on failover, drained and closed on failback.
     pub haproxy: Option<HaproxyConfig>,
+    /// EC2 instances carrying the cloud capacity: started before the containers on failover,
+    /// stopped after them on failback (a cold standby).
+    pub ec2: Option<Ec2Config>,
     #[serde(default)]
     pub timeouts: Timeouts,
     /// Minimum time in cloud before failing back, so a flapping site does not bounce traffic.
@@ -372,6 +375,63 @@ pub struct HaproxyConfig {
     /// Deadline for one Runtime API command.
     #[serde(default = "default_command_timeout", with = "humantime_serde")]
     pub command_timeout: Duration,
+}
+
+/// `ec2:` in a service's config.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Ec2Config {
+    /// AWS region; the standard chain's region when absent.
+    pub region: Option<String>,
+    /// Another endpoint than AWS's (VPC endpoint, a local test server).
+    pub endpoint_url: Option<String>,
+    /// The instances, by id ...
+    #[serde(default)]
+    pub instance_ids: Vec<String>,
+    /// ... or every instance carrying this tag.
+    pub tag: Option<TagFilter>,
+    /// How long an instance may take to reach `running`.
+    #[serde(default = "default_running_timeout", with = "humantime_serde")]
+    pub running_timeout: Duration,
+}
+
+fn default_running_timeout() -> Duration {
+    Duration::from_secs(300)
+}
+
+/// A tag key and value.
+#[derive(Debug, Clone, Deserialize)]
+pub struct TagFilter {
+    pub key: String,
+    pub value: String,
+}
+
+impl Ec2Config {
+    /// Semantic checks, one message per problem, with the key path.
+    pub fn validate(&self, p: &str, errors: &mut Vec<String>) {
+        match (self.instance_ids.is_empty(), &self.tag) {
+            (true, None) => errors.push(format!("{p}: set instance_ids or tag")),
+            (false, Some(_)) => errors.push(format!("{p}: set instance_ids or tag, not both")),
+            _ => {}
+        }
+        for (i, id) in self.instance_ids.iter().enumerate() {
+            let ok = id
+                .strip_prefix("i-")
+                .is_some_and(|h| !h.is_empty() && h.chars().all(|c| c.is_ascii_hexdigit()));
+            if !ok {
+                errors.push(format!(
+                    "{p}.instance_ids[{i}]: {id:?} is not an instance id (i-...)"
+                ));
+            }
+        }
+        if let Some(t) = &self.tag {
+            if t.key.is_empty() {
+                errors.push(format!("{p}.tag.key: must not be empty"));
+            }
+        }
+        if self.running_timeout.is_zero() {
+            errors.push(format!("{p}.running_timeout: must be greater than 0"));
+        }
+    }
 }
 
 /// How long each phase may take.
@@ -627,9 +687,17 @@ impl Config {
             if svc.failover_on.is_empty() {
                 errors.push(format!("{p}.failover_on: at least one matcher is needed"));
             }
-            if svc.docker.is_none() && svc.haproxy.is_none() {
+            if let Some(e) = &svc.ec2 {
+                e.validate(&format!("{p}.ec2"), errors);
+                if !cfg!(feature = "ec2") {
+                    errors.push(format!(
+                        "{p}.ec2: this build has no EC2 support (cargo feature ec2)"
+                    ));
+                }
+            }
+            if svc.docker.is_none() && svc.haproxy.is_none() && svc.ec2.is_none() {
                 errors.push(format!(
-                    "{p}: needs docker and/or haproxy, or it has nothing to do"
+                    "{p}: needs docker, haproxy or ec2, or it has nothing to do"
                 ));
             }
             for (key, d) in [
@@ -949,7 +1017,7 @@ cloud_servers = ["c1"]
             ),
             (
                 "auth: {insecure_no_auth: true}\nservices:\n  a:\n    failover_on: []\n",
-                &["services.a.failover_on: at least one", "services.a: needs docker and/or haproxy"],
+                &["services.a.failover_on: at least one", "services.a: needs docker, haproxy or ec2"],
             ),
             (
                 "auth: {insecure_no_auth: true}\nservices:\n  a:\n    failover_on: ['a=\"b\"']\n    haproxy: {runtime_api: ['nope:x'], backend: b, cloud_servers: []}\n    timeouts: {healthy: 0s}\n",

@@ -7,6 +7,9 @@
 //!   put them in maint, and only then stop the containers. A container is never stopped while
 //!   any HAProxy might still send it traffic, including one whose state is unknown.
 //!
+//! - with EC2 instances (a cold standby): start them and wait until running and until their
+//!   Docker engine answers before anything else; stop them last, after the containers.
+//!
 //! A step that is already done is not planned, so running a plan twice is harmless.
 
 use std::fmt;
@@ -104,11 +107,36 @@ pub struct ServerObs {
     pub state: ServerState,
 }
 
+/// An instance's state as the planner sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum InstanceState {
+    Unknown {
+        reason: String,
+    },
+    Pending,
+    Running,
+    Stopping,
+    Stopped,
+    /// shutting-down or terminated: cannot be started again.
+    Gone,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct InstanceObs {
+    pub id: String,
+    #[serde(flatten)]
+    pub state: InstanceState,
+}
+
 /// Everything observed about one service.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Observed {
     pub containers: Vec<ContainerObs>,
     pub servers: Vec<ServerObs>,
+    /// EC2 instances carrying the containers (empty without `ec2`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub instances: Vec<InstanceObs>,
 }
 
 /// One action. Waits are steps too: they have deadlines and can fail.
@@ -116,18 +144,38 @@ pub struct Observed {
 #[serde(tag = "action", rename_all = "snake_case")]
 pub enum Step {
     /// Create the container from its config if absent, then start it.
-    StartContainer { container: String },
+    StartContainer {
+        container: String,
+    },
     /// Poll until every listed container is healthy, up to `timeouts.healthy`.
-    WaitHealthy { containers: Vec<String> },
+    WaitHealthy {
+        containers: Vec<String>,
+    },
     SetServer {
         #[serde(flatten)]
         target: ServerRef,
         state: AdminState,
     },
     /// Poll until the servers have no sessions, up to `timeouts.drain`.
-    WaitDrained { servers: Vec<ServerRef> },
+    WaitDrained {
+        servers: Vec<ServerRef>,
+    },
     /// Stop with `timeouts.stop` grace.
-    StopContainer { container: String },
+    StopContainer {
+        container: String,
+    },
+    StartInstances {
+        ids: Vec<String>,
+    },
+    /// EC2 waiter until every instance is running, up to `ec2.running_timeout`.
+    WaitInstancesRunning {
+        ids: Vec<String>,
+    },
+    /// Poll the Docker engine until it answers, up to `timeouts.healthy`.
+    WaitDockerReady,
+    StopInstances {
+        ids: Vec<String>,
+    },
 }
 
 impl Step {
@@ -150,6 +198,10 @@ impl Step {
             } => "server_maint",
             Step::WaitDrained { .. } => "wait_drained",
             Step::StopContainer { .. } => "stop_container",
+            Step::StartInstances { .. } => "start_instances",
+            Step::WaitInstancesRunning { .. } => "wait_instances_running",
+            Step::WaitDockerReady => "wait_docker_ready",
+            Step::StopInstances { .. } => "stop_instances",
         }
     }
 }
@@ -170,6 +222,10 @@ impl fmt::Display for Step {
                 write!(f, "wait-drained {}", names.join(","))
             }
             Step::StopContainer { container } => write!(f, "stop {container}"),
+            Step::StartInstances { ids } => write!(f, "start-instances {}", ids.join(",")),
+            Step::WaitInstancesRunning { ids } => write!(f, "wait-running {}", ids.join(",")),
+            Step::WaitDockerReady => write!(f, "wait-docker"),
+            Step::StopInstances { ids } => write!(f, "stop-instances {}", ids.join(",")),
         }
     }
 }
@@ -199,6 +255,41 @@ pub fn plan(mode: Mode, observed: &Observed) -> Plan {
 
 fn plan_cloud(o: &Observed) -> Plan {
     let mut p = Plan::default();
+    // The instances first: nothing runs on a host that is not up.
+    let mut to_start = Vec::new();
+    let mut not_running = Vec::new();
+    for i in &o.instances {
+        match &i.state {
+            InstanceState::Running => {}
+            InstanceState::Stopped => {
+                to_start.push(i.id.clone());
+                not_running.push(i.id.clone());
+            }
+            InstanceState::Pending => not_running.push(i.id.clone()),
+            InstanceState::Stopping => p
+                .waiting
+                .push(format!("instance {}: stopping; started once stopped", i.id)),
+            InstanceState::Gone => p.waiting.push(format!("instance {}: terminated", i.id)),
+            InstanceState::Unknown { reason } => {
+                p.waiting.push(format!("instance {}: {reason}", i.id))
+            }
+        }
+    }
+    if !p.waiting.is_empty() && !o.instances.is_empty() {
+        return p;
+    }
+    if !not_running.is_empty() {
+        if !to_start.is_empty() {
+            p.steps.push(Step::StartInstances { ids: to_start });
+        }
+        p.steps
+            .push(Step::WaitInstancesRunning { ids: not_running });
+        if !o.containers.is_empty() {
+            p.steps.push(Step::WaitDockerReady);
+        }
+        // The containers are observed again once their host is up.
+        return p;
+    }
     let unknown: Vec<String> = o
         .containers
         .iter()
@@ -305,6 +396,28 @@ fn plan_onprem(o: &Observed) -> Plan {
             }
         }
     }
+    // The instances last, once no HAProxy can send them traffic.
+    let to_stop: Vec<String> = o
+        .instances
+        .iter()
+        .filter(|i| matches!(i.state, InstanceState::Running | InstanceState::Pending))
+        .map(|i| i.id.clone())
+        .collect();
+    if !to_stop.is_empty() {
+        if any_unknown_server {
+            p.waiting.push(
+                "instances: kept running until every HAProxy confirms its servers are closed"
+                    .into(),
+            );
+        } else {
+            p.steps.push(Step::StopInstances { ids: to_stop });
+        }
+    }
+    for i in &o.instances {
+        if let InstanceState::Unknown { reason } = &i.state {
+            p.waiting.push(format!("instance {}: {reason}", i.id));
+        }
+    }
     p
 }
 
@@ -372,6 +485,7 @@ mod tests {
                 },
                 state: s.clone(),
             }],
+            instances: vec![],
         }
     }
 
@@ -685,5 +799,111 @@ mod tests {
         assert!(!plan(Mode::Onprem, &observed(&healthy, &ServerState::Maint)).converged());
         // Planning the converged world again yields nothing: idempotent.
         assert!(plan(Mode::Cloud, &Observed::default()).converged());
+    }
+
+    #[test]
+    fn instances_come_first_on_failover_and_last_on_failback() {
+        let inst = |state: InstanceState| InstanceObs {
+            id: "i-1".into(),
+            state,
+        };
+        let with = |state: InstanceState, c: ContainerState, s: ServerState| {
+            let mut o = observed(&c, &s);
+            o.instances = vec![inst(state)];
+            o
+        };
+        let healthy = ContainerState::Running {
+            health: Health::Healthy,
+        };
+        let cases: &[(Mode, InstanceState, ContainerState, ServerState, &str)] = &[
+            (
+                Mode::Cloud,
+                InstanceState::Stopped,
+                ContainerState::Stopped,
+                ServerState::Maint,
+                "start-instances i-1; wait-running i-1; wait-docker",
+            ),
+            (
+                Mode::Cloud,
+                InstanceState::Pending,
+                ContainerState::Stopped,
+                ServerState::Maint,
+                "wait-running i-1; wait-docker",
+            ),
+            (
+                Mode::Cloud,
+                InstanceState::Running,
+                ContainerState::Stopped,
+                ServerState::Maint,
+                "start c; wait-healthy c; ready b/s",
+            ),
+            (
+                Mode::Cloud,
+                InstanceState::Running,
+                healthy.clone(),
+                ServerState::Ready,
+                "",
+            ),
+            (
+                Mode::Cloud,
+                InstanceState::Stopping,
+                ContainerState::Stopped,
+                ServerState::Maint,
+                " (waiting)",
+            ),
+            (
+                Mode::Cloud,
+                InstanceState::Gone,
+                ContainerState::Stopped,
+                ServerState::Maint,
+                " (waiting)",
+            ),
+            (
+                Mode::Cloud,
+                InstanceState::Unknown { reason: "x".into() },
+                ContainerState::Stopped,
+                ServerState::Maint,
+                " (waiting)",
+            ),
+            (
+                Mode::Onprem,
+                InstanceState::Running,
+                healthy.clone(),
+                ServerState::Ready,
+                "drain b/s; wait-drained b/s; maint b/s; stop c; stop-instances i-1",
+            ),
+            (
+                Mode::Onprem,
+                InstanceState::Running,
+                ContainerState::Stopped,
+                ServerState::Maint,
+                "stop-instances i-1",
+            ),
+            (
+                Mode::Onprem,
+                InstanceState::Running,
+                healthy.clone(),
+                ServerState::Unknown { reason: "x".into() },
+                " (waiting)",
+            ),
+            (
+                Mode::Onprem,
+                InstanceState::Stopped,
+                ContainerState::Stopped,
+                ServerState::Maint,
+                "",
+            ),
+            (
+                Mode::Onprem,
+                InstanceState::Stopping,
+                ContainerState::Stopped,
+                ServerState::Maint,
+                "",
+            ),
+        ];
+        for (mode, i, c, s, want) in cases {
+            let got = render(&plan(*mode, &with(i.clone(), c.clone(), s.clone())));
+            assert_eq!(got, *want, "{mode:?} {i:?} {c:?} {s:?}");
+        }
     }
 }

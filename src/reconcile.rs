@@ -21,7 +21,8 @@ use crate::config::{ReconcileConfig, ServiceConfig};
 use crate::desired::{self, Current, Damping, Decision, Effective, Mode, Rules};
 use crate::metrics::{ActionLabels, Metrics, ModeLabels, ServiceLabels, StepLabels, TargetLabels};
 use crate::plan::{
-    self, ContainerObs, ContainerState, Health, Observed, ServerObs, ServerRef, ServerState, Step,
+    self, ContainerObs, ContainerState, Health, InstanceObs, InstanceState, Observed, ServerObs,
+    ServerRef, ServerState, Step,
 };
 use crate::store::ServiceState;
 use crate::store::{StepRecord, Store};
@@ -43,6 +44,8 @@ pub struct ServiceRuntime {
     pub config: Arc<ServiceConfig>,
     pub docker: Option<DockerBackend>,
     pub haproxy: Vec<RuntimeApi>,
+    #[cfg(feature = "ec2")]
+    pub ec2: Option<crate::backend::ec2::Ec2Backend>,
     /// Notified by the webhook when a notification concerns this service.
     pub wake: Arc<Notify>,
     /// Since when the on-prem probe has answered without a failure.
@@ -63,11 +66,15 @@ impl ServiceRuntime {
                     .filter_map(|a| RuntimeApi::new(a, h.command_timeout).ok())
             })
             .collect();
+        #[cfg(feature = "ec2")]
+        let ec2 = config.ec2.clone().map(crate::backend::ec2::Ec2Backend::new);
         ServiceRuntime {
             name: name.to_string(),
             config,
             docker,
             haproxy,
+            #[cfg(feature = "ec2")]
+            ec2,
             wake: Arc::new(Notify::new()),
             onprem_healthy_since: Arc::default(),
             probe: reqwest::Client::builder()
@@ -608,11 +615,77 @@ pub async fn observe(svc: &ServiceRuntime, _ctx: &Context) -> Observed {
         }
         out
     };
-    let (containers, servers) = tokio::join!(containers, servers);
+    let (mut containers, servers, instances) =
+        tokio::join!(containers, servers, observe_instances(svc));
+    // Containers live on the instances: with none running, they are not running either, and
+    // their engine is not there to ask.
+    if !instances.is_empty() && !instances.iter().any(|i| i.state == InstanceState::Running) {
+        for c in &mut containers {
+            if matches!(c.state, ContainerState::Unknown { .. }) {
+                c.state = ContainerState::Stopped;
+            }
+        }
+    }
     Observed {
         containers,
         servers,
+        instances,
     }
+}
+
+#[cfg(feature = "ec2")]
+async fn observe_instances(svc: &ServiceRuntime) -> Vec<InstanceObs> {
+    let (Some(ec2), Some(cfg)) = (&svc.ec2, &svc.config.ec2) else {
+        return Vec::new();
+    };
+    match ec2.observe().await {
+        Ok(mut found) => {
+            // By id, an id EC2 did not return is unknown, not absent.
+            for id in &cfg.instance_ids {
+                if !found.iter().any(|i| &i.id == id) {
+                    found.push(InstanceObs {
+                        id: id.clone(),
+                        state: InstanceState::Unknown {
+                            reason: "not returned by DescribeInstances".into(),
+                        },
+                    });
+                }
+            }
+            found
+        }
+        Err(e) => {
+            let ids = if cfg.instance_ids.is_empty() {
+                vec![cfg
+                    .tag
+                    .as_ref()
+                    .map_or("ec2".into(), |t| format!("tag:{}={}", t.key, t.value))]
+            } else {
+                cfg.instance_ids.clone()
+            };
+            ids.into_iter()
+                .map(|id| InstanceObs {
+                    id,
+                    state: InstanceState::Unknown {
+                        reason: e.to_string(),
+                    },
+                })
+                .collect()
+        }
+    }
+}
+
+#[cfg(not(feature = "ec2"))]
+async fn observe_instances(_svc: &ServiceRuntime) -> Vec<InstanceObs> {
+    Vec::new()
+}
+
+#[cfg(feature = "ec2")]
+fn ec2_of(svc: &ServiceRuntime) -> Result<&crate::backend::ec2::Ec2Backend, BackendError> {
+    svc.ec2.as_ref().ok_or_else(|| BackendError::Rejected {
+        target: "ec2".into(),
+        message: "no ec2 in this service's config".into(),
+        retryable: false,
+    })
 }
 
 enum StepDone {
@@ -678,6 +751,50 @@ async fn execute(
                 if Instant::now() >= deadline {
                     return Err(BackendError::Timeout {
                         what: format!("waiting for {} to be healthy", containers.join(",")),
+                        after: timeouts.healthy,
+                    });
+                }
+                tokio::time::sleep(POLL).await;
+            }
+        }
+        #[cfg(feature = "ec2")]
+        Step::StartInstances { ids } => {
+            ec2_of(svc)?.start(ids).await?;
+            Ok(StepDone::Done)
+        }
+        #[cfg(feature = "ec2")]
+        Step::WaitInstancesRunning { ids } => {
+            ec2_of(svc)?.wait_running(ids).await?;
+            Ok(StepDone::Done)
+        }
+        #[cfg(feature = "ec2")]
+        Step::StopInstances { ids } => {
+            ec2_of(svc)?.stop(ids).await?;
+            Ok(StepDone::Done)
+        }
+        #[cfg(not(feature = "ec2"))]
+        Step::StartInstances { .. }
+        | Step::WaitInstancesRunning { .. }
+        | Step::StopInstances { .. } => Err(BackendError::Rejected {
+            target: "ec2".into(),
+            message: "this build has no EC2 support (cargo feature ec2)".into(),
+            retryable: false,
+        }),
+        Step::WaitDockerReady => {
+            let Some(d) = &svc.docker else {
+                return Ok(StepDone::Done);
+            };
+            let deadline = Instant::now() + timeouts.healthy;
+            loop {
+                if d.ping().await.is_ok() {
+                    return Ok(StepDone::Done);
+                }
+                if superseded(svc, ctx, mode) {
+                    return Ok(StepDone::Superseded);
+                }
+                if Instant::now() >= deadline {
+                    return Err(BackendError::Timeout {
+                        what: format!("docker {} answering", d.host()),
                         after: timeouts.healthy,
                     });
                 }

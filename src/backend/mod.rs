@@ -8,6 +8,8 @@
 use std::time::Duration;
 
 pub mod docker;
+#[cfg(feature = "ec2")]
+pub mod ec2;
 pub mod haproxy;
 
 /// A backend call that did not do what was asked.
