@@ -312,12 +312,16 @@ impl Store {
         self.mem.write().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Sends one request to the writer and waits for its answer (after the commit).
     async fn call<T>(
         &self,
-        op: Op,
-        rx: oneshot::Receiver<Result<T, StoreError>>,
+        op: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Op,
     ) -> Result<T, StoreError> {
-        self.tx.send(op).await.map_err(|_| StoreError::Closed)?;
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(op(reply))
+            .await
+            .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -329,16 +333,13 @@ impl Store {
         n: Arc<Notification>,
         relevant: Vec<bool>,
     ) -> Result<RecordOutcome, StoreError> {
-        let (reply, rx) = oneshot::channel();
-        self.call(
-            Op::Record {
-                n,
-                relevant,
-                at: Utc::now(),
-                reply,
-            },
-            rx,
-        )
+        let at = Utc::now();
+        self.call(|reply| Op::Record {
+            n,
+            relevant,
+            at,
+            reply,
+        })
         .await
     }
 
@@ -350,30 +351,19 @@ impl Store {
         alerts: Vec<StoredAlert>,
         fetched_at: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
-        let (reply, rx) = oneshot::channel();
-        self.call(
-            Op::ReplaceFiring {
-                alerts,
-                fetched_at,
-                reply,
-            },
-            rx,
-        )
+        self.call(|reply| Op::ReplaceFiring {
+            alerts,
+            fetched_at,
+            reply,
+        })
         .await
     }
 
     /// Persists a service's state.
     pub async fn set_service(&self, name: &str, state: ServiceState) -> Result<(), StoreError> {
-        let (reply, rx) = oneshot::channel();
-        self.call(
-            Op::SetService {
-                name: name.to_string(),
-                state,
-                reply,
-            },
-            rx,
-        )
-        .await
+        let name = name.to_string();
+        self.call(|reply| Op::SetService { name, state, reply })
+            .await
     }
 
     /// Appends to the event history; returns the event id.
@@ -384,17 +374,14 @@ impl Store {
         message: String,
         alerts: Vec<String>,
     ) -> Result<u64, StoreError> {
-        let (reply, rx) = oneshot::channel();
-        self.call(
-            Op::Event {
-                service: service.to_string(),
-                kind: kind.to_string(),
-                message,
-                alerts,
-                reply,
-            },
-            rx,
-        )
+        let (service, kind) = (service.to_string(), kind.to_string());
+        self.call(|reply| Op::Event {
+            service,
+            kind,
+            message,
+            alerts,
+            reply,
+        })
         .await
     }
 

@@ -200,21 +200,8 @@ async fn lost_resolved_notification_is_repaired_by_resync() {
         st["alertmanager_resync"]["last_success"].is_string(),
         "{st}"
     );
-    let ev: Value = r
-        .client
-        .get(format!("{}/api/v1/events?service=onprem-api", r.url))
-        .send()
-        .await
-        .expect("events")
-        .json()
-        .await
-        .expect("json");
-    let kinds: Vec<&str> = ev["events"]
-        .as_array()
-        .expect("events")
-        .iter()
-        .filter_map(|e| e["kind"].as_str())
-        .collect();
+    let events = r.events("service=onprem-api").await;
+    let kinds: Vec<&str> = events.iter().filter_map(|e| e["kind"].as_str()).collect();
     let resync_at = kinds
         .iter()
         .rposition(|k| *k == "resync")

@@ -187,16 +187,7 @@ async fn overrides_pause_force_and_persist() {
     assert!(!out.status.success(), "no token must fail");
 
     // Every decision is in the history, in order, with the alerts behind it.
-    let ev: Value = r
-        .client
-        .get(format!("{}/api/v1/events?service=onprem-api", r.url))
-        .send()
-        .await
-        .expect("events")
-        .json()
-        .await
-        .expect("json");
-    let events = ev["events"].as_array().expect("events");
+    let events = r.events("service=onprem-api").await;
     let ids: Vec<u64> = events.iter().filter_map(|e| e["id"].as_u64()).collect();
     assert!(ids.windows(2).all(|p| p[0] < p[1]), "in order: {ids:?}");
     let kinds: Vec<&str> = events.iter().filter_map(|e| e["kind"].as_str()).collect();
@@ -218,20 +209,8 @@ async fn overrides_pause_force_and_persist() {
     );
     // since= filters; bad since is a 400; unknown service a 404.
     let mid = ids[ids.len() / 2];
-    let later: Value = r
-        .client
-        .get(format!("{}/api/v1/events?since={mid}", r.url))
-        .send()
-        .await
-        .expect("events")
-        .json()
-        .await
-        .expect("json");
-    assert!(later["events"]
-        .as_array()
-        .expect("events")
-        .iter()
-        .all(|e| e["id"].as_u64() > Some(mid)));
+    let later = r.events(&format!("since={mid}")).await;
+    assert!(later.iter().all(|e| e["id"].as_u64() > Some(mid)));
     for (q, code) in [("since=yesterday", 400), ("service=nope", 404)] {
         let resp = r
             .client

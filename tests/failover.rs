@@ -396,27 +396,17 @@ services:
         "broken's server must stay in maint"
     );
     assert_eq!(container_running(&d, &bad).await, Some(true));
+    const FAILED_WAITS: &str = r#"failover_responder_steps_total{service="broken",action="wait_healthy",outcome="failure"}"#;
     let m = r.metrics().await;
-    let failures: u64 = m
-        .lines()
-        .find(|l| l.starts_with(r#"failover_responder_steps_total{service="broken",action="wait_healthy",outcome="failure"}"#))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
+    let failures = metric(&m, FAILED_WAITS) as u64;
     assert!(failures >= 3, "{m}");
     assert!(m.contains(r#"failover_responder_consecutive_failures{service="broken"}"#));
-    // Backoff: with a 500 ms health timeout and 200..800 ms waits, 3 s allow at most ~5 attempts
-    // more; a loop without backoff would make far more.
+    // Backoff: with a 500 ms health timeout and 200..800 ms waits, 3 s allow at most ~3 attempts
+    // more; a loop without backoff would make far more. (A rate over a window: the sleep is the
+    // measurement, not a synchronisation.)
     let before = failures;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let after: u64 = r
-        .metrics()
-        .await
-        .lines()
-        .find(|l| l.starts_with(r#"failover_responder_steps_total{service="broken",action="wait_healthy",outcome="failure"}"#))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
+    let after = metric(&r.metrics().await, FAILED_WAITS) as u64;
     assert!(
         after > before && after - before <= 3,
         "attempts in 3 s: {}",

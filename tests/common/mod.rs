@@ -149,14 +149,7 @@ impl Haproxy {
             sock = socket.display()
         );
         std::fs::write(&config, cfg).expect("write haproxy.cfg");
-        let child = Command::new("haproxy")
-            .arg("-db")
-            .arg("-f")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn haproxy");
+        let child = spawn_haproxy(&config);
         let h = Haproxy {
             proc: Proc {
                 child,
@@ -188,14 +181,7 @@ impl Haproxy {
     pub async fn restart(&mut self) {
         self.proc.kill();
         let _ = std::fs::remove_file(&self.socket);
-        let child = Command::new("haproxy")
-            .arg("-db")
-            .arg("-f")
-            .arg(&self.config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("respawn haproxy");
+        let child = spawn_haproxy(&self.config);
         self.proc.child = child;
         let sock = self.socket.clone();
         eventually("restarted haproxy answers", Duration::from_secs(10), || {
@@ -243,6 +229,18 @@ impl Haproxy {
     pub fn frontend(&self) -> String {
         format!("http://127.0.0.1:{}/", self.frontend_port)
     }
+}
+
+/// HAProxy in the foreground (-db) with `config`.
+fn spawn_haproxy(config: &Path) -> Child {
+    Command::new("haproxy")
+        .arg("-db")
+        .arg("-f")
+        .arg(config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn haproxy")
 }
 
 /// One Runtime API command over the unix socket, written independently of the backend under
@@ -399,6 +397,20 @@ impl Responder {
             .json()
             .await
             .expect("status json")
+    }
+
+    /// `GET /api/v1/events?{query}`, the events array.
+    pub async fn events(&self, query: &str) -> Vec<serde_json::Value> {
+        let v: serde_json::Value = self
+            .client
+            .get(format!("{}/api/v1/events?{query}", self.url))
+            .send()
+            .await
+            .expect("events")
+            .json()
+            .await
+            .expect("events json");
+        v["events"].as_array().cloned().unwrap_or_default()
     }
 
     pub async fn metrics(&self) -> String {
