@@ -313,6 +313,11 @@ pub struct ServiceConfig {
     /// EC2 instances carrying the cloud capacity: started before the containers on failover,
     /// stopped after them on failback (a cold standby).
     pub ec2: Option<Ec2Config>,
+    /// What stays up while on-prem serves: `cold` (default: instances and containers stopped),
+    /// `pilot_light` (instances running), `warm` (containers running and healthy too, servers
+    /// in maint).
+    #[serde(default)]
+    pub standby: crate::plan::Standby,
     #[serde(default)]
     pub timeouts: Timeouts,
     /// Minimum time in cloud before failing back, so a flapping site does not bounce traffic.

@@ -246,18 +246,57 @@ impl Plan {
 }
 
 /// Plans the steps that take `observed` to `mode`.
-pub fn plan(mode: Mode, observed: &Observed) -> Plan {
+pub fn plan(mode: Mode, observed: &Observed, standby: Standby) -> Plan {
     match mode {
         Mode::Cloud => plan_cloud(observed),
-        Mode::Onprem => plan_onprem(observed),
+        Mode::Onprem => plan_onprem(observed, standby),
     }
+}
+
+/// How much of the cloud capacity stays up while on-prem serves: the resting state that
+/// failback returns to. Failover is the same for all; a warmer tier has fewer steps to take.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Standby {
+    /// Instances stopped, containers stopped: costs nothing, slowest to fail over.
+    #[default]
+    Cold,
+    /// Instances running, containers stopped.
+    PilotLight,
+    /// Instances running, containers running and healthy, servers in maint: failover only
+    /// opens the servers.
+    Warm,
 }
 
 fn plan_cloud(o: &Observed) -> Plan {
     let mut p = Plan::default();
-    // The instances first: nothing runs on a host that is not up.
+    if !instances_up(o, &mut p) || !containers_up(o, &mut p) {
+        return p;
+    }
+    for s in &o.servers {
+        match &s.state {
+            ServerState::Ready => {}
+            ServerState::Drain | ServerState::Maint => p.steps.push(Step::SetServer {
+                target: s.target.clone(),
+                state: AdminState::Ready,
+            }),
+            ServerState::Missing => p
+                .waiting
+                .push(format!("server {}: not found in HAProxy", s.target)),
+            ServerState::Unknown { reason } => {
+                p.waiting.push(format!("server {}: {reason}", s.target))
+            }
+        }
+    }
+    p
+}
+
+/// Plans the instances up (start, wait running, wait for their Docker engine). Returns true
+/// when they are all running already, so the containers on them can be planned in this pass.
+fn instances_up(o: &Observed, p: &mut Plan) -> bool {
     let mut to_start = Vec::new();
     let mut not_running = Vec::new();
+    let mut blocked = false;
     for i in &o.instances {
         match &i.state {
             InstanceState::Running => {}
@@ -266,30 +305,42 @@ fn plan_cloud(o: &Observed) -> Plan {
                 not_running.push(i.id.clone());
             }
             InstanceState::Pending => not_running.push(i.id.clone()),
-            InstanceState::Stopping => p
-                .waiting
-                .push(format!("instance {}: stopping; started once stopped", i.id)),
-            InstanceState::Gone => p.waiting.push(format!("instance {}: terminated", i.id)),
+            InstanceState::Stopping => {
+                blocked = true;
+                p.waiting
+                    .push(format!("instance {}: stopping; started once stopped", i.id))
+            }
+            InstanceState::Gone => {
+                blocked = true;
+                p.waiting.push(format!("instance {}: terminated", i.id))
+            }
             InstanceState::Unknown { reason } => {
+                blocked = true;
                 p.waiting.push(format!("instance {}: {reason}", i.id))
             }
         }
     }
-    if !p.waiting.is_empty() && !o.instances.is_empty() {
-        return p;
+    if blocked {
+        return false;
     }
-    if !not_running.is_empty() {
-        if !to_start.is_empty() {
-            p.steps.push(Step::StartInstances { ids: to_start });
-        }
-        p.steps
-            .push(Step::WaitInstancesRunning { ids: not_running });
-        if !o.containers.is_empty() {
-            p.steps.push(Step::WaitDockerReady);
-        }
-        // The containers are observed again once their host is up.
-        return p;
+    if not_running.is_empty() {
+        return true;
     }
+    if !to_start.is_empty() {
+        p.steps.push(Step::StartInstances { ids: to_start });
+    }
+    p.steps
+        .push(Step::WaitInstancesRunning { ids: not_running });
+    if !o.containers.is_empty() {
+        p.steps.push(Step::WaitDockerReady);
+    }
+    // The containers are observed again once their host is up.
+    false
+}
+
+/// Plans the containers running and healthy. Returns false when a container cannot be asked:
+/// its health is unknown, so nothing may be opened in front of it.
+fn containers_up(o: &Observed, p: &mut Plan) -> bool {
     let unknown: Vec<String> = o
         .containers
         .iter()
@@ -299,9 +350,8 @@ fn plan_cloud(o: &Observed) -> Plan {
         })
         .collect();
     if !unknown.is_empty() {
-        // Health unknown: opening a server now could send traffic to nothing.
-        p.waiting = unknown;
-        return p;
+        p.waiting.extend(unknown);
+        return false;
     }
     let mut not_healthy = Vec::new();
     for c in &o.containers {
@@ -326,25 +376,10 @@ fn plan_cloud(o: &Observed) -> Plan {
             containers: not_healthy,
         });
     }
-    for s in &o.servers {
-        match &s.state {
-            ServerState::Ready => {}
-            ServerState::Drain | ServerState::Maint => p.steps.push(Step::SetServer {
-                target: s.target.clone(),
-                state: AdminState::Ready,
-            }),
-            ServerState::Missing => p
-                .waiting
-                .push(format!("server {}: not found in HAProxy", s.target)),
-            ServerState::Unknown { reason } => {
-                p.waiting.push(format!("server {}: {reason}", s.target))
-            }
-        }
-    }
-    p
+    true
 }
 
-fn plan_onprem(o: &Observed) -> Plan {
+fn plan_onprem(o: &Observed, standby: Standby) -> Plan {
     let mut p = Plan::default();
     let mut open = Vec::new();
     let mut any_unknown_server = false;
@@ -379,6 +414,13 @@ fn plan_onprem(o: &Observed) -> Plan {
                 state: AdminState::Maint,
             }));
     }
+    if standby == Standby::Warm {
+        // Resting warm: the capacity stays up and healthy behind closed servers.
+        if instances_up(o, &mut p) {
+            containers_up(o, &mut p);
+        }
+        return p;
+    }
     for c in &o.containers {
         match &c.state {
             ContainerState::Running { .. } if any_unknown_server => {
@@ -396,7 +438,21 @@ fn plan_onprem(o: &Observed) -> Plan {
             }
         }
     }
-    // The instances last, once no HAProxy can send them traffic.
+    if standby == Standby::PilotLight {
+        // The instances stay up (started if someone stopped them); only the containers rest.
+        let mut up = Plan::default();
+        instances_up(
+            &Observed {
+                containers: vec![],
+                ..o.clone()
+            },
+            &mut up,
+        );
+        p.steps.extend(up.steps);
+        p.waiting.extend(up.waiting);
+        return p;
+    }
+    // Cold: the instances last, once no HAProxy can send them traffic.
     let to_stop: Vec<String> = o
         .instances
         .iter()
@@ -711,7 +767,7 @@ mod tests {
                 .expect("container state")
                 .1;
             let s = &ss.iter().find(|(n, _)| n == sname).expect("server state").1;
-            let got = render(&plan(*mode, &observed(c, s)));
+            let got = render(&plan(*mode, &observed(c, s), Standby::Cold));
             assert_eq!(got, *want, "{mode:?} container={cname} server={sname}");
         }
     }
@@ -731,7 +787,7 @@ mod tests {
                         },
                         state: s2.clone(),
                     });
-                    let cloud = plan(Mode::Cloud, &o);
+                    let cloud = plan(Mode::Cloud, &o, Standby::Cold);
                     // Never open a server before the capacity is known healthy.
                     let healthy_now = c
                         == ContainerState::Running {
@@ -747,7 +803,7 @@ mod tests {
                         }
                         assert!(!matches!(step, Step::StopContainer { .. }));
                     }
-                    let onprem = plan(Mode::Onprem, &o);
+                    let onprem = plan(Mode::Onprem, &o, Standby::Cold);
                     // Never stop capacity while a server may still be open.
                     let may_be_open = |st: &ServerState| {
                         matches!(
@@ -785,20 +841,32 @@ mod tests {
         let healthy = ContainerState::Running {
             health: Health::Healthy,
         };
-        assert!(plan(Mode::Cloud, &observed(&healthy, &ServerState::Ready)).converged());
         assert!(plan(
-            Mode::Onprem,
-            &observed(&ContainerState::Stopped, &ServerState::Maint)
+            Mode::Cloud,
+            &observed(&healthy, &ServerState::Ready),
+            Standby::Cold
         )
         .converged());
         assert!(plan(
             Mode::Onprem,
-            &observed(&ContainerState::Absent, &ServerState::Maint)
+            &observed(&ContainerState::Stopped, &ServerState::Maint),
+            Standby::Cold
         )
         .converged());
-        assert!(!plan(Mode::Onprem, &observed(&healthy, &ServerState::Maint)).converged());
+        assert!(plan(
+            Mode::Onprem,
+            &observed(&ContainerState::Absent, &ServerState::Maint),
+            Standby::Cold
+        )
+        .converged());
+        assert!(!plan(
+            Mode::Onprem,
+            &observed(&healthy, &ServerState::Maint),
+            Standby::Cold
+        )
+        .converged());
         // Planning the converged world again yields nothing: idempotent.
-        assert!(plan(Mode::Cloud, &Observed::default()).converged());
+        assert!(plan(Mode::Cloud, &Observed::default(), Standby::Cold).converged());
     }
 
     #[test]
@@ -902,8 +970,111 @@ mod tests {
             ),
         ];
         for (mode, i, c, s, want) in cases {
-            let got = render(&plan(*mode, &with(i.clone(), c.clone(), s.clone())));
+            let got = render(&plan(
+                *mode,
+                &with(i.clone(), c.clone(), s.clone()),
+                Standby::Cold,
+            ));
             assert_eq!(got, *want, "{mode:?} {i:?} {c:?} {s:?}");
+        }
+    }
+
+    #[test]
+    fn resting_state_per_standby_tier() {
+        let healthy = ContainerState::Running {
+            health: Health::Healthy,
+        };
+        let with = |i: InstanceState, c: &ContainerState, s: &ServerState| {
+            let mut o = observed(c, s);
+            o.instances = vec![InstanceObs {
+                id: "i-1".into(),
+                state: i,
+            }];
+            o
+        };
+        let cases: &[(Standby, InstanceState, ContainerState, ServerState, &str)] = &[
+            // Warm: capacity up and healthy behind a closed server.
+            (
+                Standby::Warm,
+                InstanceState::Running,
+                healthy.clone(),
+                ServerState::Ready,
+                "drain b/s; wait-drained b/s; maint b/s",
+            ),
+            (
+                Standby::Warm,
+                InstanceState::Running,
+                healthy.clone(),
+                ServerState::Maint,
+                "",
+            ),
+            (
+                Standby::Warm,
+                InstanceState::Running,
+                ContainerState::Stopped,
+                ServerState::Maint,
+                "start c; wait-healthy c",
+            ),
+            (
+                Standby::Warm,
+                InstanceState::Stopped,
+                ContainerState::Stopped,
+                ServerState::Maint,
+                "start-instances i-1; wait-running i-1; wait-docker",
+            ),
+            // Pilot light: instances up, containers stopped.
+            (
+                Standby::PilotLight,
+                InstanceState::Running,
+                healthy.clone(),
+                ServerState::Ready,
+                "drain b/s; wait-drained b/s; maint b/s; stop c",
+            ),
+            (
+                Standby::PilotLight,
+                InstanceState::Running,
+                ContainerState::Stopped,
+                ServerState::Maint,
+                "",
+            ),
+            (
+                Standby::PilotLight,
+                InstanceState::Stopped,
+                ContainerState::Stopped,
+                ServerState::Maint,
+                "start-instances i-1; wait-running i-1",
+            ),
+            // Cold: everything down.
+            (
+                Standby::Cold,
+                InstanceState::Running,
+                healthy.clone(),
+                ServerState::Maint,
+                "stop c; stop-instances i-1",
+            ),
+            (
+                Standby::Cold,
+                InstanceState::Stopped,
+                ContainerState::Stopped,
+                ServerState::Maint,
+                "",
+            ),
+        ];
+        for (tier, i, c, s, want) in cases {
+            let got = render(&plan(Mode::Onprem, &with(i.clone(), c, s), *tier));
+            assert_eq!(got, *want, "{tier:?} {i:?} {c:?} {s:?}");
+        }
+        // Whatever the tier, failover is the same plan.
+        for tier in [Standby::Cold, Standby::PilotLight, Standby::Warm] {
+            let o = with(
+                InstanceState::Running,
+                &ContainerState::Stopped,
+                &ServerState::Maint,
+            );
+            assert_eq!(
+                render(&plan(Mode::Cloud, &o, tier)),
+                "start c; wait-healthy c; ready b/s"
+            );
         }
     }
 }

@@ -366,7 +366,11 @@ pub async fn reconcile_once(svc: &ServiceRuntime, ctx: &Context) -> Result<PassO
 
     let observed = observe(svc, ctx).await;
     // Paused: show what following the alerts would do, and do none of it.
-    let plan = plan::plan(if eff.paused { decision.mode } else { eff.mode }, &observed);
+    let plan = plan::plan(
+        if eff.paused { decision.mode } else { eff.mode },
+        &observed,
+        svc.config.standby,
+    );
     record_pass(svc, ctx, &decision, &eff, &observed, &plan);
 
     if plan.steps.is_empty() {

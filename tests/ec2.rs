@@ -293,3 +293,58 @@ async fn cold_standby_fails_over_and_back() {
     );
     r.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pilot_light_keeps_the_instance_running() {
+    let Some(m) = moto().await else { return };
+    let Some(w) = World::start("pilot").await else {
+        return;
+    };
+    let ids = launch(&m.url, 1, ("failover-responder", "onprem-api")).await;
+    let service = format!(
+        "    hold_down: 0s\n    standby: pilot_light\n    ec2: {{region: us-east-1, endpoint_url: '{}', instance_ids: [{}]}}",
+        m.url, ids[0]
+    );
+    let r = Responder::start(&w.config("", &service), w.dir.path()).await;
+    let ec2 = Ec2Backend::new(cfg(&m.url, ids.clone(), None));
+    let instance = || async { states(&ec2.observe().await.expect("observe")) };
+    // At rest: the stopped instance is started, no container runs, the server is closed.
+    eventually("pilot light at rest", Duration::from_secs(30), || async {
+        (instance().await == vec![InstanceState::Running] && w.is("onprem").await).then_some(())
+    })
+    .await;
+    let down = chrono::Utc::now();
+    let t = Instant::now();
+    assert_eq!(
+        r.post_alerts(&down_body(down, None))
+            .await
+            .status()
+            .as_u16(),
+        202
+    );
+    eventually("pilot light failover", Duration::from_secs(30), || async {
+        w.is("cloud").await.then_some(())
+    })
+    .await;
+    println!(
+        "pilot_light tier: webhook -> server ready in {:?}",
+        t.elapsed()
+    );
+    assert_eq!(
+        r.post_alerts(&down_body(down, Some(down + chrono::Duration::seconds(1))))
+            .await
+            .status()
+            .as_u16(),
+        202
+    );
+    eventually("pilot light failback", Duration::from_secs(30), || async {
+        w.is("onprem").await.then_some(())
+    })
+    .await;
+    assert_eq!(
+        instance().await,
+        vec![InstanceState::Running],
+        "the instance stays up"
+    );
+    r.shutdown().await;
+}

@@ -105,7 +105,7 @@ pub async fn plan(
             .get(&svc.name)
             .map(|s| s.observed.clone())
             .unwrap_or_default();
-        let p = plan::plan(eff.mode, &seen);
+        let p = plan::plan(eff.mode, &seen, svc.config.standby);
         out.insert(
             svc.name.clone(),
             json!({
