@@ -254,12 +254,7 @@ impl Store {
         };
         std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
         let path = dir.join("failover-responder.redb");
-        // redb's page cache defaults to 1 GiB; the working set here is the firing set and the
-        // journal's tail, so a small cache keeps memory flat under an alert storm.
-        let db = Database::builder()
-            .set_cache_size(CACHE_BYTES)
-            .create(&path)
-            .map_err(|e| open_err(e.to_string()))?;
+        let db = open_db(&path).map_err(|e| open_err(e.to_string()))?;
         let mut mem = Mem::default();
         let (next_seq, next_event) = load(&db, &mut mem).map_err(open_err)?;
         let db = Arc::new(db);
@@ -502,6 +497,24 @@ impl Store {
             }
         }
         Ok(out)
+    }
+}
+
+/// Opens the database file. A handle that is still closing (a restart inside one process, the
+/// previous writer finishing its last batch) holds the lock for a moment: wait for it, up to
+/// a few seconds, before reporting the storage as in use.
+fn open_db(path: &Path) -> Result<Database, redb::DatabaseError> {
+    let mut attempts = 0;
+    loop {
+        // redb's page cache defaults to 1 GiB; the working set here is the firing set and the
+        // journal's tail, so a small cache keeps memory flat under an alert storm.
+        match Database::builder().set_cache_size(CACHE_BYTES).create(path) {
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) if attempts < 50 => {
+                attempts += 1;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            other => return other,
+        }
     }
 }
 

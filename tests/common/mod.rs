@@ -361,19 +361,29 @@ impl Responder {
             client: reqwest::Client::new(),
             _storage: storage,
         };
-        let client = r.client.clone();
         let ready = format!("{}/-/ready", r.url);
-        eventually("responder ready", Duration::from_secs(10), || {
-            let (c, u) = (client.clone(), ready.clone());
-            async move {
-                c.get(&u)
-                    .send()
-                    .await
-                    .ok()
-                    .filter(|r| r.status().is_success())
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let mut r = r;
+        loop {
+            if r.client
+                .get(&ready)
+                .send()
+                .await
+                .is_ok_and(|resp| resp.status().is_success())
+            {
+                break;
             }
-        })
-        .await;
+            // It stopped on its own: say why instead of timing out.
+            if r.task.as_ref().is_some_and(|t| t.is_finished()) {
+                let why = match r.task.take() {
+                    Some(t) => format!("{:?}", t.await),
+                    None => "unknown".into(),
+                };
+                panic!("the responder exited at start: {why}");
+            }
+            assert!(Instant::now() < deadline, "responder not ready after 15 s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         r
     }
 
