@@ -26,6 +26,13 @@ struct ApiAlert {
     labels: Labels,
     starts_at: DateTime<Utc>,
     fingerprint: String,
+    #[serde(default)]
+    receivers: Vec<Receiver>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Receiver {
+    name: String,
 }
 
 /// Why a resync did not happen.
@@ -132,14 +139,14 @@ impl Resync {
     ) -> Result<(bool, usize), ResyncError> {
         let base = self.config.url.trim_end_matches('/');
         let url = format!("{base}/api/v2/alerts");
-        let mut query = vec![
+        // Every active alert, whatever its receiver: the receiver only decides which ones are
+        // taken as firing. One routed elsewhere is left alone, so a misspelt receiver can keep
+        // resync from adding alerts but never makes it drop one a webhook delivered.
+        let query = [
             ("active", "true"),
             ("silenced", "false"),
             ("inhibited", "false"),
         ];
-        if let Some(r) = &self.config.receiver {
-            query.push(("receiver", r.as_str()));
-        }
         let unreachable = |e: reqwest::Error| ResyncError::Unreachable {
             url: url.clone(),
             message: e.to_string(),
@@ -163,9 +170,20 @@ impl Resync {
                 url: url.clone(),
                 message: e.to_string(),
             })?;
-        let relevant: Vec<StoredAlert> = alerts
+        let relevant: Vec<ApiAlert> = alerts
             .into_iter()
             .filter(|a| self.services.iter().any(|s| s.concerns(&a.labels)))
+            .collect();
+        let still_active = relevant.iter().map(|a| a.fingerprint.clone()).collect();
+        let ours = |a: &ApiAlert| {
+            self.config
+                .receiver
+                .as_ref()
+                .is_none_or(|r| a.receivers.iter().any(|x| &x.name == r))
+        };
+        let relevant: Vec<StoredAlert> = relevant
+            .into_iter()
+            .filter(|a| ours(a))
             .map(|a| StoredAlert {
                 fingerprint: a.fingerprint,
                 labels: a.labels,
@@ -175,7 +193,10 @@ impl Resync {
             })
             .collect();
         let count = relevant.len();
-        let changed = self.store.replace_firing(relevant, fetched_at).await?;
+        let changed = self
+            .store
+            .replace_firing(relevant, still_active, fetched_at)
+            .await?;
         Ok((changed, count))
     }
 }

@@ -206,6 +206,7 @@ enum Op {
     },
     ReplaceFiring {
         alerts: Vec<StoredAlert>,
+        still_active: std::collections::BTreeSet<String>,
         fetched_at: DateTime<Utc>,
         reply: oneshot::Sender<Result<bool, StoreError>>,
     },
@@ -338,16 +339,20 @@ impl Store {
         .await
     }
 
-    /// Replaces the firing set with what Alertmanager reports active (resync). Alerts received
-    /// or resolved by webhook after `fetched_at` win over the older snapshot. Returns whether
-    /// the set changed.
+    /// Replaces the firing set with what Alertmanager reports (resync): `alerts` are set as
+    /// firing; an alert not in them leaves the set only if it is not in `still_active` either
+    /// (Alertmanager still has it active, e.g. routed to another receiver: not ours to drop).
+    /// Alerts received or resolved by webhook after `fetched_at` win over the older snapshot.
+    /// Returns whether the set changed.
     pub async fn replace_firing(
         &self,
         alerts: Vec<StoredAlert>,
+        still_active: std::collections::BTreeSet<String>,
         fetched_at: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
         self.call(|reply| Op::ReplaceFiring {
             alerts,
+            still_active,
             fetched_at,
             reply,
         })
@@ -791,6 +796,7 @@ impl Writer {
                     }
                     Op::ReplaceFiring {
                         alerts,
+                        still_active,
                         fetched_at,
                         reply,
                     } => {
@@ -809,7 +815,10 @@ impl Writer {
                         }
                         for (fp, a) in &current {
                             // Learnt by webhook after the snapshot was taken: newer than it.
-                            if !incoming.contains_key(fp) && a.received_at <= fetched_at {
+                            if !incoming.contains_key(fp)
+                                && !still_active.contains(fp)
+                                && a.received_at <= fetched_at
+                            {
                                 changed = true;
                                 firing.remove(fp.as_str()).map_err(|x| e(&x))?;
                                 st.firing.insert(fp.clone(), None);
@@ -1084,11 +1093,14 @@ mod tests {
         let n = fixture("onprem_down-firing.json");
         store.record(n.clone(), all(&n)).await.expect("record");
         // A snapshot taken before the notification arrived does not remove it.
-        assert!(!store.replace_firing(vec![], before).await.expect("replace"));
+        assert!(!store
+            .replace_firing(vec![], Default::default(), before)
+            .await
+            .expect("replace"));
         assert_eq!(store.firing().len(), 1);
         // A later snapshot without it does.
         assert!(store
-            .replace_firing(vec![], Utc::now())
+            .replace_firing(vec![], Default::default(), Utc::now())
             .await
             .expect("replace"));
         assert!(store.firing().is_empty());
@@ -1103,11 +1115,11 @@ mod tests {
             source: "resync".into(),
         };
         assert!(store
-            .replace_firing(vec![a.clone()], Utc::now())
+            .replace_firing(vec![a.clone()], Default::default(), Utc::now())
             .await
             .expect("replace"));
         assert!(!store
-            .replace_firing(vec![a], Utc::now())
+            .replace_firing(vec![a], Default::default(), Utc::now())
             .await
             .expect("replace"));
         assert_eq!(store.firing().len(), 1);

@@ -93,12 +93,17 @@ async fn am_alert(port: u16, starts: chrono::DateTime<chrono::Utc>, resolved: bo
 /// Responder config: backends unreachable on purpose (this test is about the alert path; the
 /// mode the responder drives towards is what is checked), resync from `am_port`.
 fn config(dir: &Path, am_port: u16, token: &Path) -> Config {
+    config_for(dir, am_port, token, "responder")
+}
+
+/// As [`config`], resyncing only alerts routed to `receiver`.
+fn config_for(dir: &Path, am_port: u16, token: &Path, receiver: &str) -> Config {
     let text = format!(
         r#"
 auth: {{bearer_token_file: {token}}}
 storage: {{path: {dir}/data}}
 reconcile: {{interval: 500ms, retry_initial: 100ms, retry_max: 500ms}}
-alertmanager: {{url: 'http://127.0.0.1:{am_port}', resync_interval: 500ms, timeout: 1s}}
+alertmanager: {{url: 'http://127.0.0.1:{am_port}', resync_interval: 500ms, timeout: 1s, receiver: {receiver}}}
 services:
   onprem-api:
     failover_on: ['alertname="onprem_down"', 'service="onprem-api"']
@@ -288,5 +293,51 @@ async fn unreachable_alertmanager_keeps_the_last_known_alerts() {
         },
     )
     .await;
+    r.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_misspelt_receiver_never_drops_a_delivered_alert() {
+    if !have_am() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = token_file(dir.path());
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let webhook_port = listener.local_addr().expect("addr").port();
+    let am_port = free_port();
+    let _am = start_am(dir.path(), am_port, webhook_port, &token).await;
+    // Alertmanager routes to "responder"; the config says "responderr".
+    let r = Responder::start_on(
+        config_for(dir.path(), am_port, &token, "responderr"),
+        listener,
+    )
+    .await;
+    am_alert(am_port, chrono::Utc::now(), false).await;
+    eventually(
+        "the webhook fails over",
+        Duration::from_secs(20),
+        || async { (mode(&r.status().await) == "cloud").then_some(()) },
+    )
+    .await;
+    // Several resyncs later the alert, still active in Alertmanager, is still firing here.
+    let m = r.metrics().await;
+    let ok = metric(&m, r#"failover_responder_resyncs_total{result="success"}"#);
+    eventually("three more resyncs", Duration::from_secs(10), || async {
+        (metric(
+            &r.metrics().await,
+            r#"failover_responder_resyncs_total{result="success"}"#,
+        ) >= ok + 3.0)
+            .then_some(())
+    })
+    .await;
+    let st = r.status().await;
+    assert_eq!(mode(&st), "cloud", "{st}");
+    assert_eq!(
+        st["services"]["onprem-api"]["firing_alerts"]
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
     r.shutdown().await;
 }
