@@ -538,29 +538,9 @@ fn load(db: &Database, mem: &mut Mem) -> Result<(u64, u64), String> {
     txn.commit().map_err(|x| e(&x))?;
 
     let txn = db.begin_read().map_err(|x| e(&x))?;
-    let firing = txn.open_table(FIRING).map_err(|x| e(&x))?;
-    for item in firing.iter().map_err(|x| e(&x))? {
-        let (k, v) = item.map_err(|x| e(&x))?;
-        // A record that no longer parses (written by another version) is skipped, not fatal:
-        // the next resync or notification repairs the firing set.
-        if let Ok(a) = serde_json::from_slice::<StoredAlert>(v.value()) {
-            mem.firing.insert(k.value().to_string(), a);
-        }
-    }
-    let tombs = txn.open_table(TOMBSTONES).map_err(|x| e(&x))?;
-    for item in tombs.iter().map_err(|x| e(&x))? {
-        let (k, v) = item.map_err(|x| e(&x))?;
-        if let Ok(t) = serde_json::from_slice::<Tombstone>(v.value()) {
-            mem.tombstones.insert(k.value().to_string(), t);
-        }
-    }
-    let services = txn.open_table(SERVICES).map_err(|x| e(&x))?;
-    for item in services.iter().map_err(|x| e(&x))? {
-        let (k, v) = item.map_err(|x| e(&x))?;
-        if let Ok(s) = serde_json::from_slice::<ServiceState>(v.value()) {
-            mem.services.insert(k.value().to_string(), s);
-        }
-    }
+    mem.firing = load_map(&txn, FIRING)?;
+    mem.tombstones = load_map(&txn, TOMBSTONES)?;
+    mem.services = load_map(&txn, SERVICES)?;
     let journal = txn.open_table(JOURNAL).map_err(|x| e(&x))?;
     mem.journal_len = journal.len().map_err(|x| e(&x))?;
     let next_seq = journal
@@ -573,6 +553,23 @@ fn load(db: &Database, mem: &mut Mem) -> Result<(u64, u64), String> {
         .map_err(|x| e(&x))?
         .map_or(1, |(k, _)| k.value() + 1);
     Ok((next_seq, next_event))
+}
+
+/// Reads a name -> JSON table into a map. A record that no longer parses (written by another
+/// version) is skipped, not fatal: the next resync, notification or pass repairs it.
+fn load_map<T: serde::de::DeserializeOwned>(
+    txn: &redb::ReadTransaction,
+    table: TableDefinition<&str, &[u8]>,
+) -> Result<BTreeMap<String, T>, String> {
+    let t = txn.open_table(table).map_err(|e| e.to_string())?;
+    let mut out = BTreeMap::new();
+    for item in t.iter().map_err(|e| e.to_string())? {
+        let (k, v) = item.map_err(|e| e.to_string())?;
+        if let Ok(value) = serde_json::from_slice::<T>(v.value()) {
+            out.insert(k.value().to_string(), value);
+        }
+    }
+    Ok(out)
 }
 
 struct Writer {

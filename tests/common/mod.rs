@@ -159,7 +159,22 @@ impl Haproxy {
             frontend_port,
             config,
         };
-        let sock = h.socket.clone();
+        h.wait_answering().await;
+        h
+    }
+
+    /// Restarts HAProxy from its config: all runtime state is lost.
+    pub async fn restart(&mut self) {
+        self.proc.kill();
+        let _ = std::fs::remove_file(&self.socket);
+        let child = spawn_haproxy(&self.config);
+        self.proc.child = child;
+        self.wait_answering().await;
+    }
+
+    /// Waits until the admin socket answers `show info`.
+    async fn wait_answering(&self) {
+        let sock = self.socket.clone();
         eventually(
             "haproxy admin socket answers",
             Duration::from_secs(10),
@@ -173,26 +188,6 @@ impl Haproxy {
                 }
             },
         )
-        .await;
-        h
-    }
-
-    /// Restarts HAProxy from its config: all runtime state is lost.
-    pub async fn restart(&mut self) {
-        self.proc.kill();
-        let _ = std::fs::remove_file(&self.socket);
-        let child = spawn_haproxy(&self.config);
-        self.proc.child = child;
-        let sock = self.socket.clone();
-        eventually("restarted haproxy answers", Duration::from_secs(10), || {
-            let sock = sock.clone();
-            async move {
-                runtime_cmd(&sock, "show info")
-                    .await
-                    .ok()
-                    .filter(|o| o.contains("Name: HAProxy"))
-            }
-        })
         .await;
     }
 
