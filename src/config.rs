@@ -332,6 +332,11 @@ pub struct ServiceConfig {
     /// 0 disables the cap.
     #[serde(default = "default_max_transitions")]
     pub max_transitions_per_hour: u32,
+    /// Cloud bursting: extra capacity added in steps while an overload alert fires.
+    pub burst: Option<BurstConfig>,
+    /// Cost guard and estimate for the cloud units this service runs.
+    #[serde(default)]
+    pub cost: CostConfig,
     /// `failover_on`, parsed.
     #[serde(skip)]
     pub failover_matchers: Vec<Matcher>,
@@ -437,6 +442,103 @@ impl Ec2Config {
             errors.push(format!("{p}.running_timeout: must be greater than 0"));
         }
     }
+}
+
+/// `burst:` in a service's config: while an alert matching `on` fires, units (containers on the
+/// service's Docker host, or EC2 instances from a pool) are added `step` at a time, up to `max`,
+/// each opened in HAProxy as a normal server in a `server-template` slot. After the alert has
+/// been quiet for `cooldown`, they are removed `step` at a time: drain, maint, stop.
+#[derive(Debug, Clone, Deserialize)]
+pub struct BurstConfig {
+    /// Burst while a firing alert matches all of these (Alertmanager matcher syntax).
+    pub on: Vec<String>,
+    /// Units started as soon as the overload alert fires.
+    #[serde(default = "default_burst_min")]
+    pub min: u32,
+    /// Most units ever running for this service's burst.
+    pub max: u32,
+    /// Units added (and removed) per scale step.
+    #[serde(default = "default_burst_step")]
+    pub step: u32,
+    /// While the alert still fires, add `step` units this often.
+    #[serde(default = "default_scale_up_every", with = "humantime_serde")]
+    pub scale_up_every: Duration,
+    /// How long the alert must have been quiet before the first unit is removed. A flapping
+    /// alert restarts it, so capacity never shrinks and grows back within one cooldown.
+    #[serde(default = "default_cooldown", with = "humantime_serde")]
+    pub cooldown: Duration,
+    /// After the cooldown, remove `step` units this often (default: `scale_up_every`).
+    #[serde(default, with = "humantime_serde")]
+    pub scale_in_every: Option<Duration>,
+    /// Where HAProxy sends a unit's traffic: `host:port`, with `{index}` (1..=max), `{port}`
+    /// (`port_base + index - 1`) and, for EC2 units, `{private_ip}`.
+    pub address: String,
+    /// First host port; unit `i` gets `port_base + i - 1` as `{port}`.
+    #[serde(default)]
+    pub port_base: u16,
+    pub haproxy: BurstHaproxy,
+    /// Container units on the service's Docker host (`docker.host`): unit `i` is container
+    /// `<name>-<i>`; `{port}` and `{index}` are filled in `ports`, `env` and `health_url`.
+    pub container: Option<ContainerConfig>,
+    /// EC2 units: unit `i` is the `i`-th instance of this pool (sorted by id), which runs the
+    /// service itself (from its AMI or user data); HAProxy's own `check` guards its traffic.
+    pub ec2: Option<Ec2Config>,
+    /// `on`, parsed.
+    #[serde(skip)]
+    pub matchers: Vec<Matcher>,
+}
+
+impl BurstConfig {
+    /// Seconds between scale-in steps.
+    pub fn scale_in_every(&self) -> Duration {
+        self.scale_in_every.unwrap_or(self.scale_up_every)
+    }
+}
+
+/// The `server-template` slots the burst units are opened in.
+#[derive(Debug, Clone, Deserialize)]
+pub struct BurstHaproxy {
+    /// The backend with the slots (default: the service's `haproxy.backend`).
+    pub backend: Option<String>,
+    /// `server-template <prefix> 1-<max> ...` names the slots `<prefix>1` .. `<prefix><max>`.
+    pub server_prefix: String,
+    /// HAProxy weight of each opened unit (0-256), relative to the on-prem servers'.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+/// `cost:` in a service's config. Failover is never held back by cost (an outage costs more);
+/// the guard limits bursting.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct CostConfig {
+    /// Price of one running EC2 instance per hour, for the estimate in status and metrics.
+    #[serde(default)]
+    pub instance_hourly_price: f64,
+    /// Price of one running container per hour (a share of its host), for the estimate.
+    #[serde(default)]
+    pub container_hourly_price: f64,
+    /// Most EC2 instances this service may run at once (failover pool plus burst units):
+    /// bursting never starts one past it.
+    pub max_instances: Option<u32>,
+    /// Once this service's instances have run this many hours today (UTC), bursting stops
+    /// growing; units already serving stay until the overload ends.
+    pub max_instance_hours_per_day: Option<f64>,
+}
+
+fn default_burst_min() -> u32 {
+    1
+}
+fn default_burst_step() -> u32 {
+    1
+}
+fn default_scale_up_every() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_cooldown() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_weight() -> u32 {
+    100
 }
 
 /// How long each phase may take.
@@ -729,6 +831,40 @@ impl Config {
                     }
                 }
             }
+            if let Some(b) = &mut svc.burst {
+                b.matchers = parse_matchers(&b.on, &format!("{p}.burst.on"), errors);
+                validate_burst(b, svc.haproxy.as_ref(), svc.docker.as_ref(), &p, errors);
+                if let Some(h) = &svc.haproxy {
+                    let prefix = &b.haproxy.server_prefix;
+                    let backend = b
+                        .haproxy
+                        .backend
+                        .clone()
+                        .unwrap_or_else(|| h.backend.clone());
+                    for api in &h.runtime_api {
+                        for i in 1..=b.max.min(1000) {
+                            let key = format!("{api}|{backend}/{prefix}{i}");
+                            if let Some(other) = server_owner.insert(key, name.clone()) {
+                                errors.push(format!(
+                                    "{p}.burst.haproxy: slot {backend}/{prefix}{i} on {api} is also managed by service {other:?}"
+                                ));
+                            }
+                        }
+                    }
+                }
+            }
+            for (key, v) in [
+                ("instance_hourly_price", svc.cost.instance_hourly_price),
+                ("container_hourly_price", svc.cost.container_hourly_price),
+                (
+                    "max_instance_hours_per_day",
+                    svc.cost.max_instance_hours_per_day.unwrap_or(0.0),
+                ),
+            ] {
+                if !v.is_finite() || v < 0.0 {
+                    errors.push(format!("{p}.cost.{key}: must be a number >= 0"));
+                }
+            }
             if let Some(h) = &svc.haproxy {
                 validate_haproxy(h, &format!("{p}.haproxy"), errors);
                 for api in &h.runtime_api {
@@ -836,6 +972,105 @@ fn validate_docker(d: &DockerConfig, p: &str, errors: &mut Vec<String>) {
                 Err(e) => errors.push(format!("{cp}.health_url: {e}")),
             }
         }
+    }
+}
+
+/// The burst section: counts, timings, the slot names, and exactly one kind of unit.
+fn validate_burst(
+    b: &BurstConfig,
+    haproxy: Option<&HaproxyConfig>,
+    docker: Option<&DockerConfig>,
+    svc: &str,
+    errors: &mut Vec<String>,
+) {
+    let p = format!("{svc}.burst");
+    if b.on.is_empty() {
+        errors.push(format!("{p}.on: at least one matcher is needed"));
+    }
+    if b.max == 0 || b.max > 1000 {
+        errors.push(format!("{p}.max: must be between 1 and 1000"));
+    }
+    if b.min > b.max {
+        errors.push(format!("{p}.min: {} is more than max {}", b.min, b.max));
+    }
+    if b.step == 0 {
+        errors.push(format!("{p}.step: must be greater than 0"));
+    }
+    if b.scale_up_every.is_zero() || b.scale_in_every().is_zero() {
+        errors.push(format!(
+            "{p}: scale_up_every and scale_in_every must be greater than 0"
+        ));
+    }
+    if haproxy.is_none() {
+        errors.push(format!(
+            "{p}: needs the service's haproxy section (its runtime_api reaches the slots)"
+        ));
+    }
+    let name_ok = !b.haproxy.server_prefix.is_empty()
+        && b.haproxy
+            .server_prefix
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if !name_ok {
+        errors.push(format!(
+            "{p}.haproxy.server_prefix: {:?} is not a valid HAProxy server name prefix",
+            b.haproxy.server_prefix
+        ));
+    }
+    if b.haproxy.weight > 256 {
+        errors.push(format!("{p}.haproxy.weight: must be between 0 and 256"));
+    }
+    if b.haproxy.backend.as_ref().is_some_and(|be| be.is_empty()) {
+        errors.push(format!("{p}.haproxy.backend: must not be empty"));
+    }
+    let max_port = u32::from(b.port_base) + b.max.saturating_sub(1);
+    if b.address.contains("{port}") && (b.port_base == 0 || max_port > u32::from(u16::MAX)) {
+        errors.push(format!(
+            "{p}.port_base: address uses {{port}}: set port_base so that port_base + max - 1 <= 65535"
+        ));
+    }
+    match (&b.container, &b.ec2) {
+        (None, None) => errors.push(format!(
+            "{p}: set container (container units) or ec2 (instance units)"
+        )),
+        (Some(_), Some(_)) => errors.push(format!("{p}: set container or ec2, not both")),
+        (Some(c), None) => {
+            if docker.is_none() {
+                errors.push(format!(
+                    "{p}.container: needs the service's docker section (the host the units run on)"
+                ));
+            }
+            if b.address.contains("{private_ip}") {
+                errors.push(format!(
+                    "{p}.address: {{private_ip}} is only known for ec2 units"
+                ));
+            }
+            // Validate the spec as unit 1 would be rendered.
+            let one = DockerConfig {
+                host: docker.map_or_else(default_docker_host, |d| d.host.clone()),
+                containers: vec![crate::burst::render_container(c, 1, b.port_base)],
+            };
+            validate_docker(&one, &format!("{p}.container"), errors);
+        }
+        (None, Some(e)) => {
+            e.validate(&format!("{p}.ec2"), errors);
+            if !cfg!(feature = "ec2") {
+                errors.push(format!(
+                    "{p}.ec2: this build has no EC2 support (cargo feature ec2)"
+                ));
+            }
+            if !e.instance_ids.is_empty() && e.instance_ids.len() < b.max as usize {
+                errors.push(format!(
+                    "{p}.ec2.instance_ids: {} instance(s) for max {}: every unit needs one",
+                    e.instance_ids.len(),
+                    b.max
+                ));
+            }
+        }
+    }
+    match crate::burst::render_address(&b.address, 1, b.port_base, Some("10.0.0.1")) {
+        Ok(_) => {}
+        Err(e) => errors.push(format!("{p}.address: {e}")),
     }
 }
 
@@ -1039,6 +1274,35 @@ cloud_servers = ["c1"]
             (
                 "auth: {insecure_no_auth: true}\nservices:\n  a:\n    failover_on: ['a=\"b\"']\n    haproxy: {runtime_api: ['/s'], backend: b, cloud_servers: [c]}\n  b:\n    failover_on: ['a=\"b\"']\n    haproxy: {runtime_api: ['/s'], backend: b, cloud_servers: [c]}\n",
                 &["services.b.haproxy: server b/c on /s is also managed by service \"a\""],
+            ),
+            (
+                "auth: {insecure_no_auth: true}\nservices:\n  a:\n    failover_on: ['a=\"b\"']\n    haproxy: {runtime_api: ['/s'], backend: b, cloud_servers: [c]}\n    cost: {instance_hourly_price: -1}\n    burst: {on: [], min: 5, max: 2, step: 0, scale_up_every: 0s, address: 'x:{port}', haproxy: {server_prefix: 'bad prefix', weight: 300}, container: {name: u, image: i}}\n",
+                &[
+                    "services.a.burst.on: at least one matcher",
+                    "services.a.burst.min: 5 is more than max 2",
+                    "services.a.burst.step: must be greater than 0",
+                    "services.a.burst: scale_up_every and scale_in_every must be greater than 0",
+                    "services.a.burst.haproxy.server_prefix",
+                    "services.a.burst.haproxy.weight: must be between 0 and 256",
+                    "services.a.burst.port_base: address uses {port}",
+                    "services.a.burst.container: needs the service's docker section",
+                    "services.a.cost.instance_hourly_price: must be a number >= 0",
+                ],
+            ),
+            (
+                "auth: {insecure_no_auth: true}\nservices:\n  a:\n    failover_on: ['a=\"b\"']\n    docker: {containers: [{name: c, image: i}]}\n    burst: {on: ['a=\"o\"'], max: 2, address: '{private_ip}:80', haproxy: {server_prefix: b}, container: {name: u, image: i}, ec2: {instance_ids: ['i-1']}, bogus: 1}\n",
+                &[
+                    "services.a.burst.bogus: unknown key",
+                    "services.a.burst: needs the service's haproxy section",
+                    "services.a.burst: set container or ec2, not both",
+                ],
+            ),
+            (
+                "auth: {insecure_no_auth: true}\nservices:\n  a:\n    failover_on: ['a=\"b\"']\n    haproxy: {runtime_api: ['/s'], backend: be, cloud_servers: [c]}\n    burst: {on: ['a=\"o\"'], max: 3, address: '{private_ip}:80', haproxy: {server_prefix: b}, ec2: {instance_ids: ['i-1']}}\n  b:\n    failover_on: ['a=\"b\"']\n    haproxy: {runtime_api: ['/s'], backend: be, cloud_servers: [b2]}\n",
+                &[
+                    "services.a.burst.ec2.instance_ids: 1 instance(s) for max 3",
+                    "services.b.haproxy: server be/b2 on /s is also managed by service \"a\"",
+                ],
             ),
         ];
         for (text, wants) in cases {

@@ -17,6 +17,7 @@
 pub mod alert;
 pub mod app;
 pub mod backend;
+pub mod burst;
 pub mod config;
 pub mod desired;
 pub mod http;

@@ -44,6 +44,22 @@ pub struct TargetLabels {
     pub target: String,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirectionLabels {
+    pub service: String,
+    /// `up` or `down`.
+    pub direction: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub service: String,
+    /// `instance` or `container`.
+    pub kind: String,
+}
+
+type FloatGauge = Gauge<f64, std::sync::atomic::AtomicU64>;
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// Every metric the responder exports.
@@ -76,6 +92,20 @@ pub struct Metrics {
     pub resyncs: Family<ResultLabels, Counter>,
     /// Notifications in the journal.
     pub journal_entries: Gauge,
+    /// Burst units that should be up and open.
+    pub burst_desired: Family<ServiceLabels, Gauge>,
+    /// Burst slots open on every HAProxy.
+    pub burst_open: Family<ServiceLabels, Gauge>,
+    /// Changes of the burst count, by direction.
+    pub burst_scale: Family<DirectionLabels, Counter>,
+    /// 1 while the cost guard holds bursting below what the overload asks for.
+    pub burst_capped: Family<ServiceLabels, Gauge>,
+    /// Cloud units running now, by kind.
+    pub units_running: Family<KindLabels, Gauge>,
+    /// What the running units cost per hour at the configured prices.
+    pub cost_per_hour: Family<ServiceLabels, FloatGauge>,
+    /// Instance-hours used today (UTC).
+    pub instance_hours_today: Family<ServiceLabels, FloatGauge>,
 }
 
 fn step_histogram() -> Histogram {
@@ -171,8 +201,57 @@ impl Metrics {
             "Notifications kept in the journal",
             journal_entries.clone(),
         );
+        let burst_desired = Family::default();
+        registry.register(
+            "burst_units_desired",
+            "Burst units that should be up and open",
+            burst_desired.clone(),
+        );
+        let burst_open = Family::default();
+        registry.register(
+            "burst_units_open",
+            "Burst slots open (ready) on every HAProxy",
+            burst_open.clone(),
+        );
+        let burst_scale = Family::default();
+        registry.register(
+            "burst_scale",
+            "Changes of the burst count, by direction",
+            burst_scale.clone(),
+        );
+        let burst_capped = Family::default();
+        registry.register(
+            "burst_capped",
+            "1 while the cost guard holds bursting below what the overload asks for",
+            burst_capped.clone(),
+        );
+        let units_running = Family::default();
+        registry.register(
+            "cloud_units_running",
+            "Cloud units (instances, containers) running now",
+            units_running.clone(),
+        );
+        let cost_per_hour = Family::default();
+        registry.register(
+            "estimated_cost_per_hour",
+            "Running cloud units at the configured hourly prices",
+            cost_per_hour.clone(),
+        );
+        let instance_hours_today = Family::default();
+        registry.register(
+            "instance_hours_today",
+            "EC2 instance-hours used today (UTC)",
+            instance_hours_today.clone(),
+        );
         Metrics {
             registry,
+            burst_desired,
+            burst_open,
+            burst_scale,
+            burst_capped,
+            units_running,
+            cost_per_hour,
+            instance_hours_today,
             transitions,
             transitions_capped,
             alertmanager_up,

@@ -105,6 +105,12 @@ pub struct ServerObs {
     pub target: ServerRef,
     #[serde(flatten)]
     pub state: ServerState,
+    /// `ip:port` HAProxy sends the server's traffic to (observed for burst slots only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub addr: Option<String>,
+    /// The server's user weight (observed for burst slots only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u32>,
 }
 
 /// An instance's state as the planner sees it.
@@ -127,6 +133,9 @@ pub struct InstanceObs {
     pub id: String,
     #[serde(flatten)]
     pub state: InstanceState,
+    /// Where a burst unit on this instance is reached (`{private_ip}` in `burst.address`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub private_ip: Option<String>,
 }
 
 /// Everything observed about one service.
@@ -176,6 +185,19 @@ pub enum Step {
     StopInstances {
         ids: Vec<String>,
     },
+    /// `set server <b>/<s> addr <ip> port <port>`: points a burst slot at its unit.
+    SetServerAddr {
+        #[serde(flatten)]
+        target: ServerRef,
+        addr: String,
+        port: u16,
+    },
+    /// `set server <b>/<s> weight <w>`.
+    SetWeight {
+        #[serde(flatten)]
+        target: ServerRef,
+        weight: u32,
+    },
 }
 
 impl Step {
@@ -202,6 +224,8 @@ impl Step {
             Step::WaitInstancesRunning { .. } => "wait_instances_running",
             Step::WaitDockerReady => "wait_docker_ready",
             Step::StopInstances { .. } => "stop_instances",
+            Step::SetServerAddr { .. } => "server_addr",
+            Step::SetWeight { .. } => "server_weight",
         }
     }
 }
@@ -226,6 +250,12 @@ impl fmt::Display for Step {
             Step::WaitInstancesRunning { ids } => write!(f, "wait-running {}", ids.join(",")),
             Step::WaitDockerReady => write!(f, "wait-docker"),
             Step::StopInstances { ids } => write!(f, "stop-instances {}", ids.join(",")),
+            Step::SetServerAddr { target, addr, port } => {
+                write!(f, "addr {}/{} {addr}:{port}", target.backend, target.server)
+            }
+            Step::SetWeight { target, weight } => {
+                write!(f, "weight {}/{} {weight}", target.backend, target.server)
+            }
         }
     }
 }
@@ -273,7 +303,45 @@ fn plan_cloud(o: &Observed) -> Plan {
     if !instances_up(o, &mut p) || !containers_up(o, &mut p) {
         return p;
     }
+    open_servers(o, None, &mut p);
+    p
+}
+
+/// Where a burst slot should point and with what weight, set before it is opened.
+#[derive(Debug, Clone, Copy)]
+struct Slot<'a> {
+    addr: &'a str,
+    weight: u32,
+}
+
+/// Plans every server open (after pointing a burst slot at its unit).
+fn open_servers(o: &Observed, slot: Option<Slot<'_>>, p: &mut Plan) {
     for s in &o.servers {
+        let known = matches!(
+            s.state,
+            ServerState::Ready | ServerState::Drain | ServerState::Maint
+        );
+        if let (Some(want), true) = (slot, known) {
+            if s.addr.as_deref() != Some(want.addr) {
+                if let Some((addr, port)) = want
+                    .addr
+                    .rsplit_once(':')
+                    .and_then(|(a, port)| Some((a, port.parse::<u16>().ok()?)))
+                {
+                    p.steps.push(Step::SetServerAddr {
+                        target: s.target.clone(),
+                        addr: addr.to_string(),
+                        port,
+                    });
+                }
+            }
+            if s.weight != Some(want.weight) {
+                p.steps.push(Step::SetWeight {
+                    target: s.target.clone(),
+                    weight: want.weight,
+                });
+            }
+        }
         match &s.state {
             ServerState::Ready => {}
             ServerState::Drain | ServerState::Maint => p.steps.push(Step::SetServer {
@@ -288,7 +356,6 @@ fn plan_cloud(o: &Observed) -> Plan {
             }
         }
     }
-    p
 }
 
 /// Plans the instances up (start, wait running, wait for their Docker engine). Returns true
@@ -477,6 +544,111 @@ fn plan_onprem(o: &Observed, standby: Standby) -> Plan {
     p
 }
 
+/// One burst unit as observed: its container or instance, and its slot on every HAProxy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UnitObs {
+    /// 1-based: unit `i` uses slot `<prefix><i>`.
+    pub index: u32,
+    #[serde(flatten)]
+    pub observed: Observed,
+    /// `ip:port` its slot should point at; None while not known (an instance with no IP yet).
+    pub address: Option<String>,
+}
+
+/// Plans units `1..=target` up and open, and every unit above `target` drained, closed and
+/// stopped, with the same safe orders as failover and failback. Unit plans are merged phase by
+/// phase (all starts, one wait, all opens), so growing by `step` units costs one wait, not
+/// `step` of them.
+pub fn plan_burst(target: u32, units: &[UnitObs], weight: u32) -> Plan {
+    let mut parts = Vec::new();
+    for u in units {
+        let mut p = Plan::default();
+        if u.index <= target {
+            if instances_up(&u.observed, &mut p) && containers_up(&u.observed, &mut p) {
+                match &u.address {
+                    Some(addr) => open_servers(&u.observed, Some(Slot { addr, weight }), &mut p),
+                    None => p
+                        .waiting
+                        .push(format!("burst unit {}: address not known yet", u.index)),
+                }
+            }
+        } else {
+            // A slot the template does not have cannot carry traffic: nothing to close there.
+            let mut o = u.observed.clone();
+            o.servers.retain(|s| s.state != ServerState::Missing);
+            p = plan_onprem(&o, Standby::Cold);
+        }
+        parts.push(p);
+    }
+    merge(parts)
+}
+
+/// The phase a step belongs to: opening phases first, closing phases after, each in its safe
+/// order.
+fn phase(step: &Step) -> u8 {
+    match step {
+        Step::StartInstances { .. } => 0,
+        Step::WaitInstancesRunning { .. } => 1,
+        Step::WaitDockerReady => 2,
+        Step::StartContainer { .. } => 3,
+        Step::WaitHealthy { .. } => 4,
+        Step::SetServerAddr { .. } => 5,
+        Step::SetWeight { .. } => 6,
+        Step::SetServer {
+            state: AdminState::Ready,
+            ..
+        } => 7,
+        Step::SetServer {
+            state: AdminState::Drain,
+            ..
+        } => 8,
+        Step::WaitDrained { .. } => 9,
+        Step::SetServer {
+            state: AdminState::Maint,
+            ..
+        } => 10,
+        Step::StopContainer { .. } => 11,
+        Step::StopInstances { .. } => 12,
+    }
+}
+
+/// Merges independent plans: steps ordered by phase (stable, so each plan's own order holds
+/// within a phase), waits and instance calls of the same phase combined into one.
+fn merge(parts: Vec<Plan>) -> Plan {
+    let mut steps: Vec<Step> = Vec::new();
+    let mut waiting = Vec::new();
+    for p in parts {
+        steps.extend(p.steps);
+        waiting.extend(p.waiting);
+    }
+    steps.sort_by_key(phase);
+    let mut out: Vec<Step> = Vec::new();
+    for step in steps {
+        match (out.last_mut(), step) {
+            (Some(Step::StartInstances { ids }), Step::StartInstances { ids: more })
+            | (
+                Some(Step::WaitInstancesRunning { ids }),
+                Step::WaitInstancesRunning { ids: more },
+            )
+            | (Some(Step::StopInstances { ids }), Step::StopInstances { ids: more }) => {
+                ids.extend(more)
+            }
+            (Some(Step::WaitHealthy { containers }), Step::WaitHealthy { containers: more }) => {
+                containers.extend(more)
+            }
+            (Some(Step::WaitDrained { servers }), Step::WaitDrained { servers: more }) => {
+                servers.extend(more)
+            }
+            (Some(Step::WaitDockerReady), Step::WaitDockerReady) => {}
+            (_, step) => out.push(step),
+        }
+    }
+    Plan {
+        steps: out,
+        waiting,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -540,6 +712,8 @@ mod tests {
                     server: "s".into(),
                 },
                 state: s.clone(),
+                addr: None,
+                weight: None,
             }],
             instances: vec![],
         }
@@ -786,6 +960,8 @@ mod tests {
                             server: "s".into(),
                         },
                         state: s2.clone(),
+                        addr: None,
+                        weight: None,
                     });
                     let cloud = plan(Mode::Cloud, &o, Standby::Cold);
                     // Never open a server before the capacity is known healthy.
@@ -874,6 +1050,7 @@ mod tests {
         let inst = |state: InstanceState| InstanceObs {
             id: "i-1".into(),
             state,
+            private_ip: None,
         };
         let with = |state: InstanceState, c: ContainerState, s: ServerState| {
             let mut o = observed(&c, &s);
@@ -989,6 +1166,7 @@ mod tests {
             o.instances = vec![InstanceObs {
                 id: "i-1".into(),
                 state: i,
+                private_ip: None,
             }];
             o
         };
@@ -1075,6 +1253,189 @@ mod tests {
                 render(&plan(Mode::Cloud, &o, tier)),
                 "start c; wait-healthy c; ready b/s"
             );
+        }
+    }
+
+    fn unit(index: u32, c: &ContainerState, s: &ServerState, addr: Option<&str>) -> UnitObs {
+        UnitObs {
+            index,
+            observed: Observed {
+                containers: vec![ContainerObs {
+                    name: format!("u-{index}"),
+                    state: c.clone(),
+                }],
+                servers: vec![ServerObs {
+                    target: ServerRef {
+                        api: "/sock".into(),
+                        backend: "be".into(),
+                        server: format!("b{index}"),
+                    },
+                    state: s.clone(),
+                    addr: addr.map(String::from),
+                    weight: Some(if addr.is_some() { 100 } else { 1 }),
+                }],
+                instances: vec![],
+            },
+            address: Some(format!("127.0.0.1:{}", 18099 + index)),
+        }
+    }
+
+    #[test]
+    fn burst_grows_in_one_merged_pass() {
+        let units: Vec<UnitObs> = (1..=4)
+            .map(|i| unit(i, &ContainerState::Absent, &ServerState::Maint, None))
+            .collect();
+        let p = plan_burst(2, &units, 100);
+        assert_eq!(
+            render(&p),
+            "start u-1; start u-2; wait-healthy u-1,u-2; addr be/b1 127.0.0.1:18100; \
+             addr be/b2 127.0.0.1:18101; weight be/b1 100; weight be/b2 100; ready be/b1; ready be/b2"
+        );
+    }
+
+    #[test]
+    fn burst_shrinks_with_drain_then_maint_then_stop() {
+        let healthy = ContainerState::Running {
+            health: Health::Healthy,
+        };
+        let units: Vec<UnitObs> = (1..=3)
+            .map(|i| {
+                unit(
+                    i,
+                    &healthy,
+                    &ServerState::Ready,
+                    Some(&format!("127.0.0.1:{}", 18099 + i)),
+                )
+            })
+            .collect();
+        assert!(plan_burst(3, &units, 100).converged());
+        let p = plan_burst(1, &units, 100);
+        assert_eq!(
+            render(&p),
+            "drain be/b2; drain be/b3; wait-drained be/b2,be/b3; maint be/b2; maint be/b3; stop u-2; stop u-3"
+        );
+    }
+
+    #[test]
+    fn burst_slots_missing_from_the_template() {
+        let units = vec![
+            unit(1, &ContainerState::Absent, &ServerState::Missing, None),
+            unit(2, &ContainerState::Absent, &ServerState::Missing, None),
+        ];
+        // Down units without a slot: nothing to close, nothing to wait for.
+        assert!(plan_burst(0, &units, 100).converged());
+        // An up unit without a slot is started but cannot be opened: say so.
+        let p = plan_burst(1, &units, 100);
+        assert_eq!(render(&p), "start u-1; wait-healthy u-1 (waiting)");
+        assert!(p.waiting[0].contains("not found in HAProxy"), "{p:?}");
+    }
+
+    #[test]
+    fn burst_unit_without_address_is_not_opened() {
+        let healthy = ContainerState::Running {
+            health: Health::Healthy,
+        };
+        let mut u = unit(1, &healthy, &ServerState::Maint, None);
+        u.address = None;
+        let p = plan_burst(1, &[u], 100);
+        assert!(
+            p.steps.is_empty() && p.waiting[0].contains("address"),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn burst_instance_units() {
+        let u = |i: u32, st: InstanceState| UnitObs {
+            index: i,
+            observed: Observed {
+                containers: vec![],
+                servers: vec![],
+                instances: vec![InstanceObs {
+                    id: format!("i-{i}"),
+                    state: st,
+                    private_ip: None,
+                }],
+            },
+            address: None,
+        };
+        let units = vec![
+            u(1, InstanceState::Stopped),
+            u(2, InstanceState::Pending),
+            u(3, InstanceState::Running),
+        ];
+        assert_eq!(
+            render(&plan_burst(2, &units, 100)),
+            "start-instances i-1; wait-running i-1,i-2; stop-instances i-3"
+        );
+    }
+
+    /// Two units in every pair of (container, server) states each, at every target: a slot is
+    /// never opened before its container is known healthy, a container is never stopped while
+    /// its slot may still be open, and opening comes before closing.
+    #[test]
+    fn burst_safety_over_every_pair_of_units() {
+        let cs = container_states();
+        let ss = server_states();
+        for (_, c1) in &cs {
+            for (_, s1) in &ss {
+                for (_, c2) in &cs {
+                    for (_, s2) in &ss {
+                        for target in 0..=2 {
+                            let units = vec![unit(1, c1, s1, None), unit(2, c2, s2, None)];
+                            let p = plan_burst(target, &units, 100);
+                            for u in &units {
+                                let name = &u.observed.containers[0].name;
+                                let slot = &u.observed.servers[0].target;
+                                let pos = |f: &dyn Fn(&Step) -> bool| p.steps.iter().position(f);
+                                let ready = pos(
+                                    &|st| matches!(st, Step::SetServer { target, state: AdminState::Ready } if target == slot),
+                                );
+                                let healthy_wait = pos(
+                                    &|st| matches!(st, Step::WaitHealthy { containers } if containers.contains(name)),
+                                );
+                                let started_healthy = u.observed.containers[0].state
+                                    == ContainerState::Running {
+                                        health: Health::Healthy,
+                                    };
+                                if let Some(r) = ready {
+                                    assert!(u.index <= target, "{p:?}");
+                                    assert!(
+                                        started_healthy || healthy_wait.is_some_and(|w| w < r),
+                                        "{p:?}"
+                                    );
+                                }
+                                let stop = pos(
+                                    &|st| matches!(st, Step::StopContainer { container } if container == name),
+                                );
+                                if let Some(stop) = stop {
+                                    assert!(u.index > target, "{p:?}");
+                                    let open = matches!(
+                                        u.observed.servers[0].state,
+                                        ServerState::Ready | ServerState::Drain
+                                    );
+                                    let unknown = matches!(
+                                        u.observed.servers[0].state,
+                                        ServerState::Unknown { .. }
+                                    );
+                                    assert!(!unknown, "stopped behind an unknown slot: {p:?}");
+                                    if open {
+                                        let maint = pos(
+                                            &|st| matches!(st, Step::SetServer { target, state: AdminState::Maint } if target == slot),
+                                        );
+                                        assert!(maint.is_some_and(|m| m < stop), "{p:?}");
+                                    }
+                                }
+                            }
+                            let last_open = p.steps.iter().rposition(|st| phase(st) <= 7);
+                            let first_close = p.steps.iter().position(|st| phase(st) >= 8);
+                            if let (Some(o), Some(c)) = (last_open, first_close) {
+                                assert!(o < c, "{p:?}");
+                            }
+                        }
+                    }
+                }
+            }
         }
     }
 }

@@ -17,15 +17,18 @@ use tracing::{info, info_span, warn, Instrument};
 use crate::backend::docker::DockerBackend;
 use crate::backend::haproxy::RuntimeApi;
 use crate::backend::BackendError;
+use crate::burst::{self, Scale, UnitKind, BURST_KEY};
 use crate::config::{ReconcileConfig, ServiceConfig};
 use crate::desired::{self, Current, Damping, Decision, Effective, Mode, Rules};
-use crate::metrics::{ActionLabels, Metrics, ModeLabels, ServiceLabels, StepLabels, TargetLabels};
+use crate::metrics::{
+    ActionLabels, DirectionLabels, KindLabels, Metrics, ModeLabels, ServiceLabels, StepLabels,
+    TargetLabels,
+};
 use crate::plan::{
     self, ContainerObs, ContainerState, Health, InstanceObs, InstanceState, Observed, ServerObs,
-    ServerRef, ServerState, Step,
+    ServerRef, ServerState, Step, UnitObs,
 };
-use crate::store::ServiceState;
-use crate::store::{StepRecord, Store};
+use crate::store::{BurstStatus, CostStatus, ServiceState, StepRecord, Store};
 
 /// Test-only crash points: `FAILOVER_RESPONDER_CRASH_BEFORE=<action>` aborts the process (as
 /// kill -9 would) right before the first step with that action (`start_container`,
@@ -46,6 +49,9 @@ pub struct ServiceRuntime {
     pub haproxy: Vec<RuntimeApi>,
     #[cfg(feature = "ec2")]
     pub ec2: Option<crate::backend::ec2::Ec2Backend>,
+    /// The instance pool of EC2 burst units.
+    #[cfg(feature = "ec2")]
+    pub burst_ec2: Option<crate::backend::ec2::Ec2Backend>,
     /// Notified by the webhook when a notification concerns this service.
     pub wake: Arc<Notify>,
     /// Since when the on-prem probe has answered without a failure.
@@ -68,6 +74,12 @@ impl ServiceRuntime {
             .collect();
         #[cfg(feature = "ec2")]
         let ec2 = config.ec2.clone().map(crate::backend::ec2::Ec2Backend::new);
+        #[cfg(feature = "ec2")]
+        let burst_ec2 = config
+            .burst
+            .as_ref()
+            .and_then(|b| b.ec2.clone())
+            .map(crate::backend::ec2::Ec2Backend::new);
         ServiceRuntime {
             name: name.to_string(),
             config,
@@ -75,6 +87,8 @@ impl ServiceRuntime {
             haproxy,
             #[cfg(feature = "ec2")]
             ec2,
+            #[cfg(feature = "ec2")]
+            burst_ec2,
             wake: Arc::new(Notify::new()),
             onprem_healthy_since: Arc::default(),
             probe: reqwest::Client::builder()
@@ -84,11 +98,37 @@ impl ServiceRuntime {
         }
     }
 
-    /// Whether an alert with these labels concerns this service (matches its failover_on or
-    /// failback_on). Others can never move it.
+    /// Whether an alert with these labels concerns this service (matches its failover_on,
+    /// failback_on or burst.on). Others can never move it.
     pub fn concerns(&self, labels: &crate::alert::Labels) -> bool {
         crate::matcher::matches_all(&self.config.failover_matchers, labels)
             || crate::matcher::matches_all(&self.config.failback_matchers, labels)
+            || self.overload_alert(labels)
+    }
+
+    fn overload_alert(&self, labels: &crate::alert::Labels) -> bool {
+        self.config
+            .burst
+            .as_ref()
+            .is_some_and(|b| crate::matcher::matches_all(&b.matchers, labels))
+    }
+
+    /// Whether an overload alert fires now.
+    fn overloaded(&self, firing: &[desired::FiringAlert]) -> bool {
+        firing.iter().any(|a| self.overload_alert(&a.labels))
+    }
+
+    /// The burst count the stored state and the alerts firing now give (None: no bursting).
+    fn burst_now(&self, ctx: &Context, state: &ServiceState, now: DateTime<Utc>) -> Option<Scale> {
+        let b = self.config.burst.as_ref()?;
+        let guard = burst::guard(&self.config.cost, b.ec2.is_some(), &state.usage, now);
+        Some(burst::next(
+            b.into(),
+            self.overloaded(&ctx.store.firing()),
+            &state.burst,
+            guard,
+            now,
+        ))
     }
 
     /// The damping rules from the config.
@@ -298,11 +338,21 @@ fn desired_now(svc: &ServiceRuntime, ctx: &Context, state: &ServiceState) -> (De
     (decision, eff)
 }
 
-/// Whether a wait or the next step should stop because the target mode has changed.
-fn superseded(svc: &ServiceRuntime, ctx: &Context, mode: Mode) -> bool {
+/// What a pass is driving towards: the mode, and the burst count if the service bursts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Target {
+    mode: Mode,
+    burst: Option<u32>,
+}
+
+/// Whether a wait or the next step should stop because the target has changed.
+fn superseded(svc: &ServiceRuntime, ctx: &Context, target: Target) -> bool {
     let state = state_of(svc, ctx);
     let (_, eff) = desired_now(svc, ctx, &state);
-    eff.mode != mode || eff.paused
+    let burst = svc
+        .burst_now(ctx, &state, Utc::now())
+        .map(|s| s.state.target);
+    eff.mode != target.mode || eff.paused || burst != target.burst
 }
 
 /// One pass: decide, record the decision, observe, plan, execute.
@@ -364,21 +414,54 @@ pub async fn reconcile_once(svc: &ServiceRuntime, ctx: &Context) -> Result<PassO
             .inc();
     }
 
-    let observed = observe(svc, ctx).await;
+    let (observed, mut units) = tokio::join!(observe(svc, ctx), observe_units(svc));
+    let now = Utc::now();
+    let scale = scale_burst(svc, ctx, &mut state, &observed, &units, now).await?;
+    let target = Target {
+        mode: if eff.paused { decision.mode } else { eff.mode },
+        burst: scale.as_ref().map(|s| s.state.target),
+    };
     // Paused: show what following the alerts would do, and do none of it.
-    let plan = plan::plan(
-        if eff.paused { decision.mode } else { eff.mode },
-        &observed,
-        svc.config.standby,
-    );
+    let mode_plan = plan::plan(target.mode, &observed, svc.config.standby);
+    let burst_plan = match (&svc.config.burst, target.burst) {
+        (Some(b), Some(n)) => {
+            explain_missing_instances(b, n, &mut units);
+            plan::plan_burst(n, &units, b.haproxy.weight)
+        }
+        _ => plan::Plan::default(),
+    };
+    let plan = plan::Plan {
+        steps: mode_plan
+            .steps
+            .iter()
+            .chain(&burst_plan.steps)
+            .cloned()
+            .collect(),
+        waiting: mode_plan
+            .waiting
+            .iter()
+            .chain(&burst_plan.waiting)
+            .cloned()
+            .collect(),
+    };
+    // Which steps act on burst units (their EC2 steps go to the burst pool).
+    let is_burst = |i: usize| i >= mode_plan.steps.len();
     record_pass(svc, ctx, &decision, &eff, &observed, &plan);
+    record_burst(svc, ctx, &state, scale.as_ref(), &units, now);
+    let recheck = match (
+        eff.recheck_after,
+        scale.as_ref().and_then(|s| s.recheck_after),
+    ) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
 
     if plan.steps.is_empty() {
         if state.step_in_flight.is_some() {
             state.step_in_flight = None;
             ctx.store.set_service(&svc.name, state).await?;
         }
-        return Ok(match (plan.converged(), eff.recheck_after) {
+        return Ok(match (plan.converged(), recheck) {
             (true, Some(after)) => PassOutcome::Held { after },
             (true, None) => PassOutcome::Converged,
             (false, _) => PassOutcome::Waiting,
@@ -397,13 +480,17 @@ pub async fn reconcile_once(svc: &ServiceRuntime, ctx: &Context) -> Result<PassO
             after: ctx.settings.interval,
         });
     }
-    info!(service = %svc.name, mode = eff.mode.as_str(), reason = %decision.reason, steps = %steps_text, "executing plan");
+    let burst_text = target
+        .burst
+        .map(|n| format!(", burst {n} unit(s)"))
+        .unwrap_or_default();
+    info!(service = %svc.name, mode = eff.mode.as_str(), burst = ?target.burst, reason = %decision.reason, steps = %steps_text, "executing plan");
     ctx.store
         .event(
             &svc.name,
             "plan",
             format!(
-                "mode {} ({}); steps: {steps_text}",
+                "mode {} ({}){burst_text}; steps: {steps_text}",
                 eff.mode.as_str(),
                 eff.held.as_deref().unwrap_or(&decision.reason)
             ),
@@ -416,15 +503,15 @@ pub async fn reconcile_once(svc: &ServiceRuntime, ctx: &Context) -> Result<PassO
         )
         .await?;
     let crash_before = std::env::var(CRASH_ENV).ok();
-    for step in &plan.steps {
+    for (i, step) in plan.steps.iter().enumerate() {
         // The world may have moved on while earlier steps ran (a recovery during a slow start,
-        // an override).
-        if superseded(svc, ctx, eff.mode) {
+        // an override, the next burst step).
+        if superseded(svc, ctx, target) {
             ctx.store
                 .event(
                     &svc.name,
                     "superseded",
-                    format!("desired mode changed before {step}"),
+                    format!("desired state changed before {step}"),
                     vec![],
                 )
                 .await?;
@@ -439,7 +526,9 @@ pub async fn reconcile_once(svc: &ServiceRuntime, ctx: &Context) -> Result<PassO
         }
         let span = info_span!("step", service = %svc.name, action = step.action(), target = %step);
         let started = Instant::now();
-        let result = execute(svc, ctx, eff.mode, step).instrument(span).await;
+        let result = execute(svc, ctx, target, step, is_burst(i))
+            .instrument(span)
+            .await;
         let elapsed = started.elapsed();
         let (outcome, error) = match &result {
             Ok(StepDone::Done) => ("success", None),
@@ -462,6 +551,201 @@ pub async fn reconcile_once(svc: &ServiceRuntime, ctx: &Context) -> Result<PassO
     state.step_in_flight = None;
     ctx.store.set_service(&svc.name, state).await?;
     Ok(PassOutcome::Progress)
+}
+
+/// Takes in the units running now (for the cost guard and estimate) and moves the burst count;
+/// records a change, says why, and says once when the cost guard starts holding growth.
+async fn scale_burst(
+    svc: &ServiceRuntime,
+    ctx: &Context,
+    state: &mut ServiceState,
+    observed: &Observed,
+    units: &[UnitObs],
+    now: DateTime<Utc>,
+) -> Result<Option<Scale>, crate::store::StoreError> {
+    let mut persist = state.usage.observe(&running_units(observed, units), now);
+    let before = state.burst.target;
+    let scale = svc.burst_now(ctx, state, now);
+    if let Some(sc) = &scale {
+        if sc.state != state.burst {
+            state.burst = sc.state.clone();
+            persist = true;
+        }
+    }
+    if persist {
+        ctx.store.set_service(&svc.name, state.clone()).await?;
+    }
+    let Some(sc) = &scale else { return Ok(None) };
+    let labels = ServiceLabels {
+        service: svc.name.clone(),
+    };
+    if let Some(reason) = &sc.reason {
+        let direction = if sc.state.target > before {
+            "up"
+        } else {
+            "down"
+        };
+        info!(service = %svc.name, direction, target = sc.state.target, reason = %reason, "burst scale");
+        ctx.metrics
+            .burst_scale
+            .get_or_create(&DirectionLabels {
+                service: svc.name.clone(),
+                direction: direction.into(),
+            })
+            .inc();
+        let fps = ctx
+            .store
+            .firing()
+            .into_iter()
+            .filter(|a| svc.overload_alert(&a.labels))
+            .map(|a| a.fingerprint)
+            .collect();
+        ctx.store
+            .event(&svc.name, "scale", format!("burst {reason}"), fps)
+            .await?;
+    }
+    let was_capped = ctx.metrics.burst_capped.get_or_create(&labels).get() != 0;
+    ctx.metrics
+        .burst_capped
+        .get_or_create(&labels)
+        .set(i64::from(sc.capped.is_some()));
+    if let (Some(why), false) = (&sc.capped, was_capped) {
+        warn!(service = %svc.name, held = %why, "cost guard holds bursting");
+        ctx.store
+            .event(&svc.name, "cost_guard", why.clone(), vec![])
+            .await?;
+    }
+    Ok(scale)
+}
+
+/// Every cloud unit running now, named for the usage record (burst ones prefixed).
+fn running_units(observed: &Observed, units: &[UnitObs]) -> Vec<(String, UnitKind)> {
+    let mut out = Vec::new();
+    let mut add = |prefix: &str, o: &Observed| {
+        for i in &o.instances {
+            if matches!(i.state, InstanceState::Running | InstanceState::Pending) {
+                out.push((format!("{prefix}instance {}", i.id), UnitKind::Instance));
+            }
+        }
+        for c in &o.containers {
+            if matches!(c.state, ContainerState::Running { .. }) {
+                out.push((format!("{prefix}container {}", c.name), UnitKind::Container));
+            }
+        }
+    };
+    add("", observed);
+    for u in units {
+        add(BURST_KEY, &u.observed);
+    }
+    out
+}
+
+/// An instance unit the pool has no instance for cannot come up: say so, rather than wait
+/// for an address that will never be known.
+fn explain_missing_instances(b: &crate::config::BurstConfig, target: u32, units: &mut [UnitObs]) {
+    if b.ec2.is_none() {
+        return;
+    }
+    let pool = units
+        .iter()
+        .filter(|u| !u.observed.instances.is_empty())
+        .count();
+    for u in units.iter_mut() {
+        if u.index <= target && u.observed.instances.is_empty() {
+            u.observed.instances.push(InstanceObs {
+                id: format!("for burst unit {}", u.index),
+                state: InstanceState::Unknown {
+                    reason: format!("the pool has only {pool} instance(s)"),
+                },
+                private_ip: None,
+            });
+        }
+    }
+}
+
+/// Burst and cost status and metrics.
+fn record_burst(
+    svc: &ServiceRuntime,
+    ctx: &Context,
+    state: &ServiceState,
+    scale: Option<&Scale>,
+    units: &[UnitObs],
+    now: DateTime<Utc>,
+) {
+    let labels = ServiceLabels {
+        service: svc.name.clone(),
+    };
+    let cost = &svc.config.cost;
+    let usage = &state.usage;
+    let estimate = usage.hourly_estimate(cost.instance_hourly_price, cost.container_hourly_price);
+    let hours = usage.instance_hours_today(now);
+    ctx.metrics
+        .cost_per_hour
+        .get_or_create(&labels)
+        .set(estimate);
+    ctx.metrics
+        .instance_hours_today
+        .get_or_create(&labels)
+        .set(hours);
+    for kind in [UnitKind::Instance, UnitKind::Container] {
+        let n = usage.running.values().filter(|r| r.kind == kind).count();
+        ctx.metrics
+            .units_running
+            .get_or_create(&KindLabels {
+                service: svc.name.clone(),
+                kind: match kind {
+                    UnitKind::Instance => "instance",
+                    UnitKind::Container => "container",
+                }
+                .into(),
+            })
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+    let burst = match (&svc.config.burst, scale) {
+        (Some(b), Some(sc)) => {
+            let open = units
+                .iter()
+                .filter(|u| {
+                    !u.observed.servers.is_empty()
+                        && u.observed
+                            .servers
+                            .iter()
+                            .all(|s| s.state == ServerState::Ready)
+                })
+                .count();
+            let open = u32::try_from(open).unwrap_or(u32::MAX);
+            ctx.metrics
+                .burst_desired
+                .get_or_create(&labels)
+                .set(i64::from(sc.state.target));
+            ctx.metrics
+                .burst_open
+                .get_or_create(&labels)
+                .set(i64::from(open));
+            Some(BurstStatus {
+                target: sc.state.target,
+                min: b.min,
+                max: b.max,
+                overloaded: svc.overloaded(&ctx.store.firing()),
+                open,
+                capped: sc.capped.clone(),
+                units: units.to_vec(),
+            })
+        }
+        _ => None,
+    };
+    ctx.store.set_burst_status(
+        &svc.name,
+        burst,
+        CostStatus {
+            running: usage.running.clone(),
+            instances_running: usage.instances(),
+            instance_hours_today: hours,
+            estimated_cost_per_hour: estimate,
+            max_instances: cost.max_instances,
+            max_instance_hours_per_day: cost.max_instance_hours_per_day,
+        },
+    );
 }
 
 fn record_pass(
@@ -602,7 +886,9 @@ pub async fn observe(svc: &ServiceRuntime, _ctx: &Context) -> Observed {
         for (api, answer) in svc.haproxy.iter().zip(answers) {
             for server in &h.cloud_servers {
                 let state = match &answer {
-                    Ok(states) => states.get(server).cloned().unwrap_or(ServerState::Missing),
+                    Ok(states) => states
+                        .get(server)
+                        .map_or(ServerState::Missing, |i| i.state.clone()),
                     Err(e) => ServerState::Unknown {
                         reason: e.to_string(),
                     },
@@ -614,6 +900,8 @@ pub async fn observe(svc: &ServiceRuntime, _ctx: &Context) -> Observed {
                         server: server.clone(),
                     },
                     state,
+                    addr: None,
+                    weight: None,
                 });
             }
         }
@@ -642,21 +930,9 @@ async fn observe_instances(svc: &ServiceRuntime) -> Vec<InstanceObs> {
     let (Some(ec2), Some(cfg)) = (&svc.ec2, &svc.config.ec2) else {
         return Vec::new();
     };
-    match ec2.observe().await {
-        Ok(mut found) => {
-            // By id, an id EC2 did not return is unknown, not absent.
-            for id in &cfg.instance_ids {
-                if !found.iter().any(|i| &i.id == id) {
-                    found.push(InstanceObs {
-                        id: id.clone(),
-                        state: InstanceState::Unknown {
-                            reason: "not returned by DescribeInstances".into(),
-                        },
-                    });
-                }
-            }
-            found
-        }
+    match observe_pool(ec2, cfg).await {
+        Ok(found) => found,
+        // EC2 cannot be asked: every configured instance is unknown.
         Err(e) => {
             let ids = if cfg.instance_ids.is_empty() {
                 vec![cfg
@@ -672,6 +948,7 @@ async fn observe_instances(svc: &ServiceRuntime) -> Vec<InstanceObs> {
                     state: InstanceState::Unknown {
                         reason: e.to_string(),
                     },
+                    private_ip: None,
                 })
                 .collect()
         }
@@ -683,9 +960,147 @@ async fn observe_instances(_svc: &ServiceRuntime) -> Vec<InstanceObs> {
     Vec::new()
 }
 
+/// The instances of one pool (failover or burst), sorted by id. By id, an id EC2 did not return
+/// is unknown, not absent.
 #[cfg(feature = "ec2")]
-fn ec2_of(svc: &ServiceRuntime) -> Result<&crate::backend::ec2::Ec2Backend, BackendError> {
-    svc.ec2.as_ref().ok_or_else(|| BackendError::Rejected {
+async fn observe_pool(
+    ec2: &crate::backend::ec2::Ec2Backend,
+    cfg: &crate::config::Ec2Config,
+) -> Result<Vec<InstanceObs>, BackendError> {
+    let mut found = ec2.observe().await?;
+    for id in &cfg.instance_ids {
+        if !found.iter().any(|i| &i.id == id) {
+            found.push(InstanceObs {
+                id: id.clone(),
+                state: InstanceState::Unknown {
+                    reason: "not returned by DescribeInstances".into(),
+                },
+                private_ip: None,
+            });
+        }
+    }
+    found.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(found)
+}
+
+/// The burst pool's instances; empty when the units are containers.
+async fn observe_burst_pool(svc: &ServiceRuntime) -> Result<Vec<InstanceObs>, BackendError> {
+    #[cfg(feature = "ec2")]
+    if let (Some(ec2), Some(cfg)) = (
+        &svc.burst_ec2,
+        svc.config.burst.as_ref().and_then(|b| b.ec2.as_ref()),
+    ) {
+        return observe_pool(ec2, cfg).await;
+    }
+    let _ = svc;
+    Ok(Vec::new())
+}
+
+/// Observes every burst unit `1..=max`: its container or instance and its slot on every
+/// HAProxy (one `show servers state` per HAProxy for all slots).
+async fn observe_units(svc: &ServiceRuntime) -> Vec<UnitObs> {
+    let Some(b) = &svc.config.burst else {
+        return Vec::new();
+    };
+    let backend = burst_backend(svc);
+    let slots: Vec<String> = (1..=b.max)
+        .map(|i| burst::slot_name(&b.haproxy.server_prefix, i))
+        .collect();
+    let answers =
+        futures_util::future::join_all(svc.haproxy.iter().map(|api| api.observe(&backend, &slots)));
+    let (answers, pool) = tokio::join!(answers, observe_burst_pool(svc));
+    let mut units = Vec::new();
+    for (n, slot) in (1..=b.max).zip(&slots) {
+        let mut containers = Vec::new();
+        if let (Some(c), Some(d)) = (&b.container, &svc.docker) {
+            let spec = burst::render_container(c, n, b.port_base);
+            containers.push(ContainerObs {
+                name: spec.name.clone(),
+                state: d.observe(&spec).await,
+            });
+        }
+        let servers = svc
+            .haproxy
+            .iter()
+            .zip(&answers)
+            .map(|(api, answer)| {
+                let (state, addr, weight) = match answer {
+                    Ok(m) => match m.get(slot) {
+                        Some(i) => (i.state.clone(), i.addr.clone(), i.weight),
+                        None => (ServerState::Missing, None, None),
+                    },
+                    Err(e) => (
+                        ServerState::Unknown {
+                            reason: e.to_string(),
+                        },
+                        None,
+                        None,
+                    ),
+                };
+                ServerObs {
+                    target: ServerRef {
+                        api: api.label.clone(),
+                        backend: backend.clone(),
+                        server: slot.clone(),
+                    },
+                    state,
+                    addr,
+                    weight,
+                }
+            })
+            .collect();
+        let instances: Vec<InstanceObs> = match &pool {
+            Ok(list) => list
+                .get(usize::try_from(n - 1).unwrap_or(usize::MAX))
+                .cloned()
+                .into_iter()
+                .collect(),
+            // EC2 cannot be asked: every unit's instance is unknown.
+            Err(e) => vec![InstanceObs {
+                id: format!("for burst unit {n}"),
+                state: InstanceState::Unknown {
+                    reason: e.to_string(),
+                },
+                private_ip: None,
+            }],
+        };
+        let ip = instances.first().and_then(|i| i.private_ip.as_deref());
+        let address = burst::render_address(&b.address, n, b.port_base, ip)
+            .ok()
+            .map(|(host, port)| format!("{host}:{port}"));
+        units.push(UnitObs {
+            index: n,
+            observed: Observed {
+                containers,
+                servers,
+                instances,
+            },
+            address,
+        });
+    }
+    units
+}
+
+/// The backend holding the burst slots.
+fn burst_backend(svc: &ServiceRuntime) -> String {
+    let from_burst = svc
+        .config
+        .burst
+        .as_ref()
+        .and_then(|b| b.haproxy.backend.clone());
+    from_burst
+        .or_else(|| svc.config.haproxy.as_ref().map(|h| h.backend.clone()))
+        .unwrap_or_default()
+}
+
+/// The EC2 pool a step acts on: the burst pool for burst steps, else the failover one.
+#[cfg(feature = "ec2")]
+fn ec2_of(
+    svc: &ServiceRuntime,
+    burst: bool,
+) -> Result<&crate::backend::ec2::Ec2Backend, BackendError> {
+    let pool = if burst { &svc.burst_ec2 } else { &svc.ec2 };
+    pool.as_ref().ok_or_else(|| BackendError::Rejected {
         target: "ec2".into(),
         message: "no ec2 in this service's config".into(),
         retryable: false,
@@ -700,28 +1115,43 @@ enum StepDone {
     Superseded,
 }
 
+#[cfg_attr(not(feature = "ec2"), allow(unused_variables))]
 async fn execute(
     svc: &ServiceRuntime,
     ctx: &Context,
-    mode: Mode,
+    target: Target,
     step: &Step,
+    burst: bool,
 ) -> Result<StepDone, BackendError> {
     let timeouts = &svc.config.timeouts;
     match step {
         Step::StartContainer { container } => {
             let (d, c) = container_of(svc, container)?;
-            d.start(&svc.name, c).await?;
+            d.start(&svc.name, &c).await?;
             Ok(StepDone::Done)
         }
         Step::StopContainer { container } => {
             let (d, c) = container_of(svc, container)?;
-            d.stop(c, timeouts.stop).await?;
+            d.stop(&c, timeouts.stop).await?;
             Ok(StepDone::Done)
         }
-        Step::SetServer { target, state } => {
-            let api = api_of(svc, &target.api)?;
-            api.set_state(&target.backend, &target.server, *state)
-                .await?;
+        Step::SetServer { target: t, state } => {
+            let api = api_of(svc, &t.api)?;
+            api.set_state(&t.backend, &t.server, *state).await?;
+            Ok(StepDone::Done)
+        }
+        Step::SetServerAddr {
+            target: t,
+            addr,
+            port,
+        } => {
+            let api = api_of(svc, &t.api)?;
+            api.set_addr(&t.backend, &t.server, addr, *port).await?;
+            Ok(StepDone::Done)
+        }
+        Step::SetWeight { target: t, weight } => {
+            let api = api_of(svc, &t.api)?;
+            api.set_weight(&t.backend, &t.server, *weight).await?;
             Ok(StepDone::Done)
         }
         Step::WaitHealthy { containers } => {
@@ -730,7 +1160,7 @@ async fn execute(
                 let mut all = true;
                 for name in containers {
                     let (d, c) = container_of(svc, name)?;
-                    match d.observe(c).await {
+                    match d.observe(&c).await {
                         ContainerState::Running {
                             health: Health::Healthy,
                         } => {}
@@ -749,7 +1179,7 @@ async fn execute(
                 if all {
                     return Ok(StepDone::Done);
                 }
-                if superseded(svc, ctx, mode) {
+                if superseded(svc, ctx, target) {
                     return Ok(StepDone::Superseded);
                 }
                 if Instant::now() >= deadline {
@@ -763,17 +1193,17 @@ async fn execute(
         }
         #[cfg(feature = "ec2")]
         Step::StartInstances { ids } => {
-            ec2_of(svc)?.start(ids).await?;
+            ec2_of(svc, burst)?.start(ids).await?;
             Ok(StepDone::Done)
         }
         #[cfg(feature = "ec2")]
         Step::WaitInstancesRunning { ids } => {
-            ec2_of(svc)?.wait_running(ids).await?;
+            ec2_of(svc, burst)?.wait_running(ids).await?;
             Ok(StepDone::Done)
         }
         #[cfg(feature = "ec2")]
         Step::StopInstances { ids } => {
-            ec2_of(svc)?.stop(ids).await?;
+            ec2_of(svc, burst)?.stop(ids).await?;
             Ok(StepDone::Done)
         }
         #[cfg(not(feature = "ec2"))]
@@ -793,7 +1223,7 @@ async fn execute(
                 if d.ping().await.is_ok() {
                     return Ok(StepDone::Done);
                 }
-                if superseded(svc, ctx, mode) {
+                if superseded(svc, ctx, target) {
                     return Ok(StepDone::Superseded);
                 }
                 if Instant::now() >= deadline {
@@ -815,7 +1245,7 @@ async fn execute(
                 if left == 0 {
                     return Ok(StepDone::Done);
                 }
-                if superseded(svc, ctx, mode) {
+                if superseded(svc, ctx, target) {
                     return Ok(StepDone::Superseded);
                 }
                 if Instant::now() >= deadline {
@@ -828,25 +1258,34 @@ async fn execute(
     }
 }
 
+/// A container this service manages: a failover container from the config, or a burst unit's
+/// (`<name>-<i>`, rendered from the burst template).
 fn container_of<'a>(
     svc: &'a ServiceRuntime,
     name: &str,
-) -> Result<(&'a DockerBackend, &'a crate::config::ContainerConfig), BackendError> {
-    let found = svc
-        .docker
-        .as_ref()
-        .zip(svc.config.docker.as_ref())
-        .and_then(|(d, cfg)| {
-            cfg.containers
-                .iter()
-                .find(|c| c.name == name)
-                .map(|c| (d, c))
-        });
-    found.ok_or_else(|| BackendError::Rejected {
+) -> Result<(&'a DockerBackend, crate::config::ContainerConfig), BackendError> {
+    let missing = || BackendError::Rejected {
         target: format!("container {name}"),
         message: "not in this service's config".into(),
         retryable: false,
-    })
+    };
+    let d = svc.docker.as_ref().ok_or_else(missing)?;
+    if let Some(c) = svc
+        .config
+        .docker
+        .as_ref()
+        .and_then(|cfg| cfg.containers.iter().find(|c| c.name == name))
+    {
+        return Ok((d, c.clone()));
+    }
+    let b = svc.config.burst.as_ref().ok_or_else(missing)?;
+    let template = b.container.as_ref().ok_or_else(missing)?;
+    let index = name
+        .strip_prefix(&format!("{}-", template.name))
+        .and_then(|i| i.parse::<u32>().ok())
+        .filter(|i| (1..=b.max).contains(i))
+        .ok_or_else(missing)?;
+    Ok((d, burst::render_container(template, index, b.port_base)))
 }
 
 fn api_of<'a>(svc: &'a ServiceRuntime, label: &str) -> Result<&'a RuntimeApi, BackendError> {

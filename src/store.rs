@@ -125,6 +125,12 @@ pub struct ServiceState {
     pub override_: Option<Override>,
     /// The step being executed; still set after a crash, so the restart says what it redoes.
     pub step_in_flight: Option<String>,
+    /// The burst count and its timing (absent in state written before bursting existed).
+    #[serde(default)]
+    pub burst: crate::burst::BurstState,
+    /// Cloud units running and today's instance-hours, for the cost guard and estimate.
+    #[serde(default)]
+    pub usage: crate::burst::Usage,
 }
 
 impl ServiceState {
@@ -135,6 +141,8 @@ impl ServiceState {
             transitions: Vec::new(),
             override_: None,
             step_in_flight: None,
+            burst: crate::burst::BurstState::default(),
+            usage: crate::burst::Usage::default(),
         }
     }
 }
@@ -167,6 +175,43 @@ pub struct ServiceStatus {
     pub last_error: Option<String>,
     pub consecutive_failures: u32,
     pub last_steps: VecDeque<StepRecord>,
+    /// Bursting: the count, what each unit looks like, and what holds growth back.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub burst: Option<BurstStatus>,
+    /// Cloud units running now, since when, and what they cost.
+    pub cost: CostStatus,
+}
+
+/// The burst part of a service's status.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct BurstStatus {
+    /// Units that should be up and open now.
+    pub target: u32,
+    pub min: u32,
+    pub max: u32,
+    /// Whether the overload alert fires now.
+    pub overloaded: bool,
+    /// Slots open (ready) on every HAProxy.
+    pub open: u32,
+    /// Why the cost guard holds growth back, while it does.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub capped: Option<String>,
+    pub units: Vec<crate::plan::UnitObs>,
+}
+
+/// The cost part of a service's status.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CostStatus {
+    /// Running units by name, with since when.
+    pub running: std::collections::BTreeMap<String, crate::burst::Running>,
+    pub instances_running: u32,
+    pub instance_hours_today: f64,
+    /// Estimate at the configured prices.
+    pub estimated_cost_per_hour: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_instances: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_instance_hours_per_day: Option<f64>,
 }
 
 /// A decision or step, for the event history.
@@ -214,6 +259,11 @@ enum Op {
         name: String,
         state: ServiceState,
         reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    SetOverride {
+        name: String,
+        override_: Option<Override>,
+        reply: oneshot::Sender<Result<Option<Override>, StoreError>>,
     },
     Event {
         service: String,
@@ -359,11 +409,28 @@ impl Store {
         .await
     }
 
-    /// Persists a service's state.
+    /// Persists a service's state as the reconciler sees it. The override is the operator's:
+    /// the stored one is kept, so a pass that read the state before a `pause` cannot undo it.
     pub async fn set_service(&self, name: &str, state: ServiceState) -> Result<(), StoreError> {
         let name = name.to_string();
         self.call(|reply| Op::SetService { name, state, reply })
             .await
+    }
+
+    /// Sets a service's override alone (in the writer, so nothing else is overwritten);
+    /// returns the previous one.
+    pub async fn set_override(
+        &self,
+        name: &str,
+        override_: Option<Override>,
+    ) -> Result<Option<Override>, StoreError> {
+        let name = name.to_string();
+        self.call(|reply| Op::SetOverride {
+            name,
+            override_,
+            reply,
+        })
+        .await
     }
 
     /// Appends to the event history; returns the event id.
@@ -434,6 +501,14 @@ impl Store {
         s.waiting = plan.waiting.clone();
         s.pending_steps = plan.steps.iter().map(ToString::to_string).collect();
         s.last_reconcile_at = Some(Utc::now());
+    }
+
+    /// Records the burst and cost part of a service's status (memory only).
+    pub fn set_burst_status(&self, service: &str, burst: Option<BurstStatus>, cost: CostStatus) {
+        let mut g = self.write();
+        let s = g.status.entry(service.to_string()).or_default();
+        s.burst = burst;
+        s.cost = cost;
     }
 
     /// Records a step outcome in the status; a failure also sets `last_error`.
@@ -599,6 +674,10 @@ enum Reply {
     Replace(oneshot::Sender<Result<bool, StoreError>>, bool),
     Unit(oneshot::Sender<Result<(), StoreError>>),
     Event(oneshot::Sender<Result<u64, StoreError>>, u64),
+    Override(
+        oneshot::Sender<Result<Option<Override>, StoreError>>,
+        Option<Override>,
+    ),
 }
 
 impl Reply {
@@ -609,6 +688,7 @@ impl Reply {
             Reply::Replace(tx, _) => tx.send(Err(e)).map_err(|_| ()),
             Reply::Unit(tx) => tx.send(Err(e)).map_err(|_| ()),
             Reply::Event(tx, _) => tx.send(Err(e)).map_err(|_| ()),
+            Reply::Override(tx, _) => tx.send(Err(e)).map_err(|_| ()),
         };
     }
     fn succeed(self) {
@@ -617,11 +697,24 @@ impl Reply {
             Reply::Replace(tx, c) => tx.send(Ok(c)).map_err(|_| ()),
             Reply::Unit(tx) => tx.send(Ok(())).map_err(|_| ()),
             Reply::Event(tx, id) => tx.send(Ok(id)).map_err(|_| ()),
+            Reply::Override(tx, old) => tx.send(Ok(old)).map_err(|_| ()),
         };
     }
 }
 
 impl Writer {
+    /// A service's state as this batch leaves it so far (staged), else as committed.
+    fn current_service(&self, staged: &Staged, name: &str) -> Option<ServiceState> {
+        staged.services.get(name).cloned().or_else(|| {
+            self.mem
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .services
+                .get(name)
+                .cloned()
+        })
+    }
+
     fn run(mut self, mut rx: mpsc::Receiver<Op>) {
         while let Some(first) = rx.blocking_recv() {
             let mut batch = vec![first];
@@ -844,7 +937,14 @@ impl Writer {
                         }
                         replies.push(Reply::Replace(reply, changed));
                     }
-                    Op::SetService { name, state, reply } => {
+                    Op::SetService {
+                        name,
+                        mut state,
+                        reply,
+                    } => {
+                        if let Some(cur) = self.current_service(st, &name) {
+                            state.override_ = cur.override_;
+                        }
                         services
                             .insert(
                                 name.as_str(),
@@ -853,6 +953,24 @@ impl Writer {
                             .map_err(|x| e(&x))?;
                         st.services.insert(name, state);
                         replies.push(Reply::Unit(reply));
+                    }
+                    Op::SetOverride {
+                        name,
+                        override_,
+                        reply,
+                    } => {
+                        let mut state = self
+                            .current_service(st, &name)
+                            .unwrap_or_else(|| ServiceState::new(Utc::now()));
+                        let old = std::mem::replace(&mut state.override_, override_);
+                        services
+                            .insert(
+                                name.as_str(),
+                                serde_json::to_vec(&state).map_err(|x| e(&x))?.as_slice(),
+                            )
+                            .map_err(|x| e(&x))?;
+                        st.services.insert(name, state);
+                        replies.push(Reply::Override(reply, old));
                     }
                     Op::Event {
                         service,
@@ -1050,8 +1168,12 @@ mod tests {
             store.record(n.clone(), all(&n)).await.expect("record");
             let mut s = ServiceState::new(Utc::now());
             s.mode = Mode::Cloud;
-            s.override_ = Some(Override::Paused);
             s.step_in_flight = Some("start cloud-api".into());
+            store
+                .set_override("svc", Some(Override::Paused))
+                .await
+                .expect("override");
+            // A reconcile pass that read the state before the override cannot undo it.
             store.set_service("svc", s).await.expect("set");
             store
                 .event("svc", "plan", "m".into(), vec!["fp".into()])

@@ -348,3 +348,316 @@ async fn pilot_light_keeps_the_instance_running() {
     );
     r.shutdown().await;
 }
+
+/// A proxy in front of moto that answers the first `throttle` requests (all of them when
+/// `usize::MAX`) with EC2's throttling error, as AWS does under a request storm, and forwards
+/// the rest. Counts both.
+struct ThrottleProxy {
+    url: String,
+    throttled: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    forwarded: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl ThrottleProxy {
+    async fn start(upstream: &str, throttle: usize) -> ThrottleProxy {
+        use std::sync::atomic::AtomicUsize;
+        use std::sync::Arc;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind proxy");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let throttled = Arc::new(AtomicUsize::new(0));
+        let forwarded = Arc::new(AtomicUsize::new(0));
+        let (t, f) = (throttled.clone(), forwarded.clone());
+        let upstream = upstream.to_string();
+        let seen = Arc::new(AtomicUsize::new(0));
+        tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            while let Ok((conn, _)) = listener.accept().await {
+                let (t, f, seen, client, upstream) = (
+                    t.clone(),
+                    f.clone(),
+                    seen.clone(),
+                    client.clone(),
+                    upstream.clone(),
+                );
+                tokio::spawn(async move {
+                    let _ = proxy_one(conn, throttle, &seen, &t, &f, &client, &upstream).await;
+                });
+            }
+        });
+        ThrottleProxy {
+            url,
+            throttled,
+            forwarded,
+        }
+    }
+
+    fn counts(&self) -> (usize, usize) {
+        use std::sync::atomic::Ordering;
+        (
+            self.throttled.load(Ordering::SeqCst),
+            self.forwarded.load(Ordering::SeqCst),
+        )
+    }
+}
+
+/// Reads one HTTP/1.1 request, answers it (throttled or forwarded), closes the connection.
+async fn proxy_one(
+    mut conn: tokio::net::TcpStream,
+    throttle: usize,
+    seen: &std::sync::atomic::AtomicUsize,
+    throttled: &std::sync::atomic::AtomicUsize,
+    forwarded: &std::sync::atomic::AtomicUsize,
+    client: &reqwest::Client,
+    upstream: &str,
+) -> std::io::Result<()> {
+    use std::sync::atomic::Ordering;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let head_end = loop {
+        let n = conn.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+    let mut lines = head.lines();
+    let request_line = lines.next().unwrap_or_default().to_string();
+    let mut parts = request_line.split_whitespace();
+    let (method, path) = (
+        parts.next().unwrap_or("POST").to_string(),
+        parts.next().unwrap_or("/").to_string(),
+    );
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    let len: usize = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0);
+    while buf.len() < head_end + len {
+        let n = conn.read(&mut chunk).await?;
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let body = buf[head_end..].to_vec();
+    let (status, ctype, answer) = if seen.fetch_add(1, Ordering::SeqCst) < throttle {
+        throttled.fetch_add(1, Ordering::SeqCst);
+        (
+            "503 Service Unavailable".to_string(),
+            "text/xml".to_string(),
+            b"<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error><Code>RequestLimitExceeded</Code><Message>Request limit exceeded.</Message></Error></Errors><RequestID>throttle-proxy</RequestID></Response>".to_vec(),
+        )
+    } else {
+        forwarded.fetch_add(1, Ordering::SeqCst);
+        let mut req = client.request(
+            method.parse().unwrap_or(reqwest::Method::POST),
+            format!("{upstream}{path}"),
+        );
+        for (k, v) in &headers {
+            if !["host", "content-length", "connection"].contains(&k.to_ascii_lowercase().as_str())
+            {
+                req = req.header(k, v);
+            }
+        }
+        let resp = req.body(body).send().await.map_err(std::io::Error::other)?;
+        let status = resp.status();
+        let ctype = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("text/xml")
+            .to_string();
+        let bytes = resp.bytes().await.map_err(std::io::Error::other)?;
+        (
+            format!(
+                "{} {}",
+                status.as_u16(),
+                status.canonical_reason().unwrap_or("")
+            ),
+            ctype,
+            bytes.to_vec(),
+        )
+    };
+    let head = format!(
+        "HTTP/1.1 {status}\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        answer.len()
+    );
+    conn.write_all(head.as_bytes()).await?;
+    conn.write_all(&answer).await?;
+    conn.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttling_is_answered_with_retries() {
+    let Some(m) = moto().await else { return };
+    let ids = launch(&m.url, 1, ("failover-responder", "throttled")).await;
+
+    // Two throttled answers, then moto: the SDK's own retries get the start through.
+    let proxy = ThrottleProxy::start(&m.url, 2).await;
+    let ec2 = Ec2Backend::new(cfg(&proxy.url, ids.clone(), None));
+    let t = Instant::now();
+    ec2.start(&ids).await.expect("start through throttling");
+    let (throttled, forwarded) = proxy.counts();
+    println!(
+        "throttling: start succeeded after {throttled} throttled answers in {:?}",
+        t.elapsed()
+    );
+    assert_eq!(throttled, 2);
+    assert!(forwarded >= 1);
+    let direct = Ec2Backend::new(cfg(&m.url, ids.clone(), None));
+    assert!(matches!(
+        direct.observe().await.expect("observe")[0].state,
+        InstanceState::Pending | InstanceState::Running
+    ));
+
+    // Throttled on every attempt: the SDK gives up after its retries, and the error says
+    // throttling and that backing off and retrying can help.
+    let always = ThrottleProxy::start(&m.url, usize::MAX).await;
+    let ec2 = Ec2Backend::new(cfg(&always.url, ids.clone(), None));
+    let err = ec2.stop(&ids).await.expect_err("throttled throughout");
+    let (throttled, forwarded) = always.counts();
+    assert!(throttled >= 2, "the SDK retried: {throttled} attempts");
+    assert_eq!(forwarded, 0);
+    assert!(err.is_retryable(), "{err}");
+    assert!(err.to_string().contains("RequestLimitExceeded"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn burst_instance_units_grow_within_the_cost_guard_and_stop_after() {
+    let Some(m) = moto().await else { return };
+    let Some(w) = World::start("burst-ec2").await else {
+        return;
+    };
+    let mut pool = launch(&m.url, 3, ("failover-responder-burst", "onprem-api")).await;
+    pool.sort();
+    let port_base = free_port_range(3);
+    // Units are instances; HAProxy's slots point at loopback ports (never at moto's invented
+    // private addresses), and max_instances allows two of the three.
+    let service = format!(
+        r#"    hold_down: 0s
+    cost: {{instance_hourly_price: 0.1, max_instances: 2}}
+    burst:
+      on: ['alertname="onprem_overloaded"', 'service="onprem-api"']
+      min: 1
+      max: 3
+      step: 1
+      scale_up_every: 500ms
+      cooldown: 1s
+      scale_in_every: 500ms
+      address: '127.0.0.1:{{port}}'
+      port_base: {port_base}
+      haproxy: {{server_prefix: burst}}
+      ec2: {{region: us-east-1, endpoint_url: '{}', tag: {{key: failover-responder-burst, value: onprem-api}}}}
+"#,
+        m.url
+    );
+    let r = Responder::start(&w.config("", &service), w.dir.path()).await;
+    let ec2 = Ec2Backend::new(cfg(&m.url, pool.clone(), None));
+    let running = || async {
+        ec2.observe()
+            .await
+            .expect("observe")
+            .iter()
+            .filter(|i| i.state == InstanceState::Running)
+            .map(|i| i.id.clone())
+            .collect::<Vec<_>>()
+    };
+    let haproxy = &w.haproxy;
+    let slot_open =
+        |i: u32| async move { haproxy.admin_flags(&format!("burst{i}")).await & 0x3b == 0 };
+
+    let fired = chrono::Utc::now();
+    let t = Instant::now();
+    let body = alert_body("onprem_overloaded", "00000000000000bb", fired, None);
+    assert_eq!(r.post_alerts(&body).await.status().as_u16(), 202);
+    eventually(
+        "capped at two instances",
+        Duration::from_secs(60),
+        || async {
+            let st = r.status().await;
+            let capped = st["services"]["onprem-api"]["burst"]["capped"].is_string();
+            (capped && slot_open(1).await && slot_open(2).await).then_some(())
+        },
+    )
+    .await;
+    println!(
+        "burst (moto instances): two units open, guard holding, in {:?}",
+        t.elapsed()
+    );
+    assert_eq!(
+        running().await,
+        pool[..2].to_vec(),
+        "the first two of the pool, by id"
+    );
+    assert!(!slot_open(3).await, "no third unit past max_instances");
+    let st = r.status().await;
+    let svc = &st["services"]["onprem-api"];
+    assert!(
+        svc["burst"]["capped"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("at most 2"),
+        "{svc:#}"
+    );
+    assert_eq!(svc["burst"]["target"], 2);
+    assert_eq!(svc["cost"]["instances_running"], 2);
+    assert_eq!(svc["cost"]["estimated_cost_per_hour"], 0.2);
+    assert!(
+        svc["burst"]["units"][0]["instances"][0]["private_ip"].is_string(),
+        "the unit's private address is known: {svc:#}"
+    );
+    let guard_events = r
+        .events("service=onprem-api")
+        .await
+        .iter()
+        .filter(|e| e["kind"] == "cost_guard")
+        .count();
+    assert_eq!(guard_events, 1, "said once, not on every pass");
+    let m_text = r.metrics().await;
+    assert_eq!(
+        metric(
+            &m_text,
+            "failover_responder_burst_capped{service=\"onprem-api\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &m_text,
+            "failover_responder_cloud_units_running{service=\"onprem-api\",kind=\"instance\"}"
+        ),
+        2.0
+    );
+
+    let body = alert_body(
+        "onprem_overloaded",
+        "00000000000000bb",
+        fired,
+        Some(chrono::Utc::now()),
+    );
+    assert_eq!(r.post_alerts(&body).await.status().as_u16(), 202);
+    eventually(
+        "instances stopped after cooldown",
+        Duration::from_secs(60),
+        || async {
+            (running().await.is_empty() && !slot_open(1).await && !slot_open(2).await).then_some(())
+        },
+    )
+    .await;
+    println!(
+        "burst (moto instances): back to zero {:?} after the overload began",
+        t.elapsed()
+    );
+    r.shutdown().await;
+}

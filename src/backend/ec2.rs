@@ -127,7 +127,11 @@ impl Ec2Backend {
                         reason: format!("unexpected state {other:?}"),
                     },
                 };
-                Some(InstanceObs { id, state })
+                Some(InstanceObs {
+                    id,
+                    state,
+                    private_ip: i.private_ip_address().map(String::from),
+                })
             })
             .collect();
         found.sort_by(|a, b| a.id.cmp(&b.id));

@@ -140,7 +140,7 @@ impl RuntimeApi {
         &self,
         backend: &str,
         servers: &[String],
-    ) -> Result<BTreeMap<String, ServerState>, BackendError> {
+    ) -> Result<BTreeMap<String, ServerInfo>, BackendError> {
         let out = self
             .command(&format!("show servers state {backend}"))
             .await?;
@@ -148,12 +148,60 @@ impl RuntimeApi {
         Ok(servers
             .iter()
             .map(|s| {
-                (
-                    s.clone(),
-                    states.get(s).cloned().unwrap_or(ServerState::Missing),
-                )
+                let info = states.get(s).cloned().unwrap_or(ServerInfo {
+                    state: ServerState::Missing,
+                    addr: None,
+                    weight: None,
+                });
+                (s.clone(), info)
             })
             .collect())
+    }
+
+    /// `set server <backend>/<server> <what>`. HAProxy answers nothing on success, except for
+    /// `addr`, which answers "IP changed from ..." or "no need to change the addr". Anything
+    /// else ("No such server.", "Permission denied") is a config mismatch that a HAProxy
+    /// reload may still fix, so it is retried, slowly.
+    async fn set_server(
+        &self,
+        backend: &str,
+        server: &str,
+        what: &str,
+    ) -> Result<(), BackendError> {
+        let out = self
+            .command(&format!("set server {backend}/{server} {what}"))
+            .await?;
+        let msg = out.trim();
+        let ok =
+            msg.is_empty() || msg.contains("changed from") || msg.contains("no need to change");
+        if ok {
+            Ok(())
+        } else {
+            Err(self.rejected(msg.to_string(), true))
+        }
+    }
+
+    /// `set server <backend>/<server> addr <ip> port <port>`: points a slot at its unit.
+    pub async fn set_addr(
+        &self,
+        backend: &str,
+        server: &str,
+        addr: &str,
+        port: u16,
+    ) -> Result<(), BackendError> {
+        self.set_server(backend, server, &format!("addr {addr} port {port}"))
+            .await
+    }
+
+    /// `set server <backend>/<server> weight <w>`.
+    pub async fn set_weight(
+        &self,
+        backend: &str,
+        server: &str,
+        weight: u32,
+    ) -> Result<(), BackendError> {
+        self.set_server(backend, server, &format!("weight {weight}"))
+            .await
     }
 
     /// `set server <backend>/<server> state <ready|drain|maint>`.
@@ -163,20 +211,8 @@ impl RuntimeApi {
         server: &str,
         state: AdminState,
     ) -> Result<(), BackendError> {
-        let out = self
-            .command(&format!(
-                "set server {backend}/{server} state {}",
-                state.as_str()
-            ))
-            .await?;
-        let msg = out.trim();
-        if msg.is_empty() {
-            Ok(())
-        } else {
-            // "No such server." / "No such backend." / "Permission denied": a config mismatch that a
-            // HAProxy reload may still fix, so it is retried, slowly.
-            Err(self.rejected(msg.to_string(), true))
-        }
+        self.set_server(backend, server, &format!("state {}", state.as_str()))
+            .await
     }
 
     /// Current sessions plus queued requests on a server, from `show stat`.
@@ -215,12 +251,22 @@ pub fn admin_state_from_flags(flags: u32) -> ServerState {
     }
 }
 
+/// One server's line of `show servers state`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerInfo {
+    pub state: ServerState,
+    /// `srv_addr:srv_port`.
+    pub addr: Option<String>,
+    /// `srv_uweight`.
+    pub weight: Option<u32>,
+}
+
 /// Parses `show servers state <backend>` output (format version 1): a version line, a `# `
 /// header naming the columns, then one space-separated line per server.
 pub fn parse_servers_state(
     out: &str,
     backend: &str,
-) -> Result<BTreeMap<String, ServerState>, String> {
+) -> Result<BTreeMap<String, ServerInfo>, String> {
     let mut lines = out.lines().filter(|l| !l.trim().is_empty());
     let first = lines.next().unwrap_or("").trim();
     if first != "1" {
@@ -244,6 +290,12 @@ pub fn parse_servers_state(
     };
     let (be_col, name_col, admin_col) =
         (col("be_name")?, col("srv_name")?, col("srv_admin_state")?);
+    // Optional columns: address, port and weight matter only for burst slots.
+    let (addr_col, port_col, weight_col) = (
+        col("srv_addr").ok(),
+        col("srv_port").ok(),
+        col("srv_uweight").ok(),
+    );
     let mut states = BTreeMap::new();
     for line in lines {
         let fields: Vec<&str> = line.split_whitespace().collect();
@@ -260,7 +312,19 @@ pub fn parse_servers_state(
         let flags: u32 = admin
             .parse()
             .map_err(|_| format!("show servers state: bad srv_admin_state {admin:?}"))?;
-        states.insert(name.to_string(), admin_state_from_flags(flags));
+        let get = |c: Option<usize>| c.and_then(|i| fields.get(i)).copied();
+        let addr = match (get(addr_col), get(port_col)) {
+            (Some(a), Some(p)) => Some(format!("{a}:{p}")),
+            _ => None,
+        };
+        states.insert(
+            name.to_string(),
+            ServerInfo {
+                state: admin_state_from_flags(flags),
+                addr,
+                weight: get(weight_col).and_then(|w| w.parse().ok()),
+            },
+        );
     }
     Ok(states)
 }
@@ -356,9 +420,17 @@ mod tests {
         let out = "1\n# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_uweight\n\
                    3 api 1 onprem 127.0.0.1 2 0 1\n3 api 2 cloud1 127.0.0.1 0 5 1\n3 api 3 cloud2 127.0.0.1 2 12 1\n\n";
         let s = parse_servers_state(out, "api").expect("parses");
-        assert_eq!(s.get("onprem"), Some(&ServerState::Ready));
-        assert_eq!(s.get("cloud1"), Some(&ServerState::Maint));
-        assert_eq!(s.get("cloud2"), Some(&ServerState::Drain));
+        let state = |n: &str| s.get(n).map(|i| i.state.clone());
+        assert_eq!(state("onprem"), Some(ServerState::Ready));
+        assert_eq!(state("cloud1"), Some(ServerState::Maint));
+        assert_eq!(state("cloud2"), Some(ServerState::Drain));
+        assert_eq!(s["cloud1"].weight, Some(1));
+        assert_eq!(s["cloud1"].addr, None, "no srv_port column");
+        let with_port = "1\n# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_uweight srv_port\n\
+                         3 api 4 burst1 127.0.0.1 2 0 50 18100\n";
+        let s = parse_servers_state(with_port, "api").expect("parses");
+        assert_eq!(s["burst1"].addr.as_deref(), Some("127.0.0.1:18100"));
+        assert_eq!(s["burst1"].weight, Some(50));
         assert!(parse_servers_state("Can't find backend.\n", "api")
             .expect("ok")
             .is_empty());

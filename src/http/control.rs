@@ -35,16 +35,10 @@ pub async fn set_override(
             )))
         }
     };
-    let mut st = state
-        .store
-        .service(&name)
-        .unwrap_or_else(|| ServiceState::new(Utc::now()));
-    let old = st.override_;
-    st.override_ = new;
     let store_err = |e: crate::store::StoreError| ApiError::Internal(e.to_string());
-    state
+    let old = state
         .store
-        .set_service(&name, st)
+        .set_override(&name, new)
         .await
         .map_err(store_err)?;
     state

@@ -62,6 +62,22 @@ pub fn fixture_names() -> Vec<String> {
     names
 }
 
+/// `n` consecutive free loopback ports; returns the first.
+pub fn free_port_range(n: u16) -> u16 {
+    for _ in 0..100 {
+        let base = free_port();
+        if base.checked_add(n).is_none() {
+            continue;
+        }
+        let all_free =
+            (base..base + n).all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok());
+        if all_free {
+            return base;
+        }
+    }
+    panic!("no {n} consecutive free ports");
+}
+
 /// A port free right now on 127.0.0.1 (for components that must bind it themselves).
 pub fn free_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
@@ -124,8 +140,9 @@ pub fn start_httpd(dir: &Path, port: u16, body: &str) -> Proc {
     }
 }
 
-/// A real HAProxy with a frontend, an on-prem server and a `backup` cloud server that starts
-/// in maint (`disabled`), and an admin socket.
+/// A real HAProxy with a frontend, an on-prem server, a `backup` cloud server that starts
+/// in maint (`disabled`), four burst slots from a `server-template` (normal servers, in maint
+/// until the responder points one at a unit and opens it), and an admin socket.
 pub struct Haproxy {
     pub proc: Proc,
     pub socket: PathBuf,
@@ -145,7 +162,8 @@ impl Haproxy {
              frontend fe\n  bind 127.0.0.1:{frontend_port}\n  default_backend api\n\n\
              backend api\n  option httpchk GET /health\n  default-server inter 200ms fall 2 rise 1\n  \
              server onprem 127.0.0.1:{onprem_port} check\n  \
-             server cloud1 127.0.0.1:{cloud_port} check backup disabled\n",
+             server cloud1 127.0.0.1:{cloud_port} check backup disabled\n  \
+             server-template burst 1-4 127.0.0.1:9 check disabled\n",
             sock = socket.display()
         );
         std::fs::write(&config, cfg).expect("write haproxy.cfg");
@@ -199,6 +217,15 @@ impl Haproxy {
 
     /// The `srv_admin_state` flags of a server, straight from `show servers state`.
     pub async fn admin_flags(&self, server: &str) -> u32 {
+        self.server_field(server, "srv_admin_state")
+            .await
+            .parse()
+            .unwrap_or_else(|e| panic!("{server} admin state: {e}"))
+    }
+
+    /// One column of a server's line in `show servers state api` (srv_addr, srv_port,
+    /// srv_uweight, ...).
+    pub async fn server_field(&self, server: &str, column: &str) -> String {
         let out = self.cmd("show servers state api").await;
         let header: Vec<&str> = out
             .lines()
@@ -210,14 +237,14 @@ impl Haproxy {
             .iter()
             .position(|c| *c == "srv_name")
             .expect("srv_name");
-        let admin_col = header
+        let col = header
             .iter()
-            .position(|c| *c == "srv_admin_state")
-            .expect("admin");
+            .position(|c| *c == column)
+            .unwrap_or_else(|| panic!("no column {column} in:\n{out}"));
         out.lines()
             .map(|l| l.split_whitespace().collect::<Vec<_>>())
             .find(|f| f.get(name_col) == Some(&server))
-            .and_then(|f| f.get(admin_col).and_then(|v| v.parse().ok()))
+            .and_then(|f| f.get(col).map(|v| v.to_string()))
             .unwrap_or_else(|| panic!("server {server} not in:\n{out}"))
     }
 
@@ -551,18 +578,30 @@ pub fn down_body(
     starts: chrono::DateTime<chrono::Utc>,
     ends: Option<chrono::DateTime<chrono::Utc>>,
 ) -> Vec<u8> {
+    alert_body("onprem_down", "0123456789abcdef", starts, ends)
+}
+
+/// A notification body with one alert `alertname` for service onprem-api, firing (`ends`
+/// None) or resolved.
+pub fn alert_body(
+    alertname: &str,
+    fingerprint: &str,
+    starts: chrono::DateTime<chrono::Utc>,
+    ends: Option<chrono::DateTime<chrono::Utc>>,
+) -> Vec<u8> {
     let status = if ends.is_some() { "resolved" } else { "firing" };
     let ends = ends.map_or("0001-01-01T00:00:00Z".to_string(), |e| e.to_rfc3339());
     serde_json::json!({
-        "version": "4", "groupKey": "{}:{alertname=\"onprem_down\", service=\"onprem-api\"}",
+        "version": "4",
+        "groupKey": format!("{{}}:{{alertname=\"{alertname}\", service=\"onprem-api\"}}"),
         "status": status, "receiver": "responder", "truncatedAlerts": 0,
-        "groupLabels": {"alertname": "onprem_down", "service": "onprem-api"},
+        "groupLabels": {"alertname": alertname, "service": "onprem-api"},
         "commonLabels": {}, "commonAnnotations": {}, "externalURL": "http://127.0.0.1:9093",
         "alerts": [{
             "status": status,
-            "labels": {"alertname": "onprem_down", "service": "onprem-api", "instance": "127.0.0.1:5000"},
+            "labels": {"alertname": alertname, "service": "onprem-api", "instance": "127.0.0.1:5000"},
             "annotations": {}, "startsAt": starts.to_rfc3339(), "endsAt": ends,
-            "generatorURL": "", "fingerprint": "0123456789abcdef"
+            "generatorURL": "", "fingerprint": fingerprint
         }]
     })
     .to_string()

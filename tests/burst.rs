@@ -1,0 +1,377 @@
+//! Cloud bursting against real parts: Debian's HAProxy with a `server-template` backend, the real
+//! Docker engine, the responder in-process. Overload fires -> capacity grows to max in steps,
+//! each unit opened as a normal weighted server; the alert resolves -> after the cooldown it
+//! shrinks to zero, each unit drained, closed, then stopped; a flapping alert never thrashes.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// `onprem_overloaded` for service onprem-api, firing or resolved (now).
+fn overload_body(starts: chrono::DateTime<chrono::Utc>, resolved: bool) -> Vec<u8> {
+    let ends = resolved.then(chrono::Utc::now);
+    alert_body("onprem_overloaded", "00000000000000aa", starts, ends)
+}
+
+struct Burst {
+    world: World,
+    responder: Responder,
+    prefix: String,
+    port_base: u16,
+    _guards: Vec<ContainerGuard>,
+}
+
+const MAX: u32 = 3;
+
+/// A world whose service bursts into up to three busybox containers behind slots burst1..3.
+async fn burst_stack(test: &str, timing: &str) -> Option<Burst> {
+    let world = World::start(test).await?;
+    let prefix = format!("fr-burst-{test}-{}", std::process::id());
+    let guards: Vec<ContainerGuard> = (1..=MAX)
+        .map(|i| ContainerGuard(format!("{prefix}-{i}")))
+        .collect();
+    // Leftovers from an aborted run would make the test meaningless.
+    for g in &guards {
+        drop(ContainerGuard(g.0.clone()));
+    }
+    let port_base = free_port_range(MAX as u16);
+    let service = format!(
+        r#"    hold_down: 0s
+    cost: {{container_hourly_price: 0.25}}
+    burst:
+      on: ['alertname="onprem_overloaded"', 'service="onprem-api"']
+      min: 1
+      max: {MAX}
+      step: 1
+{timing}
+      address: '127.0.0.1:{{port}}'
+      port_base: {port_base}
+      haproxy: {{server_prefix: burst, weight: 50}}
+      container:
+        name: {prefix}
+        image: {IMAGE}
+        ports: ['127.0.0.1:{{port}}:8080']
+        health_url: 'http://127.0.0.1:{{port}}/health'
+"#
+    );
+    let cfg = world.config("", &service);
+    let responder = Responder::start(&cfg, world.dir.path()).await;
+    Some(Burst {
+        world,
+        responder,
+        prefix,
+        port_base,
+        _guards: guards,
+    })
+}
+
+impl Burst {
+    /// Slots open (no maint/drain flag) in HAProxy, by index.
+    async fn open_slots(&self) -> Vec<u32> {
+        let mut open = Vec::new();
+        for i in 1..=MAX {
+            if self.world.haproxy.admin_flags(&format!("burst{i}")).await & 0x3b == 0 {
+                open.push(i);
+            }
+        }
+        open
+    }
+
+    async fn running(&self) -> Vec<u32> {
+        let mut up = Vec::new();
+        for i in 1..=MAX {
+            let name = format!("{}-{i}", self.prefix);
+            if container_running(&self.world.docker, &name).await == Some(true) {
+                up.push(i);
+            }
+        }
+        up
+    }
+
+    /// Never a slot open in front of a unit that is not running.
+    async fn assert_safe(&self, when: &str) {
+        let open = self.open_slots().await;
+        let running = self.running().await;
+        for i in &open {
+            assert!(
+                running.contains(i),
+                "{when}: burst{i} open in front of a stopped container (running {running:?})"
+            );
+        }
+    }
+
+    /// The burst counts of the `scale` events, in order.
+    async fn scale_events(&self) -> Vec<(u32, chrono::DateTime<chrono::Utc>)> {
+        self.responder
+            .events("service=onprem-api")
+            .await
+            .iter()
+            .filter(|e| e["kind"] == "scale")
+            .map(|e| {
+                let msg = e["message"].as_str().unwrap_or_default();
+                // "burst 1 -> 2: ..."
+                let to = msg
+                    .split("->")
+                    .nth(1)
+                    .and_then(|r| r.split(':').next())
+                    .and_then(|n| n.trim().parse().ok())
+                    .unwrap_or_else(|| panic!("unparsable scale event {msg:?}"));
+                let at = e["at"].as_str().and_then(|t| t.parse().ok()).expect("at");
+                (to, at)
+            })
+            .collect()
+    }
+}
+
+/// Polls until `f` holds, checking the safety invariant on every look.
+async fn until(s: &Burst, what: &str, timeout: Duration, f: impl Fn(&[u32], &[u32]) -> bool) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        s.assert_safe(what).await;
+        let (open, running) = (s.open_slots().await, s.running().await);
+        if f(&open, &running) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not reached in {timeout:?} (open {open:?}, running {running:?})\n{:#}",
+            s.responder.status().await["services"]["onprem-api"]["burst"]
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overload_grows_to_max_in_steps_and_shrinks_after_cooldown_with_drain() {
+    let Some(s) = burst_stack(
+        "grow",
+        "      scale_up_every: 1s\n      cooldown: 2s\n      scale_in_every: 1s",
+    )
+    .await
+    else {
+        return;
+    };
+    let r = &s.responder;
+    assert!(s.open_slots().await.is_empty(), "slots start in maint");
+
+    let fired = chrono::Utc::now();
+    assert_eq!(
+        r.post_alerts(&overload_body(fired, false)).await.status(),
+        202
+    );
+    let t0 = Instant::now();
+    until(&s, "first unit open", Duration::from_secs(30), |open, _| {
+        !open.is_empty()
+    })
+    .await;
+    println!(
+        "burst: first unit open {:?} after the notification",
+        t0.elapsed()
+    );
+    until(
+        &s,
+        "grown to max",
+        Duration::from_secs(60),
+        |open, running| open.len() == MAX as usize && running.len() == MAX as usize,
+    )
+    .await;
+    println!(
+        "burst: {MAX} units open {:?} after the notification",
+        t0.elapsed()
+    );
+
+    // Grown one step at a time, paced by scale_up_every.
+    let ups = s.scale_events().await;
+    let counts: Vec<u32> = ups.iter().map(|(n, _)| *n).collect();
+    assert_eq!(counts, vec![1, 2, 3], "{ups:?}");
+    for w in ups.windows(2) {
+        let gap = (w[1].1 - w[0].1).num_milliseconds();
+        assert!(gap >= 1000, "scaled up faster than scale_up_every: {ups:?}");
+    }
+
+    // Each slot points at its own unit, with the configured weight, and takes traffic.
+    for i in 1..=MAX {
+        let slot = format!("burst{i}");
+        assert_eq!(
+            s.world.haproxy.server_field(&slot, "srv_addr").await,
+            "127.0.0.1"
+        );
+        assert_eq!(
+            s.world.haproxy.server_field(&slot, "srv_port").await,
+            (u32::from(s.port_base) + i - 1).to_string()
+        );
+        assert_eq!(
+            s.world.haproxy.server_field(&slot, "srv_uweight").await,
+            "50"
+        );
+    }
+    let client = reqwest::Client::new();
+    let mut bodies = std::collections::BTreeSet::new();
+    for _ in 0..40 {
+        if let Ok(resp) = client.get(s.world.haproxy.frontend()).send().await {
+            bodies.insert(resp.text().await.unwrap_or_default().trim().to_string());
+        }
+    }
+    assert!(
+        bodies.contains("cloud") && bodies.contains("onprem"),
+        "burst units serve beside on-prem (normal servers, not backups): {bodies:?}"
+    );
+
+    // Status shows the count, the units and what they cost.
+    let st = r.status().await;
+    let svc = &st["services"]["onprem-api"];
+    assert_eq!(svc["burst"]["target"], MAX);
+    assert_eq!(svc["burst"]["open"], MAX);
+    assert_eq!(svc["burst"]["overloaded"], true);
+    let running = svc["cost"]["running"].as_object().expect("running units");
+    for i in 1..=MAX {
+        let key = format!("burst container {}-{i}", s.prefix);
+        assert!(running[&key]["since"].is_string(), "{key} in {running:?}");
+    }
+    assert_eq!(svc["cost"]["estimated_cost_per_hour"], 0.75);
+    let m = r.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "failover_responder_burst_units_desired{service=\"onprem-api\"}"
+        ),
+        3.0
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "failover_responder_burst_units_open{service=\"onprem-api\"}"
+        ),
+        3.0
+    );
+
+    // Resolved: nothing moves before the cooldown; then one unit per step, each drained,
+    // closed, then stopped.
+    let resolved_at = chrono::Utc::now();
+    assert_eq!(
+        r.post_alerts(&overload_body(fired, true)).await.status(),
+        202
+    );
+    until(
+        &s,
+        "shrunk to zero",
+        Duration::from_secs(60),
+        |open, running| open.is_empty() && running.is_empty(),
+    )
+    .await;
+    let all = s.scale_events().await;
+    let downs: Vec<_> = all[3..].to_vec();
+    assert_eq!(
+        downs.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
+        vec![2, 1, 0],
+        "{all:?}"
+    );
+    assert!(
+        (downs[0].1 - resolved_at).num_milliseconds() >= 1900,
+        "first scale-in before the cooldown: {all:?} resolved {resolved_at}"
+    );
+    let steps: Vec<String> = r
+        .events("service=onprem-api")
+        .await
+        .iter()
+        .filter(|e| e["kind"] == "step")
+        .filter_map(|e| e["message"].as_str().map(String::from))
+        .collect();
+    for i in 1..=MAX {
+        let at = |prefix: &str| {
+            steps
+                .iter()
+                .position(|m| m.starts_with(prefix))
+                .unwrap_or_else(|| panic!("no step {prefix:?} in {steps:#?}"))
+        };
+        let drain = at(&format!("drain api/burst{i}"));
+        let maint = at(&format!("maint api/burst{i}"));
+        let stop = at(&format!("stop {}-{i}", s.prefix));
+        assert!(
+            drain < maint && maint < stop,
+            "unit {i} out of order: {steps:#?}"
+        );
+    }
+    let m = r.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "failover_responder_burst_scale_total{service=\"onprem-api\",direction=\"up\"}"
+        ),
+        3.0
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "failover_responder_burst_scale_total{service=\"onprem-api\",direction=\"down\"}"
+        ),
+        3.0
+    );
+    // The failover part of the service never moved.
+    assert!(s.world.is("onprem").await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flapping_overload_never_thrashes() {
+    let Some(s) = burst_stack(
+        "flap",
+        "      scale_up_every: 1s\n      cooldown: 3s\n      scale_in_every: 1s",
+    )
+    .await
+    else {
+        return;
+    };
+    let r = &s.responder;
+    // Fire and resolve every 300 ms for 5 s: a new incarnation each time, as a flapping rule
+    // with no `for:` would produce.
+    let t0 = Instant::now();
+    let mut cycles = 0;
+    while t0.elapsed() < Duration::from_secs(5) {
+        let starts = chrono::Utc::now();
+        assert_eq!(
+            r.post_alerts(&overload_body(starts, false)).await.status(),
+            202
+        );
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert_eq!(
+            r.post_alerts(&overload_body(starts, true)).await.status(),
+            202
+        );
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        s.assert_safe("while flapping").await;
+        cycles += 1;
+    }
+    let during = s.scale_events().await;
+    println!("burst: {cycles} fire/resolve cycles in 5 s -> scale events {during:?}");
+    let counts: Vec<u32> = during.iter().map(|(n, _)| *n).collect();
+    assert!(
+        counts.windows(2).all(|w| w[1] > w[0]),
+        "capacity went down while the alert flapped: {counts:?}"
+    );
+    assert!(
+        counts.len() <= 6,
+        "at most one step per scale_up_every while flapping: {counts:?}"
+    );
+    let stops = r
+        .events("service=onprem-api")
+        .await
+        .iter()
+        .filter(|e| e["kind"] == "step")
+        .filter(|e| {
+            e["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("stop "))
+        })
+        .count();
+    assert_eq!(stops, 0, "no unit stopped while the alert flapped");
+    // Quiet at last: it shrinks to zero after the cooldown.
+    until(
+        &s,
+        "quiet: shrunk to zero",
+        Duration::from_secs(60),
+        |open, running| open.is_empty() && running.is_empty(),
+    )
+    .await;
+}
