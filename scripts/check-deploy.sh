@@ -5,6 +5,7 @@
 #   alertmanager/  amtool check-config, routing table (alertmanager/tests/test-routes.sh)
 #   deploy/systemd systemd-analyze verify, systemd-analyze security (exposure score),
 #                  systemd-sysusers --dry-run
+#   deploy/haproxy haproxy -c (no error and no warning allowed)
 #   terraform/     python-hcl2 parse of every .tf, templates render and parse,
 #                  checkov (no failed check allowed), terraform fmt if terraform is installed
 #   cross-file     the responder's config, the alert rules, Prometheus and Alertmanager agree
@@ -14,7 +15,8 @@
 #
 # Installs what is missing, and only then touches the network, and only package registries:
 #   - Debian packages prometheus (promtool), prometheus-alertmanager (amtool), systemd
-#     (systemd-analyze), with `apt-get update` first; their daemons are kept from starting;
+#     (systemd-analyze), haproxy, with `apt-get update` first; their daemons are kept from
+#     starting;
 #   - PyPI packages pinned in scripts/check-deploy-requirements.txt, into virtualenvs under
 #     $CHECK_DEPLOY_CACHE (default ~/.cache/failover-responder/check-deploy).
 # The checks themselves run with no network at all: inside a fresh network namespace
@@ -140,10 +142,13 @@ apt_install() {
 }
 
 # Debian package that provides each command.
-declare -A pkg_of=([promtool]=prometheus [amtool]=prometheus-alertmanager [systemd-analyze]=systemd [systemd-sysusers]=systemd)
+declare -A pkg_of=([promtool]=prometheus [amtool]=prometheus-alertmanager [systemd-analyze]=systemd [systemd-sysusers]=systemd [haproxy]=haproxy)
+# haproxy lives in /usr/sbin, which a non-root PATH may lack.
+haproxy_bin() { command -v haproxy 2>/dev/null || { [ -x /usr/sbin/haproxy ] && echo /usr/sbin/haproxy; }; }
 missing_pkgs=()
-for cmd in promtool amtool systemd-analyze systemd-sysusers; do
+for cmd in promtool amtool systemd-analyze systemd-sysusers haproxy; do
   command -v "$cmd" >/dev/null 2>&1 && continue
+  [ "$cmd" = haproxy ] && [ -n "$(haproxy_bin)" ] && continue
   p="${pkg_of[$cmd]}"
   [[ " ${missing_pkgs[*]} " == *" $p "* ]] || missing_pkgs+=("$p")
 done
@@ -266,6 +271,21 @@ if have systemd-sysusers; then
     systemd-sysusers --root="$work/sysroot" --dry-run "$repo/deploy/systemd/failover-responder.sysusers.conf"
 else
   skip "systemd-sysusers --dry-run" "systemd-sysusers not installed (Debian package systemd)"
+fi
+
+# --- HAProxy ----------------------------------------------------------------------------------
+haproxy_cfg=deploy/haproxy/haproxy.cfg
+if [ -n "$(haproxy_bin)" ]; then
+  # `haproxy -c` parses the whole file (and resolves its user/group) without binding anything:
+  # the stats socket's directory need not exist. It exits non-zero on any error, but only
+  # WARNS about e.g. a missing timeout or an ignored keyword, and still says "valid": any
+  # [WARNING] counts as a failure too (as for systemd-analyze verify above).
+  # shellcheck disable=SC2016  # the script is for the inner bash, expanded there
+  check "haproxy -c -f $haproxy_cfg" bash -c \
+    'out="$("$1" -c -f "$2" 2>&1)"; rc=$?; printf "%s\n" "$out"; [ "$rc" -eq 0 ] && ! grep -q "\[WARNING\]" <<<"$out"' \
+    _ "$(haproxy_bin)" "$haproxy_cfg"
+else
+  skip "haproxy -c -f $haproxy_cfg" "haproxy not installed (Debian package haproxy)"
 fi
 
 # --- Python-based checks (terraform parsing, templates, cross-file consistency) ---------------

@@ -11,6 +11,11 @@ locals {
 
   ami_id = var.ami_id != null ? var.ami_id : data.aws_ami.debian12[0].id
 
+  # The burst pool: the tag burst.ec2.tag selects in the responder's config.
+  burst_tag_key   = "failover-responder-burst"
+  burst_tag_value = var.burst_service
+  burst_ami_id    = coalesce(var.burst_ami_id, local.ami_id)
+
   responder_config_yaml = coalesce(var.responder_config_yaml, file("${path.module}/../config/failover-responder.yaml"))
 
   # Rendered in two steps: the bootstrap script, then cloud-config that carries it (and the
@@ -131,6 +136,19 @@ resource "aws_vpc_security_group_egress_rule" "http" {
   to_port           = 80
 }
 
+# HAProxy (on-prem) to the burst units' service port: their traffic and health checks. The
+# rule is on the shared group, so it also opens that port on the standby host.
+resource "aws_vpc_security_group_ingress_rule" "burst_service" {
+  for_each = var.burst_instance_count > 0 ? toset(var.haproxy_cidrs) : toset([])
+
+  security_group_id = aws_security_group.responder.id
+  description       = "On-prem HAProxy to the burst units' service"
+  cidr_ipv4         = each.value
+  ip_protocol       = "tcp"
+  from_port         = var.burst_service_port
+  to_port           = var.burst_service_port
+}
+
 # --- Identity --------------------------------------------------------------------------------
 
 data "aws_iam_policy_document" "assume_ec2" {
@@ -196,6 +214,24 @@ data "aws_iam_policy_document" "responder" {
       test     = "StringEquals"
       variable = "aws:ResourceTag/${var.burst_tag_key}"
       values   = [var.burst_tag_value]
+    }
+  }
+
+  # The burst pool built below: only instances tagged failover-responder-burst=<burst_service>.
+  dynamic "statement" {
+    for_each = var.burst_instance_count > 0 ? [local.burst_tag_value] : []
+    content {
+      sid     = "StartStopBurstPool"
+      actions = ["ec2:StartInstances", "ec2:StopInstances"]
+      resources = [
+        "arn:${local.partition}:ec2:${local.region}:${local.account_id}:instance/*",
+      ]
+
+      condition {
+        test     = "StringEquals"
+        variable = "aws:ResourceTag/${local.burst_tag_key}"
+        values   = [statement.value]
+      }
     }
   }
 
@@ -272,5 +308,83 @@ resource "aws_instance" "standby" {
   tags = {
     Name             = "${var.name}-standby"
     ResponderVersion = var.responder_version
+  }
+}
+
+# --- Optional burst pool ---------------------------------------------------------------------
+#
+# burst_instance_count instances that run the service from their AMI / user data, for the
+# responder's burst.ec2 (tag: {key: failover-responder-burst, value: <burst_service>}; unit i
+# is the i-th instance by id, address '{private_ip}:<burst_service_port>'). Created, then
+# stopped by aws_ec2_instance_state: they cost only storage until the responder starts them.
+# Same subnet and security group as the standby host; hardened like it, but with a role that
+# grants nothing (they need no AWS access) and no termination protection (the count may shrink).
+
+# A role with no policy: the units need no AWS access (attach e.g. AmazonSSMManagedInstanceCore
+# to it if you manage them through SSM). An instance with no role at all fails checkov.
+resource "aws_iam_role" "burst" {
+  count = var.burst_instance_count > 0 ? 1 : 0
+
+  name                 = "${var.name}-burst"
+  description          = "Failover responder burst units: no permissions"
+  assume_role_policy   = data.aws_iam_policy_document.assume_ec2.json
+  max_session_duration = 3600
+}
+
+resource "aws_iam_instance_profile" "burst" {
+  count = var.burst_instance_count > 0 ? 1 : 0
+
+  name = "${var.name}-burst"
+  role = aws_iam_role.burst[0].name
+}
+
+resource "aws_instance" "burst" {
+  count = var.burst_instance_count
+
+  ami                    = local.burst_ami_id
+  instance_type          = var.burst_instance_type
+  subnet_id              = var.subnet_id
+  vpc_security_group_ids = [aws_security_group.responder.id]
+  iam_instance_profile   = aws_iam_instance_profile.burst[0].name
+
+  # Private only: the on-prem HAProxy reaches them over the VPN / Direct Connect.
+  associate_public_ip_address = false
+
+  monitoring    = true
+  ebs_optimized = true
+
+  user_data = var.burst_user_data
+
+  metadata_options {
+    http_endpoint               = "enabled"
+    http_tokens                 = "required" # IMDSv2 only
+    http_put_response_hop_limit = 1
+    instance_metadata_tags      = "disabled"
+  }
+
+  root_block_device {
+    volume_type           = "gp3"
+    volume_size           = var.root_volume_size_gb
+    encrypted             = true
+    kms_key_id            = var.ebs_kms_key_arn
+    delete_on_termination = true
+  }
+
+  tags = {
+    Name                  = "${var.name}-burst-${var.burst_service}"
+    (local.burst_tag_key) = local.burst_tag_value
+  }
+}
+
+# Stopped once created. From then on the responder owns the state: ignore_changes keeps a
+# later `terraform apply` from stopping units that are serving a burst.
+resource "aws_ec2_instance_state" "burst" {
+  count = var.burst_instance_count
+
+  instance_id = aws_instance.burst[count.index].id
+  state       = "stopped"
+
+  lifecycle {
+    ignore_changes = [state]
   }
 }

@@ -22,3 +22,18 @@ output "role_arn" {
   description = "Instance role; tag burst instances with burst_tag_key=burst_tag_value for it to start/stop them."
   value       = aws_iam_role.responder.arn
 }
+
+output "burst_pool_tag_key" {
+  description = "Tag key of the burst pool: burst.ec2.tag.key in the responder's config."
+  value       = local.burst_tag_key
+}
+
+output "burst_pool_tag_value" {
+  description = "Tag value of the burst pool (var.burst_service): burst.ec2.tag.value."
+  value       = local.burst_tag_value
+}
+
+output "burst_instance_ids" {
+  description = "The burst pool's instances (stopped until the responder starts them); unit i is the i-th id in sorted order."
+  value       = sort(aws_instance.burst[*].id)
+}

@@ -169,7 +169,7 @@ variable "token_kms_key_arn" {
 }
 
 variable "burst_tag_key" {
-  description = "Tag key that marks burst instances the responder may start and stop."
+  description = "Tag key that marks instances created outside this module (e.g. a cold-standby pool) that the responder may start and stop. The burst pool below has its own tag."
   type        = string
   default     = "failover-responder/burst"
 }
@@ -178,6 +178,79 @@ variable "burst_tag_value" {
   description = "Value of burst_tag_key on those instances."
   type        = string
   default     = "true"
+}
+
+# --- Optional burst instance pool (burst.ec2 in the responder's config) ----------------------
+
+variable "burst_instance_count" {
+  description = <<-EOT
+    EC2 instances in the burst pool (0: no pool). They are created, booted once (user data
+    runs) and left STOPPED: they cost only their EBS volume until the responder starts them.
+    Keep it >= the service's burst.max when burst.ec2 selects this pool, and within
+    cost.max_instances.
+  EOT
+  type        = number
+  default     = 0
+
+  validation {
+    condition     = var.burst_instance_count >= 0 && var.burst_instance_count <= 50 && floor(var.burst_instance_count) == var.burst_instance_count
+    error_message = "burst_instance_count: a whole number from 0 to 50."
+  }
+}
+
+variable "burst_instance_type" {
+  description = "EC2 instance type of the burst pool. Must match the AMI's architecture and be EBS-optimized capable."
+  type        = string
+  default     = "t3.small"
+}
+
+variable "burst_ami_id" {
+  description = "AMI of the burst pool: an image that runs the service on burst_service_port at boot (or use burst_user_data). Null: the standby host's AMI."
+  type        = string
+  default     = null
+}
+
+variable "burst_user_data" {
+  description = "User data (e.g. cloud-config) of the burst pool instances, run on their first boot. Null: none (the AMI runs the service)."
+  type        = string
+  default     = null
+}
+
+variable "burst_service" {
+  description = "The responder's service (services.<name>) this pool bursts; the pool is tagged failover-responder-burst=<this>, which burst.ec2.tag selects."
+  type        = string
+  default     = "onprem-api"
+
+  validation {
+    condition     = can(regex("^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$", var.burst_service))
+    error_message = "burst_service: letters, digits, '_', '.', '-' (a tag value), at most 63 characters."
+  }
+}
+
+variable "burst_service_port" {
+  description = "Port the service listens on in the burst instances (burst.address '{private_ip}:<port>')."
+  type        = number
+  default     = 8080
+
+  validation {
+    condition     = var.burst_service_port > 0 && var.burst_service_port < 65536 && !contains([2375, 2376], var.burst_service_port)
+    error_message = "burst_service_port must be a valid port and never 2375/2376 (the Docker API ports)."
+  }
+}
+
+variable "haproxy_cidrs" {
+  description = <<-EOT
+    CIDRs of the on-prem HAProxy servers, allowed to reach burst_service_port (traffic and
+    health checks) in the security group shared by the pool and the standby host. Only used
+    when the pool exists; empty: no such rule (add your own).
+  EOT
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for c in var.haproxy_cidrs : can(cidrhost(c, 0)) && !contains(["0.0.0.0/0", "::/0"], c)])
+    error_message = "haproxy_cidrs: valid CIDRs only, and not the whole internet."
+  }
 }
 
 variable "tags" {

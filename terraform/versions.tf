@@ -5,6 +5,13 @@
 # reach the responder's port, and an instance role that can read exactly one SSM parameter
 # (the webhook token) and start/stop only instances tagged for bursting.
 #
+# Optional burst pool (burst_instance_count > 0, default 0): that many instances of
+# burst_ami_id (default: the standby's AMI), in the standby's subnet and security group, tagged
+# failover-responder-burst=<burst_service> for the responder's burst.ec2.tag. They are created,
+# then left stopped (aws_ec2_instance_state), costing only their volumes until the responder
+# starts one per burst unit; the role may start/stop exactly the instances with that tag.
+# haproxy_cidrs opens burst_service_port to the on-prem HAProxy. Outputs: burst_pool_tag_*.
+#
 # What it deliberately does not build: the VPC, subnet, VPN/Direct Connect and the token
 # parameter. They are inputs, so the token never passes through Terraform state and the
 # network stays owned by whoever owns it.
