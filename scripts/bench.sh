@@ -6,7 +6,8 @@
 #
 # Targets (issue 6): >= 30,000 notifications/s with journaling, p99 ack <= 5 ms at 16
 # connections, RSS <= 20 MB idle and <= 50 MB under load.
-# Usage: scripts/bench.sh   (env DURATION=10s per run; SKIP_REACTION=1)
+# Usage: scripts/bench.sh   (env DURATION=10s per run; SKIP_REACTION=1; BIN=path to measure a
+#        binary already built, e.g. one from `cargo build --release --no-default-features`)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
@@ -14,8 +15,12 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/failover-responder/targ
 duration=${DURATION:-10s}
 
 command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; }
-cargo build --release --locked --bin failover-responder
-bin=$CARGO_TARGET_DIR/release/failover-responder
+if [ -n "${BIN:-}" ]; then
+  bin=$BIN
+else
+  cargo build --release --locked --bin failover-responder
+  bin=$CARGO_TARGET_DIR/release/failover-responder
+fi
 
 work=$(mktemp -d)
 pid=

@@ -99,7 +99,10 @@ pub struct ServerLimits {
     /// Concurrent connections per worker; more wait in the accept backlog.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
-    /// HTTP worker threads.
+    /// HTTP worker threads (default: one per core but one, at least one). The store's single
+    /// writer does the fsyncs every 202 waits for; on this project's 2-core reference machine
+    /// one worker beside it acknowledged more notifications per second than two fighting it
+    /// for the cores (README, benchmarks).
     #[serde(default = "default_workers")]
     pub workers: usize,
 }
@@ -126,7 +129,9 @@ fn default_max_connections() -> usize {
     1024
 }
 fn default_workers() -> usize {
-    2
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get().saturating_sub(1))
+        .max(1)
 }
 
 /// Basic auth user and password (from a file or inline).

@@ -9,6 +9,13 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use failover_responder::config::Config;
 
+/// mimalloc instead of glibc malloc: malloc, free and malloc_consolidate were about 16 % of
+/// the CPU at 64 connections (perf), and mimalloc's per-thread free lists make ingest about
+/// a fifth faster here (figures in the README). v3 returns memory to the OS per page, so idle
+/// RSS stays as low as with glibc.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "failover-responder",

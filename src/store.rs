@@ -236,15 +236,23 @@ pub struct ResyncStatus {
     pub alerts: usize,
 }
 
-#[derive(Serialize, Deserialize)]
-struct JournalEntry {
-    received_at: DateTime<Utc>,
-    notification: Notification,
+/// A journal entry: `{"received_at": <RFC 3339>, "notification": <the body as received>}`.
+/// The body is stored as Alertmanager sent it (it parsed, so it is valid JSON): the journal
+/// keeps what was said, byte for byte, and an alert storm costs no re-serialization.
+fn journal_entry(at: DateTime<Utc>, raw: &[u8]) -> Result<Vec<u8>, serde_json::Error> {
+    let mut entry = Vec::with_capacity(raw.len() + 64);
+    entry.extend_from_slice(b"{\"received_at\":");
+    serde_json::to_writer(&mut entry, &at)?;
+    entry.extend_from_slice(b",\"notification\":");
+    entry.extend_from_slice(raw);
+    entry.push(b'}');
+    Ok(entry)
 }
 
 enum Op {
     Record {
         n: Arc<Notification>,
+        raw: bytes::Bytes,
         relevant: Vec<bool>,
         at: DateTime<Utc>,
         reply: oneshot::Sender<Result<RecordOutcome, StoreError>>,
@@ -377,11 +385,13 @@ impl Store {
     pub async fn record(
         &self,
         n: Arc<Notification>,
+        raw: bytes::Bytes,
         relevant: Vec<bool>,
     ) -> Result<RecordOutcome, StoreError> {
         let at = Utc::now();
         self.call(|reply| Op::Record {
             n,
+            raw,
             relevant,
             at,
             reply,
@@ -664,6 +674,7 @@ struct Staged {
     services: BTreeMap<String, ServiceState>,
     recent: Vec<NotificationRecord>,
     journal_added: u64,
+    journal_removed: u64,
 }
 
 enum Reply {
@@ -753,15 +764,17 @@ impl Writer {
                 while m.recent.len() > MAX_RECENT_NOTIFICATIONS {
                     m.recent.pop_front();
                 }
-                m.journal_len += staged.journal_added;
+                m.journal_len =
+                    (m.journal_len + staged.journal_added).saturating_sub(staged.journal_removed);
                 drop(m);
+                // Answer first: pruning is housekeeping, and no request should wait for it.
+                replies.into_iter().for_each(Reply::succeed);
                 if self.since_prune >= 1024 {
                     self.since_prune = 0;
                     if let Err(e) = self.prune() {
                         tracing::warn!(error = %e, "pruning storage failed; will retry");
                     }
                 }
-                replies.into_iter().for_each(Reply::succeed);
             }
             Err(e) => {
                 tracing::error!(error = %e, "storage write failed; the batch is refused");
@@ -805,17 +818,14 @@ impl Writer {
                 match op {
                     Op::Record {
                         n,
+                        raw,
                         relevant,
                         at,
                         reply,
                     } => {
                         let seq = self.next_seq;
                         self.next_seq += 1;
-                        let entry = serde_json::to_vec(&JournalEntry {
-                            received_at: at,
-                            notification: (*n).clone(),
-                        })
-                        .map_err(|x| e(&x))?;
+                        let entry = journal_entry(at, &raw).map_err(|x| e(&x))?;
                         journal.insert(seq, entry.as_slice()).map_err(|x| e(&x))?;
                         st.journal_added += 1;
                         self.since_prune += 1;
@@ -838,15 +848,21 @@ impl Writer {
                                     received_at: at,
                                     source: n.group_key.clone(),
                                 };
-                                changed |= prev.is_none_or(|p| {
+                                let differs = prev.is_none_or(|p| {
                                     p.starts_at != a.starts_at || p.labels != a.labels
                                 });
-                                firing
-                                    .insert(
-                                        fp,
-                                        serde_json::to_vec(&new).map_err(|x| e(&x))?.as_slice(),
-                                    )
-                                    .map_err(|x| e(&x))?;
+                                changed |= differs;
+                                // A repeat of a known alert only moves received_at: kept in
+                                // memory, not rewritten on disk (after a restart the resync
+                                // from Alertmanager is the fresher word anyway).
+                                if differs {
+                                    firing
+                                        .insert(
+                                            fp,
+                                            serde_json::to_vec(&new).map_err(|x| e(&x))?.as_slice(),
+                                        )
+                                        .map_err(|x| e(&x))?;
+                                }
                                 st.firing.insert(fp.to_string(), Some(new));
                             } else {
                                 if cur_alert(st, fp).is_some() {
@@ -1015,6 +1031,12 @@ impl Writer {
                     }
                 }
             }
+            // The journal's count bound, in the same commit: as many old entries leave as new
+            // ones arrive, so a full journal costs neither an extra commit nor a burst of
+            // deletions later (the age bound is applied by `prune`).
+            st.journal_removed +=
+                prune_table(&mut journal, self.retention.journal_max_entries, |_| false)
+                    .map_err(|x| e(&x))?;
         }
         txn.commit().map_err(|x| e(&x))
     }
@@ -1070,10 +1092,14 @@ fn prune_table(
     let mut len = table.len()?;
     let mut removed = 0;
     loop {
-        let Some((k, old)) = table.first()?.map(|(k, v)| (k.value(), too_old(v.value()))) else {
+        // Over the count, the oldest goes without looking at it; only then is its age read.
+        let Some((k, old)) = table
+            .first()?
+            .map(|(k, v)| (k.value(), len > max || too_old(v.value())))
+        else {
             break;
         };
-        if len <= max && !old {
+        if !old {
             break;
         }
         table.remove(k)?;
@@ -1087,6 +1113,11 @@ fn prune_table(
 mod tests {
     use super::*;
     use crate::alert::parse_notification;
+
+    /// The body as it would have arrived (re-serialized from the parsed fixture).
+    fn raw(n: &Notification) -> bytes::Bytes {
+        bytes::Bytes::from(serde_json::to_vec(n).expect("serialize"))
+    }
 
     fn fixture(name: &str) -> Arc<Notification> {
         let path = format!(
@@ -1109,7 +1140,7 @@ mod tests {
         let resolved = fixture("onprem_down-resolved.json");
 
         let o = store
-            .record(firing.clone(), all(&firing))
+            .record(firing.clone(), raw(&firing), all(&firing))
             .await
             .expect("record");
         assert_eq!((o.changed, o.relevant), (true, 1));
@@ -1117,14 +1148,14 @@ mod tests {
         // A duplicate changes nothing.
         assert!(
             !store
-                .record(firing.clone(), all(&firing))
+                .record(firing.clone(), raw(&firing), all(&firing))
                 .await
                 .expect("record")
                 .changed
         );
         assert!(
             store
-                .record(resolved.clone(), all(&resolved))
+                .record(resolved.clone(), raw(&resolved), all(&resolved))
                 .await
                 .expect("record")
                 .changed
@@ -1133,7 +1164,7 @@ mod tests {
         // The firing copy of the resolved incarnation, delivered late, stays dead.
         assert!(
             !store
-                .record(firing.clone(), all(&firing))
+                .record(firing.clone(), raw(&firing), all(&firing))
                 .await
                 .expect("record")
                 .changed
@@ -1148,15 +1179,38 @@ mod tests {
         let store = Store::open(dir.path(), Retention::default()).expect("open");
         let n = fixture("onprem_overloaded-truncated.json");
         let o = store
-            .record(n.clone(), vec![false; 3])
+            .record(n.clone(), raw(&n), vec![false; 3])
             .await
             .expect("record");
         assert_eq!((o.changed, o.relevant), (false, 0));
         assert!(store.firing().is_empty());
         assert_eq!(store.journal_len(), 1);
         // Truncated: three of five alerts sent, three kept, nothing inferred about the rest.
-        store.record(n.clone(), all(&n)).await.expect("record");
+        store
+            .record(n.clone(), raw(&n), all(&n))
+            .await
+            .expect("record");
         assert_eq!(store.firing().len(), 3);
+    }
+
+    #[test]
+    fn journal_entries_keep_the_body_as_received() {
+        let raw = std::fs::read(format!(
+            "{}/../shared/fixtures/alertmanager-0.25/onprem_down-firing.json",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .expect("fixture");
+        let at = Utc::now();
+        let entry = journal_entry(at, &raw).expect("entry");
+        let v: serde_json::Value = serde_json::from_slice(&entry).expect("valid JSON");
+        let body: serde_json::Value = serde_json::from_slice(&raw).expect("fixture JSON");
+        assert_eq!(v["notification"], body);
+        let head: JournalHead = serde_json::from_slice(&entry).expect("head");
+        assert_eq!(head.received_at, at);
+        assert!(
+            entry.windows(raw.len()).any(|w| w == raw.as_slice()),
+            "the body is stored byte for byte"
+        );
     }
 
     #[tokio::test]
@@ -1165,7 +1219,10 @@ mod tests {
         {
             let store = Store::open(dir.path(), Retention::default()).expect("open");
             let n = fixture("onprem_down-firing.json");
-            store.record(n.clone(), all(&n)).await.expect("record");
+            store
+                .record(n.clone(), raw(&n), all(&n))
+                .await
+                .expect("record");
             let mut s = ServiceState::new(Utc::now());
             s.mode = Mode::Cloud;
             s.step_in_flight = Some("start cloud-api".into());
@@ -1210,7 +1267,10 @@ mod tests {
         let store = Store::open(dir.path(), Retention::default()).expect("open");
         let before = Utc::now() - chrono::Duration::seconds(5);
         let n = fixture("onprem_down-firing.json");
-        store.record(n.clone(), all(&n)).await.expect("record");
+        store
+            .record(n.clone(), raw(&n), all(&n))
+            .await
+            .expect("record");
         // A snapshot taken before the notification arrived does not remove it.
         assert!(!store
             .replace_firing(vec![], Default::default(), before)
@@ -1256,7 +1316,10 @@ mod tests {
         let n = fixture("onprem_down-firing.json");
         // Pruning runs every 1024 writes.
         for _ in 0..1030 {
-            store.record(n.clone(), all(&n)).await.expect("record");
+            store
+                .record(n.clone(), raw(&n), all(&n))
+                .await
+                .expect("record");
         }
         for i in 0..10 {
             store

@@ -44,6 +44,7 @@ impl AppState {
     pub async fn ingest(
         &self,
         n: Notification,
+        raw: web::Bytes,
     ) -> Result<(RecordOutcome, Vec<String>), StoreError> {
         let relevant: Vec<bool> = n
             .alerts
@@ -51,18 +52,23 @@ impl AppState {
             .map(|a| self.services.iter().any(|s| s.concerns(&a.labels)))
             .collect();
         let n = Arc::new(n);
-        let outcome = self.store.record(n.clone(), relevant).await?;
+        let outcome = self.store.record(n.clone(), raw, relevant).await?;
         self.metrics
             .journal_entries
             .set(i64::try_from(self.store.journal_len()).unwrap_or(i64::MAX));
-        let mut woken = Vec::new();
+        // The decision reads only the firing set: a notification that did not change it (a
+        // repeat, an HA twin, a storm of duplicates) has nothing to tell the reconciler, and
+        // waking it anyway would spend an alert storm's CPU on passes that change nothing.
+        let mut concerned = Vec::new();
         for s in self.services.iter() {
             if n.alerts.iter().any(|a| s.concerns(&a.labels)) {
-                s.wake.notify_one();
-                woken.push(s.name.clone());
+                if outcome.changed {
+                    s.wake.notify_one();
+                }
+                concerned.push(s.name.clone());
             }
         }
-        Ok((outcome, woken))
+        Ok((outcome, concerned))
     }
 
     pub fn service(&self, name: &str) -> Option<&ServiceRuntime> {

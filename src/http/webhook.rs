@@ -4,7 +4,6 @@
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
-use serde_json::json;
 use tracing::{info, info_span, Instrument};
 
 use super::error::ApiError;
@@ -39,8 +38,8 @@ async fn handle(
     let alerts = n.alerts.len();
     let truncated = n.truncated_alerts;
     // 2xx only once it is on disk; a storage failure is a 500 so Alertmanager retries.
-    let (outcome, woken) = state
-        .ingest(n)
+    let (outcome, concerned) = state
+        .ingest(n, body.freeze())
         .instrument(span.clone())
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?;
@@ -51,18 +50,29 @@ async fn handle(
             relevant = outcome.relevant,
             truncated,
             changed = outcome.changed,
-            services = ?woken,
+            services = ?concerned,
             "notification recorded"
         )
     });
-    Ok(HttpResponse::Accepted().json(json!({
-        "status": "accepted",
-        "seq": outcome.seq,
-        "alerts": alerts,
-        "relevant_alerts": outcome.relevant,
-        "changed": outcome.changed,
-        "services": woken,
-    })))
+    Ok(HttpResponse::Accepted().json(Accepted {
+        status: "accepted",
+        seq: outcome.seq,
+        alerts,
+        relevant_alerts: outcome.relevant,
+        changed: outcome.changed,
+        services: concerned,
+    }))
+}
+
+/// The 202 answer (a struct rather than `json!`: no map built per notification).
+#[derive(serde::Serialize)]
+struct Accepted {
+    status: &'static str,
+    seq: u64,
+    alerts: usize,
+    relevant_alerts: usize,
+    changed: bool,
+    services: Vec<String>,
 }
 
 /// Authenticates, checks the content type, reads the capped body and parses it. Shared by the
