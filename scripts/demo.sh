@@ -5,7 +5,12 @@
 # all along; the on-prem API is really stopped and started again (simulate_onprem_*.sh).
 # Prints a timeline with the measured RTO and failed requests. Cleans up on exit and Ctrl-C.
 #
-# Usage: scripts/demo.sh            (installs what is missing, builds, runs; about a minute)
+# Then, with --burst (or DEMO_BURST=1), cloud bursting: real requests at 200/s make the
+# onprem_overloaded rule fire (simulate_onprem_overload.sh), the responder adds burst containers
+# in server-template slots one step at a time, and removes them after the load stops.
+#
+# Usage: scripts/demo.sh [--burst]   (installs what is missing, builds, runs; about a minute,
+#                                     about two more with --burst)
 # Env:   DEMO_RELEASE=1 builds the release binary; DEMO_KEEP=1 keeps the work directory.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,13 +23,18 @@ CLOUD_PORT=18081       # cloud container, published on loopback
 RESPONDER_PORT=19095
 PROMETHEUS_PORT=19090
 ALERTMANAGER_PORT=19093
+BURST_PORT_BASE=18082 # burst units 1 and 2: 18082, 18083
 CONTAINER=fr-demo-cloud-api
+BURST=fr-demo-burst    # burst unit i is container fr-demo-burst-<i>
 IMAGE=onprem-api:latest
+burst_act=${DEMO_BURST:-0}
+[ "${1:-}" = "--burst" ] && burst_act=1
 
 say() { printf '\033[1m[demo]\033[0m %s\n' "$*"; }
 now_ms() { date +%s%3N; }
 
-for p in $ONPREM_PORT $FRONTEND_PORT $CLOUD_PORT $RESPONDER_PORT $PROMETHEUS_PORT $ALERTMANAGER_PORT; do
+for p in $ONPREM_PORT $FRONTEND_PORT $CLOUD_PORT $BURST_PORT_BASE $((BURST_PORT_BASE + 1)) \
+  $RESPONDER_PORT $PROMETHEUS_PORT $ALERTMANAGER_PORT; do
   if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
     echo "port 127.0.0.1:$p is in use; stop what uses it and run again" >&2
     exit 1
@@ -44,6 +54,14 @@ fi
 say "building the cloud image $IMAGE (busybox httpd answering 'cloud')"
 scripts/build-image.sh "$IMAGE" cloud
 
+remove_containers() {
+  local c
+  for c in "$CONTAINER" "$BURST-1" "$BURST-2"; do
+    curl -fsS --unix-socket /var/run/docker.sock -X DELETE \
+      "http://localhost/containers/$c?force=true" >/dev/null 2>&1 || true
+  done
+}
+
 DEMO_DIR=$(mktemp -d /tmp/failover-demo.XXXXXX)
 export DEMO_DIR
 pids=()
@@ -52,9 +70,9 @@ cleanup() {
   say "cleaning up"
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   [ -f "$DEMO_DIR/onprem.pid" ] && kill "$(cat "$DEMO_DIR/onprem.pid")" 2>/dev/null || true
+  [ -f "$DEMO_DIR/overload.pid" ] && kill "$(cat "$DEMO_DIR/overload.pid")" 2>/dev/null || true
   wait 2>/dev/null || true
-  curl -fsS --unix-socket /var/run/docker.sock -X DELETE \
-    "http://localhost/containers/$CONTAINER?force=true" >/dev/null 2>&1 || true
+  remove_containers
   if [ "${DEMO_KEEP:-0}" = 1 ]; then say "kept $DEMO_DIR"; else rm -rf "$DEMO_DIR"; fi
 }
 trap cleanup EXIT
@@ -62,10 +80,10 @@ trap 'exit 130' INT TERM
 
 cat >"$DEMO_DIR/env" <<EOF
 ONPREM_PORT=$ONPREM_PORT
+FRONTEND_PORT=$FRONTEND_PORT
 EOF
 # A leftover container from an interrupted run would hide the failover.
-curl -fsS --unix-socket /var/run/docker.sock -X DELETE \
-  "http://localhost/containers/$CONTAINER?force=true" >/dev/null 2>&1 || true
+remove_containers
 
 # On-prem API: busybox httpd with a page, /health and a /metrics page Prometheus scrapes (its
 # `up` series is the probe).
@@ -91,9 +109,11 @@ frontend fe
 backend api
   option httpchk GET /health
   default-server inter 500ms fall 2 rise 2
-  server onprem 127.0.0.1:$ONPREM_PORT check
+  server onprem 127.0.0.1:$ONPREM_PORT check weight 100
   # The cloud copy: a backup server that starts in maint; the responder opens it.
   server cloud1 127.0.0.1:$CLOUD_PORT check backup disabled
+  # Burst slots: normal servers, in maint until the responder points one at a unit and opens it.
+  server-template burst 1-2 127.0.0.1:9 check disabled
 EOF
 haproxy -db -f "$DEMO_DIR/haproxy.cfg" >"$DEMO_DIR/haproxy.log" 2>&1 &
 pids+=($!)
@@ -127,6 +147,24 @@ services:
     hold_down: 5s
     onprem_health_url: http://127.0.0.1:$ONPREM_PORT/health
     healthy_for: 3s
+    # Bursting (demo timings): one unit as soon as onprem_overloaded fires, a second 3 s later;
+    # removed one by one once the alert has been gone for 5 s.
+    burst:
+      on: ['alertname="onprem_overloaded"', 'service="onprem-api"']
+      min: 1
+      max: 2
+      step: 1
+      scale_up_every: 3s
+      cooldown: 5s
+      address: '127.0.0.1:{port}'
+      port_base: $BURST_PORT_BASE
+      haproxy: {server_prefix: burst, weight: 100}
+      container:
+        name: $BURST
+        image: $IMAGE
+        ports: ['127.0.0.1:{port}:8080']
+        health_url: 'http://127.0.0.1:{port}/health'
+    cost: {container_hourly_price: 0.05}
 EOF
 "$bin" check-config --config.file "$DEMO_DIR/responder.yaml" >/dev/null
 "$bin" serve --config.file "$DEMO_DIR/responder.yaml" --log.format json >"$DEMO_DIR/responder.log" 2>&1 &
@@ -286,4 +324,82 @@ rto = (first_cloud[0] - t_out) / 1000 if first_cloud else float("nan")
 print(f"\n  RTO (outage -> first answer from the cloud): {rto:.2f} s")
 print(f"  requests: {len(client)} in all; failed during the outage: {failed_out}; failed during failback: {failed_back}")
 EOF
+
+if [ "$burst_act" = 1 ]; then
+  say "act 2, cloud bursting: 200 requests/s through the frontend (on-prem's rule fires above 100/s)"
+  burst_field() { # field of services.onprem-api.burst in the status
+    status | python3 -c 'import json,sys; b=json.load(sys.stdin)["services"]["onprem-api"].get("burst") or {}; print(b.get(sys.argv[1], ""))' "$1"
+  }
+  unit_running() { # container
+    curl -fsS --unix-socket /var/run/docker.sock "http://localhost/containers/$1/json" 2>/dev/null |
+      grep -q '"Running":true'
+  }
+  t_load=$(now_ms)
+  scripts/simulate_onprem_overload.sh start 200
+  for _ in $(seq 1 900); do
+    [ "$(burst_field open)" = 2 ] && break
+    sleep 0.2
+  done
+  [ "$(burst_field open)" = 2 ] || { say "bursting never reached 2 units; logs kept in $DEMO_DIR"; DEMO_KEEP=1; exit 1; }
+  say "2 burst units open beside on-prem; holding 5 s under load"
+  sleep 5
+  status >"$DEMO_DIR/status-burst.json"
+  say "the load stops; the alert resolves once on-prem's 1-minute rate falls under 100/s"
+  t_stop=$(now_ms)
+  scripts/simulate_onprem_overload.sh stop
+  for _ in $(seq 1 1500); do
+    if [ "$(burst_field target)" = 0 ] && [ "$(burst_field open)" = 0 ] &&
+      ! unit_running "$BURST-1" && ! unit_running "$BURST-2"; then
+      break
+    fi
+    sleep 0.2
+  done
+  t_idle=$(now_ms)
+  status >"$DEMO_DIR/status-final.json"
+  curl -fsS "http://127.0.0.1:$RESPONDER_PORT/api/v1/events?service=onprem-api" >"$DEMO_DIR/events.json"
+  python3 - "$DEMO_DIR/haproxy.sock" >"$DEMO_DIR/served.txt" <<'PY'
+import socket, sys
+s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.sendall(b"show stat\n")
+out = b""
+while chunk := s.recv(65536):
+    out += chunk
+lines = out.decode().splitlines()
+cols = lines[0].lstrip("# ").split(",")
+px, sv, stot = cols.index("pxname"), cols.index("svname"), cols.index("stot")
+for line in lines[1:]:
+    f = line.split(",")
+    if len(f) > stot and f[px] == "api" and f[sv] in ("onprem", "burst1", "burst2"):
+        print(f[sv], f[stot])
+PY
+  python3 - "$DEMO_DIR" "$t_load" "$t_stop" "$t_idle" <<'PY'
+import json, sys, datetime
+d, t_load, t_stop, t_idle = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+def ts(iso):
+    base, _, frac = iso.rstrip("Z").partition(".")
+    t = datetime.datetime.fromisoformat(base).replace(tzinfo=datetime.timezone.utc)
+    return int(t.timestamp() * 1000) + int((frac + "000")[:3] or 0)
+events = [e for e in json.load(open(f"{d}/events.json"))["events"] if ts(e["at"]) >= t_load]
+rows = [("overload starts: 200 requests/s", t_load)]
+for e in events:
+    m = e["message"]
+    if e["kind"] == "scale":
+        rows.append((m.split(":")[0] + " (" + m.split(": ", 1)[1] + ")", ts(e["at"])))
+    elif e["kind"] == "step" and m.split(" ")[0] in ("ready", "drain", "maint", "stop") and "burst" in m:
+        rows.append((m.replace(": success", ""), ts(e["at"])))
+notes = json.load(open(f"{d}/status-final.json"))["notifications"]
+for n in notes:
+    if "onprem_overloaded" in n["group_key"] and ts(n["received_at"]) >= t_load:
+        rows.append((f"webhook onprem_overloaded {n['status']} received", ts(n["received_at"])))
+rows.append(("load stops", t_stop))
+rows.append(("no burst unit left running", t_idle))
+rows.sort(key=lambda r: r[1])
+print("\n  bursting timeline (seconds after the overload began)")
+for name, t in rows:
+    print(f"  {(t - t_load) / 1000:7.2f}  {name}")
+cost = json.load(open(f"{d}/status-burst.json"))["services"]["onprem-api"]["cost"]
+print(f"\n  at 2 units: {len(cost['running'])} cloud units running, estimate {cost['estimated_cost_per_hour']:.2f}/h")
+served = dict(line.split() for line in open(f"{d}/served.txt"))
+print("  requests served over the whole demo: " + ", ".join(f"{k} {v}" for k, v in served.items()))
+PY
+fi
 say "done"

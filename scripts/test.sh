@@ -14,6 +14,15 @@ stage() { printf '\n==> %s\n' "$*"; }
 stage "install components (haproxy, busybox-static, prometheus, alertmanager)"
 scripts/install-deps.sh
 
+stage "scripts are executable (the README runs them as scripts/NAME.sh)"
+if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+  not_exec=$(git ls-files -s -- 'scripts/*.sh' '.ci/run' | awk '$1 != "100755" { print $4 }')
+  if [ -n "$not_exec" ]; then
+    echo "not executable in git (git update-index --chmod=+x FILE): $not_exec" >&2
+    exit 1
+  fi
+fi
+
 stage "format"
 cargo fmt --all -- --check
 
