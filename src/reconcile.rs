@@ -390,6 +390,9 @@ pub async fn reconcile_once(svc: &ServiceRuntime, ctx: &Context) -> Result<PassO
         let hour_ago = now - chrono::Duration::hours(1);
         state.transitions.retain(|t| *t > hour_ago);
         state.transitions.push(now);
+        // Unconverged first, then the new mode: the status never pairs the new mode with
+        // the previous pass's "converged".
+        ctx.store.mark_unconverged(&svc.name);
         ctx.store.set_service(&svc.name, state.clone()).await?;
         let alerts = match eff.mode {
             Mode::Cloud => decision.failover_alerts.clone(),

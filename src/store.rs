@@ -535,6 +535,13 @@ impl Store {
     }
 
     /// Sets the failure count after a pass (0 clears `last_error`).
+    /// Marks a service not converged until its next pass has looked: called when its mode
+    /// changes, so the status never pairs the new mode with the old pass's "converged".
+    pub fn mark_unconverged(&self, service: &str) {
+        let mut g = self.write();
+        g.status.entry(service.to_string()).or_default().converged = false;
+    }
+
     pub fn set_failures(&self, service: &str, failures: u32) {
         let mut g = self.write();
         let s = g.status.entry(service.to_string()).or_default();
@@ -713,19 +720,18 @@ impl Reply {
     }
 }
 
-impl Writer {
-    /// A service's state as this batch leaves it so far (staged), else as committed.
-    fn current_service(&self, staged: &Staged, name: &str) -> Option<ServiceState> {
-        staged.services.get(name).cloned().or_else(|| {
-            self.mem
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .services
-                .get(name)
-                .cloned()
-        })
-    }
+/// A service's state as this batch leaves it so far (staged), else as committed. Takes the
+/// batch's own read guard: locking `mem` again from the writer thread could deadlock behind a
+/// reader-blocking writer waiting on the lock.
+fn current_service(mem: &Mem, staged: &Staged, name: &str) -> Option<ServiceState> {
+    staged
+        .services
+        .get(name)
+        .cloned()
+        .or_else(|| mem.services.get(name).cloned())
+}
 
+impl Writer {
     fn run(mut self, mut rx: mpsc::Receiver<Op>) {
         while let Some(first) = rx.blocking_recv() {
             let mut batch = vec![first];
@@ -958,7 +964,7 @@ impl Writer {
                         mut state,
                         reply,
                     } => {
-                        if let Some(cur) = self.current_service(st, &name) {
+                        if let Some(cur) = current_service(&mem, st, &name) {
                             state.override_ = cur.override_;
                         }
                         services
@@ -975,8 +981,7 @@ impl Writer {
                         override_,
                         reply,
                     } => {
-                        let mut state = self
-                            .current_service(st, &name)
+                        let mut state = current_service(&mem, st, &name)
                             .unwrap_or_else(|| ServiceState::new(Utc::now()));
                         let old = std::mem::replace(&mut state.override_, override_);
                         services
