@@ -937,45 +937,50 @@ fn validate_docker(d: &DockerConfig, p: &str, errors: &mut Vec<String>) {
     let mut seen = std::collections::BTreeSet::new();
     for (i, c) in d.containers.iter().enumerate() {
         let cp = format!("{p}.containers[{i}]");
-        let valid_name = !c.name.is_empty()
-            && c.name
-                .chars()
-                .next()
-                .is_some_and(|ch| ch.is_ascii_alphanumeric())
-            && c.name
-                .chars()
-                .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '_' | '.' | '-'));
-        if !valid_name {
-            errors.push(format!(
-                "{cp}.name: {:?} is not a valid container name ([a-zA-Z0-9][a-zA-Z0-9_.-]*)",
-                c.name
-            ));
-        }
         if !seen.insert(c.name.clone()) {
             errors.push(format!("{cp}.name: duplicate container {:?}", c.name));
         }
-        if c.image.trim().is_empty() {
-            errors.push(format!("{cp}.image: must not be empty"));
+        validate_container(c, &cp, errors);
+    }
+}
+
+/// One container spec: name, image, ports, env, health URL.
+fn validate_container(c: &ContainerConfig, cp: &str, errors: &mut Vec<String>) {
+    let valid_name = !c.name.is_empty()
+        && c.name
+            .chars()
+            .next()
+            .is_some_and(|ch| ch.is_ascii_alphanumeric())
+        && c.name
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '_' | '.' | '-'));
+    if !valid_name {
+        errors.push(format!(
+            "{cp}.name: {:?} is not a valid container name ([a-zA-Z0-9][a-zA-Z0-9_.-]*)",
+            c.name
+        ));
+    }
+    if c.image.trim().is_empty() {
+        errors.push(format!("{cp}.image: must not be empty"));
+    }
+    for (j, port) in c.ports.iter().enumerate() {
+        if let Err(e) = crate::backend::docker::parse_port(port) {
+            errors.push(format!("{cp}.ports[{j}]: {e}"));
         }
-        for (j, port) in c.ports.iter().enumerate() {
-            if let Err(e) = crate::backend::docker::parse_port(port) {
-                errors.push(format!("{cp}.ports[{j}]: {e}"));
-            }
+    }
+    for (j, e) in c.env.iter().enumerate() {
+        if !e.contains('=') || e.starts_with('=') {
+            errors.push(format!("{cp}.env[{j}]: want KEY=VALUE"));
         }
-        for (j, e) in c.env.iter().enumerate() {
-            if !e.contains('=') || e.starts_with('=') {
-                errors.push(format!("{cp}.env[{j}]: want KEY=VALUE"));
-            }
-        }
-        if let Some(url) = &c.health_url {
-            match reqwest::Url::parse(url) {
-                Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
-                Ok(u) => errors.push(format!(
-                    "{cp}.health_url: scheme {:?} is not http or https",
-                    u.scheme()
-                )),
-                Err(e) => errors.push(format!("{cp}.health_url: {e}")),
-            }
+    }
+    if let Some(url) = &c.health_url {
+        match reqwest::Url::parse(url) {
+            Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
+            Ok(u) => errors.push(format!(
+                "{cp}.health_url: scheme {:?} is not http or https",
+                u.scheme()
+            )),
+            Err(e) => errors.push(format!("{cp}.health_url: {e}")),
         }
     }
 }
@@ -1050,12 +1055,9 @@ fn validate_burst(
                     "{p}.address: {{private_ip}} is only known for ec2 units"
                 ));
             }
-            // Validate the spec as unit 1 would be rendered.
-            let one = DockerConfig {
-                host: docker.map_or_else(default_docker_host, |d| d.host.clone()),
-                containers: vec![crate::burst::render_container(c, 1, b.port_base)],
-            };
-            validate_docker(&one, &format!("{p}.container"), errors);
+            // Checked as unit 1 will be rendered ({port} and {index} filled in).
+            let one = crate::burst::render_container(c, 1, b.port_base);
+            validate_container(&one, &format!("{p}.container"), errors);
         }
         (None, Some(e)) => {
             e.validate(&format!("{p}.ec2"), errors);
@@ -1281,7 +1283,7 @@ cloud_servers = ["c1"]
                 &["services.b.haproxy: server b/c on /s is also managed by service \"a\""],
             ),
             (
-                "auth: {insecure_no_auth: true}\nservices:\n  a:\n    failover_on: ['a=\"b\"']\n    haproxy: {runtime_api: ['/s'], backend: b, cloud_servers: [c]}\n    cost: {instance_hourly_price: -1}\n    burst: {on: [], min: 5, max: 2, step: 0, scale_up_every: 0s, address: 'x:{port}', haproxy: {server_prefix: 'bad prefix', weight: 300}, container: {name: u, image: i}}\n",
+                "auth: {insecure_no_auth: true}\nservices:\n  a:\n    failover_on: ['a=\"b\"']\n    haproxy: {runtime_api: ['/s'], backend: b, cloud_servers: [c]}\n    cost: {instance_hourly_price: -1}\n    burst: {on: [], min: 5, max: 2, step: 0, scale_up_every: 0s, address: 'x:{port}', haproxy: {server_prefix: 'bad prefix', weight: 300}, container: {name: '-u', image: i, ports: ['1:99999']}}\n",
                 &[
                     "services.a.burst.on: at least one matcher",
                     "services.a.burst.min: 5 is more than max 2",
@@ -1291,6 +1293,8 @@ cloud_servers = ["c1"]
                     "services.a.burst.haproxy.weight: must be between 0 and 256",
                     "services.a.burst.port_base: address uses {port}",
                     "services.a.burst.container: needs the service's docker section",
+                    "services.a.burst.container.name: \"-u-1\" is not a valid container name",
+                    "services.a.burst.container.ports[0]",
                     "services.a.cost.instance_hourly_price: must be a number >= 0",
                 ],
             ),
