@@ -974,14 +974,7 @@ fn validate_container(c: &ContainerConfig, cp: &str, errors: &mut Vec<String>) {
         }
     }
     if let Some(url) = &c.health_url {
-        match reqwest::Url::parse(url) {
-            Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
-            Ok(u) => errors.push(format!(
-                "{cp}.health_url: scheme {:?} is not http or https",
-                u.scheme()
-            )),
-            Err(e) => errors.push(format!("{cp}.health_url: {e}")),
-        }
+        validate_http_url(url, &format!("{cp}.health_url"), errors);
     }
 }
 
