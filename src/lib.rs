@@ -6,7 +6,9 @@
 //! pure, using Alertmanager [`matcher`]s from the [`config`]), observes the real state through
 //! the [`backend`]s (Docker Engine API, HAProxy Runtime API), plans the missing steps in a safe
 //! order ([`plan`], pure) and runs them. It runs again on a timer, so drift is repaired and a
-//! lost notification does not leave the world wrong. [`app`] wires it together.
+//! lost notification does not leave the world wrong. Beside the mode, a service may burst: an
+//! overload alert sets a desired number of extra cloud units ([`burst`], pure, with the cost
+//! guard), planned and observed the same way. [`app`] wires it together.
 
 // Input and the outside world must never be able to panic the responder.
 #![cfg_attr(
