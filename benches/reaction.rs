@@ -85,8 +85,16 @@ async fn main() {
     let mut warm = Vec::new();
     for i in 0..RUNS {
         let starts = t0 + chrono::Duration::seconds(i as i64 * 10);
+        // At rest means the responder says so too: a container that runs but is not yet
+        // healthy (the first run, right after start) would time a health wait, not a warm
+        // failover.
         eventually("warm at rest", Duration::from_secs(30), || async {
-            (w.container_running().await == Some(true) && !w.cloud_open().await).then_some(())
+            let st = r.status().await;
+            (st["services"]["onprem-api"]["converged"] == true
+                && st["services"]["onprem-api"]["desired"]["mode"] == "onprem"
+                && w.container_running().await == Some(true)
+                && !w.cloud_open().await)
+                .then_some(())
         })
         .await;
         let start = Instant::now();
