@@ -731,6 +731,21 @@ fn current_service(mem: &Mem, staged: &Staged, name: &str) -> Option<ServiceStat
         .or_else(|| mem.services.get(name).cloned())
 }
 
+/// Writes a service's state in the batch's transaction and stages it for memory.
+fn put_service(
+    table: &mut redb::Table<'_, &str, &[u8]>,
+    st: &mut Staged,
+    name: String,
+    state: ServiceState,
+) -> Result<(), String> {
+    let bytes = serde_json::to_vec(&state).map_err(|x| x.to_string())?;
+    table
+        .insert(name.as_str(), bytes.as_slice())
+        .map_err(|x| x.to_string())?;
+    st.services.insert(name, state);
+    Ok(())
+}
+
 impl Writer {
     fn run(mut self, mut rx: mpsc::Receiver<Op>) {
         while let Some(first) = rx.blocking_recv() {
@@ -967,13 +982,7 @@ impl Writer {
                         if let Some(cur) = current_service(&mem, st, &name) {
                             state.override_ = cur.override_;
                         }
-                        services
-                            .insert(
-                                name.as_str(),
-                                serde_json::to_vec(&state).map_err(|x| e(&x))?.as_slice(),
-                            )
-                            .map_err(|x| e(&x))?;
-                        st.services.insert(name, state);
+                        put_service(&mut services, st, name, state)?;
                         replies.push(Reply::Unit(reply));
                     }
                     Op::SetOverride {
@@ -984,13 +993,7 @@ impl Writer {
                         let mut state = current_service(&mem, st, &name)
                             .unwrap_or_else(|| ServiceState::new(Utc::now()));
                         let old = std::mem::replace(&mut state.override_, override_);
-                        services
-                            .insert(
-                                name.as_str(),
-                                serde_json::to_vec(&state).map_err(|x| e(&x))?.as_slice(),
-                            )
-                            .map_err(|x| e(&x))?;
-                        st.services.insert(name, state);
+                        put_service(&mut services, st, name, state)?;
                         replies.push(Reply::Override(reply, old));
                     }
                     Op::Event {
