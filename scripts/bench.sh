@@ -46,7 +46,7 @@ rss() { awk '/VmRSS/ {printf "%.1f MB", $2/1024}' "/proc/$pid/status"; }
 sleep 1
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo); responder release build"
 echo "RSS idle: $(rss)"
-export BENCH_FIXTURES=$repo/../shared/fixtures/alertmanager-0.25 BENCH_TOKEN=bench-token
+export BENCH_FIXTURES=$repo/tests/fixtures/alertmanager-0.25 BENCH_TOKEN=bench-token
 printf '%-12s %14s %10s %10s %10s\n' connections notifications/s p50_ms p99_ms errors
 for c in 1 16 64; do
   line=$(wrk -t "$(( c < 2 ? 1 : 2 ))" -c "$c" -d "$duration" -s scripts/bench/post.lua "http://127.0.0.1:$port" | grep '^BENCH')

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Fuzzes the parsers that take outside input: the webhook body, the matcher syntax and the
 # config (YAML and TOML), with cargo-fuzz (libFuzzer). Seeds come from the real Alertmanager
-# bodies in ../shared/fixtures, fuzz/seeds/ and config/. The corpus grows across runs in
+# bodies in tests/fixtures, fuzz/seeds/ and config/. The corpus grows across runs in
 # $HOME/.cache/failover-responder/fuzz-corpus.
 #
 # Usage: scripts/fuzz.sh [SECONDS_PER_TARGET]   (default 20; the test command runs it short,
@@ -19,7 +19,7 @@ command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
 
 corpus=$HOME/.cache/failover-responder/fuzz-corpus
 mkdir -p "$corpus/webhook" "$corpus/matcher" "$corpus/config"
-cp "$repo"/../shared/fixtures/alertmanager-0.25/*.json "$corpus/webhook/" 2>/dev/null || true
+cp "$repo"/tests/fixtures/alertmanager-0.25/*.json "$corpus/webhook/"
 cp fuzz/seeds/matcher/* "$corpus/matcher/"
 cp config/failover-responder.yaml "$corpus/config/example.yaml"
 

@@ -1129,7 +1129,7 @@ mod tests {
 
     fn fixture(name: &str) -> Arc<Notification> {
         let path = format!(
-            "{}/../shared/fixtures/alertmanager-0.25/{name}",
+            "{}/tests/fixtures/alertmanager-0.25/{name}",
             env!("CARGO_MANIFEST_DIR")
         );
         let body = std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
@@ -1204,7 +1204,7 @@ mod tests {
     #[test]
     fn journal_entries_keep_the_body_as_received() {
         let raw = std::fs::read(format!(
-            "{}/../shared/fixtures/alertmanager-0.25/onprem_down-firing.json",
+            "{}/tests/fixtures/alertmanager-0.25/onprem_down-firing.json",
             env!("CARGO_MANIFEST_DIR")
         ))
         .expect("fixture");

@@ -41,7 +41,7 @@ pub fn have_docker() -> bool {
 
 pub fn fixture(name: &str) -> Vec<u8> {
     let path = format!(
-        "{}/../shared/fixtures/alertmanager-0.25/{name}",
+        "{}/tests/fixtures/alertmanager-0.25/{name}",
         env!("CARGO_MANIFEST_DIR")
     );
     std::fs::read(&path).unwrap_or_else(|e| panic!("fixture {path}: {e}"))
@@ -49,7 +49,7 @@ pub fn fixture(name: &str) -> Vec<u8> {
 
 pub fn fixture_names() -> Vec<String> {
     let dir = format!(
-        "{}/../shared/fixtures/alertmanager-0.25",
+        "{}/tests/fixtures/alertmanager-0.25",
         env!("CARGO_MANIFEST_DIR")
     );
     let mut names: Vec<String> = std::fs::read_dir(&dir)
