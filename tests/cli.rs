@@ -72,6 +72,61 @@ fn check_config_lists_every_problem_with_its_key() {
 }
 
 #[test]
+fn check_config_names_a_typoed_key_and_suggests_the_known_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("typo.yaml");
+    // The only problem: `failover_onn:` for `failover_on:`.
+    std::fs::write(
+        &path,
+        "auth: {insecure_no_auth: true}\nservices:\n  a:\n    failover_onn: ['alertname=\"down\"']\n    haproxy: {runtime_api: ['/s'], backend: api, cloud_servers: [c]}\n",
+    )
+    .expect("write");
+    let out = Command::new(BIN)
+        .args(["check-config", "--config.file"])
+        .arg(&path)
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    for want in [
+        "services.a.failover_onn: unknown key",
+        "did you mean `failover_on`?",
+        "missing configuration field \"services.a.failover_on\"",
+    ] {
+        assert!(stderr.contains(want), "want {want:?} in:\n{stderr}");
+    }
+}
+
+#[test]
+fn check_config_accepts_a_quoted_utf8_label_name() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("utf8.yaml");
+    // Alertmanager 0.27+ syntax for a label name with a dot (OpenTelemetry style); whether it
+    // then matches `service.name: onprem-api` is checked by the matcher and config unit tests,
+    // as the binary has no command that evaluates a matcher.
+    std::fs::write(
+        &path,
+        "auth: {insecure_no_auth: true}\nservices:\n  onprem-api:\n    failover_on: ['\"service.name\"=\"onprem-api\"', 'alertname=\"down\"']\n    haproxy: {runtime_api: ['/s'], backend: api, cloud_servers: [c]}\n",
+    )
+    .expect("write");
+    let out = Command::new(BIN)
+        .args(["check-config", "--config.file"])
+        .arg(&path)
+        .output()
+        .expect("run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("onprem-api: 2 failover matcher(s)"),
+        "{stdout}"
+    );
+}
+
+#[test]
 fn serve_refuses_an_open_webhook() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("noauth.yaml");
