@@ -1,7 +1,7 @@
 //! failover-responder: Alertmanager webhooks in, cloud capacity and HAProxy servers reconciled out.
 //!
 //! Alerts are edges; the world is a level. The webhook ([`http`]) only authenticates, parses
-//! ([`alert`]), records ([`store`]) and wakes the reconciler. The reconciler ([`reconcile`]),
+//! ([`alert`]), records ([`store`], judging late and repeated copies by the [`incarnation`] rules) and wakes the reconciler. The reconciler ([`reconcile`]),
 //! one task per service, derives the desired mode from the alerts firing now ([`desired`],
 //! pure, using Alertmanager [`matcher`]s from the [`config`]), observes the real state through
 //! the [`backend`]s (Docker Engine API, HAProxy Runtime API), plans the missing steps in a safe
@@ -23,6 +23,7 @@ pub mod burst;
 pub mod config;
 pub mod desired;
 pub mod http;
+pub mod incarnation;
 pub mod matcher;
 pub mod metrics;
 pub mod plan;

@@ -28,6 +28,16 @@ struct ApiAlert {
     fingerprint: String,
     #[serde(default)]
     receivers: Vec<Receiver>,
+    #[serde(default)]
+    status: ApiStatus,
+}
+
+/// `status` of an alert in Alertmanager's API v2: `state` is `active`, `suppressed` (silenced
+/// or inhibited) or `unprocessed`.
+#[derive(Debug, Default, Deserialize)]
+struct ApiStatus {
+    #[serde(default)]
+    state: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -114,8 +124,9 @@ impl Resync {
                 result: label.to_string(),
             })
             .inc();
-        if let Ok((changed, count)) = &result {
+        if let Ok((changed, count, muted)) = &result {
             st.alerts = *count;
+            st.muted = *muted;
             if *changed {
                 info!(alerts = count, "resync changed the firing alerts");
                 for s in self.services.iter() {
@@ -130,22 +141,28 @@ impl Resync {
             }
         }
         self.store.set_resync(st);
-        result.map(|(changed, _)| changed)
+        result.map(|(changed, _, _)| changed)
     }
 
     async fn fetch_and_replace(
         &self,
         fetched_at: DateTime<Utc>,
-    ) -> Result<(bool, usize), ResyncError> {
+    ) -> Result<(bool, usize, usize), ResyncError> {
         let base = self.config.url.trim_end_matches('/');
         let url = format!("{base}/api/v2/alerts");
         // Every active alert, whatever its receiver: the receiver only decides which ones are
         // taken as firing. One routed elsewhere is left alone, so a misspelt receiver can keep
         // resync from adding alerts but never makes it drop one a webhook delivered.
+        // Silenced and inhibited alerts count too: a silence or an inhibit rule mutes
+        // notifications, not the outage (read as resolved, a silence would fail back while
+        // on-prem is down). Stopping the automation is what `pause` is for. Unprocessed alerts
+        // (just received, not yet routed) are active as well. All four are Alertmanager's
+        // defaults; they are spelt out so that nobody "tidies" them into a filter.
         let query = [
             ("active", "true"),
-            ("silenced", "false"),
-            ("inhibited", "false"),
+            ("silenced", "true"),
+            ("inhibited", "true"),
+            ("unprocessed", "true"),
         ];
         let unreachable = |e: reqwest::Error| ResyncError::Unreachable {
             url: url.clone(),
@@ -181,9 +198,13 @@ impl Resync {
                 .as_ref()
                 .is_none_or(|r| a.receivers.iter().any(|x| &x.name == r))
         };
+        let relevant: Vec<ApiAlert> = relevant.into_iter().filter(|a| ours(a)).collect();
+        let muted = relevant
+            .iter()
+            .filter(|a| a.status.state == "suppressed")
+            .count();
         let relevant: Vec<StoredAlert> = relevant
             .into_iter()
-            .filter(|a| ours(a))
             .map(|a| StoredAlert {
                 fingerprint: a.fingerprint,
                 labels: a.labels,
@@ -197,6 +218,6 @@ impl Resync {
             .store
             .replace_firing(relevant, still_active, fetched_at)
             .await?;
-        Ok((changed, count))
+        Ok((changed, count, muted))
     }
 }

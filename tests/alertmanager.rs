@@ -27,7 +27,8 @@ async fn start_am(dir: &Path, port: u16, webhook_port: u16, token: &Path) -> Pro
     std::fs::write(
         &cfg,
         format!(
-            "route:\n  receiver: responder\n  group_by: [alertname, service]\n  group_wait: 0s\n  group_interval: 1s\n  repeat_interval: 1h\n\
+            "inhibit_rules:\n  - source_matchers: ['alertname=\"maintenance_window\"']\n    target_matchers: ['alertname=\"onprem_down\"']\n    equal: [service]\n\
+             route:\n  receiver: responder\n  group_by: [alertname, service]\n  group_wait: 0s\n  group_interval: 1s\n  repeat_interval: 1h\n\
              receivers:\n  - name: responder\n    webhook_configs:\n      - url: http://127.0.0.1:{webhook_port}/api/v1/alerts\n        send_resolved: true\n        \
              http_config:\n          authorization: {{type: Bearer, credentials_file: {}}}\n",
             token.display()
@@ -116,6 +117,58 @@ services:
     let p = dir.join("responder.yaml");
     std::fs::write(&p, text).expect("write");
     Config::load_with_env(&p, Default::default()).expect("config")
+}
+
+/// As [`config`], without `alertmanager.url`: only webhooks tell the responder anything.
+fn config_without_resync(dir: &Path, token: &Path) -> Config {
+    let text = format!(
+        r#"
+auth: {{bearer_token_file: {token}}}
+storage: {{path: {dir}/data}}
+reconcile: {{interval: 500ms, retry_initial: 100ms, retry_max: 500ms}}
+services:
+  onprem-api:
+    failover_on: ['alertname="onprem_down"', 'service="onprem-api"']
+    hold_down: 0s
+    haproxy: {{runtime_api: ['unix:{dir}/no-haproxy.sock'], backend: api, cloud_servers: [cloud1]}}
+"#,
+        token = token.display(),
+        dir = dir.display()
+    );
+    let p = dir.join("responder.yaml");
+    std::fs::write(&p, text).expect("write");
+    Config::load_with_env(&p, Default::default()).expect("config")
+}
+
+/// Alertmanager's view of onprem_down: `(state, silencedBy, inhibitedBy)` of the first match.
+async fn am_state(port: u16) -> Option<(String, usize, usize)> {
+    let alerts: Value = reqwest::get(format!(
+        "http://127.0.0.1:{port}/api/v2/alerts?filter=alertname%3D%22onprem_down%22"
+    ))
+    .await
+    .ok()?
+    .json()
+    .await
+    .ok()?;
+    let a = alerts.as_array()?.first()?;
+    let len = |k: &str| a["status"][k].as_array().map_or(0, Vec::len);
+    Some((
+        a["status"]["state"].as_str()?.to_string(),
+        len("silencedBy"),
+        len("inhibitedBy"),
+    ))
+}
+
+/// Waits for `n` more successful resyncs.
+async fn resyncs(r: &Responder, n: usize) {
+    for _ in 0..n {
+        let before = r.status().await["alertmanager_resync"]["last_success"].clone();
+        eventually("one more resync", Duration::from_secs(10), || async {
+            let now = r.status().await["alertmanager_resync"]["last_success"].clone();
+            (now.is_string() && now != before).then_some(())
+        })
+        .await;
+    }
 }
 
 fn mode(st: &Value) -> String {
@@ -339,5 +392,154 @@ async fn a_misspelt_receiver_never_drops_a_delivered_alert() {
             .map(Vec::len),
         Some(1)
     );
+    r.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refire_with_the_same_starts_at_fails_over_again() {
+    // Field report: Alertmanager resolves an alert whose endsAt passed while Prometheus could
+    // not reach it; Prometheus re-sends it with its original startsAt and Alertmanager notifies
+    // it firing again. Without alertmanager.url only that webhook can bring the cloud back.
+    if !have_am() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = token_file(dir.path());
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let webhook_port = listener.local_addr().expect("addr").port();
+    let am_port = free_port();
+    let _am = start_am(dir.path(), am_port, webhook_port, &token).await;
+    let r = Responder::start_on(config_without_resync(dir.path(), &token), listener).await;
+    let in_mode = |want: &'static str| {
+        let r = &r;
+        move || async move {
+            let st = r.status().await;
+            (mode(&st) == want).then_some(st)
+        }
+    };
+
+    let starts = chrono::Utc::now() - chrono::Duration::minutes(10);
+    am_alert(am_port, starts, false).await;
+    eventually("fails over", Duration::from_secs(20), in_mode("cloud")).await;
+    am_alert(am_port, starts, true).await;
+    eventually(
+        "fails back on the resolution",
+        Duration::from_secs(20),
+        in_mode("onprem"),
+    )
+    .await;
+    // The same alert, the same startsAt, firing again.
+    am_alert(am_port, starts, false).await;
+    let st = eventually(
+        "fails over again",
+        Duration::from_secs(20),
+        in_mode("cloud"),
+    )
+    .await;
+    let firing = st["services"]["onprem-api"]["firing_alerts"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(firing.len(), 1, "{st:#}");
+    let notes = st["notifications"].as_array().cloned().unwrap_or_default();
+    let statuses: Vec<&str> = notes.iter().filter_map(|n| n["status"].as_str()).collect();
+    assert!(
+        statuses.iter().filter(|s| **s == "firing").count() >= 2,
+        "Alertmanager notified the re-fire: {statuses:?}"
+    );
+    r.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silence_or_an_inhibition_mutes_notifications_not_the_outage() {
+    if !have_am() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = token_file(dir.path());
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let webhook_port = listener.local_addr().expect("addr").port();
+    let am_port = free_port();
+    let _am = start_am(dir.path(), am_port, webhook_port, &token).await;
+    let r = Responder::start_on(config(dir.path(), am_port, &token), listener).await;
+    let client = reqwest::Client::new();
+
+    am_alert(am_port, chrono::Utc::now(), false).await;
+    eventually("fails over", Duration::from_secs(20), || async {
+        (mode(&r.status().await) == "cloud").then_some(())
+    })
+    .await;
+
+    // An operator silences it (as `amtool silence add alertname=onprem_down` does).
+    let now = chrono::Utc::now();
+    let silence: Value = client
+        .post(format!("http://127.0.0.1:{am_port}/api/v2/silences"))
+        .json(&json!({
+            "matchers": [{"name": "alertname", "value": "onprem_down", "isRegex": false, "isEqual": true}],
+            "startsAt": now.to_rfc3339(),
+            "endsAt": (now + chrono::Duration::hours(1)).to_rfc3339(),
+            "createdBy": "test", "comment": "silence the pager, not the failover"
+        }))
+        .send()
+        .await
+        .expect("post silence")
+        .json()
+        .await
+        .expect("silence id");
+    let silence_id = silence["silenceID"]
+        .as_str()
+        .expect("silenceID")
+        .to_string();
+    eventually(
+        "Alertmanager silences it",
+        Duration::from_secs(10),
+        || async {
+            am_state(am_port)
+                .await
+                .filter(|(s, silenced, _)| s == "suppressed" && *silenced == 1)
+        },
+    )
+    .await;
+    resyncs(&r, 3).await;
+    let st = r.status().await;
+    assert_eq!(mode(&st), "cloud", "silenced is not resolved: {st:#}");
+    assert_eq!(st["alertmanager_resync"]["alerts"], 1, "{st:#}");
+    assert_eq!(st["alertmanager_resync"]["muted"], 1, "{st:#}");
+
+    // The silence expires; an inhibit rule mutes it instead.
+    let del = client
+        .delete(format!(
+            "http://127.0.0.1:{am_port}/api/v2/silence/{silence_id}"
+        ))
+        .send()
+        .await
+        .expect("expire silence");
+    assert!(del.status().is_success(), "{}", del.status());
+    let body = json!([{
+        "labels": {"alertname": "maintenance_window", "service": "onprem-api"},
+        "startsAt": chrono::Utc::now().to_rfc3339(),
+        "endsAt": (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339(),
+    }]);
+    let resp = client
+        .post(format!("http://127.0.0.1:{am_port}/api/v2/alerts"))
+        .json(&body)
+        .send()
+        .await
+        .expect("post inhibitor");
+    assert!(resp.status().is_success());
+    eventually(
+        "Alertmanager inhibits it",
+        Duration::from_secs(10),
+        || async {
+            am_state(am_port).await.filter(|(s, silenced, inhibited)| {
+                s == "suppressed" && *silenced == 0 && *inhibited == 1
+            })
+        },
+    )
+    .await;
+    resyncs(&r, 3).await;
+    let st = r.status().await;
+    assert_eq!(mode(&st), "cloud", "inhibited is not resolved: {st:#}");
+    assert_eq!(st["alertmanager_resync"]["muted"], 1, "{st:#}");
     r.shutdown().await;
 }

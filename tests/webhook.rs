@@ -394,3 +394,57 @@ async fn failed_authentications_are_rate_limited_per_address() {
     assert_eq!(r.status().await["journal_entries"], 1);
     r.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_copies_from_an_alertmanager_pair_follow_the_incarnation_rules() {
+    // Field report 1: onprem_down fires (09:00), resolves (09:00 -> 09:05), fires again
+    // (09:07, same labels); then the second Alertmanager of the HA pair delivers its delayed
+    // copy of the old resolution. It must change nothing. The neighbours: a late copy of the
+    // 09:00 firing, and the 09:07 incarnation's own resolution, which does end it.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = Responder::start(&config(dir.path(), ""), dir.path()).await;
+    let at = |min: i64| {
+        chrono::DateTime::parse_from_rfc3339("2026-12-02T09:00:00Z")
+            .expect("time")
+            .with_timezone(&chrono::Utc)
+            + chrono::Duration::minutes(min)
+    };
+    let post = |body: Vec<u8>| {
+        let r = &r;
+        async move {
+            let resp = r.post_alerts(&body).await;
+            assert_eq!(resp.status(), 202);
+            let v: Value = resp.json().await.expect("json");
+            v["changed"].as_bool().expect("changed")
+        }
+    };
+    let firing_starts = |st: &Value| -> Vec<String> {
+        st["services"]["onprem-api"]["firing_alerts"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x["starts_at"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+
+    assert!(post(down_body(at(0), None)).await);
+    assert!(post(down_body(at(0), Some(at(5)))).await);
+    assert!(post(down_body(at(7), None)).await);
+    // The HA twin's delayed copy of the 09:00 resolution.
+    assert!(
+        !post(down_body(at(0), Some(at(5)))).await,
+        "late resolution ended 09:07"
+    );
+    // A delayed copy of the 09:00 firing does not move the held incarnation back.
+    assert!(!post(down_body(at(0), None)).await);
+    let st = r.status().await;
+    let starts = firing_starts(&st);
+    assert_eq!(starts.len(), 1, "{st:#}");
+    assert!(starts[0].starts_with("2026-12-02T09:07:00"), "{starts:?}");
+    // The 09:07 incarnation's own resolution ends it.
+    assert!(post(down_body(at(7), Some(at(9)))).await);
+    assert!(firing_starts(&r.status().await).is_empty());
+    r.shutdown().await;
+}
