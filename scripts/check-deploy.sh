@@ -37,7 +37,7 @@ cd "$repo" || exit 2
 started=$(date +%s)
 
 ci=false
-[ "${CI:-}" = "true" ] && ci=true
+[ -n "${CI:-}" ] && ci=true
 no_install=false
 [ "${CHECK_DEPLOY_NO_INSTALL:-}" = "1" ] && no_install=true
 requirements="$repo/scripts/check-deploy-requirements.txt"

@@ -25,6 +25,13 @@ struct Burst {
 
 const MAX: u32 = 3;
 
+/// How far two `scale` events' times may fall short of the decisions' spacing. An event is
+/// stamped when the store writes it, after the pass has persisted its decision, so it trails the
+/// decision by that write (tens of ms, more on a loaded machine); the responder rechecks exactly
+/// at `scale_up_every`, so decisions ~1.0 s apart can show as events a little under 1 s apart.
+/// Ignoring the pace would show as gaps of one pass (a few hundred ms).
+const STAMP_SLACK_MS: i64 = 250;
+
 /// A world whose service bursts into up to three busybox containers behind slots burst1..3.
 async fn burst_stack(test: &str, timing: &str) -> Option<Burst> {
     let world = World::start(test).await?;
@@ -91,12 +98,20 @@ impl Burst {
     }
 
     /// Never a slot open in front of a unit that is not running.
+    ///
+    /// The looks are not atomic: a scale-in may close a slot and stop its unit between them
+    /// (maint, then stop, is the right order), so a slot open on the first look whose unit is not
+    /// running is a violation only if it is still open on a second look.
     async fn assert_safe(&self, when: &str) {
         let open = self.open_slots().await;
         let running = self.running().await;
+        if open.iter().all(|i| running.contains(i)) {
+            return;
+        }
+        let still_open = self.open_slots().await;
         for i in &open {
             assert!(
-                running.contains(i),
+                running.contains(i) || !still_open.contains(i),
                 "{when}: burst{i} open in front of a stopped container (running {running:?})"
             );
         }
@@ -188,7 +203,10 @@ async fn overload_grows_to_max_in_steps_and_shrinks_after_cooldown_with_drain() 
     assert_eq!(counts, vec![1, 2, 3], "{ups:?}");
     for w in ups.windows(2) {
         let gap = (w[1].1 - w[0].1).num_milliseconds();
-        assert!(gap >= 1000, "scaled up faster than scale_up_every: {ups:?}");
+        assert!(
+            gap >= 1000 - STAMP_SLACK_MS,
+            "scaled up faster than scale_up_every: {ups:?}"
+        );
     }
 
     // Each slot points at its own unit, with the configured weight, and takes traffic.
@@ -327,6 +345,7 @@ async fn flapping_overload_never_thrashes() {
     // Fire and resolve every 300 ms for 5 s: a new incarnation each time, as a flapping rule
     // with no `for:` would produce.
     let t0 = Instant::now();
+    let flapping_from = chrono::Utc::now();
     let mut cycles = 0;
     while t0.elapsed() < Duration::from_secs(5) {
         let starts = chrono::Utc::now();
@@ -344,15 +363,31 @@ async fn flapping_overload_never_thrashes() {
         cycles += 1;
     }
     let during = s.scale_events().await;
-    println!("burst: {cycles} fire/resolve cycles in 5 s -> scale events {during:?}");
     let counts: Vec<u32> = during.iter().map(|(n, _)| *n).collect();
-    assert!(
-        counts.windows(2).all(|w| w[1] > w[0]),
-        "capacity went down while the alert flapped: {counts:?}"
+    let gaps: Vec<i64> = during
+        .windows(2)
+        .map(|w| (w[1].1 - w[0].1).num_milliseconds())
+        .collect();
+    let first = during
+        .first()
+        .map(|(_, at)| (*at - flapping_from).num_milliseconds());
+    println!(
+        "burst: {cycles} fire/resolve cycles in {:?} -> scale events {counts:?}, the first {first:?} ms after the first firing, then {gaps:?} ms apart",
+        t0.elapsed()
+    );
+    // The alert fires half of each 300 ms cycle, and every notification starts a pass, so a
+    // pass sees it firing within ~300 ms of any moment. The first firing takes the count to
+    // `min` (1); then it may grow by `step` (1) once per `scale_up_every` (1 s) up to MAX (3):
+    // [1, 2, 3] by ~2-3 s, well inside the 5 s of flapping. Never down: every firing restarts
+    // the 3 s cooldown, and the alert is never quiet that long.
+    assert_eq!(
+        counts,
+        (1..=MAX).collect::<Vec<_>>(),
+        "a flapping alert grows to max one step at a time and never shrinks: {during:?}"
     );
     assert!(
-        counts.len() <= 6,
-        "at most one step per scale_up_every while flapping: {counts:?}"
+        gaps.iter().all(|g| *g >= 1000 - STAMP_SLACK_MS),
+        "scaled up faster than scale_up_every while flapping: {during:?}"
     );
     let stops = r
         .events("service=onprem-api")

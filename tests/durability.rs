@@ -1,7 +1,9 @@
 //! Never wrong after a crash: the responder binary is killed (a crash point aborts it as
 //! kill -9 would, at each step of failover and failback, and then at random times), restarted on
 //! the same storage, and must converge to the right state, never leaving the cloud server open
-//! in front of a stopped container. Real HAProxy and Docker; loopback only.
+//! in front of a stopped container: the invariant is checked on every look at the world, while
+//! the responder works up to the crash and while the restarted one converges, not only at the
+//! crash instant. Real HAProxy and Docker; loopback only.
 
 mod common;
 
@@ -17,15 +19,42 @@ const FAILBACK_STEPS: [&str; 4] = [
     "stop_container",
 ];
 
-async fn converge(w: &World, mode: &str) -> Duration {
+/// Polls until the world is fully in `mode`, checking the safety invariant on every look.
+/// Returns how long it took and how many looks checked it.
+async fn converge(w: &World, mode: &str, when: &str) -> (Duration, u32) {
     let t = Instant::now();
+    let looks = std::sync::atomic::AtomicU32::new(0);
     eventually(
-        &format!("world converged to {mode}"),
+        &format!("world converged to {mode} ({when})"),
         Duration::from_secs(40),
-        || async { w.is(mode).await.then_some(()) },
+        || async {
+            looks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            w.assert_safe(&format!("{when}, converging to {mode}"))
+                .await;
+            w.is(mode).await.then_some(())
+        },
     )
     .await;
-    t.elapsed()
+    (t.elapsed(), looks.into_inner())
+}
+
+/// Waits until the responder exits by itself (its crash point fired), checking the safety
+/// invariant on every look while it works towards the crash.
+async fn wait_crash(w: &World, r: &mut ResponderProc, action: &str) -> std::process::ExitStatus {
+    let timeout = Duration::from_secs(30);
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = r.proc.child.try_wait().expect("try_wait responder") {
+            return status;
+        }
+        w.assert_safe(&format!("working towards the crash before {action}"))
+            .await;
+        assert!(
+            Instant::now() < deadline,
+            "{action}: the responder did not reach its crash point within {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -61,7 +90,12 @@ async fn crash_at_every_step_then_restart_converges() {
             }
             _ => {}
         }
-        converge(&w, if failover { "onprem" } else { "cloud" }).await;
+        converge(
+            &w,
+            if failover { "onprem" } else { "cloud" },
+            &format!("settling before the crash before {action}"),
+        )
+        .await;
         r.kill9();
 
         // Crash right before `action`.
@@ -86,7 +120,7 @@ async fn crash_at_every_step_then_restart_converges() {
             Some(202),
             "{action}: accepted before the crash"
         );
-        let status = r.wait_exit(Duration::from_secs(30)).await;
+        let status = wait_crash(&w, &mut r, action).await;
         assert!(!status.success(), "{action}: the crash point did not fire");
         w.assert_safe(&format!("after a crash before {action}"))
             .await;
@@ -95,7 +129,12 @@ async fn crash_at_every_step_then_restart_converges() {
         let t = Instant::now();
         let r = ResponderProc::start(&cfg, &storage, &[]).await;
         let want = if failover { "cloud" } else { "onprem" };
-        converge(&w, want).await;
+        let (_, looks) = converge(
+            &w,
+            want,
+            &format!("restarted after a crash before {action}"),
+        )
+        .await;
         let took = t.elapsed();
         let st = r.status().await.expect("status");
         let svc = &st["services"]["onprem-api"];
@@ -104,7 +143,7 @@ async fn crash_at_every_step_then_restart_converges() {
             svc["state"]["step_in_flight"].is_null() || svc["converged"] == false,
             "{action}: {svc}"
         );
-        println!("crash before {action:<16} -> restarted and converged to {want} in {took:?}");
+        println!("crash before {action:<16} -> restarted and converged to {want} in {took:?} (safe on all {looks} looks)");
         drop(r);
     }
     // The restarts said what they resumed.
@@ -160,7 +199,22 @@ async fn random_kills_never_leave_the_world_wrong() {
         };
         assert_eq!(r.post_alerts(&body).await, Some(202));
         let delay = next(1500);
-        tokio::time::sleep(Duration::from_millis(delay)).await;
+        // The kill comes `delay` ms after the post; until then the responder works, watched.
+        let posted = Instant::now();
+        let kill_at = posted + Duration::from_millis(delay);
+        while Instant::now() < kill_at {
+            w.assert_safe(&format!(
+                "{:?} after posting, before kill {i}",
+                posted.elapsed()
+            ))
+            .await;
+            tokio::time::sleep(
+                kill_at
+                    .saturating_duration_since(Instant::now())
+                    .min(Duration::from_millis(50)),
+            )
+            .await;
+        }
         let mut r = r;
         r.kill9();
         w.assert_safe(&format!("kill {i} after {delay} ms")).await;
@@ -168,9 +222,9 @@ async fn random_kills_never_leave_the_world_wrong() {
     }
     let t = Instant::now();
     let _r = ResponderProc::start(&cfg, &storage, &[]).await;
-    let took = converge(&w, want).await;
+    let (took, looks) = converge(&w, want, &format!("restarted after {kills} random kills")).await;
     println!(
-        "after {kills} random kills: converged to {want} in {took:?} ({:?} with start)",
+        "after {kills} random kills: converged to {want} in {took:?} ({:?} with start; safe on all {looks} looks)",
         t.elapsed()
     );
 }
