@@ -253,6 +253,7 @@ pub fn render_container(c: &ContainerConfig, index: u32, port_base: u16) -> Cont
             .as_ref()
             .map(|v| v.iter().map(|a| fill(a, index, port)).collect()),
         health_url: c.health_url.as_ref().map(|u| fill(u, index, port)),
+        recreate: c.recreate,
     }
 }
 
@@ -551,6 +552,7 @@ mod tests {
             env: vec!["UNIT={index}".into()],
             command: Some(vec!["serve".into(), "--port={port}".into()]),
             health_url: Some("http://127.0.0.1:{port}/".into()),
+            recreate: Default::default(),
         };
         let r = render_container(&c, 3, 18100);
         assert_eq!(r.name, "api-burst-3");

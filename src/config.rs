@@ -375,6 +375,27 @@ pub struct ContainerConfig {
     pub command: Option<Vec<String>>,
     /// Polled until it answers 2xx when the image has no Docker HEALTHCHECK.
     pub health_url: Option<String>,
+    /// What to do with a container of this name the responder did not create (no
+    /// `io.failover-responder.service` label for this service): `never` (default) refuses to use
+    /// it, `always` removes it and creates this spec. A container the responder created from an
+    /// older spec (image, command, env or ports changed since) is recreated either way.
+    #[serde(default)]
+    pub recreate: Recreate,
+}
+
+/// `recreate:` on a container: whether the responder may remove a container of the configured
+/// name that it did not create, to create the configured one in its place.
+///
+/// The default is `never`: such a container is someone else's (a hand-made test, another
+/// deployment, an older install), and removing it can destroy their work and data, so the
+/// responder refuses loudly, names the container and the fix, and never opens a server in
+/// front of it. `always` is for hosts where that name belongs to the responder alone.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Recreate {
+    #[default]
+    Never,
+    Always,
 }
 
 /// The HAProxy instances and servers of a service.
@@ -701,20 +722,22 @@ impl Config {
             .map_err(|e| ConfigErrors(vec![format!("config: {e}")]))?;
 
         let mut unknown = Vec::new();
-        let mut on_unknown = |path: serde_ignored::Path<'_>| unknown.push(key_path(&path));
+        let mut on_unknown = |path: serde_ignored::Path<'_>| unknown.push(unknown_key(&path));
         let de = serde_ignored::Deserializer::new(merged, &mut on_unknown);
         let parsed: Result<Config, _> = serde_path_to_error::deserialize(de);
         let mut cfg = match parsed {
             Ok(c) => c,
             Err(e) => {
+                // A type error stops serde at that key, but the unknown keys it met before are
+                // reported too: they are often the cause (`failover_onn:` is why `failover_on`
+                // is missing), and the type error alone would hide the typo.
                 let path = e.path().to_string();
-                return Err(ConfigErrors(vec![format!("{path}: {}", e.into_inner())]));
+                let mut errors = unknown;
+                errors.push(format!("{path}: {}", e.into_inner()));
+                return Err(ConfigErrors(errors));
             }
         };
-        let mut errors: Vec<String> = unknown
-            .into_iter()
-            .map(|p| format!("{p}: unknown key"))
-            .collect();
+        let mut errors = unknown;
         cfg.validate(&mut errors);
         if errors.is_empty() {
             Ok(cfg)
@@ -906,6 +929,148 @@ fn key_path(p: &serde_ignored::Path<'_>) -> String {
         | Path::NewtypeStruct { parent }
         | Path::NewtypeVariant { parent } => key_path(parent),
     }
+}
+
+/// `services.a.failover_onn: unknown key (did you mean `failover_on`?)`: the full key path,
+/// and the closest key serde knows at that level when one is close enough to be the intent.
+fn unknown_key(p: &serde_ignored::Path<'_>) -> String {
+    let mut segs = Vec::new();
+    key_segments(p, &mut segs);
+    let hint = match segs.split_last() {
+        Some((KeySeg::Key(key), parent)) => known_keys(parent).and_then(|k| closest_key(key, k)),
+        _ => None,
+    };
+    match hint {
+        Some(k) => format!("{}: unknown key (did you mean `{k}`?)", key_path(p)),
+        None => format!("{}: unknown key", key_path(p)),
+    }
+}
+
+/// One step of a key path: a map key, or an index into a list.
+enum KeySeg<'a> {
+    Key(&'a str),
+    Index,
+}
+
+fn key_segments<'a>(p: &'a serde_ignored::Path<'a>, out: &mut Vec<KeySeg<'a>>) {
+    use serde_ignored::Path;
+    match p {
+        Path::Root => {}
+        Path::Seq { parent, .. } => {
+            key_segments(parent, out);
+            out.push(KeySeg::Index);
+        }
+        Path::Map { parent, key } => {
+            key_segments(parent, out);
+            out.push(KeySeg::Key(key));
+        }
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => key_segments(parent, out),
+    }
+}
+
+/// The keys known at the level `parent` leads to. Which struct sits at which level is mapped
+/// here by hand, because serde tells a deserializer a struct's field names but not where the
+/// struct sits; the names themselves come from the types ([`fields_of`]), so they cannot drift
+/// from them. A level missing here only loses the suggestion, never the "unknown key" report.
+fn known_keys(parent: &[KeySeg<'_>]) -> Option<&'static [&'static str]> {
+    use KeySeg::{Index as I, Key as K};
+    let fields = match parent {
+        [] => fields_of::<Config>(),
+        [K("auth")] => fields_of::<AuthConfig>(),
+        [K("auth"), K("basic_auth")] => fields_of::<BasicAuthConfig>(),
+        [K("webhook")] => fields_of::<WebhookConfig>(),
+        [K("server")] => fields_of::<ServerLimits>(),
+        [K("tls")] => fields_of::<crate::tls::TlsConfig>(),
+        [K("reconcile")] => fields_of::<ReconcileConfig>(),
+        [K("storage")] => fields_of::<StorageConfig>(),
+        [K("alertmanager")] => fields_of::<AlertmanagerConfig>(),
+        [K("services"), K(_), service @ ..] => match service {
+            [] => fields_of::<ServiceConfig>(),
+            [K("docker")] => fields_of::<DockerConfig>(),
+            [K("docker"), K("containers"), I] | [K("burst"), K("container")] => {
+                fields_of::<ContainerConfig>()
+            }
+            [K("haproxy")] => fields_of::<HaproxyConfig>(),
+            [K("ec2")] | [K("burst"), K("ec2")] => fields_of::<Ec2Config>(),
+            [K("ec2"), K("tag")] | [K("burst"), K("ec2"), K("tag")] => fields_of::<TagFilter>(),
+            [K("timeouts")] => fields_of::<Timeouts>(),
+            [K("cost")] => fields_of::<CostConfig>(),
+            [K("burst")] => fields_of::<BurstConfig>(),
+            [K("burst"), K("haproxy")] => fields_of::<BurstHaproxy>(),
+            _ => return None,
+        },
+        _ => return None,
+    };
+    Some(fields)
+}
+
+/// The field names serde's derive gives struct `T` (renames applied, skipped fields left out).
+/// A derived `Deserialize` hands them to `Deserializer::deserialize_struct`, so a deserializer
+/// that records that argument and then fails learns them from the type itself. That is simpler
+/// than a `deny_unknown_fields` twin of every struct whose "expected one of ..." message would
+/// have to be parsed, and keeps no hand-written copy of the names. A type that does not
+/// deserialize as a plain struct (`flatten`, a hand-written impl) yields no names, hence no
+/// suggestion; `known_keys_come_from_the_types` checks every mapped level yields some.
+fn fields_of<T: serde::de::DeserializeOwned>() -> &'static [&'static str] {
+    use serde::de::{self, Visitor};
+
+    #[derive(Debug)]
+    struct Recorded;
+    impl fmt::Display for Recorded {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("field names recorded")
+        }
+    }
+    impl std::error::Error for Recorded {}
+    impl de::Error for Recorded {
+        fn custom<M: fmt::Display>(_: M) -> Self {
+            Recorded
+        }
+    }
+
+    struct Probe<'a>(&'a mut &'static [&'static str]);
+    impl<'de> de::Deserializer<'de> for Probe<'_> {
+        type Error = Recorded;
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Recorded> {
+            Err(Recorded)
+        }
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _name: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Recorded> {
+            *self.0 = fields;
+            Err(Recorded)
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
+            byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map enum
+            identifier ignored_any
+        }
+    }
+
+    let mut fields: &'static [&'static str] = &[];
+    // Always Err(Recorded): the probe never produces a value, only the names.
+    let _ = T::deserialize(Probe(&mut fields));
+    fields
+}
+
+/// The known key nearest to `key` if it is near enough to be a typo of it: optimal string
+/// alignment distance (a swap of two letters is one edit), case-insensitive, at most one edit
+/// for short keys and a third of the key's length for longer ones, so an unrelated key gets no
+/// misleading suggestion. Ties go to the first field in declaration order.
+fn closest_key(key: &str, known: &[&'static str]) -> Option<&'static str> {
+    let key = key.to_lowercase();
+    let limit = (key.chars().count() / 3).max(1);
+    known
+        .iter()
+        .map(|k| (strsim::osa_distance(&key, k), *k))
+        .filter(|(d, _)| *d <= limit)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
 }
 
 fn parse_matchers(raw: &[String], path: &str, errors: &mut Vec<String>) -> Vec<Matcher> {
@@ -1243,7 +1408,7 @@ cloud_servers = ["c1"]
                 &["listen_adress: unknown key", "services.a.haproxy.colud: unknown key"],
             ),
             (
-                "auth: {insecure_no_auth: true}\nservices:\n  a:\n    failover_on: ['alertname=~\"(\"', 'bad-name=\"x\"']\n    failback_on: ['x']\n    docker: {host: 'ftp://x', containers: [{name: '-x', image: '', ports: ['99999:80'], health_url: 'gopher://x'}]}\n",
+                "auth: {insecure_no_auth: true}\nservices:\n  a:\n    failover_on: ['alertname=~\"(\"', 'bad,name=\"x\"']\n    failback_on: ['x']\n    docker: {host: 'ftp://x', containers: [{name: '-x', image: '', ports: ['99999:80'], health_url: 'gopher://x'}]}\n",
                 &[
                     "services.a.failover_on[0]: invalid regex",
                     "services.a.failover_on[1]: invalid label name",
@@ -1319,6 +1484,135 @@ cloud_servers = ["c1"]
                 );
             }
         }
+    }
+
+    #[test]
+    fn typos_name_the_key_and_the_closest_known_one() {
+        // One case per level: config text, then the messages that must all appear. A typo in a
+        // required key also makes serde stop at the missing key; both must be reported.
+        let svc = "services:\n  a:\n    failover_on: ['a=\"b\"']\n    haproxy: {runtime_api: ['/s'], backend: b, cloud_servers: [c]}\n";
+        let cases: &[(String, &[&str])] = &[
+            // Top level, optional key.
+            (
+                format!("auth: {{insecure_no_auth: true}}\nlisten_adress: 1.2.3.4:5\n{svc}"),
+                &["listen_adress: unknown key (did you mean `listen_address`?)"],
+            ),
+            // Top level, required key: the typo and the missing key.
+            (
+                "auth: {insecure_no_auth: true}\nservics:\n  a: {failover_on: ['a=\"b\"']}\n".to_string(),
+                &[
+                    "servics: unknown key (did you mean `services`?)",
+                    // The root is the `config` crate's own deserializer, with its own wording.
+                    "missing configuration field \"services\"",
+                ],
+            ),
+            // Service level.
+            (
+                "auth: {insecure_no_auth: true}\nservices:\n  a:\n    failover_onn: ['a=\"b\"']\n    haproxy: {runtime_api: ['/s'], backend: b, cloud_servers: [c]}\n".to_string(),
+                &[
+                    "services.a.failover_onn: unknown key (did you mean `failover_on`?)",
+                    "missing configuration field \"services.a.failover_on\"",
+                ],
+            ),
+            // Docker container level (inside a list), a swap of two letters.
+            (
+                "auth: {insecure_no_auth: true}\nservices:\n  a:\n    failover_on: ['a=\"b\"']\n    docker: {containers: [{name: c, imgae: i}]}\n".to_string(),
+                &[
+                    "services.a.docker.containers[0].imgae: unknown key (did you mean `image`?)",
+                    // (The `config` crate's own text drops the dot: `containers[0]image`.)
+                    "services.a.docker.containers[0]: missing configuration field",
+                ],
+            ),
+            // HAProxy level, a different case counts as a typo too.
+            (
+                "auth: {insecure_no_auth: true}\nservices:\n  a:\n    failover_on: ['a=\"b\"']\n    haproxy: {runtime_api: ['/s'], backend: b, cloud_servers: [c], Command_Timeout: 5s}\n".to_string(),
+                &["services.a.haproxy.Command_Timeout: unknown key (did you mean `command_timeout`?)"],
+            ),
+        ];
+        for (text, wants) in cases {
+            let errs = Config::from_str(text, Format::Yaml)
+                .err()
+                .unwrap_or_else(|| panic!("accepted:\n{text}"))
+                .to_string();
+            for want in *wants {
+                assert!(
+                    errs.contains(want),
+                    "want {want:?} in:\n{errs}\nfor:\n{text}"
+                );
+            }
+        }
+        // A key near no known one gets no guess.
+        let text = format!("auth: {{insecure_no_auth: true}}\n{svc}    zzz: 1\n");
+        let errs = Config::from_str(&text, Format::Yaml)
+            .expect_err("unknown key refused")
+            .to_string();
+        assert!(errs.contains("services.a.zzz: unknown key"), "{errs}");
+        assert!(!errs.contains("did you mean"), "{errs}");
+    }
+
+    #[test]
+    fn known_keys_come_from_the_types() {
+        use KeySeg::{Index as I, Key as K};
+        // Every level mapped in known_keys, with one field it must list: a type that stops
+        // deserializing as a plain struct would silently lose its suggestions otherwise.
+        let levels: &[(&[KeySeg<'_>], &str)] = &[
+            (&[], "services"),
+            (&[K("auth")], "bearer_token_file"),
+            (&[K("auth"), K("basic_auth")], "password_file"),
+            (&[K("webhook")], "max_body_bytes"),
+            (&[K("server")], "max_connections"),
+            (&[K("tls")], "cert_file"),
+            (&[K("reconcile")], "interval"),
+            (&[K("storage")], "path"),
+            (&[K("alertmanager")], "url"),
+            (&[K("services"), K("a")], "failover_on"),
+            (&[K("services"), K("a"), K("docker")], "containers"),
+            (
+                &[K("services"), K("a"), K("docker"), K("containers"), I],
+                "image",
+            ),
+            (&[K("services"), K("a"), K("haproxy")], "cloud_servers"),
+            (&[K("services"), K("a"), K("ec2")], "instance_ids"),
+            (&[K("services"), K("a"), K("ec2"), K("tag")], "key"),
+            (&[K("services"), K("a"), K("timeouts")], "drain"),
+            (&[K("services"), K("a"), K("cost")], "max_instances"),
+            (&[K("services"), K("a"), K("burst")], "scale_up_every"),
+            (
+                &[K("services"), K("a"), K("burst"), K("haproxy")],
+                "server_prefix",
+            ),
+            (
+                &[K("services"), K("a"), K("burst"), K("container")],
+                "health_url",
+            ),
+            (&[K("services"), K("a"), K("burst"), K("ec2")], "tag"),
+            (
+                &[K("services"), K("a"), K("burst"), K("ec2"), K("tag")],
+                "value",
+            ),
+        ];
+        for (level, field) in levels {
+            let known = known_keys(level).expect("level is mapped");
+            assert!(known.contains(field), "{field} not in {known:?}");
+        }
+        // Skipped fields are not config keys and are never suggested.
+        let service = fields_of::<ServiceConfig>();
+        assert!(!service.contains(&"failover_matchers"), "{service:?}");
+        assert!(known_keys(&[K("nope")]).is_none());
+    }
+
+    #[test]
+    fn quoted_utf8_label_names_in_yaml() {
+        let text = "auth: {insecure_no_auth: true}\nservices:\n  a:\n    failover_on: ['\"service.name\"=\"onprem-api\"', 'severity=~\"crit.*\"']\n    haproxy: {runtime_api: ['/s'], backend: b, cloud_servers: [c]}\n";
+        let cfg = Config::from_str(text, Format::Yaml).expect("quoted label name accepted");
+        let ms = &cfg.services["a"].failover_matchers;
+        assert_eq!(ms[0].name, "service.name");
+        let labels: BTreeMap<String, String> =
+            [("service.name", "onprem-api"), ("severity", "critical")]
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+        assert!(crate::matcher::matches_all(ms, &labels));
     }
 
     #[test]

@@ -80,6 +80,9 @@ pub struct Metrics {
     pub backend_up: Family<TargetLabels, Gauge>,
     /// Failed reconcile passes in a row; 0 when the last pass succeeded.
     pub consecutive_failures: Family<ServiceLabels, Gauge>,
+    /// Things only a human can fix that keep a service's plan from going on (a Runtime API
+    /// below level admin, a maintenance `state ready` cannot lift): 0 when none.
+    pub blocked: Family<ServiceLabels, Gauge>,
     /// Unix time of the last completed reconcile pass.
     pub last_reconcile: Family<ServiceLabels, Gauge>,
     /// Mode changes, by the mode entered.
@@ -158,6 +161,12 @@ impl Metrics {
             "backend_up",
             "1 when the backend answered the last observation",
             backend_up.clone(),
+        );
+        let blocked = Family::default();
+        registry.register(
+            "blocked",
+            "What only a human can fix keeps the plan from going on (count); see status 'blocked'",
+            blocked.clone(),
         );
         let consecutive_failures = Family::default();
         registry.register(
@@ -265,6 +274,7 @@ impl Metrics {
             step_seconds,
             backend_up,
             consecutive_failures,
+            blocked,
             last_reconcile,
         }
     }

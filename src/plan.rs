@@ -31,6 +31,41 @@ pub enum ContainerState {
     Running {
         health: Health,
     },
+    /// A container of the configured name that is not what the config would create: made by
+    /// someone else (no label of this service's), or by the responder from an older spec (the
+    /// image, command, env or ports changed in the config since, or the image's tag now names
+    /// another image). Never counted healthy: nothing is opened in front of it until it has
+    /// been recreated from the config.
+    Mismatch {
+        /// What differs, naming the image found and the one configured.
+        reason: String,
+        /// Created by the responder for this service (from an older spec): it may be stopped
+        /// and recreated like any container of ours.
+        ours: bool,
+        /// Ours, or the config says `recreate: always`: it may be removed and created anew.
+        may_recreate: bool,
+        /// Running now: it may be serving, so it is not removed while a server may send it
+        /// traffic.
+        running: bool,
+    },
+}
+
+impl ContainerState {
+    /// A short phrase for messages: `running (starting)`, `stopped`, `unknown (<reason>)`.
+    pub fn describe(&self) -> String {
+        match self {
+            ContainerState::Running { health } => format!("running ({})", health.as_str()),
+            ContainerState::Unknown { reason } => format!("unknown ({reason})"),
+            ContainerState::Absent => "absent".into(),
+            ContainerState::Stopped => "stopped".into(),
+            ContainerState::Mismatch {
+                reason, running, ..
+            } => format!(
+                "{} but not as configured ({reason})",
+                if *running { "running" } else { "stopped" }
+            ),
+        }
+    }
 }
 
 /// Health of a running container: Docker's HEALTHCHECK status, else the configured
@@ -41,6 +76,16 @@ pub enum Health {
     Healthy,
     Starting,
     Unhealthy,
+}
+
+impl Health {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Healthy => "healthy",
+            Health::Starting => "starting",
+            Health::Unhealthy => "unhealthy",
+        }
+    }
 }
 
 /// A cloud server's admin state in one HAProxy, from `show servers state`.
@@ -111,6 +156,11 @@ pub struct ServerObs {
     /// The server's user weight (observed for burst slots only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub weight: Option<u32>,
+    /// Why the Runtime API cannot open this server (a socket below level admin, a maintenance
+    /// `state ready` cannot lift): planned as a blocker for a human, never as a step that
+    /// "succeeds" without effect.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub blocked: Option<String>,
 }
 
 /// An instance's state as the planner sees it.
@@ -154,6 +204,12 @@ pub struct Observed {
 pub enum Step {
     /// Create the container from its config if absent, then start it.
     StartContainer {
+        container: String,
+    },
+    /// Remove the container found under the configured name (not what the config would
+    /// create, and allowed to go: ours from an older spec, or `recreate: always`), then create
+    /// the configured one and start it.
+    RecreateContainer {
         container: String,
     },
     /// Poll until every listed container is healthy, up to `timeouts.healthy`.
@@ -205,6 +261,7 @@ impl Step {
     pub fn action(&self) -> &'static str {
         match self {
             Step::StartContainer { .. } => "start_container",
+            Step::RecreateContainer { .. } => "recreate_container",
             Step::WaitHealthy { .. } => "wait_healthy",
             Step::SetServer {
                 state: AdminState::Ready,
@@ -234,6 +291,7 @@ impl fmt::Display for Step {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Step::StartContainer { container } => write!(f, "start {container}"),
+            Step::RecreateContainer { container } => write!(f, "recreate {container}"),
             Step::WaitHealthy { containers } => write!(f, "wait-healthy {}", containers.join(",")),
             Step::SetServer { target, state } => {
                 write!(f, "{} {}/{}", state.as_str(), target.backend, target.server)
@@ -266,12 +324,21 @@ impl fmt::Display for Step {
 pub struct Plan {
     pub steps: Vec<Step>,
     pub waiting: Vec<String>,
+    /// What only a human can fix before the plan can go on (each names its target and the fix).
+    pub blocked: Vec<String>,
 }
 
 impl Plan {
-    /// Nothing to do and nothing unknown: the world is as desired.
+    /// Nothing to do, nothing unknown, nothing blocked: the world is as desired.
     pub fn converged(&self) -> bool {
-        self.steps.is_empty() && self.waiting.is_empty()
+        self.steps.is_empty() && self.waiting.is_empty() && self.blocked.is_empty()
+    }
+
+    /// Adds `other`'s steps, waits and blockers after this plan's.
+    pub fn extend(&mut self, other: Plan) {
+        self.steps.extend(other.steps);
+        self.waiting.extend(other.waiting);
+        self.blocked.extend(other.blocked);
     }
 }
 
@@ -300,7 +367,7 @@ pub enum Standby {
 
 fn plan_cloud(o: &Observed) -> Plan {
     let mut p = Plan::default();
-    if !instances_up(o, &mut p) || !containers_up(o, &mut p) {
+    if !instances_up(o, &mut p) || !containers_up(o, may_send_traffic(o), &mut p) {
         return p;
     }
     open_servers(o, None, &mut p);
@@ -317,6 +384,12 @@ struct Slot<'a> {
 /// Plans every server open (after pointing a burst slot at its unit).
 fn open_servers(o: &Observed, slot: Option<Slot<'_>>, p: &mut Plan) {
     for s in &o.servers {
+        if let Some(why) = &s.blocked {
+            if s.state != ServerState::Ready {
+                p.blocked.push(format!("server {}: {why}", s.target));
+            }
+            continue;
+        }
         let known = matches!(
             s.state,
             ServerState::Ready | ServerState::Drain | ServerState::Maint
@@ -405,19 +478,66 @@ fn instances_up(o: &Observed, p: &mut Plan) -> bool {
     false
 }
 
-/// Plans the containers running and healthy. Returns false when a container cannot be asked:
-/// its health is unknown, so nothing may be opened in front of it.
-fn containers_up(o: &Observed, p: &mut Plan) -> bool {
-    let unknown: Vec<String> = o
-        .containers
-        .iter()
-        .filter_map(|c| match &c.state {
-            ContainerState::Unknown { reason } => Some(format!("container {}: {reason}", c.name)),
-            _ => None,
-        })
-        .collect();
-    if !unknown.is_empty() {
-        p.waiting.extend(unknown);
+/// Whether a server may send the containers traffic now: open, draining, or not known.
+fn may_send_traffic(o: &Observed) -> bool {
+    o.servers.iter().any(|s| {
+        matches!(
+            s.state,
+            ServerState::Ready | ServerState::Drain | ServerState::Unknown { .. }
+        )
+    })
+}
+
+/// What only a human can fix about a container the responder may not remove.
+fn foreign_blocker(name: &str, reason: &str) -> String {
+    format!(
+        "container {name}: {reason}; it is not removed (recreate: never) and nothing is opened \
+         in front of it. Fix: set `recreate: always` on container {name} in the config to have \
+         it replaced, or remove or rename it (docker rm -f {name})"
+    )
+}
+
+/// Plans the containers running and healthy. Returns false when a container cannot be asked
+/// (its health is unknown), may not be replaced (not ours, `recreate: never`) or may not be
+/// replaced yet (running while a server may send it traffic): nothing may be opened in front
+/// of it.
+///
+/// `serving`: whether a server may still send traffic once the steps planned before these
+/// have run. A running container that is not as configured is removed only when none may:
+/// removing it is stopping it, and a container is never stopped in front of an open server.
+fn containers_up(o: &Observed, serving: bool, p: &mut Plan) -> bool {
+    let mut held = false;
+    for c in &o.containers {
+        match &c.state {
+            ContainerState::Unknown { reason } => {
+                held = true;
+                p.waiting.push(format!("container {}: {reason}", c.name));
+            }
+            ContainerState::Mismatch {
+                reason,
+                may_recreate: false,
+                ..
+            } => {
+                held = true;
+                p.blocked.push(foreign_blocker(&c.name, reason));
+            }
+            ContainerState::Mismatch {
+                reason,
+                running: true,
+                ..
+            } if serving => {
+                held = true;
+                p.waiting.push(format!(
+                    "container {}: {reason}; kept while a server may still send it traffic: \
+                     recreated once every cloud server is closed (at failback, or put them in \
+                     maint to do it now)",
+                    c.name
+                ));
+            }
+            _ => {}
+        }
+    }
+    if held {
         return false;
     }
     let mut not_healthy = Vec::new();
@@ -425,6 +545,12 @@ fn containers_up(o: &Observed, p: &mut Plan) -> bool {
         match c.state {
             ContainerState::Absent | ContainerState::Stopped => {
                 p.steps.push(Step::StartContainer {
+                    container: c.name.clone(),
+                });
+                not_healthy.push(c.name.clone());
+            }
+            ContainerState::Mismatch { .. } => {
+                p.steps.push(Step::RecreateContainer {
                     container: c.name.clone(),
                 });
                 not_healthy.push(c.name.clone());
@@ -452,6 +578,12 @@ fn plan_onprem(o: &Observed, standby: Standby) -> Plan {
     let mut any_unknown_server = false;
     for s in &o.servers {
         match &s.state {
+            ServerState::Ready if s.blocked.is_some() => {
+                // Cannot be closed: it stays open, so what it sends traffic to stays up.
+                any_unknown_server = true;
+                let why = s.blocked.as_deref().unwrap_or_default();
+                p.blocked.push(format!("server {}: {why}", s.target));
+            }
             ServerState::Ready => {
                 p.steps.push(Step::SetServer {
                     target: s.target.clone(),
@@ -482,24 +614,44 @@ fn plan_onprem(o: &Observed, standby: Standby) -> Plan {
             }));
     }
     if standby == Standby::Warm {
-        // Resting warm: the capacity stays up and healthy behind closed servers.
+        // Resting warm: the capacity stays up and healthy behind closed servers. The servers
+        // open now are closed by the steps above; only one that cannot be asked (or closed)
+        // may still send traffic after them.
         if instances_up(o, &mut p) {
-            containers_up(o, &mut p);
+            containers_up(o, any_unknown_server, &mut p);
         }
         return p;
     }
     for c in &o.containers {
         match &c.state {
-            ContainerState::Running { .. } if any_unknown_server => {
+            ContainerState::Running { .. }
+            | ContainerState::Mismatch {
+                ours: true,
+                running: true,
+                ..
+            } if any_unknown_server => {
                 p.waiting.push(format!(
                     "container {}: kept running until every HAProxy confirms its servers are closed",
                     c.name
                 ));
             }
-            ContainerState::Running { .. } => p.steps.push(Step::StopContainer {
+            // Ours from an older spec: stopped like any of ours, recreated at the next failover.
+            ContainerState::Running { .. }
+            | ContainerState::Mismatch {
+                ours: true,
+                running: true,
+                ..
+            } => p.steps.push(Step::StopContainer {
                 container: c.name.clone(),
             }),
-            ContainerState::Absent | ContainerState::Stopped => {}
+            // Not ours: never stopped or removed here. One the next failover may not replace
+            // is said now, not in the middle of that failover.
+            ContainerState::Mismatch {
+                reason,
+                may_recreate: false,
+                ..
+            } => p.blocked.push(foreign_blocker(&c.name, reason)),
+            ContainerState::Mismatch { .. } | ContainerState::Absent | ContainerState::Stopped => {}
             ContainerState::Unknown { reason } => {
                 p.waiting.push(format!("container {}: {reason}", c.name))
             }
@@ -515,8 +667,7 @@ fn plan_onprem(o: &Observed, standby: Standby) -> Plan {
             },
             &mut up,
         );
-        p.steps.extend(up.steps);
-        p.waiting.extend(up.waiting);
+        p.extend(up);
         return p;
     }
     // Cold: the instances last, once no HAProxy can send them traffic.
@@ -564,7 +715,9 @@ pub fn plan_burst(target: u32, units: &[UnitObs], weight: u32) -> Plan {
     for u in units {
         let mut p = Plan::default();
         if u.index <= target {
-            if instances_up(&u.observed, &mut p) && containers_up(&u.observed, &mut p) {
+            if instances_up(&u.observed, &mut p)
+                && containers_up(&u.observed, may_send_traffic(&u.observed), &mut p)
+            {
                 match &u.address {
                     Some(addr) => open_servers(&u.observed, Some(Slot { addr, weight }), &mut p),
                     None => p
@@ -590,7 +743,7 @@ fn phase(step: &Step) -> u8 {
         Step::StartInstances { .. } => 0,
         Step::WaitInstancesRunning { .. } => 1,
         Step::WaitDockerReady => 2,
-        Step::StartContainer { .. } => 3,
+        Step::StartContainer { .. } | Step::RecreateContainer { .. } => 3,
         Step::WaitHealthy { .. } => 4,
         Step::SetServerAddr { .. } => 5,
         Step::SetWeight { .. } => 6,
@@ -617,9 +770,11 @@ fn phase(step: &Step) -> u8 {
 fn merge(parts: Vec<Plan>) -> Plan {
     let mut steps: Vec<Step> = Vec::new();
     let mut waiting = Vec::new();
+    let mut blocked = Vec::new();
     for p in parts {
         steps.extend(p.steps);
         waiting.extend(p.waiting);
+        blocked.extend(p.blocked);
     }
     steps.sort_by_key(phase);
     let mut out: Vec<Step> = Vec::new();
@@ -646,6 +801,7 @@ fn merge(parts: Vec<Plan>) -> Plan {
     Plan {
         steps: out,
         waiting,
+        blocked,
     }
 }
 
@@ -714,6 +870,7 @@ mod tests {
                 state: s.clone(),
                 addr: None,
                 weight: None,
+                blocked: None,
             }],
             instances: vec![],
         }
@@ -962,6 +1119,7 @@ mod tests {
                         state: s2.clone(),
                         addr: None,
                         weight: None,
+                        blocked: None,
                     });
                     let cloud = plan(Mode::Cloud, &o, Standby::Cold);
                     // Never open a server before the capacity is known healthy.
@@ -1006,6 +1164,374 @@ mod tests {
                                 ..
                             }
                         ));
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn blocked_servers_get_no_step_and_name_the_fix() {
+        let healthy = ContainerState::Running {
+            health: Health::Healthy,
+        };
+        let blocked = |c: &ContainerState, st: ServerState| {
+            let mut o = observed(c, &st);
+            o.servers[0].blocked = Some("RMAINT: fix DNS".into());
+            o
+        };
+        let no_server_step = |p: &Plan| {
+            !p.steps
+                .iter()
+                .any(|s| matches!(s, Step::SetServer { .. } | Step::SetServerAddr { .. }))
+        };
+        // Failover: the container comes up, the server cannot open: a blocker, not a step
+        // that would "succeed" with no effect on every pass.
+        let p = plan(
+            Mode::Cloud,
+            &blocked(&healthy, ServerState::Maint),
+            Standby::Cold,
+        );
+        assert!(no_server_step(&p), "{p:?}");
+        assert_eq!(p.blocked.len(), 1, "{p:?}");
+        assert!(p.blocked[0].contains("fix DNS") && !p.converged());
+        let p = plan(
+            Mode::Cloud,
+            &blocked(&ContainerState::Stopped, ServerState::Maint),
+            Standby::Cold,
+        );
+        assert!(
+            p.steps
+                .iter()
+                .any(|s| matches!(s, Step::StartContainer { .. })),
+            "{p:?}"
+        );
+        assert!(no_server_step(&p) && p.blocked.len() == 1, "{p:?}");
+        // A blocked server already open needs nothing in cloud mode.
+        let p = plan(
+            Mode::Cloud,
+            &blocked(&healthy, ServerState::Ready),
+            Standby::Cold,
+        );
+        assert!(p.converged(), "{p:?}");
+        // Failback: a server that cannot be closed stays open, so its container keeps running.
+        let p = plan(
+            Mode::Onprem,
+            &blocked(&healthy, ServerState::Ready),
+            Standby::Cold,
+        );
+        assert!(p.steps.is_empty(), "{p:?}");
+        assert_eq!(p.blocked.len(), 1, "{p:?}");
+        // Already in maint: nothing to do, nothing blocked (it is closed, as on-prem wants).
+        let p = plan(
+            Mode::Onprem,
+            &blocked(&ContainerState::Stopped, ServerState::Maint),
+            Standby::Cold,
+        );
+        assert!(p.converged(), "{p:?}");
+    }
+
+    /// Containers found under the configured name that are not as configured: by someone
+    /// else (`foreign`; `-always` when the config says `recreate: always`) or by the responder
+    /// from an older spec (`stale`), stopped or `-running`.
+    fn mismatch_states() -> Vec<(&'static str, ContainerState)> {
+        let m = |ours: bool, may_recreate: bool, running: bool| ContainerState::Mismatch {
+            reason: "it runs image other:1, the config says api:1".into(),
+            ours,
+            may_recreate,
+            running,
+        };
+        vec![
+            ("foreign", m(false, false, false)),
+            ("foreign-running", m(false, false, true)),
+            ("foreign-always", m(false, true, false)),
+            ("foreign-always-running", m(false, true, true)),
+            ("stale", m(true, true, false)),
+            ("stale-running", m(true, true, true)),
+        ]
+    }
+
+    /// Steps, then " (waiting)" and " (blocked)" when the plan has them.
+    fn render_blocked(p: &Plan) -> String {
+        format!(
+            "{}{}",
+            render(p),
+            if p.blocked.is_empty() {
+                ""
+            } else {
+                " (blocked)"
+            }
+        )
+    }
+
+    /// Every mismatch against every server state (in `server_states()` order: s?, missing,
+    /// ready, drain, maint), in cloud and in on-prem (cold), with the exact plan.
+    #[test]
+    fn mismatched_containers_with_every_server_state() {
+        const BLOCKED: &str = " (blocked)";
+        const RECREATE: [&str; 5] = [
+            "recreate c; wait-healthy c (waiting)",
+            "recreate c; wait-healthy c (waiting)",
+            "recreate c; wait-healthy c",
+            "recreate c; wait-healthy c; ready b/s",
+            "recreate c; wait-healthy c; ready b/s",
+        ];
+        // Running and maybe serving: kept until no server may send it traffic.
+        const RECREATE_UNLESS_SERVING: [&str; 5] = [
+            " (waiting)",
+            "recreate c; wait-healthy c (waiting)",
+            " (waiting)",
+            " (waiting)",
+            "recreate c; wait-healthy c; ready b/s",
+        ];
+        const CLOSE_ONLY: [&str; 5] = [
+            " (waiting)",
+            " (waiting)",
+            "drain b/s; wait-drained b/s; maint b/s",
+            "wait-drained b/s; maint b/s",
+            "",
+        ];
+        const CLOSE_AND_BLOCKED: [&str; 5] = [
+            " (waiting) (blocked)",
+            " (waiting) (blocked)",
+            "drain b/s; wait-drained b/s; maint b/s (blocked)",
+            "wait-drained b/s; maint b/s (blocked)",
+            " (blocked)",
+        ];
+        const CLOSE_THEN_STOP: [&str; 5] = [
+            " (waiting)",
+            "stop c (waiting)",
+            "drain b/s; wait-drained b/s; maint b/s; stop c",
+            "wait-drained b/s; maint b/s; stop c",
+            "stop c",
+        ];
+        let table: &[(Mode, &str, [&str; 5])] = &[
+            // Not ours and recreate: never: nothing started, nothing opened, a human told.
+            (Mode::Cloud, "foreign", [BLOCKED; 5]),
+            (Mode::Cloud, "foreign-running", [BLOCKED; 5]),
+            (Mode::Cloud, "foreign-always", RECREATE),
+            (
+                Mode::Cloud,
+                "foreign-always-running",
+                RECREATE_UNLESS_SERVING,
+            ),
+            (Mode::Cloud, "stale", RECREATE),
+            (Mode::Cloud, "stale-running", RECREATE_UNLESS_SERVING),
+            // On-prem: never stop or remove what is not ours; say early what blocks failover.
+            (Mode::Onprem, "foreign", CLOSE_AND_BLOCKED),
+            (Mode::Onprem, "foreign-running", CLOSE_AND_BLOCKED),
+            (Mode::Onprem, "foreign-always", CLOSE_ONLY),
+            (Mode::Onprem, "foreign-always-running", CLOSE_ONLY),
+            // Ours from an older spec: stopped like any of ours, recreated at failover.
+            (Mode::Onprem, "stale", CLOSE_ONLY),
+            (Mode::Onprem, "stale-running", CLOSE_THEN_STOP),
+        ];
+        let ms = mismatch_states();
+        let ss = server_states();
+        assert_eq!(table.len(), 2 * ms.len(), "the table covers every mismatch");
+        for (mode, cname, wants) in table {
+            let c = &ms.iter().find(|(n, _)| n == cname).expect("state").1;
+            for ((sname, s), want) in ss.iter().zip(wants) {
+                let p = plan(*mode, &observed(c, s), Standby::Cold);
+                assert_eq!(
+                    render_blocked(&p),
+                    *want,
+                    "{mode:?} container={cname} server={sname}"
+                );
+                if *mode == Mode::Cloud {
+                    assert!(!p.converged(), "{cname} {sname}: converged in cloud");
+                }
+            }
+        }
+        // What blocks names the container, the images and both fixes.
+        let p = plan(
+            Mode::Cloud,
+            &observed(&ms[0].1, &ServerState::Maint),
+            Standby::Cold,
+        );
+        let b = &p.blocked[0];
+        for w in [
+            "container c",
+            "other:1",
+            "api:1",
+            "recreate: always",
+            "docker rm -f c",
+        ] {
+            assert!(b.contains(w), "{w:?} not in {b:?}");
+        }
+        let p = plan(
+            Mode::Cloud,
+            &observed(&ms[5].1, &ServerState::Ready),
+            Standby::Cold,
+        );
+        assert!(p.waiting[0].contains("put them in maint"), "{p:?}");
+        // Ours from an older spec and stopped rests converged on-prem: nothing to do until
+        // the next failover recreates it.
+        assert!(plan(
+            Mode::Onprem,
+            &observed(&ms[4].1, &ServerState::Maint),
+            Standby::Cold
+        )
+        .converged());
+    }
+
+    #[test]
+    fn mismatched_containers_per_standby_tier() {
+        let ms: std::collections::HashMap<_, _> = mismatch_states().into_iter().collect();
+        let cases: &[(Standby, &str, ServerState, &str)] = &[
+            // Warm keeps capacity up: recreated behind closed servers, after closing them.
+            (
+                Standby::Warm,
+                "stale-running",
+                ServerState::Maint,
+                "recreate c; wait-healthy c",
+            ),
+            (
+                Standby::Warm,
+                "stale-running",
+                ServerState::Ready,
+                "drain b/s; wait-drained b/s; maint b/s; recreate c; wait-healthy c",
+            ),
+            (
+                Standby::Warm,
+                "stale-running",
+                ServerState::Unknown { reason: "x".into() },
+                " (waiting)",
+            ),
+            (
+                Standby::Warm,
+                "stale",
+                ServerState::Maint,
+                "recreate c; wait-healthy c",
+            ),
+            (
+                Standby::Warm,
+                "foreign-always-running",
+                ServerState::Maint,
+                "recreate c; wait-healthy c",
+            ),
+            (
+                Standby::Warm,
+                "foreign-running",
+                ServerState::Maint,
+                " (blocked)",
+            ),
+            (Standby::Warm, "foreign", ServerState::Maint, " (blocked)"),
+            // Pilot light rests with containers stopped: ours stopped, others left alone.
+            (
+                Standby::PilotLight,
+                "stale-running",
+                ServerState::Maint,
+                "stop c",
+            ),
+            (Standby::PilotLight, "stale", ServerState::Maint, ""),
+            (
+                Standby::PilotLight,
+                "foreign-running",
+                ServerState::Maint,
+                " (blocked)",
+            ),
+            (
+                Standby::PilotLight,
+                "foreign-always-running",
+                ServerState::Maint,
+                "",
+            ),
+        ];
+        for (tier, cname, s, want) in cases {
+            let p = plan(Mode::Onprem, &observed(&ms[cname], s), *tier);
+            assert_eq!(render_blocked(&p), *want, "{tier:?} {cname} {s:?}");
+        }
+    }
+
+    /// Safety with mismatched containers, over every pair of server states on two HAProxies,
+    /// both modes and every tier, and as burst units up or down: a container that may not be
+    /// recreated is never started, recreated or (if not ours) stopped; a running one is removed
+    /// only once no server may send it traffic; nothing is opened in front of one before it was
+    /// recreated and waited healthy.
+    #[test]
+    fn mismatch_safety_over_every_combination() {
+        let may_be_open = |st: &ServerState| {
+            matches!(
+                st,
+                ServerState::Ready | ServerState::Drain | ServerState::Unknown { .. }
+            )
+        };
+        for (cname, c) in mismatch_states() {
+            let ContainerState::Mismatch {
+                ours,
+                may_recreate,
+                running,
+                ..
+            } = c
+            else {
+                unreachable!()
+            };
+            for (_, s1) in server_states() {
+                for (_, s2) in server_states() {
+                    let mut o = observed(&c, &s1);
+                    let mut second = o.servers[0].clone();
+                    second.target.api = "/sock2".into();
+                    second.state = s2.clone();
+                    o.servers.push(second);
+                    let mut plans = vec![plan(Mode::Cloud, &o, Standby::Cold)];
+                    for tier in [Standby::Cold, Standby::PilotLight, Standby::Warm] {
+                        plans.push(plan(Mode::Onprem, &o, tier));
+                    }
+                    let unit = UnitObs {
+                        index: 1,
+                        observed: o.clone(),
+                        address: Some("127.0.0.1:1".into()),
+                    };
+                    for target in 0..=1 {
+                        plans.push(plan_burst(target, std::slice::from_ref(&unit), 100));
+                    }
+                    // Cloud, and the burst unit wanted up: never converged with a mismatch.
+                    assert!(!plans[0].converged() && !plans[5].converged(), "{cname}");
+                    for p in &plans {
+                        let why = format!("{cname} {s1:?} {s2:?}: {p:?}");
+                        let pos = |f: &dyn Fn(&Step) -> bool| p.steps.iter().position(f);
+                        let recreate = pos(&|st| matches!(st, Step::RecreateContainer { .. }));
+                        let wait = pos(&|st| matches!(st, Step::WaitHealthy { .. }));
+                        assert!(
+                            pos(&|st| matches!(st, Step::StartContainer { .. })).is_none(),
+                            "{why}"
+                        );
+                        if !may_recreate {
+                            assert!(recreate.is_none(), "{why}");
+                            assert!(!p.blocked.is_empty(), "{why}");
+                        }
+                        if !ours {
+                            assert!(
+                                pos(&|st| matches!(st, Step::StopContainer { .. })).is_none(),
+                                "{why}"
+                            );
+                        }
+                        if let (Some(r), true) = (recreate, running) {
+                            for so in &o.servers {
+                                if may_be_open(&so.state) {
+                                    let closed = p.steps[..r].iter().any(|st| {
+                                        matches!(st, Step::SetServer { target, state: AdminState::Maint } if *target == so.target)
+                                    });
+                                    assert!(closed, "removed while maybe serving: {why}");
+                                }
+                            }
+                        }
+                        if let Some(ready) = pos(&|st| {
+                            matches!(
+                                st,
+                                Step::SetServer {
+                                    state: AdminState::Ready,
+                                    ..
+                                }
+                            )
+                        }) {
+                            assert!(
+                                recreate.is_some_and(|r| r < ready)
+                                    && wait.is_some_and(|w| w < ready),
+                                "opened in front of a mismatch: {why}"
+                            );
+                        }
                     }
                 }
             }
@@ -1273,6 +1799,7 @@ mod tests {
                     state: s.clone(),
                     addr: addr.map(String::from),
                     weight: Some(if addr.is_some() { 100 } else { 1 }),
+                    blocked: None,
                 }],
                 instances: vec![],
             },

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, info_span, warn, Instrument};
 
 use crate::backend::docker::DockerBackend;
-use crate::backend::haproxy::RuntimeApi;
+use crate::backend::haproxy::{self, RuntimeApi};
 use crate::backend::BackendError;
 use crate::burst::{self, Scale, UnitKind, BURST_KEY};
 use crate::config::{ReconcileConfig, ServiceConfig};
@@ -242,6 +242,7 @@ pub async fn run_service(svc: ServiceRuntime, ctx: Context, shutdown: Cancellati
             .store
             .event(&svc.name, "resume", format!("previous run stopped during step {step:?}; observing and redoing what is missing"), vec![])
             .await;
+        finish_interrupted_stop(&svc, &step).await;
     }
     loop {
         let pass = async {
@@ -299,6 +300,27 @@ pub async fn run_service(svc: ServiceRuntime, ctx: Context, shutdown: Cancellati
             () = svc.wake.notified() => {}
             () = tokio::time::sleep(wait) => {}
             () = shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// Finishes a container stop the last run died in. Docker shows a container it is stopping as
+/// running (and healthy, if it serves through its grace period) until it exits, so a pass that
+/// observed it now could open a server in front of it just before it dies. Stopping it again
+/// waits until it has exited; the pass after that starts it anew if the alerts say cloud.
+async fn finish_interrupted_stop(svc: &ServiceRuntime, step: &str) {
+    // The step as recorded: `Step::StopContainer`'s Display, "stop <container>".
+    let Some(name) = step.strip_prefix("stop ") else {
+        return;
+    };
+    let Ok((d, c)) = container_of(svc, name) else {
+        return;
+    };
+    match d.stop(&svc.name, &c, svc.config.timeouts.stop).await {
+        Ok(()) => info!(service = %svc.name, container = name, "finished the interrupted stop"),
+        // The pass repairs what is left; the error shows there too.
+        Err(e) => {
+            warn!(service = %svc.name, container = name, error = %e, "could not finish the interrupted stop")
         }
     }
 }
@@ -433,23 +455,24 @@ pub async fn reconcile_once(svc: &ServiceRuntime, ctx: &Context) -> Result<PassO
         }
         _ => plan::Plan::default(),
     };
-    let plan = plan::Plan {
-        steps: mode_plan
-            .steps
-            .iter()
-            .chain(&burst_plan.steps)
-            .cloned()
-            .collect(),
-        waiting: mode_plan
-            .waiting
-            .iter()
-            .chain(&burst_plan.waiting)
-            .cloned()
-            .collect(),
-    };
     // Which steps act on burst units (their EC2 steps go to the burst pool).
-    let is_burst = |i: usize| i >= mode_plan.steps.len();
+    let mode_steps = mode_plan.steps.len();
+    let is_burst = |i: usize| i >= mode_steps;
+    let mut plan = mode_plan;
+    plan.extend(burst_plan);
+    let blocked_before = ctx.store.blocked(&svc.name);
     record_pass(svc, ctx, &decision, &eff, &observed, &plan);
+    // Said once when it starts or changes, not on every pass: the backoff repeats the pass.
+    if plan.blocked != blocked_before && !plan.blocked.is_empty() {
+        let what = plan.blocked.join("; ");
+        warn!(service = %svc.name, blocked = %what, "blocked: only a human can fix this");
+        ctx.store.event(&svc.name, "blocked", what, vec![]).await?;
+    } else if plan.blocked.is_empty() && !blocked_before.is_empty() {
+        info!(service = %svc.name, "no longer blocked");
+        ctx.store
+            .event(&svc.name, "unblocked", blocked_before.join("; "), vec![])
+            .await?;
+    }
     record_burst(svc, ctx, &state, scale.as_ref(), &units, now);
     let recheck = match (
         eff.recheck_after,
@@ -779,6 +802,10 @@ fn record_pass(
         .get_or_create(&sl)
         .set(i64::from(plan.converged()));
     ctx.metrics
+        .blocked
+        .get_or_create(&sl)
+        .set(i64::try_from(plan.blocked.len()).unwrap_or(i64::MAX));
+    ctx.metrics
         .failover_alerts
         .get_or_create(&sl)
         .set(i64::try_from(decision.failover_alerts.len()).unwrap_or(i64::MAX));
@@ -869,7 +896,7 @@ pub async fn observe(svc: &ServiceRuntime, _ctx: &Context) -> Observed {
             for c in &cfg.containers {
                 out.push(ContainerObs {
                     name: c.name.clone(),
-                    state: d.observe(c).await,
+                    state: d.observe(&svc.name, c).await,
                 });
             }
         }
@@ -880,21 +907,28 @@ pub async fn observe(svc: &ServiceRuntime, _ctx: &Context) -> Observed {
         let Some(h) = &svc.config.haproxy else {
             return out;
         };
-        let answers = futures_util::future::join_all(
-            svc.haproxy
-                .iter()
-                .map(|api| api.observe(&h.backend, &h.cloud_servers)),
-        )
+        // The servers' states and the socket's level: reachable is not enough, it must also
+        // be allowed to change them.
+        let answers = futures_util::future::join_all(svc.haproxy.iter().map(|api| async {
+            tokio::join!(api.observe(&h.backend, &h.cloud_servers), api.cli_level())
+        }))
         .await;
-        for (api, answer) in svc.haproxy.iter().zip(answers) {
+        for (api, (answer, level)) in svc.haproxy.iter().zip(answers) {
+            let level_blocked = level
+                .ok()
+                .flatten()
+                .and_then(|l| haproxy::level_blocker(&api.label, &l));
             for server in &h.cloud_servers {
-                let state = match &answer {
-                    Ok(states) => states
-                        .get(server)
-                        .map_or(ServerState::Missing, |i| i.state.clone()),
-                    Err(e) => ServerState::Unknown {
-                        reason: e.to_string(),
-                    },
+                let (state, flags) = match &answer {
+                    Ok(states) => states.get(server).map_or((ServerState::Missing, 0), |i| {
+                        (i.state.clone(), i.admin_flags)
+                    }),
+                    Err(e) => (
+                        ServerState::Unknown {
+                            reason: e.to_string(),
+                        },
+                        0,
+                    ),
                 };
                 out.push(ServerObs {
                     target: ServerRef {
@@ -905,6 +939,7 @@ pub async fn observe(svc: &ServiceRuntime, _ctx: &Context) -> Observed {
                     state,
                     addr: None,
                     weight: None,
+                    blocked: level_blocked.clone().or_else(|| haproxy::blocker(flags)),
                 });
             }
         }
@@ -1009,8 +1044,14 @@ async fn observe_units(svc: &ServiceRuntime) -> Vec<UnitObs> {
     let slots: Vec<String> = (1..=b.max)
         .map(|i| burst::slot_name(&b.haproxy.server_prefix, i))
         .collect();
-    let answers =
-        futures_util::future::join_all(svc.haproxy.iter().map(|api| api.observe(&backend, &slots)));
+    let answers = futures_util::future::join_all(svc.haproxy.iter().map(|api| async {
+        let (servers, level) = tokio::join!(api.observe(&backend, &slots), api.cli_level());
+        let blocked = level
+            .ok()
+            .flatten()
+            .and_then(|l| haproxy::level_blocker(&api.label, &l));
+        (servers, blocked)
+    }));
     let (answers, pool) = tokio::join!(answers, observe_burst_pool(svc));
     let mut units = Vec::new();
     for (n, slot) in (1..=b.max).zip(&slots) {
@@ -1019,14 +1060,14 @@ async fn observe_units(svc: &ServiceRuntime) -> Vec<UnitObs> {
             let spec = burst::render_container(c, n, b.port_base);
             containers.push(ContainerObs {
                 name: spec.name.clone(),
-                state: d.observe(&spec).await,
+                state: d.observe(&svc.name, &spec).await,
             });
         }
         let servers = svc
             .haproxy
             .iter()
             .zip(&answers)
-            .map(|(api, answer)| {
+            .map(|(api, (answer, level_blocked))| {
                 let (state, addr, weight) = match answer {
                     Ok(m) => match m.get(slot) {
                         Some(i) => (i.state.clone(), i.addr.clone(), i.weight),
@@ -1049,6 +1090,10 @@ async fn observe_units(svc: &ServiceRuntime) -> Vec<UnitObs> {
                     state,
                     addr,
                     weight,
+                    // Only the socket's level: a slot is pointed at its unit with `set server
+                    // addr` before it is opened, and the step checks that `state ready` took
+                    // effect.
+                    blocked: level_blocked.clone(),
                 }
             })
             .collect();
@@ -1128,14 +1173,16 @@ async fn execute(
 ) -> Result<StepDone, BackendError> {
     let timeouts = &svc.config.timeouts;
     match step {
-        Step::StartContainer { container } => {
+        // `start` checks again what it finds: it recreates only what may go, and starts only
+        // the container it checked or created.
+        Step::StartContainer { container } | Step::RecreateContainer { container } => {
             let (d, c) = container_of(svc, container)?;
             d.start(&svc.name, &c).await?;
             Ok(StepDone::Done)
         }
         Step::StopContainer { container } => {
             let (d, c) = container_of(svc, container)?;
-            d.stop(&c, timeouts.stop).await?;
+            d.stop(&svc.name, &c, timeouts.stop).await?;
             Ok(StepDone::Done)
         }
         Step::SetServer { target: t, state } => {
@@ -1159,11 +1206,24 @@ async fn execute(
         }
         Step::WaitHealthy { containers } => {
             let deadline = Instant::now() + timeouts.healthy;
+            // What Docker last said of each container still not healthy, for the timeout's
+            // message ("starting" and "unhealthy" call for different fixes).
+            let mut last: Vec<String> = Vec::new();
             loop {
                 let mut all = true;
+                last.clear();
                 for name in containers {
                     let (d, c) = container_of(svc, name)?;
-                    match d.observe(&c).await {
+                    let state = d.observe(&svc.name, &c).await;
+                    if !matches!(
+                        state,
+                        ContainerState::Running {
+                            health: Health::Healthy
+                        }
+                    ) {
+                        last.push(format!("{name}: {}", state.describe()));
+                    }
+                    match state {
                         ContainerState::Running {
                             health: Health::Healthy,
                         } => {}
@@ -1173,6 +1233,15 @@ async fn execute(
                             return Err(BackendError::Rejected {
                                 target: format!("container {name}"),
                                 message: "exited before becoming healthy".into(),
+                                retryable: true,
+                            })
+                        }
+                        // Replaced under its name while we waited: never waited into "healthy";
+                        // the next pass plans for what is there now.
+                        ContainerState::Mismatch { reason, .. } => {
+                            return Err(BackendError::Rejected {
+                                target: format!("container {name}"),
+                                message: format!("not as configured: {reason}"),
                                 retryable: true,
                             })
                         }
@@ -1187,7 +1256,11 @@ async fn execute(
                 }
                 if Instant::now() >= deadline {
                     return Err(BackendError::Timeout {
-                        what: format!("waiting for {} to be healthy", containers.join(",")),
+                        what: format!(
+                            "waiting for {} to be healthy (Docker last said {})",
+                            containers.join(","),
+                            last.join(", ")
+                        ),
                         after: timeouts.healthy,
                     });
                 }

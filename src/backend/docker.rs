@@ -2,7 +2,11 @@
 //!
 //! The API version is negotiated on first use and the connection is retried on every call
 //! until it works, so the responder starts (and takes webhooks) while the engine is down.
-//! Containers are created only from the config; they carry labels that say who manages them.
+//! Containers are created only from the config; they carry labels that say who manages them
+//! ([`MANAGED_LABEL`]) and from which spec ([`SPEC_LABEL`]). A container found under a
+//! configured name is used only when both say it is what the config would create now; anything
+//! else is a [`ContainerState::Mismatch`]: recreated when it is ours (an older spec) or the
+//! config says `recreate: always`, refused otherwise, and never started as it is.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -10,19 +14,177 @@ use std::time::Duration;
 use bollard::errors::Error as DockerError;
 use bollard::models::{ContainerCreateBody, HealthStatusEnum, HostConfig, PortBinding};
 use bollard::query_parameters::{
-    CreateContainerOptions, CreateImageOptions, InspectContainerOptions, StartContainerOptions,
-    StopContainerOptions,
+    CreateContainerOptions, CreateImageOptions, InspectContainerOptions, RemoveContainerOptions,
+    StartContainerOptions, StopContainerOptions,
 };
 use bollard::Docker;
 use futures_util::StreamExt;
 use tokio::sync::OnceCell;
+use tracing::warn;
 
 use super::BackendError;
-use crate::config::ContainerConfig;
+use crate::config::{ContainerConfig, Recreate};
 use crate::plan::{ContainerState, Health};
 
-/// Label put on every container the responder creates.
+/// Label put on every container the responder creates: the service it belongs to.
 pub const MANAGED_LABEL: &str = "io.failover-responder.service";
+
+/// Label put on every container the responder creates: [`spec_digest`] of its config.
+pub const SPEC_LABEL: &str = "io.failover-responder.spec";
+
+/// A short digest of what a container is created from: the image reference, the command, the
+/// env and the port publications (normalised, so `8080` and `8080/tcp` are the same). Not the
+/// name, the health URL or `recreate`: changing those does not change the container.
+///
+/// FNV-1a 64, like Alertmanager's fingerprints (`alert::fingerprint`): stable across runs,
+/// builds and machines, which std's randomly seeded hasher is not. It detects change, it is
+/// not a security measure: whoever can create containers can write any label.
+pub fn spec_digest(c: &ContainerConfig) -> String {
+    const OFFSET: u64 = 14_695_981_039_346_656_037;
+    const PRIME: u64 = 1_099_511_628_211;
+    let mut h = OFFSET;
+    // Every field ends with 0xff (never in UTF-8) and every list starts with its length, so
+    // moving text between fields or entries changes the digest.
+    let mut add = |bytes: &[u8]| {
+        for b in bytes.iter().chain(&[0xff]) {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(PRIME);
+        }
+    };
+    add(b"v1");
+    add(c.image.as_bytes());
+    match &c.command {
+        None => add(b"-"),
+        Some(cmd) => {
+            add(cmd.len().to_string().as_bytes());
+            cmd.iter().for_each(|a| add(a.as_bytes()));
+        }
+    }
+    add(c.env.len().to_string().as_bytes());
+    c.env.iter().for_each(|e| add(e.as_bytes()));
+    add(c.ports.len().to_string().as_bytes());
+    for p in &c.ports {
+        match parse_port(p) {
+            Ok(p) => add(format!(
+                "{}|{}|{}/{}",
+                p.host_ip.unwrap_or_default(),
+                p.host_port.map(|h| h.to_string()).unwrap_or_default(),
+                p.container_port,
+                p.proto
+            )
+            .as_bytes()),
+            // Refused by config validation; hashed as written rather than dropped.
+            Err(_) => add(p.as_bytes()),
+        }
+    }
+    format!("{h:016x}")
+}
+
+/// Why the container found under a configured name is not the one the config would create.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mismatch {
+    /// Created by the responder for this service, from an older spec.
+    pub ours: bool,
+    /// What differs, naming the image found and the one configured.
+    pub reason: String,
+}
+
+impl Mismatch {
+    /// Whether it may be removed and created from the config: ours, or `recreate: always`.
+    pub fn may_recreate(&self, c: &ContainerConfig) -> bool {
+        self.ours || c.recreate == Recreate::Always
+    }
+}
+
+/// What an inspect says about where a container came from, for [`compare`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Origin<'a> {
+    pub labels: Option<&'a HashMap<String, String>>,
+    /// The image reference it was created from (`Config.Image`).
+    pub image: Option<&'a str>,
+    /// The ID of the image it runs (`Image`).
+    pub image_id: Option<&'a str>,
+}
+
+/// An image ID for messages: the first 12 hex digits, as `docker ps` shows them.
+fn short_id(id: &str) -> &str {
+    let hex = id.strip_prefix("sha256:").unwrap_or(id);
+    hex.get(..12).unwrap_or(hex)
+}
+
+/// Compares a container found under `c.name` with its config; None when it is the container
+/// the config would create now. `want_id` is the ID `c.image` names on the engine now (None
+/// when the engine has no such image: then only the reference is compared).
+///
+/// - No [`MANAGED_LABEL`], or another service's: not ours, whatever its image.
+/// - Ours with another [`SPEC_LABEL`]: the config changed since it was created (image
+///   reference, command, env, ports). A reference counts even when it names the same image
+///   ID (`docker tag`): the config is what the operator changes and reads, and a recreate costs
+///   seconds. Ours without the label (created before it existed): its image reference is
+///   compared.
+/// - Ours with the same spec, but running another image ID than the reference names now (the
+///   tag was rebuilt or pulled since): stale too, or a failover would serve the old build.
+pub fn compare(
+    service: &str,
+    c: &ContainerConfig,
+    found: &Origin<'_>,
+    want_id: Option<&str>,
+) -> Option<Mismatch> {
+    let images = format!(
+        "it runs image {} ({}), the config says {} ({})",
+        found.image.unwrap_or("unknown"),
+        found.image_id.map_or("unknown ID", short_id),
+        c.image,
+        want_id.map_or("not on this engine", short_id),
+    );
+    let label = |key: &str| found.labels.and_then(|l| l.get(key)).map(String::as_str);
+    let foreign = |why: String| {
+        Some(Mismatch {
+            ours: false,
+            reason: format!("{why}; {images}"),
+        })
+    };
+    let stale = |why: &str| {
+        Some(Mismatch {
+            ours: true,
+            reason: format!("created by the responder from an older spec ({why}); {images}"),
+        })
+    };
+    match label(MANAGED_LABEL) {
+        None => {
+            return foreign(format!(
+                "not created by the responder (no {MANAGED_LABEL}={service} label)"
+            ))
+        }
+        Some(other) if other != service => {
+            return foreign(format!(
+                "created by the responder for service {other:?}, not {service:?}"
+            ))
+        }
+        Some(_) => {}
+    }
+    let same_image = found.image == Some(c.image.as_str());
+    match label(SPEC_LABEL) {
+        Some(spec) if spec != spec_digest(c) && !same_image => return stale("the image changed"),
+        Some(spec) if spec != spec_digest(c) => return stale("the command, env or ports changed"),
+        None if !same_image => return stale("the image changed"),
+        _ => {}
+    }
+    match (found.image_id, want_id) {
+        (Some(have), Some(want)) if have != want => {
+            stale("the image's tag names another image now")
+        }
+        _ => None,
+    }
+}
+
+/// A container found under a configured name.
+struct Found {
+    /// Its ID: every action after the look acts on this one, never on whatever has the name.
+    id: String,
+    state: bollard::models::ContainerState,
+    mismatch: Option<Mismatch>,
+}
 
 /// A parsed `[ip:]host_port:container_port[/proto]` publication.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -154,10 +316,11 @@ impl DockerBackend {
         d.ping().await.map(|_| ()).map_err(|e| self.unreachable(e))
     }
 
-    /// Observes one container, including its health. Never fails: an engine that cannot be
+    /// Observes one of `service`'s containers, including its health, and whether it is the
+    /// container its config would create ([`compare`]). Never fails: an engine that cannot be
     /// asked yields `Unknown` with the reason.
-    pub async fn observe(&self, c: &ContainerConfig) -> ContainerState {
-        match self.inspect(c).await {
+    pub async fn observe(&self, service: &str, c: &ContainerConfig) -> ContainerState {
+        match self.inspect(service, c).await {
             Ok(state) => state,
             Err(e) => ContainerState::Unknown {
                 reason: e.to_string(),
@@ -165,8 +328,13 @@ impl DockerBackend {
         }
     }
 
-    async fn inspect(&self, c: &ContainerConfig) -> Result<ContainerState, BackendError> {
-        let d = self.client().await?;
+    /// Looks up the container named `c.name` and compares it with `c`; None when absent.
+    async fn find(
+        &self,
+        d: &Docker,
+        service: &str,
+        c: &ContainerConfig,
+    ) -> Result<Option<Found>, BackendError> {
         let info = match d
             .inspect_container(&c.name, None::<InspectContainerOptions>)
             .await
@@ -174,10 +342,49 @@ impl DockerBackend {
             Ok(info) => info,
             Err(DockerError::DockerResponseServerError {
                 status_code: 404, ..
-            }) => return Ok(ContainerState::Absent),
+            }) => return Ok(None),
             Err(e) => return Err(self.classify("inspect", e)),
         };
-        let state = info.state.unwrap_or_default();
+        let want_id = match d.inspect_image(&c.image).await {
+            Ok(image) => image.id,
+            Err(DockerError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => None,
+            Err(e) => return Err(self.classify(&format!("inspect image {}", c.image), e)),
+        };
+        let config = info.config.as_ref();
+        let origin = Origin {
+            labels: config.and_then(|k| k.labels.as_ref()),
+            image: config.and_then(|k| k.image.as_deref()),
+            image_id: info.image.as_deref(),
+        };
+        let mismatch = compare(service, c, &origin, want_id.as_deref());
+        Ok(Some(Found {
+            // Inspect always has the ID; were it missing, the name is the next best handle.
+            id: info.id.clone().unwrap_or_else(|| c.name.clone()),
+            state: info.state.unwrap_or_default(),
+            mismatch,
+        }))
+    }
+
+    async fn inspect(
+        &self,
+        service: &str,
+        c: &ContainerConfig,
+    ) -> Result<ContainerState, BackendError> {
+        let d = self.client().await?;
+        let Some(found) = self.find(d, service, c).await? else {
+            return Ok(ContainerState::Absent);
+        };
+        let state = found.state;
+        if let Some(m) = found.mismatch {
+            return Ok(ContainerState::Mismatch {
+                may_recreate: m.may_recreate(c),
+                reason: m.reason,
+                ours: m.ours,
+                running: state.running.unwrap_or(false),
+            });
+        }
         if !state.running.unwrap_or(false) {
             return Ok(ContainerState::Stopped);
         }
@@ -210,17 +417,37 @@ impl DockerBackend {
         }
     }
 
-    /// Creates the container from its config when absent (pulling the image if the engine
-    /// lacks it), then starts it. Starting a running container is a no-op.
+    /// Makes `service`'s container `c` run as configured. Absent: created from the config
+    /// (pulling the image if the engine lacks it). Found but not as configured ([`compare`]):
+    /// removed and created anew when it may be (ours from an older spec, or `recreate:
+    /// always`), else refused with an error that names it, the images and the fix. Then it
+    /// starts the container it checked or created, by ID, so one swapped in under the same name
+    /// meanwhile is never started. Starting a running container is a no-op.
     pub async fn start(&self, service: &str, c: &ContainerConfig) -> Result<(), BackendError> {
         let d = self.client().await?;
-        if let ContainerState::Absent = self.inspect(c).await? {
-            self.create(d, service, c).await?;
-        }
-        match d
-            .start_container(&c.name, None::<StartContainerOptions>)
-            .await
-        {
+        let id = match self.find(d, service, c).await? {
+            None => self.create(d, service, c).await?,
+            Some(Found {
+                id, mismatch: None, ..
+            }) => id,
+            Some(Found {
+                id,
+                mismatch: Some(m),
+                ..
+            }) => {
+                if !m.may_recreate(c) {
+                    return Err(refusal(c, &m));
+                }
+                // The image first: one that cannot be pulled must not cost the old container.
+                if d.inspect_image(&c.image).await.is_err() {
+                    self.pull(d, &c.image).await?;
+                }
+                warn!(container = %c.name, reason = %m.reason, "removing it to create it from the config");
+                self.remove(d, &id).await?;
+                self.create(d, service, c).await?
+            }
+        };
+        match d.start_container(&id, None::<StartContainerOptions>).await {
             Ok(()) => Ok(()),
             // 304: already started.
             Err(DockerError::DockerResponseServerError {
@@ -230,33 +457,70 @@ impl DockerBackend {
         }
     }
 
+    /// Creates the container from its config; returns its ID.
     async fn create(
         &self,
         d: &Docker,
         service: &str,
         c: &ContainerConfig,
-    ) -> Result<(), BackendError> {
+    ) -> Result<String, BackendError> {
         let body = container_body(service, c);
         let opts = CreateContainerOptions {
             name: Some(c.name.clone()),
             ..Default::default()
         };
         match d.create_container(Some(opts.clone()), body.clone()).await {
-            Ok(_) => Ok(()),
-            // Created by a concurrent call: fine, it is the same spec.
+            Ok(created) => Ok(created.id),
+            // The name was taken since it was looked up: by a concurrent create of the same
+            // spec (use it), or by something else (never use it; the next pass plans for it).
             Err(DockerError::DockerResponseServerError {
                 status_code: 409, ..
-            }) => Ok(()),
+            }) => match self.find(d, service, c).await? {
+                Some(Found {
+                    id, mismatch: None, ..
+                }) => Ok(id),
+                Some(Found {
+                    mismatch: Some(m), ..
+                }) => Err(BackendError::Rejected {
+                    target: format!("container {}", c.name),
+                    message: format!(
+                        "another container took the name while creating it: {}",
+                        m.reason
+                    ),
+                    retryable: true,
+                }),
+                None => Err(BackendError::Rejected {
+                    target: format!("container {}", c.name),
+                    message: "the name was taken and freed again while creating it".into(),
+                    retryable: true,
+                }),
+            },
             Err(DockerError::DockerResponseServerError {
                 status_code: 404, ..
             }) => {
                 self.pull(d, &c.image).await?;
                 d.create_container(Some(opts), body)
                     .await
-                    .map(|_| ())
+                    .map(|created| created.id)
                     .map_err(|e| self.classify("create", e))
             }
             Err(e) => Err(self.classify("create", e)),
+        }
+    }
+
+    /// Removes the container with this ID, killing it if it runs. Its volumes are kept: data
+    /// is never deleted here. Already gone is success.
+    async fn remove(&self, d: &Docker, id: &str) -> Result<(), BackendError> {
+        let opts = RemoveContainerOptions {
+            force: true,
+            ..Default::default()
+        };
+        match d.remove_container(id, Some(opts)).await {
+            Ok(()) => Ok(()),
+            Err(DockerError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(()),
+            Err(e) => Err(self.classify("remove", e)),
         }
     }
 
@@ -272,14 +536,34 @@ impl DockerBackend {
         Ok(())
     }
 
-    /// Stops the container with `grace` before SIGKILL. Absent or stopped is success.
-    pub async fn stop(&self, c: &ContainerConfig, grace: Duration) -> Result<(), BackendError> {
+    /// Stops `service`'s container `c` with `grace` before SIGKILL. Absent or stopped is
+    /// success. One the responder did not create for `service` is never stopped: an error
+    /// says so (ours from an older spec is stopped like any of ours).
+    pub async fn stop(
+        &self,
+        service: &str,
+        c: &ContainerConfig,
+        grace: Duration,
+    ) -> Result<(), BackendError> {
         let d = self.client().await?;
+        let Some(found) = self.find(d, service, c).await? else {
+            return Ok(());
+        };
+        if let Some(m) = found.mismatch.as_ref().filter(|m| !m.ours) {
+            return Err(BackendError::Rejected {
+                target: format!("container {}", c.name),
+                message: format!(
+                    "{}: not stopped, the responder stops only containers it created",
+                    m.reason
+                ),
+                retryable: true,
+            });
+        }
         let opts = StopContainerOptions {
             t: Some(i32::try_from(grace.as_secs()).unwrap_or(i32::MAX)),
             signal: None,
         };
-        match d.stop_container(&c.name, Some(opts)).await {
+        match d.stop_container(&found.id, Some(opts)).await {
             Ok(()) => Ok(()),
             Err(DockerError::DockerResponseServerError {
                 status_code: 304 | 404,
@@ -287,6 +571,20 @@ impl DockerBackend {
             }) => Ok(()),
             Err(e) => Err(self.classify("stop", e)),
         }
+    }
+}
+
+/// The error for a container that is not as configured and may not be removed.
+fn refusal(c: &ContainerConfig, m: &Mismatch) -> BackendError {
+    BackendError::Rejected {
+        target: format!("container {}", c.name),
+        message: format!(
+            "{}; refusing to start it or open anything in front of it (recreate: never). Fix: \
+             set `recreate: always` on container {} in the config to have it replaced, or \
+             remove or rename it (docker rm -f {})",
+            m.reason, c.name, c.name
+        ),
+        retryable: false,
     }
 }
 
@@ -312,10 +610,10 @@ pub fn container_body(service: &str, c: &ContainerConfig) -> ContainerCreateBody
         env: (!c.env.is_empty()).then(|| c.env.clone()),
         cmd: c.command.clone(),
         exposed_ports: (!exposed.is_empty()).then_some(exposed),
-        labels: Some(HashMap::from([(
-            MANAGED_LABEL.to_string(),
-            service.to_string(),
-        )])),
+        labels: Some(HashMap::from([
+            (MANAGED_LABEL.to_string(), service.to_string()),
+            (SPEC_LABEL.to_string(), spec_digest(c)),
+        ])),
         host_config: Some(HostConfig {
             port_bindings: (!bindings.is_empty()).then_some(bindings),
             ..Default::default()
@@ -380,6 +678,7 @@ mod tests {
             env: vec!["A=1".into()],
             command: None,
             health_url: None,
+            recreate: Recreate::Never,
         };
         let b = container_body("onprem-api", &c);
         assert_eq!(b.image.as_deref(), Some("onprem-api:latest"));
@@ -397,5 +696,271 @@ mod tests {
                 .map(String::as_str),
             Some("onprem-api")
         );
+        assert_eq!(
+            b.labels
+                .as_ref()
+                .and_then(|l| l.get(SPEC_LABEL))
+                .map(String::as_str),
+            Some(spec_digest(&c).as_str())
+        );
+    }
+
+    fn spec(image: &str) -> ContainerConfig {
+        ContainerConfig {
+            name: "cloud-api".into(),
+            image: image.into(),
+            ports: vec!["127.0.0.1:8081:8080".into()],
+            env: vec!["A=1".into()],
+            command: Some(vec!["serve".into()]),
+            health_url: Some("http://127.0.0.1:8081/health".into()),
+            recreate: Recreate::Never,
+        }
+    }
+
+    #[test]
+    fn spec_digest_is_stable_and_covers_what_creates_the_container() {
+        let base = spec("api:1");
+        // Fixed across runs and builds: a change here would recreate every container once.
+        assert_eq!(spec_digest(&base), spec_digest(&base.clone()));
+        assert_eq!(spec_digest(&base).len(), 16);
+        let golden = spec_digest(&base);
+        assert_eq!(golden, "3fb93c8bfa2ee80c", "the digest changed: {golden}");
+        let changed: Vec<(&str, ContainerConfig)> = vec![
+            ("image", spec("api:2")),
+            (
+                "env",
+                ContainerConfig {
+                    env: vec!["A=2".into()],
+                    ..base.clone()
+                },
+            ),
+            (
+                "env order",
+                ContainerConfig {
+                    env: vec![],
+                    ..base.clone()
+                },
+            ),
+            (
+                "ports",
+                ContainerConfig {
+                    ports: vec!["127.0.0.1:8082:8080".into()],
+                    ..base.clone()
+                },
+            ),
+            (
+                "command",
+                ContainerConfig {
+                    command: None,
+                    ..base.clone()
+                },
+            ),
+            (
+                "command split",
+                ContainerConfig {
+                    command: Some(vec!["ser".into(), "ve".into()]),
+                    ..base.clone()
+                },
+            ),
+            // Text moved between fields is a change too.
+            (
+                "field boundary",
+                ContainerConfig {
+                    env: vec![],
+                    command: Some(vec!["serve".into(), "A=1".into()]),
+                    ..base.clone()
+                },
+            ),
+        ];
+        for (what, c) in &changed {
+            assert_ne!(spec_digest(c), golden, "{what} not covered");
+        }
+        let same: Vec<(&str, ContainerConfig)> = vec![
+            (
+                "name",
+                ContainerConfig {
+                    name: "other".into(),
+                    ..base.clone()
+                },
+            ),
+            (
+                "health_url",
+                ContainerConfig {
+                    health_url: None,
+                    ..base.clone()
+                },
+            ),
+            (
+                "recreate",
+                ContainerConfig {
+                    recreate: Recreate::Always,
+                    ..base.clone()
+                },
+            ),
+            (
+                "default protocol",
+                ContainerConfig {
+                    ports: vec!["127.0.0.1:8081:8080/tcp".into()],
+                    ..base.clone()
+                },
+            ),
+        ];
+        for (what, c) in &same {
+            assert_eq!(spec_digest(c), golden, "{what} changed the digest");
+        }
+    }
+
+    /// Every kind of container found under a configured name, against the config.
+    #[test]
+    fn compare_what_is_found_with_the_config() {
+        let c = spec("api:1");
+        let ours = |spec: Option<String>| {
+            let mut l = HashMap::from([(MANAGED_LABEL.to_string(), "svc".to_string())]);
+            if let Some(s) = spec {
+                l.insert(SPEC_LABEL.to_string(), s);
+            }
+            l
+        };
+        let current = ours(Some(spec_digest(&c)));
+        let older = ours(Some(spec_digest(&ContainerConfig {
+            env: vec![],
+            ..c.clone()
+        })));
+        let old_image = ours(Some(spec_digest(&spec("api:0"))));
+        let legacy = ours(None);
+        let other_service = HashMap::from([(MANAGED_LABEL.to_string(), "other".to_string())]);
+        let none = HashMap::new();
+        let (id1, id2) = ("sha256:1111111111111111aaaa", "sha256:2222222222222222bbbb");
+        // (what, labels, image found, its id, id of the configured reference, want)
+        // want: None = as configured, Some((ours, words in the reason))
+        type Row<'a> = (
+            &'a str,
+            &'a HashMap<String, String>,
+            &'a str,
+            &'a str,
+            Option<&'a str>,
+            Option<(bool, &'a [&'a str])>,
+        );
+        let table: &[Row] = &[
+            ("ours, current", &current, "api:1", id1, Some(id1), None),
+            (
+                "ours, image not on the engine",
+                &current,
+                "api:1",
+                id1,
+                None,
+                None,
+            ),
+            ("legacy, same image", &legacy, "api:1", id1, Some(id1), None),
+            (
+                "ours, env changed",
+                &older,
+                "api:1",
+                id1,
+                Some(id1),
+                Some((true, &["older spec", "command, env or ports"])),
+            ),
+            (
+                "ours, image changed in the config",
+                &old_image,
+                "api:0",
+                id2,
+                Some(id1),
+                Some((
+                    true,
+                    &[
+                        "older spec",
+                        "image changed",
+                        "api:0 (222222222222)",
+                        "api:1 (111111111111)",
+                    ],
+                )),
+            ),
+            (
+                // `docker tag api:1 api:0`: same ID, another reference: the config changed.
+                "ours, image renamed, same ID",
+                &old_image,
+                "api:0",
+                id1,
+                Some(id1),
+                Some((true, &["image changed"])),
+            ),
+            (
+                "legacy, other image",
+                &legacy,
+                "api:0",
+                id2,
+                Some(id1),
+                Some((true, &["image changed"])),
+            ),
+            (
+                "ours, tag rebuilt since",
+                &current,
+                "api:1",
+                id2,
+                Some(id1),
+                Some((true, &["tag names another image"])),
+            ),
+            (
+                "no label",
+                &none,
+                "api:1",
+                id1,
+                Some(id1),
+                Some((
+                    false,
+                    &[
+                        "not created by the responder",
+                        "io.failover-responder.service=svc",
+                    ],
+                )),
+            ),
+            (
+                "no label, other image",
+                &none,
+                "other:1",
+                id2,
+                Some(id1),
+                Some((false, &["not created by the responder", "other:1", "api:1"])),
+            ),
+            (
+                "another service's",
+                &other_service,
+                "api:1",
+                id1,
+                Some(id1),
+                Some((false, &["for service \"other\""])),
+            ),
+        ];
+        for (what, labels, image, id, want_id, want) in table {
+            let found = Origin {
+                labels: Some(labels),
+                image: Some(image),
+                image_id: Some(id),
+            };
+            let got = compare("svc", &c, &found, *want_id);
+            match (want, &got) {
+                (None, None) => {}
+                (Some((ours, words)), Some(m)) => {
+                    assert_eq!(m.ours, *ours, "{what}: {m:?}");
+                    for w in *words {
+                        assert!(m.reason.contains(w), "{what}: {w:?} not in {:?}", m.reason);
+                    }
+                    assert!(m.reason.contains(image), "{what}: found image not named");
+                    assert_eq!(m.may_recreate(&c), *ours, "{what}");
+                    let always = ContainerConfig {
+                        recreate: Recreate::Always,
+                        ..c.clone()
+                    };
+                    assert!(m.may_recreate(&always), "{what}");
+                }
+                _ => panic!("{what}: want {want:?}, got {got:?}"),
+            }
+        }
+        // Engine data with nothing in it: not ours, and no panic.
+        let m = compare("svc", &c, &Origin::default(), None).expect("mismatch");
+        assert!(!m.ours && m.reason.contains("unknown"), "{m:?}");
+        assert_eq!(short_id("sha256:abc"), "abc");
+        assert_eq!(short_id(""), "");
     }
 }

@@ -150,6 +150,7 @@ impl RuntimeApi {
             .map(|s| {
                 let info = states.get(s).cloned().unwrap_or(ServerInfo {
                     state: ServerState::Missing,
+                    admin_flags: 0,
                     addr: None,
                     weight: None,
                 });
@@ -176,6 +177,12 @@ impl RuntimeApi {
             msg.is_empty() || msg.contains("changed from") || msg.contains("no need to change");
         if ok {
             Ok(())
+        } else if msg.contains("Permission denied") {
+            // The socket's level, not a passing state: only a config change fixes it.
+            Err(self.rejected(
+                format!("{msg}: the Runtime API is below level admin; give its stats socket `level admin`"),
+                false,
+            ))
         } else {
             Err(self.rejected(msg.to_string(), true))
         }
@@ -204,15 +211,49 @@ impl RuntimeApi {
             .await
     }
 
-    /// `set server <backend>/<server> state <ready|drain|maint>`.
+    /// `set server <backend>/<server> state <ready|drain|maint>`, then reads the server back: a
+    /// step is done only when HAProxy shows its effect. HAProxy answers nothing both when it
+    /// changed the state and when a maintenance it cannot lift this way remains (RMAINT for an
+    /// address that does not resolve, IMAINT from a tracked server), so the answer alone proves
+    /// nothing. That case is a `Rejected` error a retry cannot fix, naming the flag.
     pub async fn set_state(
         &self,
         backend: &str,
         server: &str,
         state: AdminState,
     ) -> Result<(), BackendError> {
-        self.set_server(backend, server, &format!("state {}", state.as_str()))
-            .await
+        let cmd = format!("state {}", state.as_str());
+        self.set_server(backend, server, &cmd).await?;
+        let now = self.observe(backend, &[server.to_string()]).await?;
+        let info = now.get(server).cloned();
+        let shown = info.as_ref().map(|i| &i.state);
+        let want = match state {
+            AdminState::Ready => ServerState::Ready,
+            AdminState::Drain => ServerState::Drain,
+            AdminState::Maint => ServerState::Maint,
+        };
+        if shown == Some(&want) {
+            return Ok(());
+        }
+        let flags = info.as_ref().map_or(0, |i| i.admin_flags);
+        let why = blocker(flags).unwrap_or_else(|| {
+            format!("HAProxy shows it as {shown:?} (srv_admin_state {flags:#x})")
+        });
+        Err(self.rejected(
+            format!(
+                "set server {backend}/{server} {cmd} was accepted but did not take effect: {why}"
+            ),
+            false,
+        ))
+    }
+
+    /// The Runtime API's privilege level (`show cli level`): `admin`, `operator` or `user`.
+    /// `None` from an HAProxy older than 2.0, which does not know the command (and has no way
+    /// to say; its `set server` refusals still show as step errors).
+    pub async fn cli_level(&self) -> Result<Option<String>, BackendError> {
+        let out = self.command("show cli level").await?;
+        let level = out.trim();
+        Ok(matches!(level, "admin" | "operator" | "user").then(|| level.to_string()))
     }
 
     /// Current sessions plus queued requests on a server, from `show stat`.
@@ -251,10 +292,35 @@ pub fn admin_state_from_flags(flags: u32) -> ServerState {
     }
 }
 
+/// What keeps `set server ... state ready` from opening a server with these admin flags: a
+/// maintenance HAProxy holds for a reason the Runtime API's `state` command cannot lift. Each
+/// message says what to do instead.
+pub fn blocker(flags: u32) -> Option<String> {
+    if flags & ADMF_RMAINT != 0 {
+        Some("in maintenance because its address does not resolve (RMAINT); `set server ... state ready` cannot lift it: fix the server's DNS name, or give it an address in haproxy.cfg".into())
+    } else if flags & ADMF_IMAINT != 0 {
+        Some("in maintenance inherited from the server it tracks (IMAINT); bring that server out of maintenance first".into())
+    } else if flags & ADMF_IDRAIN != 0 {
+        Some("draining, inherited from the server it tracks (IDRAIN); bring that server back to ready first".into())
+    } else {
+        None
+    }
+}
+
+/// The blocker for a Runtime API below level `admin`: HAProxy answers every `set server` with
+/// "Permission denied" while still answering `show` commands, so it looks reachable.
+pub fn level_blocker(label: &str, level: &str) -> Option<String> {
+    (level != "admin").then(|| {
+        format!("the Runtime API {label} is at level {level}: HAProxy refuses `set server` there; give its stats socket `level admin`")
+    })
+}
+
 /// One server's line of `show servers state`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerInfo {
     pub state: ServerState,
+    /// `srv_admin_state`, HAProxy's SRV_ADMF_* bits (0 for a missing server).
+    pub admin_flags: u32,
     /// `srv_addr:srv_port`.
     pub addr: Option<String>,
     /// `srv_uweight`.
@@ -321,6 +387,7 @@ pub fn parse_servers_state(
             name.to_string(),
             ServerInfo {
                 state: admin_state_from_flags(flags),
+                admin_flags: flags,
                 addr,
                 weight: get(weight_col).and_then(|w| w.parse().ok()),
             },
@@ -413,6 +480,37 @@ mod tests {
         for (flags, want) in cases {
             assert_eq!(&admin_state_from_flags(*flags), want, "{flags:#x}");
         }
+    }
+
+    #[test]
+    fn maintenance_the_state_command_cannot_lift() {
+        // (srv_admin_state, the blocker names, as HAProxy 2.6 showed them)
+        let cases: &[(u32, Option<&str>)] = &[
+            (0x00, None),
+            (0x01, None),
+            (0x05, None),
+            (0x08, None),
+            // `disabled init-addr none` on a name that does not resolve: 37, then 36 after
+            // `state ready` (seen with 2.6).
+            (0x25, Some("RMAINT")),
+            (0x24, Some("RMAINT")),
+            (0x02, Some("IMAINT")),
+            (0x10, Some("IDRAIN")),
+            // Forced drain on top of an inherited one: `state ready` lifts only the forced part.
+            (0x18, Some("IDRAIN")),
+        ];
+        for (flags, want) in cases {
+            let got = blocker(*flags);
+            match want {
+                None => assert_eq!(got, None, "{flags:#x}"),
+                Some(w) => assert!(
+                    got.as_deref().is_some_and(|g| g.contains(w)),
+                    "{flags:#x}: {got:?}"
+                ),
+            }
+        }
+        assert_eq!(level_blocker("s", "admin"), None);
+        assert!(level_blocker("s", "operator").is_some_and(|m| m.contains("level operator")));
     }
 
     #[test]

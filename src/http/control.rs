@@ -109,6 +109,7 @@ pub async fn plan(
                 "paused": eff.paused,
                 "steps": p.steps.iter().map(ToString::to_string).collect::<Vec<_>>(),
                 "waiting": p.waiting,
+                "blocked": p.blocked,
             }),
         );
     }
