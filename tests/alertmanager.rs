@@ -65,6 +65,27 @@ async fn start_am(dir: &Path, port: u16, webhook_port: u16, token: &Path) -> Pro
     }
 }
 
+/// A real Alertmanager sending to a listener bound for the responder: the test's folder, the
+/// bearer token file, Alertmanager, its port and that listener. None (skipped) without it.
+async fn am_stack() -> Option<(
+    tempfile::TempDir,
+    std::path::PathBuf,
+    Proc,
+    u16,
+    TcpListener,
+)> {
+    if !have_am() {
+        return None;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = token_file(dir.path());
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let webhook_port = listener.local_addr().expect("addr").port();
+    let am_port = free_port();
+    let am = start_am(dir.path(), am_port, webhook_port, &token).await;
+    Some((dir, token, am, am_port, listener))
+}
+
 /// Posts onprem_down to Alertmanager's API, firing for an hour or resolved now.
 async fn am_alert(port: u16, starts: chrono::DateTime<chrono::Utc>, resolved: bool) {
     let ends = if resolved {
@@ -99,33 +120,25 @@ fn config(dir: &Path, am_port: u16, token: &Path) -> Config {
 
 /// As [`config`], resyncing only alerts routed to `receiver`.
 fn config_for(dir: &Path, am_port: u16, token: &Path, receiver: &str) -> Config {
-    let text = format!(
-        r#"
-auth: {{bearer_token_file: {token}}}
-storage: {{path: {dir}/data}}
-reconcile: {{interval: 500ms, retry_initial: 100ms, retry_max: 500ms}}
-alertmanager: {{url: 'http://127.0.0.1:{am_port}', resync_interval: 500ms, timeout: 1s, receiver: {receiver}}}
-services:
-  onprem-api:
-    failover_on: ['alertname="onprem_down"', 'service="onprem-api"']
-    hold_down: 0s
-    haproxy: {{runtime_api: ['unix:{dir}/no-haproxy.sock'], backend: api, cloud_servers: [cloud1]}}
-"#,
-        token = token.display(),
-        dir = dir.display()
-    );
-    let p = dir.join("responder.yaml");
-    std::fs::write(&p, text).expect("write");
-    Config::load_with_env(&p, Default::default()).expect("config")
+    responder_config(
+        dir,
+        token,
+        &format!("alertmanager: {{url: 'http://127.0.0.1:{am_port}', resync_interval: 500ms, timeout: 1s, receiver: {receiver}}}"),
+    )
 }
 
 /// As [`config`], without `alertmanager.url`: only webhooks tell the responder anything.
 fn config_without_resync(dir: &Path, token: &Path) -> Config {
+    responder_config(dir, token, "")
+}
+
+fn responder_config(dir: &Path, token: &Path, alertmanager: &str) -> Config {
     let text = format!(
         r#"
 auth: {{bearer_token_file: {token}}}
 storage: {{path: {dir}/data}}
 reconcile: {{interval: 500ms, retry_initial: 100ms, retry_max: 500ms}}
+{alertmanager}
 services:
   onprem-api:
     failover_on: ['alertname="onprem_down"', 'service="onprem-api"']
@@ -180,15 +193,9 @@ fn mode(st: &Value) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_resolved_notification_is_repaired_by_resync() {
-    if !have_am() {
+    let Some((dir, token, _am, am_port, listener)) = am_stack().await else {
         return;
-    }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let token = token_file(dir.path());
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let webhook_port = listener.local_addr().expect("addr").port();
-    let am_port = free_port();
-    let _am = start_am(dir.path(), am_port, webhook_port, &token).await;
+    };
 
     let r = Responder::start_on(config(dir.path(), am_port, &token), listener).await;
     let starts = chrono::Utc::now();
@@ -351,15 +358,9 @@ async fn unreachable_alertmanager_keeps_the_last_known_alerts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_misspelt_receiver_never_drops_a_delivered_alert() {
-    if !have_am() {
+    let Some((dir, token, _am, am_port, listener)) = am_stack().await else {
         return;
-    }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let token = token_file(dir.path());
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let webhook_port = listener.local_addr().expect("addr").port();
-    let am_port = free_port();
-    let _am = start_am(dir.path(), am_port, webhook_port, &token).await;
+    };
     // Alertmanager routes to "responder"; the config says "responderr".
     let r = Responder::start_on(
         config_for(dir.path(), am_port, &token, "responderr"),
@@ -400,15 +401,9 @@ async fn a_refire_with_the_same_starts_at_fails_over_again() {
     // Field report: Alertmanager resolves an alert whose endsAt passed while Prometheus could
     // not reach it; Prometheus re-sends it with its original startsAt and Alertmanager notifies
     // it firing again. Without alertmanager.url only that webhook can bring the cloud back.
-    if !have_am() {
+    let Some((dir, token, _am, am_port, listener)) = am_stack().await else {
         return;
-    }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let token = token_file(dir.path());
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let webhook_port = listener.local_addr().expect("addr").port();
-    let am_port = free_port();
-    let _am = start_am(dir.path(), am_port, webhook_port, &token).await;
+    };
     let r = Responder::start_on(config_without_resync(dir.path(), &token), listener).await;
     let in_mode = |want: &'static str| {
         let r = &r;
@@ -452,15 +447,9 @@ async fn a_refire_with_the_same_starts_at_fails_over_again() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silence_or_an_inhibition_mutes_notifications_not_the_outage() {
-    if !have_am() {
+    let Some((dir, token, _am, am_port, listener)) = am_stack().await else {
         return;
-    }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let token = token_file(dir.path());
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let webhook_port = listener.local_addr().expect("addr").port();
-    let am_port = free_port();
-    let _am = start_am(dir.path(), am_port, webhook_port, &token).await;
+    };
     let r = Responder::start_on(config(dir.path(), am_port, &token), listener).await;
     let client = reqwest::Client::new();
 

@@ -14,6 +14,18 @@ const EXAMPLE: &str = concat!(
     "/config/failover-responder.yaml"
 );
 
+/// `check-config` on a config file holding `yaml`.
+fn check_config(yaml: &str) -> std::process::Output {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("responder.yaml");
+    std::fs::write(&path, yaml).expect("write");
+    Command::new(BIN)
+        .args(["check-config", "--config.file"])
+        .arg(&path)
+        .output()
+        .expect("run")
+}
+
 #[test]
 fn check_config_accepts_the_example_with_its_token() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -38,18 +50,7 @@ fn check_config_accepts_the_example_with_its_token() {
 
 #[test]
 fn check_config_lists_every_problem_with_its_key() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("bad.yaml");
-    std::fs::write(
-        &path,
-        "auth: {bearer_token_file: /nonexistent/token}\nlisten_adress: x\nservices:\n  a:\n    failover_on: ['alertname=~\"(\"']\n    haproxy: {runtime_api: ['relative.sock'], backend: api, cloud_servers: [c]}\n",
-    )
-    .expect("write");
-    let out = Command::new(BIN)
-        .args(["check-config", "--config.file"])
-        .arg(&path)
-        .output()
-        .expect("run");
+    let out = check_config("auth: {bearer_token_file: /nonexistent/token}\nlisten_adress: x\nservices:\n  a:\n    failover_on: ['alertname=~\"(\"']\n    haproxy: {runtime_api: ['relative.sock'], backend: api, cloud_servers: [c]}\n");
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     for want in [
@@ -60,12 +61,7 @@ fn check_config_lists_every_problem_with_its_key() {
         assert!(stderr.contains(want), "want {want:?} in:\n{stderr}");
     }
     // The secret file is only read once the rest is valid; its error names the key too.
-    std::fs::write(&path, "auth: {bearer_token_file: /nonexistent/token}\nservices:\n  a:\n    failover_on: ['a=\"b\"']\n    haproxy: {runtime_api: ['/s'], backend: api, cloud_servers: [c]}\n").expect("write");
-    let out = Command::new(BIN)
-        .args(["check-config", "--config.file"])
-        .arg(&path)
-        .output()
-        .expect("run");
+    let out = check_config("auth: {bearer_token_file: /nonexistent/token}\nservices:\n  a:\n    failover_on: ['a=\"b\"']\n    haproxy: {runtime_api: ['/s'], backend: api, cloud_servers: [c]}\n");
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr)
         .contains("auth.bearer_token_file: cannot read /nonexistent/token"));
@@ -73,19 +69,8 @@ fn check_config_lists_every_problem_with_its_key() {
 
 #[test]
 fn check_config_names_a_typoed_key_and_suggests_the_known_one() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("typo.yaml");
     // The only problem: `failover_onn:` for `failover_on:`.
-    std::fs::write(
-        &path,
-        "auth: {insecure_no_auth: true}\nservices:\n  a:\n    failover_onn: ['alertname=\"down\"']\n    haproxy: {runtime_api: ['/s'], backend: api, cloud_servers: [c]}\n",
-    )
-    .expect("write");
-    let out = Command::new(BIN)
-        .args(["check-config", "--config.file"])
-        .arg(&path)
-        .output()
-        .expect("run");
+    let out = check_config("auth: {insecure_no_auth: true}\nservices:\n  a:\n    failover_onn: ['alertname=\"down\"']\n    haproxy: {runtime_api: ['/s'], backend: api, cloud_servers: [c]}\n");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     for want in [
@@ -99,21 +84,10 @@ fn check_config_names_a_typoed_key_and_suggests_the_known_one() {
 
 #[test]
 fn check_config_accepts_a_quoted_utf8_label_name() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("utf8.yaml");
     // Alertmanager 0.27+ syntax for a label name with a dot (OpenTelemetry style); whether it
     // then matches `service.name: onprem-api` is checked by the matcher and config unit tests,
     // as the binary has no command that evaluates a matcher.
-    std::fs::write(
-        &path,
-        "auth: {insecure_no_auth: true}\nservices:\n  onprem-api:\n    failover_on: ['\"service.name\"=\"onprem-api\"', 'alertname=\"down\"']\n    haproxy: {runtime_api: ['/s'], backend: api, cloud_servers: [c]}\n",
-    )
-    .expect("write");
-    let out = Command::new(BIN)
-        .args(["check-config", "--config.file"])
-        .arg(&path)
-        .output()
-        .expect("run");
+    let out = check_config("auth: {insecure_no_auth: true}\nservices:\n  onprem-api:\n    failover_on: ['\"service.name\"=\"onprem-api\"', 'alertname=\"down\"']\n    haproxy: {runtime_api: ['/s'], backend: api, cloud_servers: [c]}\n");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

@@ -143,16 +143,23 @@ fn converged_in(mode: &'static str) -> impl Fn(&Value) -> bool {
     move |st| svc(st)["desired"]["mode"] == mode && svc(st)["converged"] == true
 }
 
-async fn get_text(url: &str) -> Option<String> {
-    let c = reqwest::Client::builder()
-        .timeout(Duration::from_secs(2))
-        .build()
-        .ok()?;
-    let r = c.get(url).send().await.ok()?;
-    if !r.status().is_success() {
-        return None;
-    }
-    r.text().await.ok().map(|t| t.trim().to_string())
+/// A first failover and failback on alerts alone, each watched until converged.
+async fn fail_over_and_back(r: &Responder) {
+    let no_safe = |_: Value| async {};
+    let t0 = Utc::now();
+    assert_eq!(
+        r.post_alerts(&down_body(t0, None)).await.status().as_u16(),
+        202
+    );
+    watch(r, "first failover", converged_in("cloud"), no_safe).await;
+    assert_eq!(
+        r.post_alerts(&down_body(t0, Some(Utc::now())))
+            .await
+            .status()
+            .as_u16(),
+        202
+    );
+    watch(r, "failback", converged_in("onprem"), no_safe).await;
 }
 
 /// With on-prem stopped, waits until the frontend answers `body` (from the cloud container).
@@ -322,21 +329,7 @@ async fn own_container_is_recreated_when_the_configured_image_changes() {
     };
     ensure_image(V2_IMAGE, "cloud-v2");
     let r = Responder::start(&config(&w, IMAGE, &[]), w.dir.path()).await;
-    let no_safe = |_: Value| async {};
-    let t0 = Utc::now();
-    assert_eq!(
-        r.post_alerts(&down_body(t0, None)).await.status().as_u16(),
-        202
-    );
-    watch(&r, "first failover", converged_in("cloud"), no_safe).await;
-    assert_eq!(
-        r.post_alerts(&down_body(t0, Some(Utc::now())))
-            .await
-            .status()
-            .as_u16(),
-        202
-    );
-    watch(&r, "failback", converged_in("onprem"), no_safe).await;
+    fail_over_and_back(&r).await;
     let old = seen(&w.docker, &w.container).await.expect("container");
     assert!(old.ours() && old.image == IMAGE && !old.running, "{old:?}");
     r.shutdown().await;
@@ -433,21 +426,7 @@ async fn own_container_is_recreated_when_the_tag_names_a_new_build() {
     };
     ensure_image(&image, "build-1");
     let r = Responder::start(&config(&w, &image, &[]), w.dir.path()).await;
-    let no_safe = |_: Value| async {};
-    let t0 = Utc::now();
-    assert_eq!(
-        r.post_alerts(&down_body(t0, None)).await.status().as_u16(),
-        202
-    );
-    watch(&r, "first failover", converged_in("cloud"), no_safe).await;
-    assert_eq!(
-        r.post_alerts(&down_body(t0, Some(Utc::now())))
-            .await
-            .status()
-            .as_u16(),
-        202
-    );
-    watch(&r, "failback", converged_in("onprem"), no_safe).await;
+    fail_over_and_back(&r).await;
     let old = seen(&w.docker, &w.container).await.expect("container");
     // The first build is only the old container's once the tag moves: removed by ID.
     images.images.push(old.image_id.clone());
@@ -463,6 +442,7 @@ async fn own_container_is_recreated_when_the_tag_names_a_new_build() {
         .output()
         .expect("build-image.sh");
     assert!(out.status.success(), "{out:?}");
+    let no_safe = |_: Value| async {};
     watch(
         &r,
         "the container shows as built from an older image",

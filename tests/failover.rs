@@ -30,18 +30,6 @@ async fn stack(test: &str) -> Option<Stack> {
     Some(Stack { world, responder })
 }
 
-async fn get_text(url: &str) -> Option<String> {
-    let c = reqwest::Client::builder()
-        .timeout(Duration::from_secs(2))
-        .build()
-        .ok()?;
-    let r = c.get(url).send().await.ok()?;
-    if !r.status().is_success() {
-        return None;
-    }
-    r.text().await.ok().map(|t| t.trim().to_string())
-}
-
 fn steps(st: &Value) -> Vec<(String, String)> {
     st["services"]["onprem-api"]["last_steps"]
         .as_array()
@@ -72,31 +60,6 @@ async fn converged(r: &Responder, mode: &str) -> Value {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-/// Waits until the reconciler has finished a pass that started after this call.
-async fn one_more_pass(r: &Responder) {
-    let before = r.status().await["services"]["onprem-api"]["last_reconcile_at"].clone();
-    eventually(
-        "another reconcile pass",
-        Duration::from_secs(10),
-        || async {
-            let now = r.status().await["services"]["onprem-api"]["last_reconcile_at"].clone();
-            (now != before).then_some(())
-        },
-    )
-    .await;
-    // The pass seen above may have started before; one more guarantees a whole pass after.
-    let before = r.status().await["services"]["onprem-api"]["last_reconcile_at"].clone();
-    eventually(
-        "a whole reconcile pass",
-        Duration::from_secs(10),
-        || async {
-            let now = r.status().await["services"]["onprem-api"]["last_reconcile_at"].clone();
-            (now != before).then_some(())
-        },
-    )
-    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -169,7 +132,7 @@ async fn failover_and_failback_through_real_haproxy_and_docker() {
             .as_u16(),
         202
     );
-    one_more_pass(r).await;
+    r.passes(2).await;
     let st = r.status().await;
     assert_eq!(
         steps(&st).len(),

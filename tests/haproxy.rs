@@ -43,22 +43,6 @@ fn count(events: &[Value], kind: &str) -> usize {
     events.iter().filter(|e| e["kind"] == kind).count()
 }
 
-/// Waits until `n` more reconcile passes have finished.
-async fn passes(r: &Responder, n: usize) {
-    for _ in 0..n {
-        let before = r.status().await["services"]["onprem-api"]["last_reconcile_at"].clone();
-        eventually(
-            "one more reconcile pass",
-            Duration::from_secs(30),
-            || async {
-                let now = r.status().await["services"]["onprem-api"]["last_reconcile_at"].clone();
-                (now != before).then_some(())
-            },
-        )
-        .await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_in_dns_maintenance_blocks_the_failover_once_and_loudly() {
     let Some(mut world) = World::start("rmaint").await else {
@@ -99,7 +83,7 @@ async fn a_server_in_dns_maintenance_blocks_the_failover_once_and_loudly() {
 
     // Several passes later: one event, no "ready" step run (each would "succeed" with no
     // effect, which is what flooded the history), the server still in RMAINT.
-    passes(&r, 4).await;
+    r.passes(4).await;
     let events = r.events("limit=1000").await;
     assert_eq!(count(&events, "blocked"), 1, "{events:#?}");
     let ready_steps = events
@@ -170,7 +154,7 @@ async fn a_socket_at_level_operator_shows_as_refusing_not_up_and_fine() {
         metric(&m, "failover_responder_blocked{service=\"onprem-api\"}"),
         1.0
     );
-    passes(&r, 3).await;
+    r.passes(3).await;
     let events = r.events("limit=1000").await;
     assert_eq!(count(&events, "blocked"), 1, "{events:#?}");
     // Never opened: a refused `set server` is not a success.

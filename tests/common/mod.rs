@@ -470,6 +470,24 @@ impl Responder {
         v["events"].as_array().cloned().unwrap_or_default()
     }
 
+    /// Waits until `n` more reconcile passes of service onprem-api have finished. The first
+    /// may have started before this call; with `n >= 2` at least one whole pass ran after it.
+    pub async fn passes(&self, n: usize) {
+        for _ in 0..n {
+            let before = self.status().await["services"]["onprem-api"]["last_reconcile_at"].clone();
+            eventually(
+                "another reconcile pass",
+                Duration::from_secs(30),
+                || async {
+                    let now =
+                        self.status().await["services"]["onprem-api"]["last_reconcile_at"].clone();
+                    (now != before).then_some(())
+                },
+            )
+            .await;
+        }
+    }
+
     pub async fn metrics(&self) -> String {
         self.client
             .get(format!("{}/metrics", self.url))
@@ -631,6 +649,19 @@ pub fn alert_body(
     })
     .to_string()
     .into_bytes()
+}
+
+/// The body of a 2xx answer from `url`, trimmed; None for anything else.
+pub async fn get_text(url: &str) -> Option<String> {
+    let c = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .ok()?;
+    let r = c.get(url).send().await.ok()?;
+    if !r.status().is_success() {
+        return None;
+    }
+    r.text().await.ok().map(|t| t.trim().to_string())
 }
 
 /// Value of one metric line (exact label set), 0 when absent.
