@@ -103,26 +103,6 @@ pub fn decide(rules: Rules<'_>, firing: &[FiringAlert]) -> Decision {
     }
 }
 
-/// The firing set as it would be after `n` is applied: firing alerts join, resolved and
-/// ended ones leave. For previews; the store applies notifications for real.
-pub fn preview(
-    mut firing: Vec<FiringAlert>,
-    n: &crate::alert::Notification,
-    now: DateTime<Utc>,
-) -> Vec<FiringAlert> {
-    for a in &n.alerts {
-        firing.retain(|f| f.fingerprint != a.fingerprint);
-        if a.is_firing_at(now) {
-            firing.push(FiringAlert {
-                fingerprint: a.fingerprint.clone(),
-                labels: a.labels.clone(),
-                starts_at: a.starts_at,
-            });
-        }
-    }
-    firing
-}
-
 /// A manual override, set through the control API and kept across restarts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

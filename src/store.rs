@@ -83,6 +83,26 @@ pub struct StoredAlert {
     pub source: String,
 }
 
+impl From<&StoredAlert> for FiringAlert {
+    fn from(a: &StoredAlert) -> Self {
+        FiringAlert {
+            fingerprint: a.fingerprint.clone(),
+            labels: a.labels.clone(),
+            starts_at: a.starts_at,
+        }
+    }
+}
+
+/// How an alert of a notification received at `at` counts: a firing alert whose `endsAt`
+/// already passed is news of its end.
+fn status_at(a: &crate::alert::Alert, at: DateTime<Utc>) -> AlertStatus {
+    if a.is_firing_at(at) {
+        AlertStatus::Firing
+    } else {
+        AlertStatus::Resolved
+    }
+}
+
 /// The newest resolved incarnation of an alert: its start and end as the resolved notification
 /// said, and when we learnt it. Kept while the alert fires again, so a late copy of that
 /// resolution is known (see [`crate::incarnation`]).
@@ -93,6 +113,15 @@ struct Tombstone {
     #[serde(default)]
     ends_at: Option<DateTime<Utc>>,
     resolved_at: DateTime<Utc>,
+}
+
+impl Tombstone {
+    fn resolution(&self) -> Resolution {
+        Resolution {
+            starts_at: self.starts_at,
+            ends_at: self.ends_at,
+        }
+    }
 }
 
 /// Summary of one accepted notification.
@@ -476,15 +505,49 @@ impl Store {
 
     /// The alerts firing now, as the planner reads them.
     pub fn firing(&self) -> Vec<FiringAlert> {
-        self.read()
+        self.read().firing.values().map(FiringAlert::from).collect()
+    }
+
+    /// The alerts that would fire after recording `n` (received at `at`), judged by the same
+    /// [`crate::incarnation`] rules against what is held; nothing is written. For the plan
+    /// preview, which must never tell a different story from the webhook.
+    pub fn preview_firing(&self, n: &Notification, at: DateTime<Utc>) -> Vec<FiringAlert> {
+        let m = self.read();
+        let mut firing: BTreeMap<String, FiringAlert> = m
             .firing
-            .values()
-            .map(|a| FiringAlert {
-                fingerprint: a.fingerprint.clone(),
-                labels: a.labels.clone(),
-                starts_at: a.starts_at,
-            })
-            .collect()
+            .iter()
+            .map(|(fp, a)| (fp.clone(), a.into()))
+            .collect();
+        let mut resolved: BTreeMap<String, Option<Resolution>> = BTreeMap::new();
+        for a in &n.alerts {
+            let fp = a.fingerprint.as_str();
+            let last = resolved
+                .get(fp)
+                .copied()
+                .unwrap_or_else(|| m.tombstones.get(fp).map(Tombstone::resolution));
+            let held = Held {
+                firing: firing.get(fp).map(|f| f.starts_at),
+                resolved: last,
+            };
+            match incarnation::judge(&held, status_at(a, at), a.starts_at, a.ends_at) {
+                Verdict::Fire { starts_at } => {
+                    firing.insert(
+                        fp.to_string(),
+                        FiringAlert {
+                            fingerprint: a.fingerprint.clone(),
+                            labels: a.labels.clone(),
+                            starts_at,
+                        },
+                    );
+                }
+                Verdict::Resolve(r) => {
+                    firing.remove(fp);
+                    resolved.insert(fp.to_string(), Some(r));
+                }
+                Verdict::Ignore(_) => {}
+            }
+        }
+        firing.into_values().collect()
     }
 
     /// The firing alerts with their provenance.
@@ -880,18 +943,14 @@ impl Writer {
                             let prev = cur_alert(st, fp);
                             let held = Held {
                                 firing: prev.as_ref().map(|p| p.starts_at),
-                                resolved: cur_tomb(st, fp).map(|t| Resolution {
-                                    starts_at: t.starts_at,
-                                    ends_at: t.ends_at,
-                                }),
+                                resolved: cur_tomb(st, fp).map(|t| t.resolution()),
                             };
-                            // A firing alert whose endsAt already passed is news of its end.
-                            let status = if a.is_firing_at(at) {
-                                AlertStatus::Firing
-                            } else {
-                                AlertStatus::Resolved
-                            };
-                            match incarnation::judge(&held, status, a.starts_at, a.ends_at) {
+                            match incarnation::judge(
+                                &held,
+                                status_at(a, at),
+                                a.starts_at,
+                                a.ends_at,
+                            ) {
                                 Verdict::Fire { starts_at } => {
                                     let new = StoredAlert {
                                         fingerprint: a.fingerprint.clone(),

@@ -432,6 +432,26 @@ async fn late_copies_from_an_alertmanager_pair_follow_the_incarnation_rules() {
     assert!(post(down_body(at(0), None)).await);
     assert!(post(down_body(at(0), Some(at(5)))).await);
     assert!(post(down_body(at(7), None)).await);
+    // The plan preview tells the same story as the webhook: the late copy keeps cloud.
+    let preview: Value = r
+        .client
+        .post(format!("{}/api/v1/plan", r.url))
+        .bearer_auth(TOKEN)
+        .header("content-type", "application/json")
+        .body(down_body(at(0), Some(at(5))))
+        .send()
+        .await
+        .expect("plan")
+        .json()
+        .await
+        .expect("plan json");
+    let reason = preview["services"]["onprem-api"]["reason"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        reason.contains("failover alert(s) firing since 2026-12-02T09:07"),
+        "{preview:#}"
+    );
     // The HA twin's delayed copy of the 09:00 resolution.
     assert!(
         !post(down_body(at(0), Some(at(5)))).await,

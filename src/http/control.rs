@@ -65,7 +65,7 @@ pub async fn plan(
 ) -> Result<HttpResponse, ApiError> {
     let n = super::webhook::read_notification(&req, payload, &state).await?;
     let now = Utc::now();
-    let firing = desired::preview(state.store.firing(), &n, now);
+    let firing = state.store.preview_firing(&n, now);
     let observed = state.store.service_status();
     let mut out = serde_json::Map::new();
     for svc in state.services.iter() {
