@@ -48,6 +48,8 @@ set -e
 # which libtest does not capture. Those count as skipped, not passed (once per test), as do
 # #[ignore]d tests. awk exits 3 when some test skipped at run time.
 skip_status=0
+summary=$(mktemp)
+trap 'rm -f "$log" "$summary"' EXIT
 awk '
   /^test result:/ { p += $4; f += $6; i += $8 }
   /^SKIPPED: [A-Za-z0-9_]+::[^ ]+: / {
@@ -59,7 +61,8 @@ awk '
     printf "tests: %d passed, %d failed, %d skipped\n", p - s, f, s + i
     for (k = 1; k <= s; k++) printf "  skipped %s\n", line[k]
     exit (s > 0 ? 3 : 0)
-  }' "$log" || skip_status=$?
+  }' "$log" >"$summary" || skip_status=$?
+cat "$summary"
 case $skip_status in 0 | 3) ;; *) echo "counting the test results failed" >&2; exit 1 ;; esac
 if [ "$test_status" -ne 0 ]; then
   echo "cargo test failed (exit $test_status)" >&2
@@ -79,3 +82,7 @@ if [ -x scripts/check-deploy.sh ]; then
   stage "deployment files (promtool, amtool, systemd-analyze, terraform checks)"
   scripts/check-deploy.sh
 fi
+
+# The tests' closing line again, last, so it is what a reader sees at the end of the output.
+printf '\n==> all stages passed\n'
+cat "$summary"

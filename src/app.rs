@@ -65,6 +65,8 @@ pub async fn run(
     if let Some(am) = &config.alertmanager {
         let resync = Resync::new(am.clone(), store.clone(), metrics.clone(), services.clone());
         tasks.push(tokio::spawn(resync.run(stop.clone())));
+    } else {
+        tracing::warn!("alertmanager.url is not set: a lost or stale notification is repaired only by the next one (see the incarnation rules in the README)");
     }
     let state = AppState {
         store: store.clone(),

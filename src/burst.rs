@@ -380,7 +380,8 @@ impl Usage {
                 UnitKind::Instance => instance_price,
                 UnitKind::Container => container_price,
             })
-            .sum()
+            // Not `sum()`: it starts at -0.0, which the status would show as "-0.0".
+            .fold(0.0, |total, price| total + price)
     }
 
     /// Instances running now.

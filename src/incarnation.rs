@@ -11,7 +11,7 @@
 //! |-----------------|---------------------------------|--------------------------------------------|
 //! | nothing/resolved | firing, any `startsAt`         | firing (a re-fire keeps its old `startsAt`) |
 //! | firing `H`      | firing `S`                      | firing, `startsAt = max(H, S)`             |
-//! | firing `H`      | resolved `S < H`                | ignored: an older incarnation's end        |
+//! | firing `H`      | resolved, ended by `H` (`E <= H`; `S < H` without `E`) | ignored: an older incarnation's end |
 //! | firing `H`      | resolved `(S, E)` = last applied | ignored: a copy of an end already applied, the alert fired again since |
 //! | firing `H`      | resolved, otherwise             | resolved                                   |
 //! | nothing/resolved | resolved                       | stays resolved (remembers the newest end)  |
@@ -19,10 +19,11 @@
 //! Why a firing notification after a resolved one always fires: Alertmanager resolves an alert
 //! whose `endsAt` passed while Prometheus could not reach it, and when Prometheus reaches it
 //! again the alert comes back with its original `startsAt`. That re-fire and a late copy of the
-//! first firing notification look the same; failing over on a stale copy costs cloud capacity
-//! until the next resolution or resync, missing a real outage costs the service. The resync
-//! from Alertmanager (`alertmanager.url`) bounds what a stale copy can do, damping bounds how
-//! often.
+//! first firing notification look the same; failing over on a stale copy costs cloud capacity,
+//! missing a real outage costs the service. A stale copy holds until the resync from
+//! Alertmanager (`alertmanager.url`, one `resync_interval`) or until the alert fires and
+//! resolves again: its own resolution may be the copy already applied, which is ignored. So
+//! set `alertmanager.url`; damping bounds how often.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -71,7 +72,10 @@ pub fn judge(
             starts_at: h.max(starts_at),
         },
         (AlertStatus::Firing, None) => Verdict::Fire { starts_at },
-        (AlertStatus::Resolved, Some(h)) if starts_at < h => {
+        // Older means it ended before the held one started. Not "started before": Alertmanager
+        // keeps the earliest startsAt of overlapping copies (two Prometheus replicas), so
+        // one incarnation's resolution can carry an earlier startsAt than its firing did.
+        (AlertStatus::Resolved, Some(h)) if ends_at.map_or(starts_at < h, |e| e <= h) => {
             Verdict::Ignore("resolved copy of an older incarnation")
         }
         (AlertStatus::Resolved, Some(_)) if held.resolved == Some(incoming) => {
@@ -196,6 +200,16 @@ mod tests {
                 &[firing(0), resolved(7, 9)],
                 false,
                 "a newer incarnation's end ends what is held (it cannot still be firing)",
+            ),
+            (
+                &[firing(2), firing(1), resolved(1, 30)],
+                false,
+                "copies of one incarnation whose startsAt moved earlier (Alertmanager keeps the earliest): its end ends it",
+            ),
+            (
+                &[firing(0), resolved(0, 5), firing(0), resolved(0, 5)],
+                true,
+                "the late twin copy is ignored even when it was a real second resolution: the resync repairs it",
             ),
             (
                 &[resolved(7, 9), resolved(0, 5), firing(7), resolved(7, 9)],

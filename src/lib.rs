@@ -26,6 +26,7 @@ pub mod http;
 pub mod incarnation;
 pub mod matcher;
 pub mod metrics;
+pub mod pass;
 pub mod plan;
 pub mod reconcile;
 pub mod resync;

@@ -288,6 +288,55 @@ impl Metrics {
             .inc();
     }
 
+    /// One service's always-present series, resolved once for a pass.
+    pub fn service(&self, service: &str) -> ServiceMetrics {
+        let l = ServiceLabels {
+            service: service.to_string(),
+        };
+        ServiceMetrics {
+            failover_alerts: self.failover_alerts.get_or_create(&l).clone(),
+            converged: self.converged.get_or_create(&l).clone(),
+            blocked: self.blocked.get_or_create(&l).clone(),
+            last_reconcile: self.last_reconcile.get_or_create(&l).clone(),
+            transitions_capped: self.transitions_capped.get_or_create(&l).clone(),
+            cost_per_hour: self.cost_per_hour.get_or_create(&l).clone(),
+            instance_hours_today: self.instance_hours_today.get_or_create(&l).clone(),
+        }
+    }
+
+    /// A bursting service's series (created only for services that burst, so the others
+    /// export none).
+    pub fn burst(&self, service: &str) -> BurstMetrics {
+        let l = ServiceLabels {
+            service: service.to_string(),
+        };
+        BurstMetrics {
+            desired: self.burst_desired.get_or_create(&l).clone(),
+            open: self.burst_open.get_or_create(&l).clone(),
+            capped: self.burst_capped.get_or_create(&l).clone(),
+        }
+    }
+
+    /// Counts a mode change of `service` into `to`.
+    pub fn transition(&self, service: &str, to: crate::desired::Mode) {
+        self.transitions
+            .get_or_create(&ModeLabels {
+                service: service.to_string(),
+                mode: to.as_str().to_string(),
+            })
+            .inc();
+    }
+
+    /// Counts a change of `service`'s burst count, `up` or `down`.
+    pub fn burst_scaled(&self, service: &str, direction: &str) {
+        self.burst_scale
+            .get_or_create(&DirectionLabels {
+                service: service.to_string(),
+                direction: direction.to_string(),
+            })
+            .inc();
+    }
+
     /// Prometheus text exposition.
     pub fn encode(&self) -> String {
         let mut out = String::new();
@@ -295,6 +344,26 @@ impl Metrics {
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
+}
+
+/// One service's series that every pass sets: handles sharing the registered values.
+#[derive(Clone)]
+pub struct ServiceMetrics {
+    pub failover_alerts: Gauge,
+    pub converged: Gauge,
+    pub blocked: Gauge,
+    pub last_reconcile: Gauge,
+    pub transitions_capped: Gauge,
+    pub cost_per_hour: FloatGauge,
+    pub instance_hours_today: FloatGauge,
+}
+
+/// A bursting service's series.
+#[derive(Clone)]
+pub struct BurstMetrics {
+    pub desired: Gauge,
+    pub open: Gauge,
+    pub capped: Gauge,
 }
 
 impl Default for Metrics {

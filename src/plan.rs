@@ -161,6 +161,9 @@ pub struct ServerObs {
     /// "succeeds" without effect.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub blocked: Option<String>,
+    /// The Runtime API refuses every change to it (below level admin): not even closing works.
+    #[serde(skip)]
+    pub refuses_changes: bool,
 }
 
 /// An instance's state as the planner sees it.
@@ -491,8 +494,8 @@ fn may_send_traffic(o: &Observed) -> bool {
 /// What only a human can fix about a container the responder may not remove.
 fn foreign_blocker(name: &str, reason: &str) -> String {
     format!(
-        "container {name}: {reason}; it is not removed (recreate: never) and nothing is opened \
-         in front of it. Fix: set `recreate: always` on container {name} in the config to have \
+        "container {name}: {reason}; it is not removed (recreate: never) and the responder opens \
+         nothing in front of it. Fix: set `recreate: always` on container {name} in the config to have \
          it replaced, or remove or rename it (docker rm -f {name})"
     )
 }
@@ -579,6 +582,12 @@ fn plan_onprem(o: &Observed, standby: Standby) -> Plan {
     for s in &o.servers {
         match &s.state {
             ServerState::Ready if s.blocked.is_some() => {
+                // Cannot be closed: it stays open, so what it sends traffic to stays up.
+                any_unknown_server = true;
+                let why = s.blocked.as_deref().unwrap_or_default();
+                p.blocked.push(format!("server {}: {why}", s.target));
+            }
+            ServerState::Drain if s.refuses_changes => {
                 // Cannot be closed: it stays open, so what it sends traffic to stays up.
                 any_unknown_server = true;
                 let why = s.blocked.as_deref().unwrap_or_default();
@@ -871,6 +880,7 @@ mod tests {
                 addr: None,
                 weight: None,
                 blocked: None,
+                refuses_changes: false,
             }],
             instances: vec![],
         }
@@ -1120,6 +1130,7 @@ mod tests {
                         addr: None,
                         weight: None,
                         blocked: None,
+                        refuses_changes: false,
                     });
                     let cloud = plan(Mode::Cloud, &o, Standby::Cold);
                     // Never open a server before the capacity is known healthy.
@@ -1229,6 +1240,13 @@ mod tests {
             Standby::Cold,
         );
         assert!(p.converged(), "{p:?}");
+        // A socket that refuses every change: a draining server cannot be closed either, and
+        // its container stays up behind it.
+        let mut o = observed(&healthy, &ServerState::Drain);
+        o.servers[0].blocked = Some("level operator".into());
+        o.servers[0].refuses_changes = true;
+        let p = plan(Mode::Onprem, &o, Standby::Cold);
+        assert!(p.steps.is_empty() && p.blocked.len() == 1, "{p:?}");
     }
 
     /// Containers found under the configured name that are not as configured: by someone
@@ -1800,6 +1818,7 @@ mod tests {
                     addr: addr.map(String::from),
                     weight: Some(if addr.is_some() { 100 } else { 1 }),
                     blocked: None,
+                    refuses_changes: false,
                 }],
                 instances: vec![],
             },

@@ -17,13 +17,13 @@ use tracing::{info, info_span, warn, Instrument};
 use crate::backend::docker::DockerBackend;
 use crate::backend::haproxy::{self, RuntimeApi};
 use crate::backend::BackendError;
-use crate::burst::{self, Scale, UnitKind, BURST_KEY};
+use crate::burst::{self, UnitKind};
 use crate::config::{ReconcileConfig, ServiceConfig};
-use crate::desired::{self, Current, Damping, Decision, Effective, Mode, Rules};
+use crate::desired::{FiringAlert, Mode};
 use crate::metrics::{
-    ActionLabels, DirectionLabels, KindLabels, Metrics, ModeLabels, ServiceLabels, StepLabels,
-    TargetLabels,
+    ActionLabels, KindLabels, Metrics, ModeLabels, ServiceLabels, StepLabels, TargetLabels,
 };
+use crate::pass::{self, Pass, Target};
 use crate::plan::{
     self, ContainerObs, ContainerState, Health, InstanceObs, InstanceState, Observed, ServerObs,
     ServerRef, ServerState, Step, UnitObs,
@@ -110,38 +110,7 @@ impl ServiceRuntime {
         self.config
             .burst
             .as_ref()
-            .is_some_and(|b| crate::matcher::matches_all(&b.matchers, labels))
-    }
-
-    /// Whether an overload alert fires now.
-    fn overloaded(&self, firing: &[desired::FiringAlert]) -> bool {
-        firing.iter().any(|a| self.overload_alert(&a.labels))
-    }
-
-    /// The burst count the stored state and the alerts firing now give (None: no bursting).
-    fn burst_now(&self, ctx: &Context, state: &ServiceState, now: DateTime<Utc>) -> Option<Scale> {
-        let b = self.config.burst.as_ref()?;
-        let guard = burst::guard(&self.config.cost, b.ec2.is_some(), &state.usage, now);
-        Some(burst::next(
-            b.into(),
-            self.overloaded(&ctx.store.firing()),
-            &state.burst,
-            guard,
-            now,
-        ))
-    }
-
-    /// The damping rules from the config.
-    pub fn damping(&self) -> Damping {
-        Damping {
-            hold_down: self.config.hold_down,
-            healthy_for: self
-                .config
-                .onprem_health_url
-                .as_ref()
-                .map(|_| self.config.healthy_for),
-            max_transitions_per_hour: self.config.max_transitions_per_hour,
-        }
+            .is_some_and(|b| pass::overload_alert(b, labels))
     }
 
     /// Since when the on-prem probe has answered continuously (None: failing or not probed).
@@ -171,13 +140,6 @@ impl ServiceRuntime {
             (true, None) => *since = Some(Utc::now()),
             (false, _) => *since = None,
             (true, Some(_)) => {}
-        }
-    }
-
-    fn rules(&self) -> Rules<'_> {
-        Rules {
-            failover_on: &self.config.failover_matchers,
-            failback_on: &self.config.failback_matchers,
         }
     }
 }
@@ -242,7 +204,7 @@ pub async fn run_service(svc: ServiceRuntime, ctx: Context, shutdown: Cancellati
             .store
             .event(&svc.name, "resume", format!("previous run stopped during step {step:?}; observing and redoing what is missing"), vec![])
             .await;
-        finish_interrupted_stop(&svc, &step).await;
+        finish_interrupted_stop(&svc, &ctx, &step).await;
     }
     loop {
         let pass = async {
@@ -308,7 +270,9 @@ pub async fn run_service(svc: ServiceRuntime, ctx: Context, shutdown: Cancellati
 /// running (and healthy, if it serves through its grace period) until it exits, so a pass that
 /// observed it now could open a server in front of it just before it dies. Stopping it again
 /// waits until it has exited; the pass after that starts it anew if the alerts say cloud.
-async fn finish_interrupted_stop(svc: &ServiceRuntime, step: &str) {
+/// A stop goes after every server is closed; if one was opened while the responder was down (by
+/// hand), stopping now would cut what it serves, so the pass decides instead.
+async fn finish_interrupted_stop(svc: &ServiceRuntime, ctx: &Context, step: &str) {
     // The step as recorded: `Step::StopContainer`'s Display, "stop <container>".
     let Some(name) = step.strip_prefix("stop ") else {
         return;
@@ -316,6 +280,23 @@ async fn finish_interrupted_stop(svc: &ServiceRuntime, step: &str) {
     let Ok((d, c)) = container_of(svc, name) else {
         return;
     };
+    let closed = |o: &Observed| {
+        o.servers
+            .iter()
+            .all(|s| matches!(s.state, ServerState::Maint | ServerState::Missing))
+    };
+    let (observed, units) = tokio::join!(observe(svc, ctx), observe_units(svc));
+    let unit = units
+        .iter()
+        .find(|u| u.observed.containers.iter().any(|x| x.name == name));
+    let servers_closed = match unit {
+        Some(u) => closed(&u.observed),
+        None => closed(&observed),
+    };
+    if !servers_closed {
+        warn!(service = %svc.name, container = name, "a server in front of it is open: not finishing the interrupted stop");
+        return;
+    }
     match d.stop(&svc.name, &c, svc.config.timeouts.stop).await {
         Ok(()) => info!(service = %svc.name, container = name, "finished the interrupted stop"),
         // The pass repairs what is left; the error shows there too.
@@ -342,152 +323,54 @@ fn state_of(svc: &ServiceRuntime, ctx: &Context) -> ServiceState {
         .unwrap_or_else(|| ServiceState::new(Utc::now()))
 }
 
-/// The alerts' decision and the effective mode after overrides and damping.
-fn desired_now(svc: &ServiceRuntime, ctx: &Context, state: &ServiceState) -> (Decision, Effective) {
-    let decision = desired::decide(svc.rules(), &ctx.store.firing());
-    let eff = desired::effective(
-        &decision,
-        Current {
-            mode: state.mode,
-            since: state.since,
-            transitions: &state.transitions,
-            override_: state.override_,
-            onprem_healthy_since: svc.healthy_since(),
-        },
-        svc.damping(),
-        Utc::now(),
-    );
-    (decision, eff)
-}
-
-/// What a pass is driving towards: the mode, and the burst count if the service bursts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Target {
-    mode: Mode,
-    burst: Option<u32>,
-}
-
 /// Whether a wait or the next step should stop because the target has changed.
 fn superseded(svc: &ServiceRuntime, ctx: &Context, target: Target) -> bool {
     let state = state_of(svc, ctx);
-    let (_, eff) = desired_now(svc, ctx, &state);
-    let burst = svc
-        .burst_now(ctx, &state, Utc::now())
-        .map(|s| s.state.target);
-    eff.mode != target.mode || eff.paused || burst != target.burst
+    let d = pass::desired(
+        &svc.config,
+        &state,
+        &ctx.store.firing(),
+        svc.healthy_since(),
+        Utc::now(),
+    );
+    d.effective.mode != target.mode || d.effective.paused || d.target().burst != target.burst
 }
 
-/// One pass: decide, record the decision, observe, plan, execute.
+/// One pass: observe, decide (pure, [`pass::pass`]), persist and record, execute.
 pub async fn reconcile_once(svc: &ServiceRuntime, ctx: &Context) -> Result<PassOutcome, PassError> {
-    let mut state = state_of(svc, ctx);
+    let state = state_of(svc, ctx);
     if state.mode == Mode::Cloud {
         svc.probe_onprem().await;
     }
-    let (decision, eff) = desired_now(svc, ctx, &state);
-    let labels = ServiceLabels {
-        service: svc.name.clone(),
-    };
-    let was_capped = ctx.metrics.transitions_capped.get_or_create(&labels).get() != 0;
-    ctx.metrics
-        .transitions_capped
-        .get_or_create(&labels)
-        .set(i64::from(eff.capped));
-    // Say it once when the cap starts holding the service in cloud, not on every pass.
-    if eff.capped && !was_capped {
-        warn!(service = %svc.name, held = eff.held.as_deref().unwrap_or(""), "flap cap reached: staying in cloud");
-        ctx.store
-            .event(
-                &svc.name,
-                "capped",
-                eff.held.clone().unwrap_or_default(),
-                decision.failback_alerts.clone(),
-            )
-            .await?;
-    }
-    if eff.mode != state.mode {
-        let now = Utc::now();
-        let from = state.mode;
-        state.mode = eff.mode;
-        state.since = now;
-        let hour_ago = now - chrono::Duration::hours(1);
-        state.transitions.retain(|t| *t > hour_ago);
-        state.transitions.push(now);
-        // Unconverged first, then the new mode: the status never pairs the new mode with
-        // the previous pass's "converged".
-        ctx.store.mark_unconverged(&svc.name);
-        ctx.store.set_service(&svc.name, state.clone()).await?;
-        let alerts = match eff.mode {
-            Mode::Cloud => decision.failover_alerts.clone(),
-            Mode::Onprem => decision.failback_alerts.clone(),
-        };
-        let why = eff.held.clone().unwrap_or_else(|| decision.reason.clone());
-        info!(service = %svc.name, from = from.as_str(), to = eff.mode.as_str(), reason = %why, "mode change");
-        ctx.store
-            .event(
-                &svc.name,
-                "decision",
-                format!("{} -> {}: {why}", from.as_str(), eff.mode.as_str()),
-                alerts,
-            )
-            .await?;
-        ctx.metrics
-            .transitions
-            .get_or_create(&ModeLabels {
-                service: svc.name.clone(),
-                mode: eff.mode.as_str().to_string(),
-            })
-            .inc();
-    }
-
-    let (observed, mut units) = tokio::join!(observe(svc, ctx), observe_units(svc));
+    let (observed, units) = tokio::join!(observe(svc, ctx), observe_units(svc));
+    let firing = ctx.store.firing();
     let now = Utc::now();
-    let scale = scale_burst(svc, ctx, &mut state, &observed, &units, now).await?;
-    let target = Target {
-        mode: if eff.paused { decision.mode } else { eff.mode },
-        burst: scale.as_ref().map(|s| s.state.target),
-    };
-    // Paused: show what following the alerts would do, and do none of it.
-    let mode_plan = plan::plan(target.mode, &observed, svc.config.standby);
-    let burst_plan = match (&svc.config.burst, target.burst) {
-        (Some(b), Some(n)) => {
-            explain_missing_instances(b, n, &mut units);
-            plan::plan_burst(n, &units, b.haproxy.weight)
-        }
-        _ => plan::Plan::default(),
-    };
-    // Which steps act on burst units (their EC2 steps go to the burst pool).
-    let mode_steps = mode_plan.steps.len();
-    let is_burst = |i: usize| i >= mode_steps;
-    let mut plan = mode_plan;
-    plan.extend(burst_plan);
+    let p = pass::pass(
+        &svc.config,
+        pass::Input {
+            state: &state,
+            firing: &firing,
+            observed: &observed,
+            units: &units,
+            onprem_healthy_since: svc.healthy_since(),
+            now,
+        },
+    );
+    record_decision(svc, ctx, &state, &p, &firing).await?;
     let blocked_before = ctx.store.blocked(&svc.name);
-    record_pass(svc, ctx, &decision, &eff, &observed, &plan);
-    // Said once when it starts or changes, not on every pass: the backoff repeats the pass.
-    if plan.blocked != blocked_before && !plan.blocked.is_empty() {
-        let what = plan.blocked.join("; ");
-        warn!(service = %svc.name, blocked = %what, "blocked: only a human can fix this");
-        ctx.store.event(&svc.name, "blocked", what, vec![]).await?;
-    } else if plan.blocked.is_empty() && !blocked_before.is_empty() {
-        info!(service = %svc.name, "no longer blocked");
-        ctx.store
-            .event(&svc.name, "unblocked", blocked_before.join("; "), vec![])
-            .await?;
-    }
-    record_burst(svc, ctx, &state, scale.as_ref(), &units, now);
-    let recheck = match (
-        eff.recheck_after,
-        scale.as_ref().and_then(|s| s.recheck_after),
-    ) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    };
+    record_pass(svc, ctx, &p.desired, &observed, &p.plan);
+    record_burst(svc, ctx, &p, &firing, now);
+    record_blocked(svc, ctx, &blocked_before, &p.plan.blocked).await?;
 
+    let plan = &p.plan;
+    let eff = &p.desired.effective;
+    let mut state = p.next_state.clone();
     if plan.steps.is_empty() {
         if state.step_in_flight.is_some() {
             state.step_in_flight = None;
             ctx.store.set_service(&svc.name, state).await?;
         }
-        return Ok(match (plan.converged(), recheck) {
+        return Ok(match (plan.converged(), p.recheck_after) {
             (true, Some(after)) => PassOutcome::Held { after },
             (true, None) => PassOutcome::Converged,
             (false, _) => PassOutcome::Waiting,
@@ -506,6 +389,8 @@ pub async fn reconcile_once(svc: &ServiceRuntime, ctx: &Context) -> Result<PassO
             after: ctx.settings.interval,
         });
     }
+    let target = p.desired.target();
+    let decision = &p.desired.decision;
     let burst_text = target
         .burst
         .map(|n| format!(", burst {n} unit(s)"))
@@ -528,8 +413,20 @@ pub async fn reconcile_once(svc: &ServiceRuntime, ctx: &Context) -> Result<PassO
                 .collect(),
         )
         .await?;
+    run_steps(svc, ctx, &p, state).await
+}
+
+/// Runs the plan's steps in order, each recorded before it runs (so a crash is known at
+/// restart) and after; stops when the target changes or a step fails.
+async fn run_steps(
+    svc: &ServiceRuntime,
+    ctx: &Context,
+    p: &Pass,
+    mut state: ServiceState,
+) -> Result<PassOutcome, PassError> {
+    let target = p.desired.target();
     let crash_before = std::env::var(CRASH_ENV).ok();
-    for (i, step) in plan.steps.iter().enumerate() {
+    for (i, step) in p.plan.steps.iter().enumerate() {
         // The world may have moved on while earlier steps ran (a recovery during a slow start,
         // an override, the next burst step).
         if superseded(svc, ctx, target) {
@@ -552,7 +449,8 @@ pub async fn reconcile_once(svc: &ServiceRuntime, ctx: &Context) -> Result<PassO
         }
         let span = info_span!("step", service = %svc.name, action = step.action(), target = %step);
         let started = Instant::now();
-        let result = execute(svc, ctx, target, step, is_burst(i))
+        // Steps after `burst_from` act on burst units (their EC2 steps go to the burst pool).
+        let result = execute(svc, ctx, target, step, i >= p.burst_from)
             .instrument(span)
             .await;
         let elapsed = started.elapsed();
@@ -579,140 +477,126 @@ pub async fn reconcile_once(svc: &ServiceRuntime, ctx: &Context) -> Result<PassO
     Ok(PassOutcome::Progress)
 }
 
-/// Takes in the units running now (for the cost guard and estimate) and moves the burst count;
-/// records a change, says why, and says once when the cost guard starts holding growth.
-async fn scale_burst(
+/// Persists the state the pass moved to and says what changed, once: the mode (event, log,
+/// metric), the burst count, and when the flap cap or the cost guard starts holding.
+async fn record_decision(
     svc: &ServiceRuntime,
     ctx: &Context,
-    state: &mut ServiceState,
-    observed: &Observed,
-    units: &[UnitObs],
-    now: DateTime<Utc>,
-) -> Result<Option<Scale>, crate::store::StoreError> {
-    let mut persist = state.usage.observe(&running_units(observed, units), now);
-    let before = state.burst.target;
-    let scale = svc.burst_now(ctx, state, now);
-    if let Some(sc) = &scale {
-        if sc.state != state.burst {
-            state.burst = sc.state.clone();
-            persist = true;
-        }
+    before: &ServiceState,
+    p: &Pass,
+    firing: &[FiringAlert],
+) -> Result<(), crate::store::StoreError> {
+    let (decision, eff) = (&p.desired.decision, &p.desired.effective);
+    let m = ctx.metrics.service(&svc.name);
+    // Said once when the cap starts holding the service in cloud, not on every pass.
+    let was_capped = m.transitions_capped.get() != 0;
+    m.transitions_capped.set(i64::from(eff.capped));
+    if eff.capped && !was_capped {
+        warn!(service = %svc.name, held = eff.held.as_deref().unwrap_or(""), "flap cap reached: staying in cloud");
+        ctx.store
+            .event(
+                &svc.name,
+                "capped",
+                eff.held.clone().unwrap_or_default(),
+                decision.failback_alerts.clone(),
+            )
+            .await?;
     }
-    if persist {
-        ctx.store.set_service(&svc.name, state.clone()).await?;
+    if p.transition.is_some() {
+        // Unconverged first, then the new mode: the status never pairs the new mode with
+        // the previous pass's "converged".
+        ctx.store.mark_unconverged(&svc.name);
     }
-    let Some(sc) = &scale else { return Ok(None) };
-    let labels = ServiceLabels {
-        service: svc.name.clone(),
+    if p.next_state != *before {
+        ctx.store
+            .set_service(&svc.name, p.next_state.clone())
+            .await?;
+    }
+    if let Some((from, to)) = p.transition {
+        let alerts = match to {
+            Mode::Cloud => decision.failover_alerts.clone(),
+            Mode::Onprem => decision.failback_alerts.clone(),
+        };
+        let why = eff.held.clone().unwrap_or_else(|| decision.reason.clone());
+        info!(service = %svc.name, from = from.as_str(), to = to.as_str(), reason = %why, "mode change");
+        ctx.store
+            .event(
+                &svc.name,
+                "decision",
+                format!("{} -> {}: {why}", from.as_str(), to.as_str()),
+                alerts,
+            )
+            .await?;
+        ctx.metrics.transition(&svc.name, to);
+    }
+    let (Some(sc), Some(b)) = (&p.desired.scale, &svc.config.burst) else {
+        return Ok(());
     };
     if let Some(reason) = &sc.reason {
-        let direction = if sc.state.target > before {
+        let direction = if sc.state.target > before.burst.target {
             "up"
         } else {
             "down"
         };
         info!(service = %svc.name, direction, target = sc.state.target, reason = %reason, "burst scale");
-        ctx.metrics
-            .burst_scale
-            .get_or_create(&DirectionLabels {
-                service: svc.name.clone(),
-                direction: direction.into(),
-            })
-            .inc();
-        let fps = ctx
-            .store
-            .firing()
-            .into_iter()
-            .filter(|a| svc.overload_alert(&a.labels))
-            .map(|a| a.fingerprint)
+        ctx.metrics.burst_scaled(&svc.name, direction);
+        let fps = firing
+            .iter()
+            .filter(|a| pass::overload_alert(b, &a.labels))
+            .map(|a| a.fingerprint.clone())
             .collect();
         ctx.store
             .event(&svc.name, "scale", format!("burst {reason}"), fps)
             .await?;
     }
-    let was_capped = ctx.metrics.burst_capped.get_or_create(&labels).get() != 0;
-    ctx.metrics
-        .burst_capped
-        .get_or_create(&labels)
-        .set(i64::from(sc.capped.is_some()));
+    let bm = ctx.metrics.burst(&svc.name);
+    let was_capped = bm.capped.get() != 0;
+    bm.capped.set(i64::from(sc.capped.is_some()));
     if let (Some(why), false) = (&sc.capped, was_capped) {
         warn!(service = %svc.name, held = %why, "cost guard holds bursting");
         ctx.store
             .event(&svc.name, "cost_guard", why.clone(), vec![])
             .await?;
     }
-    Ok(scale)
+    Ok(())
 }
 
-/// Every cloud unit running now, named for the usage record (burst ones prefixed).
-fn running_units(observed: &Observed, units: &[UnitObs]) -> Vec<(String, UnitKind)> {
-    let mut out = Vec::new();
-    let mut add = |prefix: &str, o: &Observed| {
-        for i in &o.instances {
-            if matches!(i.state, InstanceState::Running | InstanceState::Pending) {
-                out.push((format!("{prefix}instance {}", i.id), UnitKind::Instance));
-            }
-        }
-        for c in &o.containers {
-            if matches!(c.state, ContainerState::Running { .. }) {
-                out.push((format!("{prefix}container {}", c.name), UnitKind::Container));
-            }
-        }
-    };
-    add("", observed);
-    for u in units {
-        add(BURST_KEY, &u.observed);
+/// Says once when what only a human can fix starts blocking the plan (or changes), and once
+/// when it clears: the backoff repeats the pass, the event history must not.
+async fn record_blocked(
+    svc: &ServiceRuntime,
+    ctx: &Context,
+    before: &[String],
+    now: &[String],
+) -> Result<(), crate::store::StoreError> {
+    if now != before && !now.is_empty() {
+        let what = now.join("; ");
+        warn!(service = %svc.name, blocked = %what, "blocked: only a human can fix this");
+        ctx.store.event(&svc.name, "blocked", what, vec![]).await?;
+    } else if now.is_empty() && !before.is_empty() {
+        info!(service = %svc.name, "no longer blocked");
+        ctx.store
+            .event(&svc.name, "unblocked", before.join("; "), vec![])
+            .await?;
     }
-    out
-}
-
-/// An instance unit the pool has no instance for cannot come up: say so, rather than wait
-/// for an address that will never be known.
-fn explain_missing_instances(b: &crate::config::BurstConfig, target: u32, units: &mut [UnitObs]) {
-    if b.ec2.is_none() {
-        return;
-    }
-    let pool = units
-        .iter()
-        .filter(|u| !u.observed.instances.is_empty())
-        .count();
-    for u in units.iter_mut() {
-        if u.index <= target && u.observed.instances.is_empty() {
-            u.observed.instances.push(InstanceObs {
-                id: format!("for burst unit {}", u.index),
-                state: InstanceState::Unknown {
-                    reason: format!("the pool has only {pool} instance(s)"),
-                },
-                private_ip: None,
-            });
-        }
-    }
+    Ok(())
 }
 
 /// Burst and cost status and metrics.
 fn record_burst(
     svc: &ServiceRuntime,
     ctx: &Context,
-    state: &ServiceState,
-    scale: Option<&Scale>,
-    units: &[UnitObs],
+    p: &Pass,
+    firing: &[FiringAlert],
     now: DateTime<Utc>,
 ) {
-    let labels = ServiceLabels {
-        service: svc.name.clone(),
-    };
+    let m = ctx.metrics.service(&svc.name);
     let cost = &svc.config.cost;
-    let usage = &state.usage;
+    let usage = &p.next_state.usage;
     let estimate = usage.hourly_estimate(cost.instance_hourly_price, cost.container_hourly_price);
     let hours = usage.instance_hours_today(now);
-    ctx.metrics
-        .cost_per_hour
-        .get_or_create(&labels)
-        .set(estimate);
-    ctx.metrics
-        .instance_hours_today
-        .get_or_create(&labels)
-        .set(hours);
+    m.cost_per_hour.set(estimate);
+    m.instance_hours_today.set(hours);
     for kind in [UnitKind::Instance, UnitKind::Container] {
         let n = usage.running.values().filter(|r| r.kind == kind).count();
         ctx.metrics
@@ -727,9 +611,10 @@ fn record_burst(
             })
             .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
-    let burst = match (&svc.config.burst, scale) {
+    let burst = match (&svc.config.burst, &p.desired.scale) {
         (Some(b), Some(sc)) => {
-            let open = units
+            let open = p
+                .units
                 .iter()
                 .filter(|u| {
                     !u.observed.servers.is_empty()
@@ -740,22 +625,17 @@ fn record_burst(
                 })
                 .count();
             let open = u32::try_from(open).unwrap_or(u32::MAX);
-            ctx.metrics
-                .burst_desired
-                .get_or_create(&labels)
-                .set(i64::from(sc.state.target));
-            ctx.metrics
-                .burst_open
-                .get_or_create(&labels)
-                .set(i64::from(open));
+            let bm = ctx.metrics.burst(&svc.name);
+            bm.desired.set(i64::from(sc.state.target));
+            bm.open.set(i64::from(open));
             Some(BurstStatus {
                 target: sc.state.target,
                 min: b.min,
                 max: b.max,
-                overloaded: svc.overloaded(&ctx.store.firing()),
+                overloaded: pass::overloaded(b, firing),
                 open,
                 capped: sc.capped.clone(),
-                units: units.to_vec(),
+                units: p.units.clone(),
             })
         }
         _ => None,
@@ -774,14 +654,15 @@ fn record_burst(
     );
 }
 
+/// The pass's status (decision, observation, plan) and its metrics.
 fn record_pass(
     svc: &ServiceRuntime,
     ctx: &Context,
-    decision: &Decision,
-    eff: &Effective,
+    d: &pass::Desired,
     observed: &Observed,
     plan: &plan::Plan,
 ) {
+    let (decision, eff) = (&d.decision, &d.effective);
     ctx.store
         .set_observation(&svc.name, decision, eff.held.clone(), observed, plan);
     let service = svc.name.clone();
@@ -794,45 +675,38 @@ fn record_pass(
             })
             .set(i64::from(eff.mode == mode));
     }
-    let sl = ServiceLabels {
-        service: service.clone(),
-    };
-    ctx.metrics
-        .converged
-        .get_or_create(&sl)
-        .set(i64::from(plan.converged()));
-    ctx.metrics
-        .blocked
-        .get_or_create(&sl)
+    let m = ctx.metrics.service(&service);
+    m.converged.set(i64::from(plan.converged()));
+    m.blocked
         .set(i64::try_from(plan.blocked.len()).unwrap_or(i64::MAX));
-    ctx.metrics
-        .failover_alerts
-        .get_or_create(&sl)
+    m.failover_alerts
         .set(i64::try_from(decision.failover_alerts.len()).unwrap_or(i64::MAX));
-    ctx.metrics
-        .last_reconcile
-        .get_or_create(&sl)
-        .set(Utc::now().timestamp());
-    for c in &observed.containers {
-        let up = !matches!(c.state, ContainerState::Unknown { .. });
-        let target = svc.docker.as_ref().map_or("", |d| d.host()).to_string();
+    m.last_reconcile.set(Utc::now().timestamp());
+    let docker = svc.docker.as_ref().map_or("", |d| d.host());
+    let up = observed
+        .containers
+        .iter()
+        .map(|c| {
+            (
+                "docker",
+                docker,
+                !matches!(c.state, ContainerState::Unknown { .. }),
+            )
+        })
+        .chain(observed.servers.iter().map(|s| {
+            (
+                "haproxy",
+                s.target.api.as_str(),
+                !matches!(s.state, ServerState::Unknown { .. }),
+            )
+        }));
+    for (backend, target, up) in up {
         ctx.metrics
             .backend_up
             .get_or_create(&TargetLabels {
                 service: service.clone(),
-                backend: "docker".into(),
-                target,
-            })
-            .set(i64::from(up));
-    }
-    for s in &observed.servers {
-        let up = !matches!(s.state, ServerState::Unknown { .. });
-        ctx.metrics
-            .backend_up
-            .get_or_create(&TargetLabels {
-                service: service.clone(),
-                backend: "haproxy".into(),
-                target: s.target.api.clone(),
+                backend: backend.into(),
+                target: target.to_string(),
             })
             .set(i64::from(up));
     }
@@ -940,6 +814,7 @@ pub async fn observe(svc: &ServiceRuntime, _ctx: &Context) -> Observed {
                     addr: None,
                     weight: None,
                     blocked: level_blocked.clone().or_else(|| haproxy::blocker(flags)),
+                    refuses_changes: level_blocked.is_some(),
                 });
             }
         }
@@ -1094,6 +969,7 @@ async fn observe_units(svc: &ServiceRuntime) -> Vec<UnitObs> {
                     // addr` before it is opened, and the step checks that `state ready` took
                     // effect.
                     blocked: level_blocked.clone(),
+                    refuses_changes: level_blocked.is_some(),
                 }
             })
             .collect();
@@ -1175,9 +1051,14 @@ async fn execute(
     match step {
         // `start` checks again what it finds: it recreates only what may go, and starts only
         // the container it checked or created.
-        Step::StartContainer { container } | Step::RecreateContainer { container } => {
+        Step::StartContainer { container } => {
             let (d, c) = container_of(svc, container)?;
-            d.start(&svc.name, &c).await?;
+            d.start(&svc.name, &c, false).await?;
+            Ok(StepDone::Done)
+        }
+        Step::RecreateContainer { container } => {
+            let (d, c) = container_of(svc, container)?;
+            d.start(&svc.name, &c, true).await?;
             Ok(StepDone::Done)
         }
         Step::StopContainer { container } => {
@@ -1205,67 +1086,47 @@ async fn execute(
             Ok(StepDone::Done)
         }
         Step::WaitHealthy { containers } => {
-            let deadline = Instant::now() + timeouts.healthy;
-            // What Docker last said of each container still not healthy, for the timeout's
-            // message ("starting" and "unhealthy" call for different fixes).
-            let mut last: Vec<String> = Vec::new();
-            loop {
-                let mut all = true;
-                last.clear();
+            let polled = poll_until(svc, ctx, target, timeouts.healthy, || async {
+                // What Docker says of each container still not healthy, for the timeout's
+                // message ("starting" and "unhealthy" call for different fixes).
+                let mut pending = Vec::new();
                 for name in containers {
                     let (d, c) = container_of(svc, name)?;
-                    let state = d.observe(&svc.name, &c).await;
-                    if !matches!(
-                        state,
-                        ContainerState::Running {
-                            health: Health::Healthy
-                        }
-                    ) {
-                        last.push(format!("{name}: {}", state.describe()));
-                    }
-                    match state {
+                    let exited = |message: String| BackendError::Rejected {
+                        target: format!("container {name}"),
+                        message,
+                        retryable: true,
+                    };
+                    match d.observe(&svc.name, &c).await {
                         ContainerState::Running {
                             health: Health::Healthy,
                         } => {}
                         // Stopped while we waited (crashed on start): fail, so backoff applies
                         // and the next pass starts it again.
                         ContainerState::Stopped | ContainerState::Absent => {
-                            return Err(BackendError::Rejected {
-                                target: format!("container {name}"),
-                                message: "exited before becoming healthy".into(),
-                                retryable: true,
-                            })
+                            return Err(exited("exited before becoming healthy".into()))
                         }
                         // Replaced under its name while we waited: never waited into "healthy";
                         // the next pass plans for what is there now.
                         ContainerState::Mismatch { reason, .. } => {
-                            return Err(BackendError::Rejected {
-                                target: format!("container {name}"),
-                                message: format!("not as configured: {reason}"),
-                                retryable: true,
-                            })
+                            return Err(exited(format!("not as configured: {reason}")))
                         }
-                        _ => all = false,
+                        other => pending.push(format!("{name}: {}", other.describe())),
                     }
                 }
-                if all {
-                    return Ok(StepDone::Done);
-                }
-                if superseded(svc, ctx, target) {
-                    return Ok(StepDone::Superseded);
-                }
-                if Instant::now() >= deadline {
-                    return Err(BackendError::Timeout {
-                        what: format!(
-                            "waiting for {} to be healthy (Docker last said {})",
-                            containers.join(","),
-                            last.join(", ")
-                        ),
-                        after: timeouts.healthy,
-                    });
-                }
-                tokio::time::sleep(POLL).await;
-            }
+                Ok(pending)
+            })
+            .await?;
+            polled.or_else(|last| {
+                Err(BackendError::Timeout {
+                    what: format!(
+                        "waiting for {} to be healthy (Docker last said {})",
+                        containers.join(","),
+                        last.join(", ")
+                    ),
+                    after: timeouts.healthy,
+                })
+            })
         }
         #[cfg(feature = "ec2")]
         Step::StartInstances { ids } => {
@@ -1294,43 +1155,88 @@ async fn execute(
             let Some(d) = &svc.docker else {
                 return Ok(StepDone::Done);
             };
-            let deadline = Instant::now() + timeouts.healthy;
-            loop {
-                if d.ping().await.is_ok() {
-                    return Ok(StepDone::Done);
-                }
-                if superseded(svc, ctx, target) {
-                    return Ok(StepDone::Superseded);
-                }
-                if Instant::now() >= deadline {
-                    return Err(BackendError::Timeout {
-                        what: format!("docker {} answering", d.host()),
-                        after: timeouts.healthy,
-                    });
-                }
-                tokio::time::sleep(POLL).await;
-            }
+            poll_until(svc, ctx, target, timeouts.healthy, || async {
+                Ok(match d.ping().await {
+                    Ok(()) => vec![],
+                    Err(e) => vec![e.to_string()],
+                })
+            })
+            .await?
+            .or_else(|last| {
+                Err(BackendError::Timeout {
+                    what: format!("docker {} answering ({})", d.host(), last.join(", ")),
+                    after: timeouts.healthy,
+                })
+            })
         }
         Step::WaitDrained { servers } => {
-            let deadline = Instant::now() + timeouts.drain;
-            loop {
-                let mut left = 0;
+            let polled = poll_until(svc, ctx, target, timeouts.drain, || async {
+                let mut pending = Vec::new();
                 for s in servers {
-                    left += api_of(svc, &s.api)?.sessions(&s.backend, &s.server).await?;
+                    let n = api_of(svc, &s.api)?.sessions(&s.backend, &s.server).await?;
+                    if n > 0 {
+                        pending.push(format!("{s}: {n} session(s)"));
+                    }
                 }
-                if left == 0 {
-                    return Ok(StepDone::Done);
-                }
-                if superseded(svc, ctx, target) {
-                    return Ok(StepDone::Superseded);
-                }
-                if Instant::now() >= deadline {
-                    warn!(service = %svc.name, sessions = left, "drain timeout passed; closing anyway");
-                    return Ok(StepDone::DrainTimedOut);
-                }
-                tokio::time::sleep(POLL).await;
-            }
+                Ok(pending)
+            })
+            .await?;
+            polled.or_else(|left| {
+                warn!(service = %svc.name, sessions = %left.join(", "), "drain timeout passed; closing anyway");
+                Ok(StepDone::DrainTimedOut)
+            })
         }
+    }
+}
+
+/// How a wait ended.
+enum Polled {
+    Done,
+    Superseded,
+    /// With what was still pending at the last look.
+    TimedOut(Vec<String>),
+}
+
+impl Polled {
+    /// The step's outcome: done or superseded as polled; `timed_out` decides the rest.
+    fn or_else(
+        self,
+        timed_out: impl FnOnce(Vec<String>) -> Result<StepDone, BackendError>,
+    ) -> Result<StepDone, BackendError> {
+        match self {
+            Polled::Done => Ok(StepDone::Done),
+            Polled::Superseded => Ok(StepDone::Superseded),
+            Polled::TimedOut(pending) => timed_out(pending),
+        }
+    }
+}
+
+/// Calls `check` every [`POLL`] until nothing is pending, the target changes, or `limit`
+/// passes. The one wait behind every waiting step; a check's error ends it with that error.
+async fn poll_until<F, Fut>(
+    svc: &ServiceRuntime,
+    ctx: &Context,
+    target: Target,
+    limit: Duration,
+    mut check: F,
+) -> Result<Polled, BackendError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<String>, BackendError>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        let pending = check().await?;
+        if pending.is_empty() {
+            return Ok(Polled::Done);
+        }
+        if superseded(svc, ctx, target) {
+            return Ok(Polled::Superseded);
+        }
+        if Instant::now() >= deadline {
+            return Ok(Polled::TimedOut(pending));
+        }
+        tokio::time::sleep(POLL).await;
     }
 }
 

@@ -132,12 +132,6 @@ impl Resync {
                 for s in self.services.iter() {
                     s.wake.notify_one();
                 }
-                for s in self.services.iter() {
-                    let _ = self
-                        .store
-                        .event(&s.name, "resync", format!("firing alerts replaced from Alertmanager ({count} relevant active)"), vec![])
-                        .await;
-                }
             }
         }
         self.store.set_resync(st);
@@ -214,9 +208,11 @@ impl Resync {
             })
             .collect();
         let count = relevant.len();
+        let services = self.services.iter().map(|s| s.name.clone()).collect();
+        let message = format!("firing alerts replaced from Alertmanager ({count} relevant active)");
         let changed = self
             .store
-            .replace_firing(relevant, still_active, fetched_at)
+            .replace_firing(relevant, still_active, fetched_at, services, message)
             .await?;
         Ok((changed, count, muted))
     }

@@ -302,6 +302,8 @@ enum Op {
         alerts: Vec<StoredAlert>,
         still_active: std::collections::BTreeSet<String>,
         fetched_at: DateTime<Utc>,
+        /// Services and message of the `resync` event written with a change.
+        note: (Vec<String>, String),
         reply: oneshot::Sender<Result<bool, StoreError>>,
     },
     SetService {
@@ -445,16 +447,23 @@ impl Store {
     /// (Alertmanager still has it active, e.g. routed to another receiver: not ours to drop).
     /// Alerts received or resolved by webhook after `fetched_at` win over the older snapshot.
     /// Returns whether the set changed.
+    ///
+    /// When it changes the set, a `resync` event with `message` is written for each of
+    /// `services` in the same commit: no reader can see the new set before the event that
+    /// explains it (a failback decided on it would otherwise be logged before its cause).
     pub async fn replace_firing(
         &self,
         alerts: Vec<StoredAlert>,
         still_active: std::collections::BTreeSet<String>,
         fetched_at: DateTime<Utc>,
+        services: Vec<String>,
+        message: String,
     ) -> Result<bool, StoreError> {
         self.call(|reply| Op::ReplaceFiring {
             alerts,
             still_active,
             fetched_at,
+            note: (services, message),
             reply,
         })
         .await
@@ -816,6 +825,34 @@ fn current_service(mem: &Mem, staged: &Staged, name: &str) -> Option<ServiceStat
         .or_else(|| mem.services.get(name).cloned())
 }
 
+/// Writes one event in the batch's transaction; returns its id.
+fn put_event(
+    table: &mut redb::Table<'_, u64, &[u8]>,
+    next_event: &mut u64,
+    since_prune: &mut u64,
+    service: String,
+    kind: String,
+    message: String,
+    alerts: Vec<String>,
+) -> Result<u64, String> {
+    let id = *next_event;
+    *next_event += 1;
+    *since_prune += 1;
+    let ev = Event {
+        id,
+        at: Utc::now(),
+        service,
+        kind,
+        message,
+        alerts,
+    };
+    let bytes = serde_json::to_vec(&ev).map_err(|x| x.to_string())?;
+    table
+        .insert(id, bytes.as_slice())
+        .map_err(|x| x.to_string())?;
+    Ok(id)
+}
+
 /// Writes a service's state in the batch's transaction and stages it for memory.
 fn put_service(
     table: &mut redb::Table<'_, &str, &[u8]>,
@@ -1012,6 +1049,7 @@ impl Writer {
                         alerts,
                         still_active,
                         fetched_at,
+                        note: (services_noted, message),
                         reply,
                     } => {
                         let mut changed = false;
@@ -1059,6 +1097,19 @@ impl Writer {
                                 st.firing.insert(fp, Some(a));
                             }
                         }
+                        if changed {
+                            for service in services_noted {
+                                put_event(
+                                    &mut events,
+                                    &mut self.next_event,
+                                    &mut self.since_prune,
+                                    service,
+                                    "resync".into(),
+                                    message.clone(),
+                                    vec![],
+                                )?;
+                            }
+                        }
                         replies.push(Reply::Replace(reply, changed));
                     }
                     Op::SetService {
@@ -1090,20 +1141,15 @@ impl Writer {
                         alerts,
                         reply,
                     } => {
-                        let id = self.next_event;
-                        self.next_event += 1;
-                        self.since_prune += 1;
-                        let ev = Event {
-                            id,
-                            at: Utc::now(),
+                        let id = put_event(
+                            &mut events,
+                            &mut self.next_event,
+                            &mut self.since_prune,
                             service,
                             kind,
                             message,
                             alerts,
-                        };
-                        events
-                            .insert(id, serde_json::to_vec(&ev).map_err(|x| e(&x))?.as_slice())
-                            .map_err(|x| e(&x))?;
+                        )?;
                         replies.push(Reply::Event(reply, id));
                     }
                 }
@@ -1112,9 +1158,16 @@ impl Writer {
             let total =
                 mem.tombstones.len() + st.tombstones.values().filter(|t| t.is_some()).count();
             if total > MAX_TOMBSTONES {
+                // Never the tombstone of an alert firing again: it is what tells a late copy of
+                // the resolution already applied (the incarnation rules) from a new one.
+                let firing_now = |k: &str| match st.firing.get(k) {
+                    Some(v) => v.is_some(),
+                    None => mem.firing.contains_key(k),
+                };
                 let mut all: Vec<(String, DateTime<Utc>)> = mem
                     .tombstones
                     .iter()
+                    .filter(|(k, _)| !firing_now(k))
                     .map(|(k, t)| (k.clone(), t.resolved_at))
                     .collect();
                 all.sort_by_key(|(_, t)| *t);
@@ -1369,13 +1422,19 @@ mod tests {
             .expect("record");
         // A snapshot taken before the notification arrived does not remove it.
         assert!(!store
-            .replace_firing(vec![], Default::default(), before)
+            .replace_firing(vec![], Default::default(), before, vec![], String::new())
             .await
             .expect("replace"));
         assert_eq!(store.firing().len(), 1);
         // A later snapshot without it does.
         assert!(store
-            .replace_firing(vec![], Default::default(), Utc::now())
+            .replace_firing(
+                vec![],
+                Default::default(),
+                Utc::now(),
+                vec![],
+                String::new()
+            )
             .await
             .expect("replace"));
         assert!(store.firing().is_empty());
@@ -1390,11 +1449,23 @@ mod tests {
             source: "resync".into(),
         };
         assert!(store
-            .replace_firing(vec![a.clone()], Default::default(), Utc::now())
+            .replace_firing(
+                vec![a.clone()],
+                Default::default(),
+                Utc::now(),
+                vec![],
+                String::new()
+            )
             .await
             .expect("replace"));
         assert!(!store
-            .replace_firing(vec![a], Default::default(), Utc::now())
+            .replace_firing(
+                vec![a],
+                Default::default(),
+                Utc::now(),
+                vec![],
+                String::new()
+            )
             .await
             .expect("replace"));
         assert_eq!(store.firing().len(), 1);

@@ -433,18 +433,7 @@ async fn late_copies_from_an_alertmanager_pair_follow_the_incarnation_rules() {
     assert!(post(down_body(at(0), Some(at(5)))).await);
     assert!(post(down_body(at(7), None)).await);
     // The plan preview tells the same story as the webhook: the late copy keeps cloud.
-    let preview: Value = r
-        .client
-        .post(format!("{}/api/v1/plan", r.url))
-        .bearer_auth(TOKEN)
-        .header("content-type", "application/json")
-        .body(down_body(at(0), Some(at(5))))
-        .send()
-        .await
-        .expect("plan")
-        .json()
-        .await
-        .expect("plan json");
+    let preview = r.plan_preview(&down_body(at(0), Some(at(5)))).await;
     let reason = preview["services"]["onprem-api"]["reason"]
         .as_str()
         .unwrap_or_default();

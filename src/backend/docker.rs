@@ -423,7 +423,16 @@ impl DockerBackend {
     /// always`), else refused with an error that names it, the images and the fix. Then it
     /// starts the container it checked or created, by ID, so one swapped in under the same name
     /// meanwhile is never started. Starting a running container is a no-op.
-    pub async fn start(&self, service: &str, c: &ContainerConfig) -> Result<(), BackendError> {
+    ///
+    /// `replace_running`: a running container not as configured may be removed only when the
+    /// planner said so (it checked that no server may send it traffic); one that started
+    /// running since the planner looked is left for the next pass to plan for.
+    pub async fn start(
+        &self,
+        service: &str,
+        c: &ContainerConfig,
+        replace_running: bool,
+    ) -> Result<(), BackendError> {
         let d = self.client().await?;
         let id = match self.find(d, service, c).await? {
             None => self.create(d, service, c).await?,
@@ -433,10 +442,20 @@ impl DockerBackend {
             Some(Found {
                 id,
                 mismatch: Some(m),
-                ..
+                state,
             }) => {
                 if !m.may_recreate(c) {
                     return Err(refusal(c, &m));
+                }
+                if state.running.unwrap_or(false) && !replace_running {
+                    return Err(BackendError::Rejected {
+                        target: format!("container {}", c.name),
+                        message: format!(
+                            "found running but not as configured ({}); not removed by a plain start",
+                            m.reason
+                        ),
+                        retryable: true,
+                    });
                 }
                 // The image first: one that cannot be pulled must not cost the old container.
                 if d.inspect_image(&c.image).await.is_err() {

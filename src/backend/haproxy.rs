@@ -232,7 +232,10 @@ impl RuntimeApi {
             AdminState::Drain => ServerState::Drain,
             AdminState::Maint => ServerState::Maint,
         };
-        if shown == Some(&want) {
+        // Asked to drain, a server HAProxy holds in maintenance meanwhile is closed all the
+        // same (maint wins over drain): what the drain was for.
+        let closed = state == AdminState::Drain && shown == Some(&ServerState::Maint);
+        if shown == Some(&want) || closed {
             return Ok(());
         }
         let flags = info.as_ref().map_or(0, |i| i.admin_flags);

@@ -8,8 +8,8 @@ use tracing::info;
 
 use super::error::ApiError;
 use super::AppState;
-use crate::desired::{self, Current, Override};
-use crate::plan;
+use crate::desired::Override;
+use crate::pass;
 use crate::store::ServiceState;
 
 /// Sets or clears a persisted override: `pause` (observe, change nothing), `failover`,
@@ -66,40 +66,32 @@ pub async fn plan(
     let n = super::webhook::read_notification(&req, payload, &state).await?;
     let now = Utc::now();
     let firing = state.store.preview_firing(&n, now);
-    let observed = state.store.service_status();
+    let board = state.store.service_status();
     let mut out = serde_json::Map::new();
     for svc in state.services.iter() {
         let st = state
             .store
             .service(&svc.name)
             .unwrap_or_else(|| ServiceState::new(now));
-        let relevant: Vec<_> = firing
-            .iter()
-            .filter(|a| svc.concerns(&a.labels))
-            .cloned()
-            .collect();
-        let rules = desired::Rules {
-            failover_on: &svc.config.failover_matchers,
-            failback_on: &svc.config.failback_matchers,
-        };
-        let decision = desired::decide(rules, &relevant);
-        let eff = desired::effective(
-            &decision,
-            Current {
-                mode: st.mode,
-                since: st.since,
-                transitions: &st.transitions,
-                override_: st.override_,
-                onprem_healthy_since: svc.healthy_since(),
-            },
-            svc.damping(),
-            now,
-        );
-        let seen = observed
-            .get(&svc.name)
-            .map(|s| s.observed.clone())
+        let seen = board.get(&svc.name);
+        let observed = seen.map(|s| s.observed.clone()).unwrap_or_default();
+        let units = seen
+            .and_then(|s| s.burst.as_ref())
+            .map(|b| b.units.clone())
             .unwrap_or_default();
-        let p = plan::plan(eff.mode, &seen, svc.config.standby);
+        // The reconciler's own decision, on the last observation: the preview cannot drift.
+        let p = pass::pass(
+            &svc.config,
+            pass::Input {
+                state: &st,
+                firing: &firing,
+                observed: &observed,
+                units: &units,
+                onprem_healthy_since: svc.healthy_since(),
+                now,
+            },
+        );
+        let (decision, eff) = (&p.desired.decision, &p.desired.effective);
         out.insert(
             svc.name.clone(),
             json!({
@@ -107,9 +99,10 @@ pub async fn plan(
                 "reason": decision.reason,
                 "held": eff.held,
                 "paused": eff.paused,
-                "steps": p.steps.iter().map(ToString::to_string).collect::<Vec<_>>(),
-                "waiting": p.waiting,
-                "blocked": p.blocked,
+                "burst": p.desired.target().burst,
+                "steps": p.plan.steps.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "waiting": p.plan.waiting,
+                "blocked": p.plan.blocked,
             }),
         );
     }

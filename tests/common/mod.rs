@@ -445,6 +445,21 @@ impl Responder {
             .expect("post alerts")
     }
 
+    /// `POST /api/v1/plan` with a webhook body: the preview's JSON (asserting a 200).
+    pub async fn plan_preview(&self, body: &[u8]) -> serde_json::Value {
+        let resp = self
+            .client
+            .post(format!("{}/api/v1/plan", self.url))
+            .bearer_auth(TOKEN)
+            .header("content-type", "application/json")
+            .body(body.to_vec())
+            .send()
+            .await
+            .expect("plan");
+        assert_eq!(resp.status(), 200, "plan preview");
+        resp.json().await.expect("plan json")
+    }
+
     pub async fn status(&self) -> serde_json::Value {
         self.client
             .get(format!("{}/api/v1/status", self.url))

@@ -1,0 +1,419 @@
+//! One reconcile pass's deciding, pure: the persisted state, the alerts firing now, what was
+//! observed and the time in; the desired mode, the burst count, the next state to persist and
+//! the plan out. No I/O and one clock reading (passed in), so the reconciler, the plan preview
+//! (`POST /api/v1/plan`) and `--dry-run` share one decision and cannot drift apart, and every
+//! case is a table test.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use crate::alert::Labels;
+use crate::burst::{self, Scale, UnitKind, BURST_KEY};
+use crate::config::{BurstConfig, ServiceConfig};
+use crate::desired::{self, Current, Damping, Decision, Effective, FiringAlert, Mode, Rules};
+use crate::matcher::matches_all;
+use crate::plan::{self, ContainerState, InstanceObs, InstanceState, Observed, Plan, UnitObs};
+use crate::store::ServiceState;
+
+/// What a pass drives towards: the mode, and the burst count if the service bursts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Target {
+    pub mode: Mode,
+    pub burst: Option<u32>,
+}
+
+/// The alerts' decision, after overrides and damping, and the burst count.
+#[derive(Debug, Clone)]
+pub struct Desired {
+    pub decision: Decision,
+    pub effective: Effective,
+    pub scale: Option<Scale>,
+}
+
+impl Desired {
+    /// What steps are planned towards. Paused: what following the alerts would do (shown,
+    /// never executed).
+    pub fn target(&self) -> Target {
+        Target {
+            mode: if self.effective.paused {
+                self.decision.mode
+            } else {
+                self.effective.mode
+            },
+            burst: self.scale.as_ref().map(|s| s.state.target),
+        }
+    }
+}
+
+/// Everything a pass decides from.
+#[derive(Debug, Clone, Copy)]
+pub struct Input<'a> {
+    /// The persisted state before this pass.
+    pub state: &'a ServiceState,
+    /// Every alert firing now (those of other services are ignored by the matchers).
+    pub firing: &'a [FiringAlert],
+    pub observed: &'a Observed,
+    /// Burst units, when the service bursts.
+    pub units: &'a [UnitObs],
+    /// Since when the on-prem probe has answered continuously.
+    pub onprem_healthy_since: Option<DateTime<Utc>>,
+    pub now: DateTime<Utc>,
+}
+
+/// What one pass decided.
+#[derive(Debug, Clone)]
+pub struct Pass {
+    pub desired: Desired,
+    /// The mode change this pass makes: (from, to).
+    pub transition: Option<(Mode, Mode)>,
+    /// The state to persist (mode, transitions, burst count, usage); persisted before any
+    /// step runs.
+    pub next_state: ServiceState,
+    /// The mode's steps first, then the burst units' (from `burst_from`).
+    pub plan: Plan,
+    pub burst_from: usize,
+    /// The burst units as planned (an instance unit the pool lacks is explained as unknown).
+    pub units: Vec<UnitObs>,
+    /// When holding or the burst count will change by itself: look again then.
+    pub recheck_after: Option<Duration>,
+}
+
+/// The desired mode and burst count for `state` with these alerts at `now`.
+pub fn desired(
+    config: &ServiceConfig,
+    state: &ServiceState,
+    firing: &[FiringAlert],
+    onprem_healthy_since: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> Desired {
+    let decision = desired::decide(rules(config), firing);
+    let effective = desired::effective(
+        &decision,
+        Current {
+            mode: state.mode,
+            since: state.since,
+            transitions: &state.transitions,
+            override_: state.override_,
+            onprem_healthy_since,
+        },
+        damping(config),
+        now,
+    );
+    let scale = config.burst.as_ref().map(|b| {
+        let guard = burst::guard(&config.cost, b.ec2.is_some(), &state.usage, now);
+        burst::next(b.into(), overloaded(b, firing), &state.burst, guard, now)
+    });
+    Desired {
+        decision,
+        effective,
+        scale,
+    }
+}
+
+/// One pass: decide, move the state, plan.
+pub fn pass(config: &ServiceConfig, input: Input<'_>) -> Pass {
+    let now = input.now;
+    let mut next = input.state.clone();
+    // The units running now feed the cost guard the burst count is decided under.
+    next.usage
+        .observe(&running_units(input.observed, input.units), now);
+    let desired = desired(config, &next, input.firing, input.onprem_healthy_since, now);
+    let eff = &desired.effective;
+    let transition = (eff.mode != next.mode).then_some((next.mode, eff.mode));
+    if transition.is_some() {
+        next.mode = eff.mode;
+        next.since = now;
+        let hour_ago = now - chrono::Duration::hours(1);
+        next.transitions.retain(|t| *t > hour_ago);
+        next.transitions.push(now);
+    }
+    if let Some(sc) = &desired.scale {
+        next.burst = sc.state.clone();
+    }
+    let target = desired.target();
+    let mut plan = plan::plan(target.mode, input.observed, config.standby);
+    let burst_from = plan.steps.len();
+    let mut units = input.units.to_vec();
+    if let (Some(b), Some(n)) = (&config.burst, target.burst) {
+        explain_missing_instances(b, n, &mut units);
+        plan.extend(plan::plan_burst(n, &units, b.haproxy.weight));
+    }
+    let recheck_after = match (
+        eff.recheck_after,
+        desired.scale.as_ref().and_then(|s| s.recheck_after),
+    ) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    Pass {
+        desired,
+        transition,
+        next_state: next,
+        plan,
+        burst_from,
+        units,
+        recheck_after,
+    }
+}
+
+/// The service's failover and failback matchers.
+pub fn rules(config: &ServiceConfig) -> Rules<'_> {
+    Rules {
+        failover_on: &config.failover_matchers,
+        failback_on: &config.failback_matchers,
+    }
+}
+
+/// The damping rules from the config.
+pub fn damping(config: &ServiceConfig) -> Damping {
+    Damping {
+        hold_down: config.hold_down,
+        healthy_for: config
+            .onprem_health_url
+            .as_ref()
+            .map(|_| config.healthy_for),
+        max_transitions_per_hour: config.max_transitions_per_hour,
+    }
+}
+
+/// Whether an alert with these labels is the burst's overload alert.
+pub fn overload_alert(b: &BurstConfig, labels: &Labels) -> bool {
+    matches_all(&b.matchers, labels)
+}
+
+/// Whether an overload alert fires now.
+pub fn overloaded(b: &BurstConfig, firing: &[FiringAlert]) -> bool {
+    firing.iter().any(|a| overload_alert(b, &a.labels))
+}
+
+/// Every cloud unit running now, named for the usage record (burst ones prefixed).
+fn running_units(observed: &Observed, units: &[UnitObs]) -> Vec<(String, UnitKind)> {
+    let mut out = Vec::new();
+    let mut add = |prefix: &str, o: &Observed| {
+        for i in &o.instances {
+            if matches!(i.state, InstanceState::Running | InstanceState::Pending) {
+                out.push((format!("{prefix}instance {}", i.id), UnitKind::Instance));
+            }
+        }
+        for c in &o.containers {
+            if matches!(c.state, ContainerState::Running { .. }) {
+                out.push((format!("{prefix}container {}", c.name), UnitKind::Container));
+            }
+        }
+    };
+    add("", observed);
+    for u in units {
+        add(BURST_KEY, &u.observed);
+    }
+    out
+}
+
+/// An instance unit the pool has no instance for cannot come up: say so, rather than wait
+/// for an address that will never be known.
+fn explain_missing_instances(b: &BurstConfig, target: u32, units: &mut [UnitObs]) {
+    if b.ec2.is_none() {
+        return;
+    }
+    let pool = units
+        .iter()
+        .filter(|u| !u.observed.instances.is_empty())
+        .count();
+    for u in units.iter_mut() {
+        if u.index <= target && u.observed.instances.is_empty() {
+            u.observed.instances.push(InstanceObs {
+                id: format!("for burst unit {}", u.index),
+                state: InstanceState::Unknown {
+                    reason: format!("the pool has only {pool} instance(s)"),
+                },
+                private_ip: None,
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, Format};
+    use crate::desired::Override;
+    use crate::plan::{ServerObs, ServerRef, ServerState, Step};
+    use chrono::TimeZone;
+
+    fn config(extra: &str) -> ServiceConfig {
+        let yaml = format!(
+            r#"
+auth: {{insecure_no_auth: true}}
+services:
+  api:
+    failover_on: ['alertname="down"']
+    failback_on: ['alertname="up"']
+    hold_down: 10m
+    haproxy: {{runtime_api: ['/s'], backend: be, cloud_servers: [cloud1]}}
+{extra}
+"#
+        );
+        let c = Config::from_str(&yaml, Format::Yaml).unwrap_or_else(|e| panic!("{e}"));
+        c.services.get("api").cloned().expect("service api")
+    }
+
+    fn t(s: i64) -> DateTime<Utc> {
+        Utc.timestamp_opt(1_800_000_000 + s, 0)
+            .single()
+            .expect("time")
+    }
+
+    fn alert(name: &str, at: DateTime<Utc>) -> FiringAlert {
+        FiringAlert {
+            fingerprint: name.into(),
+            labels: [("alertname".to_string(), name.to_string())].into(),
+            starts_at: at,
+        }
+    }
+
+    fn closed_server() -> Observed {
+        Observed {
+            servers: vec![ServerObs {
+                target: ServerRef {
+                    api: "/s".into(),
+                    backend: "be".into(),
+                    server: "cloud1".into(),
+                },
+                state: ServerState::Maint,
+                addr: None,
+                weight: None,
+                blocked: None,
+                refuses_changes: false,
+            }],
+            ..Observed::default()
+        }
+    }
+
+    fn run(
+        cfg: &ServiceConfig,
+        state: &ServiceState,
+        firing: &[FiringAlert],
+        now: DateTime<Utc>,
+    ) -> Pass {
+        pass(
+            cfg,
+            Input {
+                state,
+                firing,
+                observed: &closed_server(),
+                units: &[],
+                onprem_healthy_since: None,
+                now,
+            },
+        )
+    }
+
+    #[test]
+    fn one_clock_reading_moves_the_state_and_plans() {
+        let cfg = config("");
+        let state = ServiceState::new(t(0));
+        // (firing, override, want mode, want a transition, want steps, why)
+        type Case<'a> = (&'a [&'a str], Option<Override>, Mode, bool, bool, &'a str);
+        let cases: &[Case<'_>] = &[
+            (
+                &[],
+                None,
+                Mode::Onprem,
+                false,
+                false,
+                "nothing firing: at rest",
+            ),
+            (
+                &["down"],
+                None,
+                Mode::Cloud,
+                true,
+                true,
+                "failover alert: cloud at once",
+            ),
+            (
+                &["other"],
+                None,
+                Mode::Onprem,
+                false,
+                false,
+                "another alert: not ours",
+            ),
+            (
+                &["down"],
+                Some(Override::Paused),
+                Mode::Onprem,
+                false,
+                true,
+                "paused: planned (shown), the mode held",
+            ),
+            (
+                &["down"],
+                Some(Override::Failback),
+                Mode::Onprem,
+                false,
+                false,
+                "forced failback wins over the alert",
+            ),
+        ];
+        for (firing, ov, mode, moved, steps, why) in cases {
+            let now = t(100);
+            let firing: Vec<FiringAlert> = firing.iter().map(|n| alert(n, t(50))).collect();
+            let st = ServiceState {
+                override_: *ov,
+                ..state.clone()
+            };
+            let p = run(&cfg, &st, &firing, now);
+            assert_eq!(p.next_state.mode, *mode, "{why}");
+            assert_eq!(p.transition.is_some(), *moved, "{why}");
+            assert_eq!(!p.plan.steps.is_empty(), *steps, "{why}: {:?}", p.plan);
+            if *moved {
+                assert_eq!(p.next_state.since, now, "{why}");
+                assert_eq!(p.next_state.transitions, vec![now], "{why}");
+            } else {
+                let moved = |s: &ServiceState| (s.mode, s.since, s.transitions.clone());
+                assert_eq!(moved(&p.next_state), moved(&st), "{why}: the mode stays");
+            }
+        }
+    }
+
+    #[test]
+    fn failback_waits_for_the_hold_down_and_says_when_to_look_again() {
+        let cfg = config("");
+        let mut state = ServiceState::new(t(0));
+        state.mode = Mode::Cloud;
+        // In cloud since t(0); the alert resolved; hold-down is 10 minutes.
+        let p = run(&cfg, &state, &[], t(60));
+        assert_eq!(p.next_state.mode, Mode::Cloud);
+        assert!(p.desired.effective.held.is_some());
+        assert_eq!(p.recheck_after, Some(Duration::from_secs(540)));
+        let p = run(&cfg, &state, &[], t(600));
+        assert_eq!(p.transition, Some((Mode::Cloud, Mode::Onprem)));
+    }
+
+    #[test]
+    fn an_overload_sets_the_burst_count_and_plans_after_the_mode() {
+        let cfg = config(
+            "    docker: {host: 'unix:///nonexistent.sock', containers: [{name: c, image: img}]}\n    burst:\n      on: ['alertname=\"overloaded\"']\n      min: 2\n      max: 4\n      address: '127.0.0.1:{port}'\n      port_base: 9000\n      haproxy: {server_prefix: b}\n      container: {name: u, image: img, ports: ['127.0.0.1:{port}:80']}\n",
+        );
+        let state = ServiceState::new(t(0));
+        let firing = [alert("overloaded", t(50))];
+        let p = run(&cfg, &state, &firing, t(100));
+        assert_eq!(p.desired.target().burst, Some(2));
+        assert_eq!(p.next_state.burst.target, 2);
+        assert_eq!(
+            p.next_state.mode,
+            Mode::Onprem,
+            "bursting is not failing over"
+        );
+        // No units observed yet: nothing to plan for them, and nothing before burst_from.
+        assert_eq!(p.burst_from, 0);
+        let quiet = run(&cfg, &state, &[], t(100));
+        assert_eq!(quiet.desired.target().burst, Some(0));
+        assert!(quiet
+            .plan
+            .steps
+            .iter()
+            .all(|s| !matches!(s, Step::StartContainer { .. })));
+    }
+}
