@@ -814,58 +814,317 @@ impl Reply {
     }
 }
 
-/// A service's state as this batch leaves it so far (staged), else as committed. Takes the
-/// batch's own read guard: locking `mem` again from the writer thread could deadlock behind a
-/// reader-blocking writer waiting on the lock.
-fn current_service(mem: &Mem, staged: &Staged, name: &str) -> Option<ServiceState> {
-    staged
-        .services
-        .get(name)
-        .cloned()
-        .or_else(|| mem.services.get(name).cloned())
+/// A storage error as the writer reports it (the batch is refused with it).
+fn err(e: impl std::fmt::Display) -> String {
+    e.to_string()
 }
 
-/// Writes one event in the batch's transaction; returns its id.
-fn put_event(
-    table: &mut redb::Table<'_, u64, &[u8]>,
-    next_event: &mut u64,
-    since_prune: &mut u64,
-    service: String,
-    kind: String,
-    message: String,
-    alerts: Vec<String>,
-) -> Result<u64, String> {
-    let id = *next_event;
-    *next_event += 1;
-    *since_prune += 1;
-    let ev = Event {
-        id,
-        at: Utc::now(),
-        service,
-        kind,
-        message,
-        alerts,
-    };
-    let bytes = serde_json::to_vec(&ev).map_err(|x| x.to_string())?;
-    table
-        .insert(id, bytes.as_slice())
-        .map_err(|x| x.to_string())?;
-    Ok(id)
+/// One batch's transaction: its open tables, the committed memory it reads, and what it
+/// stages for memory (applied only after the commit).
+struct Batch<'a, 't> {
+    journal: redb::Table<'t, u64, &'static [u8]>,
+    firing: redb::Table<'t, &'static str, &'static [u8]>,
+    tombs: redb::Table<'t, &'static str, &'static [u8]>,
+    services: redb::Table<'t, &'static str, &'static [u8]>,
+    events: redb::Table<'t, u64, &'static [u8]>,
+    mem: &'a Mem,
+    st: &'a mut Staged,
+    writer: &'a mut Writer,
 }
 
-/// Writes a service's state in the batch's transaction and stages it for memory.
-fn put_service(
-    table: &mut redb::Table<'_, &str, &[u8]>,
-    st: &mut Staged,
-    name: String,
-    state: ServiceState,
-) -> Result<(), String> {
-    let bytes = serde_json::to_vec(&state).map_err(|x| x.to_string())?;
-    table
-        .insert(name.as_str(), bytes.as_slice())
-        .map_err(|x| x.to_string())?;
-    st.services.insert(name, state);
-    Ok(())
+impl Batch<'_, '_> {
+    /// Applies one request; returns how to answer it once the batch commits.
+    fn apply(&mut self, op: Op) -> Result<Reply, String> {
+        Ok(match op {
+            Op::Record {
+                n,
+                raw,
+                relevant,
+                at,
+                reply,
+            } => Reply::Record(reply, self.record(&n, &raw, &relevant, at)?),
+            Op::ReplaceFiring {
+                alerts,
+                still_active,
+                fetched_at,
+                note: (services, message),
+                reply,
+            } => {
+                let changed = self.replace_firing(alerts, &still_active, fetched_at)?;
+                if changed {
+                    for service in services {
+                        self.event(service, "resync".into(), message.clone(), vec![])?;
+                    }
+                }
+                Reply::Replace(reply, changed)
+            }
+            Op::SetService {
+                name,
+                mut state,
+                reply,
+            } => {
+                // The override is the operator's: a pass that read the state before a `pause`
+                // cannot undo it.
+                if let Some(cur) = self.service(&name) {
+                    state.override_ = cur.override_;
+                }
+                self.put_service(name, state)?;
+                Reply::Unit(reply)
+            }
+            Op::SetOverride {
+                name,
+                override_,
+                reply,
+            } => {
+                let mut state = self
+                    .service(&name)
+                    .unwrap_or_else(|| ServiceState::new(Utc::now()));
+                let old = std::mem::replace(&mut state.override_, override_);
+                self.put_service(name, state)?;
+                Reply::Override(reply, old)
+            }
+            Op::Event {
+                service,
+                kind,
+                message,
+                alerts,
+                reply,
+            } => Reply::Event(reply, self.event(service, kind, message, alerts)?),
+        })
+    }
+
+    /// Journals a notification and applies each relevant alert by the incarnation rules.
+    fn record(
+        &mut self,
+        n: &Notification,
+        raw: &[u8],
+        relevant: &[bool],
+        at: DateTime<Utc>,
+    ) -> Result<RecordOutcome, String> {
+        let seq = self.writer.next_seq;
+        self.writer.next_seq += 1;
+        let entry = journal_entry(at, raw).map_err(err)?;
+        self.journal.insert(seq, entry.as_slice()).map_err(err)?;
+        self.st.journal_added += 1;
+        self.writer.since_prune += 1;
+        let mut changed = false;
+        let mut count = 0;
+        for (a, _) in n.alerts.iter().zip(relevant).filter(|(_, r)| **r) {
+            count += 1;
+            changed |= self.apply_alert(n, a, at)?;
+        }
+        self.st.recent.push(NotificationRecord {
+            seq,
+            received_at: at,
+            group_key: n.group_key.clone(),
+            status: n.status,
+            alerts: n.alerts.len(),
+            truncated_alerts: n.truncated_alerts,
+            changed,
+        });
+        Ok(RecordOutcome {
+            seq,
+            changed,
+            relevant: count,
+        })
+    }
+
+    /// One alert of a notification; returns whether the firing set changed.
+    fn apply_alert(
+        &mut self,
+        n: &Notification,
+        a: &crate::alert::Alert,
+        at: DateTime<Utc>,
+    ) -> Result<bool, String> {
+        let fp = a.fingerprint.as_str();
+        let prev = self.alert(fp);
+        let held = Held {
+            firing: prev.as_ref().map(|p| p.starts_at),
+            resolved: self.tombstone(fp).map(|t| t.resolution()),
+        };
+        match incarnation::judge(&held, status_at(a, at), a.starts_at, a.ends_at) {
+            Verdict::Fire { starts_at } => {
+                let new = StoredAlert {
+                    fingerprint: a.fingerprint.clone(),
+                    labels: a.labels.clone(),
+                    starts_at,
+                    received_at: at,
+                    source: n.group_key.clone(),
+                };
+                let differs =
+                    prev.is_none_or(|p| p.starts_at != new.starts_at || p.labels != new.labels);
+                // A repeat of a known alert only moves received_at: kept in memory, not
+                // rewritten on disk (after a restart the resync from Alertmanager is the
+                // fresher word anyway).
+                if differs {
+                    let bytes = serde_json::to_vec(&new).map_err(err)?;
+                    self.firing.insert(fp, bytes.as_slice()).map_err(err)?;
+                }
+                self.st.firing.insert(fp.to_string(), Some(new));
+                Ok(differs)
+            }
+            Verdict::Resolve(r) => {
+                if prev.is_some() {
+                    self.firing.remove(fp).map_err(err)?;
+                    self.st.firing.insert(fp.to_string(), None);
+                }
+                let t = Tombstone {
+                    starts_at: r.starts_at,
+                    ends_at: r.ends_at,
+                    resolved_at: at,
+                };
+                let bytes = serde_json::to_vec(&t).map_err(err)?;
+                self.tombs.insert(fp, bytes.as_slice()).map_err(err)?;
+                self.st.tombstones.insert(fp.to_string(), Some(t));
+                Ok(prev.is_some())
+            }
+            Verdict::Ignore(why) => {
+                tracing::info!(fingerprint = fp, group = %n.group_key, why, "notification changes nothing");
+                Ok(false)
+            }
+        }
+    }
+
+    /// Makes a resync snapshot the firing set; returns whether it changed. What a webhook said
+    /// after the snapshot was taken wins over it, and an alert Alertmanager still has active
+    /// (`still_active`, routed elsewhere) is never dropped.
+    fn replace_firing(
+        &mut self,
+        alerts: Vec<StoredAlert>,
+        still_active: &std::collections::BTreeSet<String>,
+        fetched_at: DateTime<Utc>,
+    ) -> Result<bool, String> {
+        let mut changed = false;
+        let incoming: BTreeMap<String, StoredAlert> = alerts
+            .into_iter()
+            .map(|a| (a.fingerprint.clone(), a))
+            .collect();
+        // Current set = memory overlaid with staged changes.
+        let mut current: BTreeMap<String, StoredAlert> = self.mem.firing.clone();
+        for (k, v) in &self.st.firing {
+            match v {
+                Some(a) => current.insert(k.clone(), a.clone()),
+                None => current.remove(k),
+            };
+        }
+        for (fp, a) in &current {
+            // Learnt by webhook after the snapshot was taken: newer than it.
+            if !incoming.contains_key(fp)
+                && !still_active.contains(fp)
+                && a.received_at <= fetched_at
+            {
+                changed = true;
+                self.firing.remove(fp.as_str()).map_err(err)?;
+                self.st.firing.insert(fp.clone(), None);
+            }
+        }
+        for (fp, a) in incoming {
+            // Resolved after the snapshot was taken: the snapshot is older news.
+            let resolved_after = self
+                .tombstone(&fp)
+                .is_some_and(|t| t.resolved_at > fetched_at && a.starts_at <= t.starts_at);
+            let prev = current.get(&fp);
+            if resolved_after
+                || !prev.is_none_or(|p| p.starts_at != a.starts_at || p.labels != a.labels)
+            {
+                continue;
+            }
+            changed = true;
+            let bytes = serde_json::to_vec(&a).map_err(err)?;
+            self.firing
+                .insert(fp.as_str(), bytes.as_slice())
+                .map_err(err)?;
+            self.st.firing.insert(fp, Some(a));
+        }
+        Ok(changed)
+    }
+
+    /// Bounds the tombstones: drops the oldest resolutions, long past any retry, but never
+    /// that of an alert firing again (it tells a late copy of the resolution already applied
+    /// from a new one, see the incarnation rules).
+    fn bound_tombstones(&mut self) -> Result<(), String> {
+        let total =
+            self.mem.tombstones.len() + self.st.tombstones.values().filter(|t| t.is_some()).count();
+        if total <= MAX_TOMBSTONES {
+            return Ok(());
+        }
+        let mut all: Vec<(String, DateTime<Utc>)> = self
+            .mem
+            .tombstones
+            .iter()
+            .filter(|(k, _)| self.alert(k).is_none())
+            .map(|(k, t)| (k.clone(), t.resolved_at))
+            .collect();
+        all.sort_by_key(|(_, t)| *t);
+        for (k, _) in all.into_iter().take(total - MAX_TOMBSTONES) {
+            if let std::collections::btree_map::Entry::Vacant(slot) = self.st.tombstones.entry(k) {
+                self.tombs.remove(slot.key().as_str()).map_err(err)?;
+                slot.insert(None);
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes one event; returns its id.
+    fn event(
+        &mut self,
+        service: String,
+        kind: String,
+        message: String,
+        alerts: Vec<String>,
+    ) -> Result<u64, String> {
+        let id = self.writer.next_event;
+        self.writer.next_event += 1;
+        self.writer.since_prune += 1;
+        let ev = Event {
+            id,
+            at: Utc::now(),
+            service,
+            kind,
+            message,
+            alerts,
+        };
+        let bytes = serde_json::to_vec(&ev).map_err(err)?;
+        self.events.insert(id, bytes.as_slice()).map_err(err)?;
+        Ok(id)
+    }
+
+    /// Writes a service's state and stages it for memory.
+    fn put_service(&mut self, name: String, state: ServiceState) -> Result<(), String> {
+        let bytes = serde_json::to_vec(&state).map_err(err)?;
+        self.services
+            .insert(name.as_str(), bytes.as_slice())
+            .map_err(err)?;
+        self.st.services.insert(name, state);
+        Ok(())
+    }
+
+    /// An alert as this batch leaves it so far (staged), else as committed.
+    fn alert(&self, fp: &str) -> Option<StoredAlert> {
+        match self.st.firing.get(fp) {
+            Some(v) => v.clone(),
+            None => self.mem.firing.get(fp).cloned(),
+        }
+    }
+
+    /// A tombstone as this batch leaves it so far, else as committed.
+    fn tombstone(&self, fp: &str) -> Option<Tombstone> {
+        match self.st.tombstones.get(fp) {
+            Some(v) => *v,
+            None => self.mem.tombstones.get(fp).copied(),
+        }
+    }
+
+    /// A service's state as this batch leaves it so far, else as committed. Reads the batch's
+    /// own read guard: locking `mem` again from the writer thread could deadlock behind a
+    /// reader-blocking writer waiting on the lock.
+    fn service(&self, name: &str) -> Option<ServiceState> {
+        self.st
+            .services
+            .get(name)
+            .cloned()
+            .or_else(|| self.mem.services.get(name).cloned())
+    }
 }
 
 impl Writer {
@@ -935,258 +1194,31 @@ impl Writer {
         st: &mut Staged,
         replies: &mut Vec<Reply>,
     ) -> Result<(), String> {
-        let e = |e: &dyn std::fmt::Display| e.to_string();
-        let txn = self.db.begin_write().map_err(|x| e(&x))?;
+        let txn = self.db.begin_write().map_err(err)?;
         {
-            let mut journal = txn.open_table(JOURNAL).map_err(|x| e(&x))?;
-            let mut firing = txn.open_table(FIRING).map_err(|x| e(&x))?;
-            let mut tombs = txn.open_table(TOMBSTONES).map_err(|x| e(&x))?;
-            let mut services = txn.open_table(SERVICES).map_err(|x| e(&x))?;
-            let mut events = txn.open_table(EVENTS).map_err(|x| e(&x))?;
-            let mem = self.mem.read().unwrap_or_else(|e| e.into_inner());
-            // Current value of an alert: staged in this batch first, then memory.
-            let cur_alert = |st: &Staged, fp: &str| -> Option<StoredAlert> {
-                match st.firing.get(fp) {
-                    Some(v) => v.clone(),
-                    None => mem.firing.get(fp).cloned(),
-                }
-            };
-            let cur_tomb = |st: &Staged, fp: &str| -> Option<Tombstone> {
-                match st.tombstones.get(fp) {
-                    Some(v) => *v,
-                    None => mem.tombstones.get(fp).copied(),
-                }
+            let mem = self.mem.clone();
+            let mem = mem.read().unwrap_or_else(|e| e.into_inner());
+            let mut b = Batch {
+                journal: txn.open_table(JOURNAL).map_err(err)?,
+                firing: txn.open_table(FIRING).map_err(err)?,
+                tombs: txn.open_table(TOMBSTONES).map_err(err)?,
+                services: txn.open_table(SERVICES).map_err(err)?,
+                events: txn.open_table(EVENTS).map_err(err)?,
+                mem: &mem,
+                st,
+                writer: self,
             };
             for op in batch {
-                match op {
-                    Op::Record {
-                        n,
-                        raw,
-                        relevant,
-                        at,
-                        reply,
-                    } => {
-                        let seq = self.next_seq;
-                        self.next_seq += 1;
-                        let entry = journal_entry(at, &raw).map_err(|x| e(&x))?;
-                        journal.insert(seq, entry.as_slice()).map_err(|x| e(&x))?;
-                        st.journal_added += 1;
-                        self.since_prune += 1;
-                        let mut changed = false;
-                        let mut count = 0;
-                        for (a, _) in n.alerts.iter().zip(&relevant).filter(|(_, r)| **r) {
-                            count += 1;
-                            let fp = a.fingerprint.as_str();
-                            let prev = cur_alert(st, fp);
-                            let held = Held {
-                                firing: prev.as_ref().map(|p| p.starts_at),
-                                resolved: cur_tomb(st, fp).map(|t| t.resolution()),
-                            };
-                            match incarnation::judge(
-                                &held,
-                                status_at(a, at),
-                                a.starts_at,
-                                a.ends_at,
-                            ) {
-                                Verdict::Fire { starts_at } => {
-                                    let new = StoredAlert {
-                                        fingerprint: a.fingerprint.clone(),
-                                        labels: a.labels.clone(),
-                                        starts_at,
-                                        received_at: at,
-                                        source: n.group_key.clone(),
-                                    };
-                                    let differs = prev.is_none_or(|p| {
-                                        p.starts_at != new.starts_at || p.labels != new.labels
-                                    });
-                                    changed |= differs;
-                                    // A repeat of a known alert only moves received_at: kept in
-                                    // memory, not rewritten on disk (after a restart the resync
-                                    // from Alertmanager is the fresher word anyway).
-                                    if differs {
-                                        let bytes = serde_json::to_vec(&new).map_err(|x| e(&x))?;
-                                        firing.insert(fp, bytes.as_slice()).map_err(|x| e(&x))?;
-                                    }
-                                    st.firing.insert(fp.to_string(), Some(new));
-                                }
-                                Verdict::Resolve(r) => {
-                                    if prev.is_some() {
-                                        changed = true;
-                                        firing.remove(fp).map_err(|x| e(&x))?;
-                                        st.firing.insert(fp.to_string(), None);
-                                    }
-                                    let t = Tombstone {
-                                        starts_at: r.starts_at,
-                                        ends_at: r.ends_at,
-                                        resolved_at: at,
-                                    };
-                                    let bytes = serde_json::to_vec(&t).map_err(|x| e(&x))?;
-                                    tombs.insert(fp, bytes.as_slice()).map_err(|x| e(&x))?;
-                                    st.tombstones.insert(fp.to_string(), Some(t));
-                                }
-                                Verdict::Ignore(why) => {
-                                    tracing::info!(fingerprint = fp, group = %n.group_key, why, "notification changes nothing");
-                                }
-                            }
-                        }
-                        let outcome = RecordOutcome {
-                            seq,
-                            changed,
-                            relevant: count,
-                        };
-                        st.recent.push(NotificationRecord {
-                            seq,
-                            received_at: at,
-                            group_key: n.group_key.clone(),
-                            status: n.status,
-                            alerts: n.alerts.len(),
-                            truncated_alerts: n.truncated_alerts,
-                            changed,
-                        });
-                        replies.push(Reply::Record(reply, outcome));
-                    }
-                    Op::ReplaceFiring {
-                        alerts,
-                        still_active,
-                        fetched_at,
-                        note: (services_noted, message),
-                        reply,
-                    } => {
-                        let mut changed = false;
-                        let incoming: BTreeMap<String, StoredAlert> = alerts
-                            .into_iter()
-                            .map(|a| (a.fingerprint.clone(), a))
-                            .collect();
-                        // Current set = memory overlaid with staged changes.
-                        let mut current: BTreeMap<String, StoredAlert> = mem.firing.clone();
-                        for (k, v) in &st.firing {
-                            match v {
-                                Some(a) => current.insert(k.clone(), a.clone()),
-                                None => current.remove(k),
-                            };
-                        }
-                        for (fp, a) in &current {
-                            // Learnt by webhook after the snapshot was taken: newer than it.
-                            if !incoming.contains_key(fp)
-                                && !still_active.contains(fp)
-                                && a.received_at <= fetched_at
-                            {
-                                changed = true;
-                                firing.remove(fp.as_str()).map_err(|x| e(&x))?;
-                                st.firing.insert(fp.clone(), None);
-                            }
-                        }
-                        for (fp, a) in incoming {
-                            let resolved_after = cur_tomb(st, &fp).is_some_and(|t| {
-                                t.resolved_at > fetched_at && a.starts_at <= t.starts_at
-                            });
-                            if resolved_after {
-                                continue;
-                            }
-                            let prev = current.get(&fp);
-                            if prev
-                                .is_none_or(|p| p.starts_at != a.starts_at || p.labels != a.labels)
-                            {
-                                changed = true;
-                                firing
-                                    .insert(
-                                        fp.as_str(),
-                                        serde_json::to_vec(&a).map_err(|x| e(&x))?.as_slice(),
-                                    )
-                                    .map_err(|x| e(&x))?;
-                                st.firing.insert(fp, Some(a));
-                            }
-                        }
-                        if changed {
-                            for service in services_noted {
-                                put_event(
-                                    &mut events,
-                                    &mut self.next_event,
-                                    &mut self.since_prune,
-                                    service,
-                                    "resync".into(),
-                                    message.clone(),
-                                    vec![],
-                                )?;
-                            }
-                        }
-                        replies.push(Reply::Replace(reply, changed));
-                    }
-                    Op::SetService {
-                        name,
-                        mut state,
-                        reply,
-                    } => {
-                        if let Some(cur) = current_service(&mem, st, &name) {
-                            state.override_ = cur.override_;
-                        }
-                        put_service(&mut services, st, name, state)?;
-                        replies.push(Reply::Unit(reply));
-                    }
-                    Op::SetOverride {
-                        name,
-                        override_,
-                        reply,
-                    } => {
-                        let mut state = current_service(&mem, st, &name)
-                            .unwrap_or_else(|| ServiceState::new(Utc::now()));
-                        let old = std::mem::replace(&mut state.override_, override_);
-                        put_service(&mut services, st, name, state)?;
-                        replies.push(Reply::Override(reply, old));
-                    }
-                    Op::Event {
-                        service,
-                        kind,
-                        message,
-                        alerts,
-                        reply,
-                    } => {
-                        let id = put_event(
-                            &mut events,
-                            &mut self.next_event,
-                            &mut self.since_prune,
-                            service,
-                            kind,
-                            message,
-                            alerts,
-                        )?;
-                        replies.push(Reply::Event(reply, id));
-                    }
-                }
+                replies.push(b.apply(op)?);
             }
-            // Bound the tombstones: drop the oldest resolutions, long past any retry.
-            let total =
-                mem.tombstones.len() + st.tombstones.values().filter(|t| t.is_some()).count();
-            if total > MAX_TOMBSTONES {
-                // Never the tombstone of an alert firing again: it is what tells a late copy of
-                // the resolution already applied (the incarnation rules) from a new one.
-                let firing_now = |k: &str| match st.firing.get(k) {
-                    Some(v) => v.is_some(),
-                    None => mem.firing.contains_key(k),
-                };
-                let mut all: Vec<(String, DateTime<Utc>)> = mem
-                    .tombstones
-                    .iter()
-                    .filter(|(k, _)| !firing_now(k))
-                    .map(|(k, t)| (k.clone(), t.resolved_at))
-                    .collect();
-                all.sort_by_key(|(_, t)| *t);
-                for (k, _) in all.into_iter().take(total - MAX_TOMBSTONES) {
-                    if let std::collections::btree_map::Entry::Vacant(slot) = st.tombstones.entry(k)
-                    {
-                        tombs.remove(slot.key().as_str()).map_err(|x| e(&x))?;
-                        slot.insert(None);
-                    }
-                }
-            }
+            b.bound_tombstones()?;
             // The journal's count bound, in the same commit: as many old entries leave as new
             // ones arrive, so a full journal costs neither an extra commit nor a burst of
             // deletions later (the age bound is applied by `prune`).
-            st.journal_removed +=
-                prune_table(&mut journal, self.retention.journal_max_entries, |_| false)
-                    .map_err(|x| e(&x))?;
+            let max = b.writer.retention.journal_max_entries;
+            b.st.journal_removed += prune_table(&mut b.journal, max, |_| false).map_err(err)?;
         }
-        txn.commit().map_err(|x| e(&x))
+        txn.commit().map_err(err)
     }
 
     /// Drops journal entries and events past their count or age limits.
