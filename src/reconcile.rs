@@ -1085,6 +1085,44 @@ async fn execute(
             api.set_weight(&t.backend, &t.server, *weight).await?;
             Ok(StepDone::Done)
         }
+        #[cfg(feature = "ec2")]
+        Step::StartInstances { ids } => {
+            ec2_of(svc, burst)?.start(ids).await?;
+            Ok(StepDone::Done)
+        }
+        #[cfg(feature = "ec2")]
+        Step::WaitInstancesRunning { ids } => {
+            ec2_of(svc, burst)?.wait_running(ids).await?;
+            Ok(StepDone::Done)
+        }
+        #[cfg(feature = "ec2")]
+        Step::StopInstances { ids } => {
+            ec2_of(svc, burst)?.stop(ids).await?;
+            Ok(StepDone::Done)
+        }
+        #[cfg(not(feature = "ec2"))]
+        Step::StartInstances { .. }
+        | Step::WaitInstancesRunning { .. }
+        | Step::StopInstances { .. } => Err(BackendError::Rejected {
+            target: "ec2".into(),
+            message: "this build has no EC2 support (cargo feature ec2)".into(),
+            retryable: false,
+        }),
+        Step::WaitHealthy { .. } | Step::WaitDockerReady | Step::WaitDrained { .. } => {
+            wait(svc, ctx, target, step).await
+        }
+    }
+}
+
+/// The waiting steps, each one [`poll_until`] with what it checks and what its timeout means.
+async fn wait(
+    svc: &ServiceRuntime,
+    ctx: &Context,
+    target: Target,
+    step: &Step,
+) -> Result<StepDone, BackendError> {
+    let timeouts = &svc.config.timeouts;
+    match step {
         Step::WaitHealthy { containers } => {
             let polled = poll_until(svc, ctx, target, timeouts.healthy, || async {
                 // What Docker says of each container still not healthy, for the timeout's
@@ -1128,29 +1166,6 @@ async fn execute(
                 })
             })
         }
-        #[cfg(feature = "ec2")]
-        Step::StartInstances { ids } => {
-            ec2_of(svc, burst)?.start(ids).await?;
-            Ok(StepDone::Done)
-        }
-        #[cfg(feature = "ec2")]
-        Step::WaitInstancesRunning { ids } => {
-            ec2_of(svc, burst)?.wait_running(ids).await?;
-            Ok(StepDone::Done)
-        }
-        #[cfg(feature = "ec2")]
-        Step::StopInstances { ids } => {
-            ec2_of(svc, burst)?.stop(ids).await?;
-            Ok(StepDone::Done)
-        }
-        #[cfg(not(feature = "ec2"))]
-        Step::StartInstances { .. }
-        | Step::WaitInstancesRunning { .. }
-        | Step::StopInstances { .. } => Err(BackendError::Rejected {
-            target: "ec2".into(),
-            message: "this build has no EC2 support (cargo feature ec2)".into(),
-            retryable: false,
-        }),
         Step::WaitDockerReady => {
             let Some(d) = &svc.docker else {
                 return Ok(StepDone::Done);
@@ -1186,6 +1201,12 @@ async fn execute(
                 Ok(StepDone::DrainTimedOut)
             })
         }
+        // `execute` sends only the waiting steps here.
+        other => Err(BackendError::Rejected {
+            target: "reconciler".into(),
+            message: format!("{other} is not a waiting step"),
+            retryable: false,
+        }),
     }
 }
 
