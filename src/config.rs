@@ -748,6 +748,15 @@ impl Config {
 
     /// Semantic checks; compiles matchers. Pushes one message per problem.
     fn validate(&mut self, errors: &mut Vec<String>) {
+        self.validate_globals(errors);
+        for (name, svc) in &mut self.services {
+            validate_service(name, svc, errors);
+        }
+        check_ownership(&self.services, errors);
+    }
+
+    /// Everything outside `services`.
+    fn validate_globals(&self, errors: &mut Vec<String>) {
         let a = &self.auth;
         let has_basic = a.basic_auth.is_some();
         let has_bearer = a.bearer_token.is_some() || a.bearer_token_file.is_some();
@@ -802,109 +811,117 @@ impl Config {
         if self.storage.path.as_os_str().is_empty() {
             errors.push("storage.path: must not be empty".into());
         }
+    }
+}
 
-        // Two services driving the same container or server would fight each other forever.
-        let mut container_owner: BTreeMap<String, String> = BTreeMap::new();
-        let mut server_owner: BTreeMap<String, String> = BTreeMap::new();
-        for (name, svc) in &mut self.services {
-            let p = format!("services.{name}");
-            if name.is_empty()
-                || !name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-            {
-                errors.push(format!("{p}: service names may use only [A-Za-z0-9._-]"));
-            }
-            svc.failover_matchers =
-                parse_matchers(&svc.failover_on, &format!("{p}.failover_on"), errors);
-            svc.failback_matchers =
-                parse_matchers(&svc.failback_on, &format!("{p}.failback_on"), errors);
-            if svc.failover_on.is_empty() {
-                errors.push(format!("{p}.failover_on: at least one matcher is needed"));
-            }
-            if let Some(e) = &svc.ec2 {
-                e.validate(&format!("{p}.ec2"), errors);
-                if !cfg!(feature = "ec2") {
+/// One service: its name, matchers, backends, timeouts, burst and cost.
+fn validate_service(name: &str, svc: &mut ServiceConfig, errors: &mut Vec<String>) {
+    let p = format!("services.{name}");
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        errors.push(format!("{p}: service names may use only [A-Za-z0-9._-]"));
+    }
+    svc.failover_matchers = parse_matchers(&svc.failover_on, &format!("{p}.failover_on"), errors);
+    svc.failback_matchers = parse_matchers(&svc.failback_on, &format!("{p}.failback_on"), errors);
+    if svc.failover_on.is_empty() {
+        errors.push(format!("{p}.failover_on: at least one matcher is needed"));
+    }
+    if let Some(e) = &svc.ec2 {
+        e.validate(&format!("{p}.ec2"), errors);
+        if !cfg!(feature = "ec2") {
+            errors.push(format!(
+                "{p}.ec2: this build has no EC2 support (cargo feature ec2)"
+            ));
+        }
+    }
+    if svc.docker.is_none() && svc.haproxy.is_none() && svc.ec2.is_none() {
+        errors.push(format!(
+            "{p}: needs docker, haproxy or ec2, or it has nothing to do"
+        ));
+    }
+    for (key, d) in [
+        ("healthy", svc.timeouts.healthy),
+        ("stop", svc.timeouts.stop),
+    ] {
+        // `drain: 0s` is allowed: close at once.
+        if d.is_zero() {
+            errors.push(format!("{p}.timeouts.{key}: must be greater than 0"));
+        }
+    }
+    if let Some(url) = &svc.onprem_health_url {
+        validate_http_url(url, &format!("{p}.onprem_health_url"), errors);
+    }
+    if let Some(d) = &svc.docker {
+        validate_docker(d, &format!("{p}.docker"), errors);
+    }
+    if let Some(b) = &mut svc.burst {
+        b.matchers = parse_matchers(&b.on, &format!("{p}.burst.on"), errors);
+        validate_burst(b, svc.haproxy.as_ref(), svc.docker.as_ref(), &p, errors);
+    }
+    for (key, v) in [
+        ("instance_hourly_price", svc.cost.instance_hourly_price),
+        ("container_hourly_price", svc.cost.container_hourly_price),
+        (
+            "max_instance_hours_per_day",
+            svc.cost.max_instance_hours_per_day.unwrap_or(0.0),
+        ),
+    ] {
+        if !v.is_finite() || v < 0.0 {
+            errors.push(format!("{p}.cost.{key}: must be a number >= 0"));
+        }
+    }
+    if let Some(h) = &svc.haproxy {
+        validate_haproxy(h, &format!("{p}.haproxy"), errors);
+    }
+}
+
+/// Two services driving the same container or server would fight each other forever.
+fn check_ownership(services: &BTreeMap<String, ServiceConfig>, errors: &mut Vec<String>) {
+    let mut container_owner: BTreeMap<String, String> = BTreeMap::new();
+    let mut server_owner: BTreeMap<String, String> = BTreeMap::new();
+    for (name, svc) in services {
+        let p = format!("services.{name}");
+        if let Some(d) = &svc.docker {
+            for c in &d.containers {
+                let key = format!("{}|{}", d.host, c.name);
+                if let Some(other) = container_owner.insert(key, name.clone()) {
                     errors.push(format!(
-                        "{p}.ec2: this build has no EC2 support (cargo feature ec2)"
+                        "{p}.docker.containers: container {:?} is also managed by service {other:?}",
+                        c.name
                     ));
                 }
             }
-            if svc.docker.is_none() && svc.haproxy.is_none() && svc.ec2.is_none() {
-                errors.push(format!(
-                    "{p}: needs docker, haproxy or ec2, or it has nothing to do"
-                ));
-            }
-            for (key, d) in [
-                ("healthy", svc.timeouts.healthy),
-                ("drain", svc.timeouts.drain),
-                ("stop", svc.timeouts.stop),
-            ] {
-                if d.is_zero() && key != "drain" {
-                    errors.push(format!("{p}.timeouts.{key}: must be greater than 0"));
-                }
-            }
-            if let Some(url) = &svc.onprem_health_url {
-                validate_http_url(url, &format!("{p}.onprem_health_url"), errors);
-            }
-            if let Some(d) = &svc.docker {
-                validate_docker(d, &format!("{p}.docker"), errors);
-                for c in &d.containers {
-                    let key = format!("{}|{}", d.host, c.name);
-                    if let Some(other) = container_owner.insert(key, name.clone()) {
+        }
+        let Some(h) = &svc.haproxy else { continue };
+        if let Some(b) = &svc.burst {
+            let prefix = &b.haproxy.server_prefix;
+            let backend = b
+                .haproxy
+                .backend
+                .clone()
+                .unwrap_or_else(|| h.backend.clone());
+            for api in &h.runtime_api {
+                for i in 1..=b.max.min(1000) {
+                    let key = format!("{api}|{backend}/{prefix}{i}");
+                    if let Some(other) = server_owner.insert(key, name.clone()) {
                         errors.push(format!(
-                            "{p}.docker.containers: container {:?} is also managed by service {other:?}",
-                            c.name
+                            "{p}.burst.haproxy: slot {backend}/{prefix}{i} on {api} is also managed by service {other:?}"
                         ));
                     }
                 }
             }
-            if let Some(b) = &mut svc.burst {
-                b.matchers = parse_matchers(&b.on, &format!("{p}.burst.on"), errors);
-                validate_burst(b, svc.haproxy.as_ref(), svc.docker.as_ref(), &p, errors);
-                if let Some(h) = &svc.haproxy {
-                    let prefix = &b.haproxy.server_prefix;
-                    let backend = b
-                        .haproxy
-                        .backend
-                        .clone()
-                        .unwrap_or_else(|| h.backend.clone());
-                    for api in &h.runtime_api {
-                        for i in 1..=b.max.min(1000) {
-                            let key = format!("{api}|{backend}/{prefix}{i}");
-                            if let Some(other) = server_owner.insert(key, name.clone()) {
-                                errors.push(format!(
-                                    "{p}.burst.haproxy: slot {backend}/{prefix}{i} on {api} is also managed by service {other:?}"
-                                ));
-                            }
-                        }
-                    }
-                }
-            }
-            for (key, v) in [
-                ("instance_hourly_price", svc.cost.instance_hourly_price),
-                ("container_hourly_price", svc.cost.container_hourly_price),
-                (
-                    "max_instance_hours_per_day",
-                    svc.cost.max_instance_hours_per_day.unwrap_or(0.0),
-                ),
-            ] {
-                if !v.is_finite() || v < 0.0 {
-                    errors.push(format!("{p}.cost.{key}: must be a number >= 0"));
-                }
-            }
-            if let Some(h) = &svc.haproxy {
-                validate_haproxy(h, &format!("{p}.haproxy"), errors);
-                for api in &h.runtime_api {
-                    for s in &h.cloud_servers {
-                        let key = format!("{api}|{}/{s}", h.backend);
-                        if let Some(other) = server_owner.insert(key, name.clone()) {
-                            errors.push(format!(
-                                "{p}.haproxy: server {}/{s} on {api} is also managed by service {other:?}",
-                                h.backend
-                            ));
-                        }
-                    }
+        }
+        for api in &h.runtime_api {
+            for s in &h.cloud_servers {
+                let key = format!("{api}|{}/{s}", h.backend);
+                if let Some(other) = server_owner.insert(key, name.clone()) {
+                    errors.push(format!(
+                        "{p}.haproxy: server {}/{s} on {api} is also managed by service {other:?}",
+                        h.backend
+                    ));
                 }
             }
         }
