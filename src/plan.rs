@@ -577,95 +577,17 @@ fn containers_up(o: &Observed, serving: bool, p: &mut Plan) -> bool {
 
 fn plan_onprem(o: &Observed, standby: Standby) -> Plan {
     let mut p = Plan::default();
-    let mut open = Vec::new();
-    let mut any_unknown_server = false;
-    for s in &o.servers {
-        match &s.state {
-            ServerState::Ready if s.blocked.is_some() => {
-                // Cannot be closed: it stays open, so what it sends traffic to stays up.
-                any_unknown_server = true;
-                let why = s.blocked.as_deref().unwrap_or_default();
-                p.blocked.push(format!("server {}: {why}", s.target));
-            }
-            ServerState::Drain if s.refuses_changes => {
-                // Cannot be closed: it stays open, so what it sends traffic to stays up.
-                any_unknown_server = true;
-                let why = s.blocked.as_deref().unwrap_or_default();
-                p.blocked.push(format!("server {}: {why}", s.target));
-            }
-            ServerState::Ready => {
-                p.steps.push(Step::SetServer {
-                    target: s.target.clone(),
-                    state: AdminState::Drain,
-                });
-                open.push(s.target.clone());
-            }
-            ServerState::Drain => open.push(s.target.clone()),
-            ServerState::Maint => {}
-            // Not in HAProxy means HAProxy cannot route to it: no reason to keep capacity up.
-            ServerState::Missing => p
-                .waiting
-                .push(format!("server {}: not found in HAProxy", s.target)),
-            ServerState::Unknown { reason } => {
-                any_unknown_server = true;
-                p.waiting.push(format!("server {}: {reason}", s.target));
-            }
-        }
-    }
-    if !open.is_empty() {
-        p.steps.push(Step::WaitDrained {
-            servers: open.clone(),
-        });
-        p.steps
-            .extend(open.into_iter().map(|target| Step::SetServer {
-                target,
-                state: AdminState::Maint,
-            }));
-    }
+    // A server that may still send traffic after the steps below (unknown, or one the Runtime
+    // API cannot close) keeps what is behind it up.
+    let still_open = close_servers(o, &mut p);
     if standby == Standby::Warm {
-        // Resting warm: the capacity stays up and healthy behind closed servers. The servers
-        // open now are closed by the steps above; only one that cannot be asked (or closed)
-        // may still send traffic after them.
+        // Resting warm: the capacity stays up and healthy behind closed servers.
         if instances_up(o, &mut p) {
-            containers_up(o, any_unknown_server, &mut p);
+            containers_up(o, still_open, &mut p);
         }
         return p;
     }
-    for c in &o.containers {
-        match &c.state {
-            ContainerState::Running { .. }
-            | ContainerState::Mismatch {
-                ours: true,
-                running: true,
-                ..
-            } if any_unknown_server => {
-                p.waiting.push(format!(
-                    "container {}: kept running until every HAProxy confirms its servers are closed",
-                    c.name
-                ));
-            }
-            // Ours from an older spec: stopped like any of ours, recreated at the next failover.
-            ContainerState::Running { .. }
-            | ContainerState::Mismatch {
-                ours: true,
-                running: true,
-                ..
-            } => p.steps.push(Step::StopContainer {
-                container: c.name.clone(),
-            }),
-            // Not ours: never stopped or removed here. One the next failover may not replace
-            // is said now, not in the middle of that failover.
-            ContainerState::Mismatch {
-                reason,
-                may_recreate: false,
-                ..
-            } => p.blocked.push(foreign_blocker(&c.name, reason)),
-            ContainerState::Mismatch { .. } | ContainerState::Absent | ContainerState::Stopped => {}
-            ContainerState::Unknown { reason } => {
-                p.waiting.push(format!("container {}: {reason}", c.name))
-            }
-        }
-    }
+    stop_containers(o, still_open, &mut p);
     if standby == Standby::PilotLight {
         // The instances stay up (started if someone stopped them); only the containers rest.
         let mut up = Plan::default();
@@ -687,7 +609,7 @@ fn plan_onprem(o: &Observed, standby: Standby) -> Plan {
         .map(|i| i.id.clone())
         .collect();
     if !to_stop.is_empty() {
-        if any_unknown_server {
+        if still_open {
             p.waiting.push(
                 "instances: kept running until every HAProxy confirms its servers are closed"
                     .into(),
@@ -702,6 +624,93 @@ fn plan_onprem(o: &Observed, standby: Standby) -> Plan {
         }
     }
     p
+}
+
+/// Plans every open server drained, waited for, then put in maint. Returns true when a server
+/// may still send traffic after those steps: it cannot be asked, or not be closed.
+fn close_servers(o: &Observed, p: &mut Plan) -> bool {
+    let mut open = Vec::new();
+    let mut still_open = false;
+    for s in &o.servers {
+        match &s.state {
+            ServerState::Ready if s.blocked.is_some() => {
+                still_open = true;
+                let why = s.blocked.as_deref().unwrap_or_default();
+                p.blocked.push(format!("server {}: {why}", s.target));
+            }
+            ServerState::Drain if s.refuses_changes => {
+                still_open = true;
+                let why = s.blocked.as_deref().unwrap_or_default();
+                p.blocked.push(format!("server {}: {why}", s.target));
+            }
+            ServerState::Ready => {
+                p.steps.push(Step::SetServer {
+                    target: s.target.clone(),
+                    state: AdminState::Drain,
+                });
+                open.push(s.target.clone());
+            }
+            ServerState::Drain => open.push(s.target.clone()),
+            ServerState::Maint => {}
+            // Not in HAProxy means HAProxy cannot route to it: no reason to keep capacity up.
+            ServerState::Missing => p
+                .waiting
+                .push(format!("server {}: not found in HAProxy", s.target)),
+            ServerState::Unknown { reason } => {
+                still_open = true;
+                p.waiting.push(format!("server {}: {reason}", s.target));
+            }
+        }
+    }
+    if !open.is_empty() {
+        p.steps.push(Step::WaitDrained {
+            servers: open.clone(),
+        });
+        p.steps
+            .extend(open.into_iter().map(|target| Step::SetServer {
+                target,
+                state: AdminState::Maint,
+            }));
+    }
+    still_open
+}
+
+/// Plans the running containers of ours stopped, unless a server may still send them traffic.
+/// One that is not ours is never stopped; one the next failover may not replace is said now.
+fn stop_containers(o: &Observed, still_open: bool, p: &mut Plan) {
+    for c in &o.containers {
+        match &c.state {
+            ContainerState::Running { .. }
+            | ContainerState::Mismatch {
+                ours: true,
+                running: true,
+                ..
+            } if still_open => {
+                p.waiting.push(format!(
+                    "container {}: kept running until every HAProxy confirms its servers are closed",
+                    c.name
+                ));
+            }
+            // Ours from an older spec: stopped like any of ours, recreated at the next failover.
+            ContainerState::Running { .. }
+            | ContainerState::Mismatch {
+                ours: true,
+                running: true,
+                ..
+            } => p.steps.push(Step::StopContainer {
+                container: c.name.clone(),
+            }),
+            ContainerState::Mismatch {
+                reason,
+                may_recreate: false,
+                ..
+            } => p.blocked.push(foreign_blocker(&c.name, reason)),
+            ContainerState::Mismatch { .. } | ContainerState::Absent | ContainerState::Stopped => {}
+            ContainerState::Unknown { reason } => {
+                p.waiting.push(format!("container {}: {reason}", c.name))
+            }
+        }
+    }
 }
 
 /// One burst unit as observed: its container or instance, and its slot on every HAProxy.

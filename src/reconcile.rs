@@ -1123,49 +1123,7 @@ async fn wait(
 ) -> Result<StepDone, BackendError> {
     let timeouts = &svc.config.timeouts;
     match step {
-        Step::WaitHealthy { containers } => {
-            let polled = poll_until(svc, ctx, target, timeouts.healthy, || async {
-                // What Docker says of each container still not healthy, for the timeout's
-                // message ("starting" and "unhealthy" call for different fixes).
-                let mut pending = Vec::new();
-                for name in containers {
-                    let (d, c) = container_of(svc, name)?;
-                    let exited = |message: String| BackendError::Rejected {
-                        target: format!("container {name}"),
-                        message,
-                        retryable: true,
-                    };
-                    match d.observe(&svc.name, &c).await {
-                        ContainerState::Running {
-                            health: Health::Healthy,
-                        } => {}
-                        // Stopped while we waited (crashed on start): fail, so backoff applies
-                        // and the next pass starts it again.
-                        ContainerState::Stopped | ContainerState::Absent => {
-                            return Err(exited("exited before becoming healthy".into()))
-                        }
-                        // Replaced under its name while we waited: never waited into "healthy";
-                        // the next pass plans for what is there now.
-                        ContainerState::Mismatch { reason, .. } => {
-                            return Err(exited(format!("not as configured: {reason}")))
-                        }
-                        other => pending.push(format!("{name}: {}", other.describe())),
-                    }
-                }
-                Ok(pending)
-            })
-            .await?;
-            polled.or_else(|last| {
-                Err(BackendError::Timeout {
-                    what: format!(
-                        "waiting for {} to be healthy (Docker last said {})",
-                        containers.join(","),
-                        last.join(", ")
-                    ),
-                    after: timeouts.healthy,
-                })
-            })
-        }
+        Step::WaitHealthy { containers } => wait_healthy(svc, ctx, target, containers).await,
         Step::WaitDockerReady => {
             let Some(d) = &svc.docker else {
                 return Ok(StepDone::Done);
@@ -1208,6 +1166,58 @@ async fn wait(
             retryable: false,
         }),
     }
+}
+
+/// Polls until every container is healthy; fails at once when one exits or turns out not to be
+/// as configured, and says on timeout what Docker last reported of each.
+async fn wait_healthy(
+    svc: &ServiceRuntime,
+    ctx: &Context,
+    target: Target,
+    containers: &[String],
+) -> Result<StepDone, BackendError> {
+    let timeouts = &svc.config.timeouts;
+    let polled = poll_until(svc, ctx, target, timeouts.healthy, || async {
+        // What Docker says of each container still not healthy, for the timeout's
+        // message ("starting" and "unhealthy" call for different fixes).
+        let mut pending = Vec::new();
+        for name in containers {
+            let (d, c) = container_of(svc, name)?;
+            let exited = |message: String| BackendError::Rejected {
+                target: format!("container {name}"),
+                message,
+                retryable: true,
+            };
+            match d.observe(&svc.name, &c).await {
+                ContainerState::Running {
+                    health: Health::Healthy,
+                } => {}
+                // Stopped while we waited (crashed on start): fail, so backoff applies
+                // and the next pass starts it again.
+                ContainerState::Stopped | ContainerState::Absent => {
+                    return Err(exited("exited before becoming healthy".into()))
+                }
+                // Replaced under its name while we waited: never waited into "healthy";
+                // the next pass plans for what is there now.
+                ContainerState::Mismatch { reason, .. } => {
+                    return Err(exited(format!("not as configured: {reason}")))
+                }
+                other => pending.push(format!("{name}: {}", other.describe())),
+            }
+        }
+        Ok(pending)
+    })
+    .await?;
+    polled.or_else(|last| {
+        Err(BackendError::Timeout {
+            what: format!(
+                "waiting for {} to be healthy (Docker last said {})",
+                containers.join(","),
+                last.join(", ")
+            ),
+            after: timeouts.healthy,
+        })
+    })
 }
 
 /// How a wait ended.
