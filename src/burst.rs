@@ -95,7 +95,8 @@ fn since(now: DateTime<Utc>, t: Option<DateTime<Utc>>) -> Duration {
 }
 
 /// Works out the count from whether the overload alert fires now. Growth is never delayed
-/// past its pace; shrinking waits for a quiet cooldown.
+/// past its pace; shrinking waits for a quiet cooldown. (Over 80 lines: the scale-in signal of
+/// the bursting-oscillation issue reshapes its second half; split it then, by direction.)
 pub fn next(
     rules: Rules,
     overloaded: bool,
