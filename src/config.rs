@@ -17,6 +17,12 @@ use serde::Deserialize;
 
 use crate::matcher::Matcher;
 
+// The backends own their config types and checks; they are re-exported here so a config is
+// read as one document.
+pub use crate::backend::docker::config::{ContainerConfig, DockerConfig, Recreate};
+pub use crate::backend::ec2::config::{Ec2Config, TagFilter};
+pub use crate::backend::haproxy::config::HaproxyConfig;
+
 /// Environment variables with this prefix override file keys: `FAILOVER_RESPONDER__LISTEN_ADDRESS`,
 /// `FAILOVER_RESPONDER__AUTH__BEARER_TOKEN_FILE`, ...
 pub const ENV_PREFIX: &str = "FAILOVER_RESPONDER";
@@ -295,12 +301,16 @@ pub struct AlertmanagerConfig {
     /// Only alerts routed to this receiver (the responder's), when set.
     pub receiver: Option<String>,
     /// Deadline of one API call.
-    #[serde(default = "default_command_timeout", with = "humantime_serde")]
+    #[serde(default = "default_am_timeout", with = "humantime_serde")]
     pub timeout: Duration,
 }
 
 fn default_resync() -> Duration {
     Duration::from_secs(30)
+}
+
+fn default_am_timeout() -> Duration {
+    Duration::from_secs(2)
 }
 
 /// One service: which alerts move it, and the cloud capacity and HAProxy servers behind it.
@@ -348,126 +358,6 @@ pub struct ServiceConfig {
     /// `failback_on`, parsed.
     #[serde(skip)]
     pub failback_matchers: Vec<Matcher>,
-}
-
-/// The Docker engine and containers of a service.
-#[derive(Debug, Clone, Deserialize)]
-pub struct DockerConfig {
-    /// `unix:///var/run/docker.sock`, `tcp://host:2375` or `http://host:2375`.
-    #[serde(default = "default_docker_host")]
-    pub host: String,
-    pub containers: Vec<ContainerConfig>,
-}
-
-/// One container, created from this spec when absent. Only the config names containers:
-/// alert labels never choose what runs.
-#[derive(Debug, Clone, Deserialize)]
-pub struct ContainerConfig {
-    pub name: String,
-    pub image: String,
-    /// Docker-style port publications: `[ip:]host_port:container_port[/tcp|/udp]`.
-    #[serde(default)]
-    pub ports: Vec<String>,
-    /// `KEY=VALUE` environment entries.
-    #[serde(default)]
-    pub env: Vec<String>,
-    /// Overrides the image's command.
-    pub command: Option<Vec<String>>,
-    /// Polled until it answers 2xx when the image has no Docker HEALTHCHECK.
-    pub health_url: Option<String>,
-    /// What to do with a container of this name the responder did not create (no
-    /// `io.failover-responder.service` label for this service): `never` (default) refuses to use
-    /// it, `always` removes it and creates this spec. A container the responder created from an
-    /// older spec (image, command, env or ports changed since) is recreated either way.
-    #[serde(default)]
-    pub recreate: Recreate,
-}
-
-/// `recreate:` on a container: whether the responder may remove a container of the configured
-/// name that it did not create, to create the configured one in its place.
-///
-/// The default is `never`: such a container is someone else's (a hand-made test, another
-/// deployment, an older install), and removing it can destroy their work and data, so the
-/// responder refuses loudly, names the container and the fix, and never opens a server in
-/// front of it. `always` is for hosts where that name belongs to the responder alone.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Recreate {
-    #[default]
-    Never,
-    Always,
-}
-
-/// The HAProxy instances and servers of a service.
-#[derive(Debug, Clone, Deserialize)]
-pub struct HaproxyConfig {
-    /// Runtime API of every HAProxy in front of the service: `unix:/run/haproxy/admin.sock`,
-    /// `/path/to.sock` or `tcp:127.0.0.1:9999`. Every one is kept in the same state.
-    pub runtime_api: Vec<String>,
-    /// The backend holding the cloud servers.
-    pub backend: String,
-    /// Servers in that backend that point at the cloud capacity.
-    pub cloud_servers: Vec<String>,
-    /// Deadline for one Runtime API command.
-    #[serde(default = "default_command_timeout", with = "humantime_serde")]
-    pub command_timeout: Duration,
-}
-
-/// `ec2:` in a service's config.
-#[derive(Debug, Clone, Deserialize)]
-pub struct Ec2Config {
-    /// AWS region; the standard chain's region when absent.
-    pub region: Option<String>,
-    /// Another endpoint than AWS's (VPC endpoint, a local test server).
-    pub endpoint_url: Option<String>,
-    /// The instances, by id ...
-    #[serde(default)]
-    pub instance_ids: Vec<String>,
-    /// ... or every instance carrying this tag.
-    pub tag: Option<TagFilter>,
-    /// How long an instance may take to reach `running`.
-    #[serde(default = "default_running_timeout", with = "humantime_serde")]
-    pub running_timeout: Duration,
-}
-
-fn default_running_timeout() -> Duration {
-    Duration::from_secs(300)
-}
-
-/// A tag key and value.
-#[derive(Debug, Clone, Deserialize)]
-pub struct TagFilter {
-    pub key: String,
-    pub value: String,
-}
-
-impl Ec2Config {
-    /// Semantic checks, one message per problem, with the key path.
-    pub fn validate(&self, p: &str, errors: &mut Vec<String>) {
-        match (self.instance_ids.is_empty(), &self.tag) {
-            (true, None) => errors.push(format!("{p}: set instance_ids or tag")),
-            (false, Some(_)) => errors.push(format!("{p}: set instance_ids or tag, not both")),
-            _ => {}
-        }
-        for (i, id) in self.instance_ids.iter().enumerate() {
-            let ok = id
-                .strip_prefix("i-")
-                .is_some_and(|h| !h.is_empty() && h.chars().all(|c| c.is_ascii_hexdigit()));
-            if !ok {
-                errors.push(format!(
-                    "{p}.instance_ids[{i}]: {id:?} is not an instance id (i-...)"
-                ));
-            }
-        }
-        if let Some(t) = &self.tag {
-            if t.key.is_empty() {
-                errors.push(format!("{p}.tag.key: must not be empty"));
-            }
-        }
-        if self.running_timeout.is_zero() {
-            errors.push(format!("{p}.running_timeout: must be greater than 0"));
-        }
-    }
 }
 
 /// `burst:` in a service's config: while an alert matching `on` fires, units (containers on the
@@ -615,12 +505,6 @@ fn default_retry_initial() -> Duration {
 }
 fn default_retry_max() -> Duration {
     Duration::from_secs(60)
-}
-fn default_docker_host() -> String {
-    "unix:///var/run/docker.sock".into()
-}
-fn default_command_timeout() -> Duration {
-    Duration::from_secs(2)
 }
 fn default_healthy() -> Duration {
     Duration::from_secs(60)
@@ -800,7 +684,7 @@ impl Config {
             errors.push("services: at least one service is needed".into());
         }
         if let Some(am) = &self.alertmanager {
-            validate_http_url(&am.url, "alertmanager.url", errors);
+            crate::backend::validate_http_url(&am.url, "alertmanager.url", errors);
             if am.resync_interval.is_zero() {
                 errors.push("alertmanager.resync_interval: must be greater than 0".into());
             }
@@ -852,10 +736,10 @@ fn validate_service(name: &str, svc: &mut ServiceConfig, errors: &mut Vec<String
         }
     }
     if let Some(url) = &svc.onprem_health_url {
-        validate_http_url(url, &format!("{p}.onprem_health_url"), errors);
+        crate::backend::validate_http_url(url, &format!("{p}.onprem_health_url"), errors);
     }
     if let Some(d) = &svc.docker {
-        validate_docker(d, &format!("{p}.docker"), errors);
+        crate::backend::docker::config::validate(d, &format!("{p}.docker"), errors);
     }
     if let Some(b) = &mut svc.burst {
         b.matchers = parse_matchers(&b.on, &format!("{p}.burst.on"), errors);
@@ -874,7 +758,7 @@ fn validate_service(name: &str, svc: &mut ServiceConfig, errors: &mut Vec<String
         }
     }
     if let Some(h) = &svc.haproxy {
-        validate_haproxy(h, &format!("{p}.haproxy"), errors);
+        crate::backend::haproxy::config::validate(h, &format!("{p}.haproxy"), errors);
     }
 }
 
@@ -1103,63 +987,6 @@ fn parse_matchers(raw: &[String], path: &str, errors: &mut Vec<String>) -> Vec<M
         .collect()
 }
 
-fn validate_docker(d: &DockerConfig, p: &str, errors: &mut Vec<String>) {
-    if !(d.host.starts_with("unix://")
-        || d.host.starts_with("tcp://")
-        || d.host.starts_with("http://"))
-    {
-        errors.push(format!(
-            "{p}.host: {:?} is not unix://PATH, tcp://HOST:PORT or http://HOST:PORT",
-            d.host
-        ));
-    }
-    if d.containers.is_empty() {
-        errors.push(format!("{p}.containers: at least one container is needed"));
-    }
-    let mut seen = std::collections::BTreeSet::new();
-    for (i, c) in d.containers.iter().enumerate() {
-        let cp = format!("{p}.containers[{i}]");
-        if !seen.insert(c.name.clone()) {
-            errors.push(format!("{cp}.name: duplicate container {:?}", c.name));
-        }
-        validate_container(c, &cp, errors);
-    }
-}
-
-/// One container spec: name, image, ports, env, health URL.
-fn validate_container(c: &ContainerConfig, cp: &str, errors: &mut Vec<String>) {
-    let valid_name = !c.name.is_empty()
-        && c.name
-            .chars()
-            .next()
-            .is_some_and(|ch| ch.is_ascii_alphanumeric())
-        && c.name
-            .chars()
-            .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '_' | '.' | '-'));
-    if !valid_name {
-        errors.push(format!(
-            "{cp}.name: {:?} is not a valid container name ([a-zA-Z0-9][a-zA-Z0-9_.-]*)",
-            c.name
-        ));
-    }
-    if c.image.trim().is_empty() {
-        errors.push(format!("{cp}.image: must not be empty"));
-    }
-    for (j, port) in c.ports.iter().enumerate() {
-        if let Err(e) = crate::backend::docker::parse_port(port) {
-            errors.push(format!("{cp}.ports[{j}]: {e}"));
-        }
-    }
-    for (j, e) in c.env.iter().enumerate() {
-        if !e.contains('=') || e.starts_with('=') {
-            errors.push(format!("{cp}.env[{j}]: want KEY=VALUE"));
-        }
-    }
-    if let Some(url) = &c.health_url {
-        validate_http_url(url, &format!("{cp}.health_url"), errors);
-    }
-}
-
 /// The burst section: counts, timings, the slot names, and exactly one kind of unit.
 fn validate_burst(
     b: &BurstConfig,
@@ -1232,7 +1059,11 @@ fn validate_burst(
             }
             // Checked as unit 1 will be rendered ({port} and {index} filled in).
             let one = crate::burst::render_container(c, 1, b.port_base);
-            validate_container(&one, &format!("{p}.container"), errors);
+            crate::backend::docker::config::validate_container(
+                &one,
+                &format!("{p}.container"),
+                errors,
+            );
         }
         (None, Some(e)) => {
             e.validate(&format!("{p}.ec2"), errors);
@@ -1253,54 +1084,6 @@ fn validate_burst(
     match crate::burst::render_address(&b.address, 1, b.port_base, Some("10.0.0.1")) {
         Ok(_) => {}
         Err(e) => errors.push(format!("{p}.address: {e}")),
-    }
-}
-
-fn validate_http_url(url: &str, key: &str, errors: &mut Vec<String>) {
-    match reqwest::Url::parse(url) {
-        Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
-        Ok(u) => errors.push(format!(
-            "{key}: scheme {:?} is not http or https",
-            u.scheme()
-        )),
-        Err(e) => errors.push(format!("{key}: {url:?}: {e}")),
-    }
-}
-
-fn validate_haproxy(h: &HaproxyConfig, p: &str, errors: &mut Vec<String>) {
-    if h.runtime_api.is_empty() {
-        errors.push(format!(
-            "{p}.runtime_api: at least one Runtime API address is needed"
-        ));
-    }
-    for (i, a) in h.runtime_api.iter().enumerate() {
-        if let Err(e) = crate::backend::haproxy::RuntimeAddr::parse(a) {
-            errors.push(format!("{p}.runtime_api[{i}]: {e}"));
-        }
-    }
-    let name_ok = |s: &str| {
-        !s.is_empty()
-            && s.chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
-    };
-    if !name_ok(&h.backend) {
-        errors.push(format!(
-            "{p}.backend: {:?} is not a valid HAProxy backend name",
-            h.backend
-        ));
-    }
-    if h.cloud_servers.is_empty() {
-        errors.push(format!("{p}.cloud_servers: at least one server is needed"));
-    }
-    for (i, s) in h.cloud_servers.iter().enumerate() {
-        if !name_ok(s) {
-            errors.push(format!(
-                "{p}.cloud_servers[{i}]: {s:?} is not a valid HAProxy server name"
-            ));
-        }
-    }
-    if h.command_timeout.is_zero() {
-        errors.push(format!("{p}.command_timeout: must be greater than 0"));
     }
 }
 

@@ -1,5 +1,6 @@
-//! Backends: the only code that talks to the outside world to change it. One file each, each
-//! with `observe`, the actions the planner's steps need, and a health check (`ping`).
+//! Backends: the only code that talks to the outside world to change it. One folder each: its
+//! config section and checks (`config.rs`), and `observe`, the actions the planner's steps need
+//! and a health check (`ping`).
 //!
 //! They share one error type whose `is_retryable` tells the reconciler whether backing off and
 //! trying again can help (an unreachable engine) or only a human can (a server missing from
@@ -8,7 +9,6 @@
 use std::time::Duration;
 
 pub mod docker;
-#[cfg(feature = "ec2")]
 pub mod ec2;
 pub mod haproxy;
 
@@ -37,5 +37,18 @@ impl BackendError {
             BackendError::Unreachable { .. } | BackendError::Timeout { .. } => true,
             BackendError::Rejected { retryable, .. } => *retryable,
         }
+    }
+}
+
+/// Checks that `url` is an http(s) URL; the message names `key`. Shared by the backends' and
+/// the service's health URLs.
+pub fn validate_http_url(url: &str, key: &str, errors: &mut Vec<String>) {
+    match reqwest::Url::parse(url) {
+        Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
+        Ok(u) => errors.push(format!(
+            "{key}: scheme {:?} is not http or https",
+            u.scheme()
+        )),
+        Err(e) => errors.push(format!("{key}: {url:?}: {e}")),
     }
 }

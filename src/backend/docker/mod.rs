@@ -23,7 +23,9 @@ use tokio::sync::OnceCell;
 use tracing::warn;
 
 use super::BackendError;
-use crate::config::{ContainerConfig, Recreate};
+pub mod config;
+
+use self::config::{ContainerConfig, Recreate};
 use crate::plan::{ContainerState, Health};
 
 /// Label put on every container the responder creates: the service it belongs to.

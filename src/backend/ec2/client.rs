@@ -12,8 +12,8 @@ use aws_sdk_ec2::types::{Filter, InstanceStateName};
 use aws_sdk_ec2::Client;
 use tokio::sync::OnceCell;
 
-use super::BackendError;
-use crate::config::Ec2Config;
+use super::config::Ec2Config;
+use crate::backend::BackendError;
 use crate::plan::{InstanceObs, InstanceState};
 
 /// One service's EC2 client. Cheap to clone; the SDK client is made on first use.
