@@ -47,10 +47,8 @@ pub struct ServiceRuntime {
     pub config: Arc<ServiceConfig>,
     pub docker: Option<DockerBackend>,
     pub haproxy: Vec<RuntimeApi>,
-    #[cfg(feature = "ec2")]
     pub ec2: Option<crate::backend::ec2::Ec2Backend>,
     /// The instance pool of EC2 burst units.
-    #[cfg(feature = "ec2")]
     pub burst_ec2: Option<crate::backend::ec2::Ec2Backend>,
     /// Notified by the webhook when a notification concerns this service.
     pub wake: Arc<Notify>,
@@ -72,9 +70,7 @@ impl ServiceRuntime {
                     .filter_map(|a| RuntimeApi::new(a, h.command_timeout).ok())
             })
             .collect();
-        #[cfg(feature = "ec2")]
         let ec2 = config.ec2.clone().map(crate::backend::ec2::Ec2Backend::new);
-        #[cfg(feature = "ec2")]
         let burst_ec2 = config
             .burst
             .as_ref()
@@ -85,9 +81,7 @@ impl ServiceRuntime {
             config,
             docker,
             haproxy,
-            #[cfg(feature = "ec2")]
             ec2,
-            #[cfg(feature = "ec2")]
             burst_ec2,
             wake: Arc::new(Notify::new()),
             onprem_healthy_since: Arc::default(),
@@ -838,7 +832,6 @@ pub async fn observe(svc: &ServiceRuntime, _ctx: &Context) -> Observed {
     }
 }
 
-#[cfg(feature = "ec2")]
 async fn observe_instances(svc: &ServiceRuntime) -> Vec<InstanceObs> {
     let (Some(ec2), Some(cfg)) = (&svc.ec2, &svc.config.ec2) else {
         return Vec::new();
@@ -868,14 +861,8 @@ async fn observe_instances(svc: &ServiceRuntime) -> Vec<InstanceObs> {
     }
 }
 
-#[cfg(not(feature = "ec2"))]
-async fn observe_instances(_svc: &ServiceRuntime) -> Vec<InstanceObs> {
-    Vec::new()
-}
-
 /// The instances of one pool (failover or burst), sorted by id. By id, an id EC2 did not return
 /// is unknown, not absent.
-#[cfg(feature = "ec2")]
 async fn observe_pool(
     ec2: &crate::backend::ec2::Ec2Backend,
     cfg: &crate::config::Ec2Config,
@@ -898,14 +885,12 @@ async fn observe_pool(
 
 /// The burst pool's instances; empty when the units are containers.
 async fn observe_burst_pool(svc: &ServiceRuntime) -> Result<Vec<InstanceObs>, BackendError> {
-    #[cfg(feature = "ec2")]
     if let (Some(ec2), Some(cfg)) = (
         &svc.burst_ec2,
         svc.config.burst.as_ref().and_then(|b| b.ec2.as_ref()),
     ) {
         return observe_pool(ec2, cfg).await;
     }
-    let _ = svc;
     Ok(Vec::new())
 }
 
@@ -1018,7 +1003,6 @@ fn burst_backend(svc: &ServiceRuntime) -> String {
 }
 
 /// The EC2 pool a step acts on: the burst pool for burst steps, else the failover one.
-#[cfg(feature = "ec2")]
 fn ec2_of(
     svc: &ServiceRuntime,
     burst: bool,
@@ -1039,7 +1023,6 @@ enum StepDone {
     Superseded,
 }
 
-#[cfg_attr(not(feature = "ec2"), allow(unused_variables))]
 async fn execute(
     svc: &ServiceRuntime,
     ctx: &Context,
@@ -1085,29 +1068,18 @@ async fn execute(
             api.set_weight(&t.backend, &t.server, *weight).await?;
             Ok(StepDone::Done)
         }
-        #[cfg(feature = "ec2")]
         Step::StartInstances { ids } => {
             ec2_of(svc, burst)?.start(ids).await?;
             Ok(StepDone::Done)
         }
-        #[cfg(feature = "ec2")]
         Step::WaitInstancesRunning { ids } => {
             ec2_of(svc, burst)?.wait_running(ids).await?;
             Ok(StepDone::Done)
         }
-        #[cfg(feature = "ec2")]
         Step::StopInstances { ids } => {
             ec2_of(svc, burst)?.stop(ids).await?;
             Ok(StepDone::Done)
         }
-        #[cfg(not(feature = "ec2"))]
-        Step::StartInstances { .. }
-        | Step::WaitInstancesRunning { .. }
-        | Step::StopInstances { .. } => Err(BackendError::Rejected {
-            target: "ec2".into(),
-            message: "this build has no EC2 support (cargo feature ec2)".into(),
-            retryable: false,
-        }),
         Step::WaitHealthy { .. } | Step::WaitDockerReady | Step::WaitDrained { .. } => {
             wait(svc, ctx, target, step).await
         }
