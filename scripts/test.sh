@@ -29,6 +29,9 @@ cargo fmt --all -- --check
 stage "clippy"
 cargo clippy --all-targets --locked -- -D warnings
 
+stage "module imports have no cycle"
+scripts/check-imports.py
+
 stage "build test image"
 scripts/build-image.sh fr-test-api:latest cloud
 

@@ -18,7 +18,8 @@ use std::time::Duration;
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{BurstConfig, ContainerConfig};
+use crate::config::BurstConfig;
+pub use crate::template::{render_address, render_container, slot_name};
 
 /// The burst count as the responder remembers it (persisted with the service's state).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -231,65 +232,6 @@ pub fn guard(
     }
 }
 
-/// Slot `i` of a `server-template <prefix> 1-<max>`: `<prefix><i>`.
-pub fn slot_name(prefix: &str, index: u32) -> String {
-    format!("{prefix}{index}")
-}
-
-fn fill(text: &str, index: u32, port: u32) -> String {
-    text.replace("{index}", &index.to_string())
-        .replace("{port}", &port.to_string())
-}
-
-/// Unit `index`'s container: `<name>-<index>`, with `{port}` and `{index}` filled in.
-pub fn render_container(c: &ContainerConfig, index: u32, port_base: u16) -> ContainerConfig {
-    let port = u32::from(port_base) + index.saturating_sub(1);
-    ContainerConfig {
-        name: format!("{}-{index}", c.name),
-        image: c.image.clone(),
-        ports: c.ports.iter().map(|p| fill(p, index, port)).collect(),
-        env: c.env.iter().map(|e| fill(e, index, port)).collect(),
-        command: c
-            .command
-            .as_ref()
-            .map(|v| v.iter().map(|a| fill(a, index, port)).collect()),
-        health_url: c.health_url.as_ref().map(|u| fill(u, index, port)),
-        recreate: c.recreate,
-    }
-}
-
-/// Unit `index`'s address for HAProxy, `host:port`. `private_ip` is the instance's, for EC2
-/// units; an address that needs it before it is known is an error.
-pub fn render_address(
-    template: &str,
-    index: u32,
-    port_base: u16,
-    private_ip: Option<&str>,
-) -> Result<(String, u16), String> {
-    let port = u32::from(port_base) + index.saturating_sub(1);
-    let mut text = fill(template, index, port);
-    if text.contains("{private_ip}") {
-        let ip = private_ip.ok_or("the instance has no private IP yet")?;
-        text = text.replace("{private_ip}", ip);
-    }
-    let (host, port) = text
-        .rsplit_once(':')
-        .ok_or_else(|| format!("{text:?} is not host:port"))?;
-    let port: u16 = port
-        .parse()
-        .ok()
-        .filter(|p| *p > 0)
-        .ok_or_else(|| format!("{text:?}: {port:?} is not a port"))?;
-    let host_ok = !host.is_empty()
-        && host
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'));
-    if !host_ok {
-        return Err(format!("{text:?}: {host:?} is not a host"));
-    }
-    Ok((host.trim_matches(['[', ']']).to_string(), port))
-}
-
 /// What a running unit is, for the estimate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -409,6 +351,7 @@ fn hours_today(since: DateTime<Utc>, now: DateTime<Utc>) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::ContainerConfig;
 
     fn t(s: i64) -> DateTime<Utc> {
         DateTime::from_timestamp(1_800_000_000 + s, 0).unwrap()

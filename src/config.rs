@@ -250,9 +250,24 @@ pub struct StorageConfig {
     pub events_max_age: Duration,
 }
 
+/// Retention of the journal and the event history, from `storage`.
+#[derive(Debug, Clone)]
+pub struct Retention {
+    pub journal_max_entries: u64,
+    pub journal_max_age: Duration,
+    pub events_max_entries: u64,
+    pub events_max_age: Duration,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        StorageConfig::default().retention()
+    }
+}
+
 impl StorageConfig {
-    pub fn retention(&self) -> crate::store::Retention {
-        crate::store::Retention {
+    pub fn retention(&self) -> Retention {
+        Retention {
             journal_max_entries: self.journal_max_entries,
             journal_max_age: self.journal_max_age,
             events_max_entries: self.events_max_entries,
@@ -1058,7 +1073,7 @@ fn validate_burst(
                 ));
             }
             // Checked as unit 1 will be rendered ({port} and {index} filled in).
-            let one = crate::burst::render_container(c, 1, b.port_base);
+            let one = crate::template::render_container(c, 1, b.port_base);
             crate::backend::docker::config::validate_container(
                 &one,
                 &format!("{p}.container"),
@@ -1081,7 +1096,7 @@ fn validate_burst(
             }
         }
     }
-    match crate::burst::render_address(&b.address, 1, b.port_base, Some("10.0.0.1")) {
+    match crate::template::render_address(&b.address, 1, b.port_base, Some("10.0.0.1")) {
         Ok(_) => {}
         Err(e) => errors.push(format!("{p}.address: {e}")),
     }

@@ -31,4 +31,5 @@ pub mod plan;
 pub mod reconcile;
 pub mod resync;
 pub mod store;
+pub mod template;
 pub mod tls;

@@ -44,20 +44,7 @@ const CACHE_BYTES: usize = 8 * 1024 * 1024;
 /// Queue of write requests; a full queue makes writers wait (backpressure, not loss).
 const QUEUE: usize = 16_384;
 
-/// Retention of the journal and the event history (from `storage` in the config).
-#[derive(Debug, Clone)]
-pub struct Retention {
-    pub journal_max_entries: u64,
-    pub journal_max_age: Duration,
-    pub events_max_entries: u64,
-    pub events_max_age: Duration,
-}
-
-impl Default for Retention {
-    fn default() -> Self {
-        crate::config::StorageConfig::default().retention()
-    }
-}
+pub use crate::config::Retention;
 
 /// Why the store could not do what was asked.
 #[derive(Debug, Clone, thiserror::Error)]
