@@ -41,7 +41,7 @@ services:
 YAML
 "$bin" serve --config.file "$work/bench.yaml" --web.listen-address "127.0.0.1:$port" --log.level warn >"$work/log" 2>&1 &
 pid=$!
-for _ in $(seq 1 100); do curl -fsS -o /dev/null "http://127.0.0.1:$port/-/ready" 2>/dev/null && break; sleep 0.1; done
+for _ in $(seq 1 100); do curl -fsS -o /dev/null "http://127.0.0.1:$port/-/healthy" 2>/dev/null && break; sleep 0.1; done
 rss() { awk '/VmRSS/ {printf "%.1f MB", $2/1024}' "/proc/$pid/status"; }
 sleep 1
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo); responder release build"

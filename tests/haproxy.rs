@@ -195,3 +195,55 @@ async fn a_state_change_haproxy_accepts_without_effect_is_an_error() {
         .expect("open burst1");
     assert_eq!(world.haproxy.admin_flags("burst1").await & 0x3b, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_follows_whether_every_haproxy_and_docker_answer() {
+    let Some(mut world) = World::start("ready").await else {
+        return;
+    };
+    let r = Responder::start(&world.config("", ""), world.dir.path()).await;
+    let ready = || async {
+        let resp = r
+            .client
+            .get(format!("{}/-/ready", r.url))
+            .send()
+            .await
+            .expect("ready");
+        (
+            resp.status().as_u16(),
+            resp.text().await.unwrap_or_default(),
+        )
+    };
+    eventually(
+        "ready with HAProxy and Docker up",
+        Duration::from_secs(30),
+        || async { (ready().await.0 == 200).then_some(()) },
+    )
+    .await;
+    // HAProxy goes away: not ready, and the body says which Runtime API.
+    world.haproxy.proc.kill();
+    let sock = world.haproxy.socket.display().to_string();
+    let body = eventually(
+        "not ready without HAProxy",
+        Duration::from_secs(30),
+        || async {
+            let (code, body) = ready().await;
+            (code == 503).then_some(body)
+        },
+    )
+    .await;
+    assert!(body.contains(&sock), "{body}");
+    // Webhooks are still taken while not ready.
+    assert_eq!(
+        r.post_alerts(&down_body(chrono::Utc::now(), None))
+            .await
+            .status(),
+        202
+    );
+    world.haproxy.restart().await;
+    eventually("ready again", Duration::from_secs(30), || async {
+        (ready().await.0 == 200).then_some(())
+    })
+    .await;
+    r.shutdown().await;
+}

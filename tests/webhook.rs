@@ -343,16 +343,29 @@ async fn unreachable_backends_are_shown_not_fatal() {
         m.contains(r#"failover_responder_desired_mode{service="onprem-api",mode="cloud"} 1"#),
         "{m}"
     );
-    // Health endpoints answer regardless.
-    for p in ["/-/healthy", "/-/ready"] {
-        let resp = r
-            .client
-            .get(format!("{}{p}", r.url))
-            .send()
-            .await
-            .expect("get");
-        assert!(resp.status().is_success(), "{p}");
-    }
+    // Alive regardless; not ready, and saying why: it cannot act on unreachable backends.
+    let get = |p: &'static str| {
+        let r = &r;
+        async move {
+            let resp = r
+                .client
+                .get(format!("{}{p}", r.url))
+                .send()
+                .await
+                .expect("get");
+            (
+                resp.status().as_u16(),
+                resp.text().await.unwrap_or_default(),
+            )
+        }
+    };
+    assert_eq!(get("/-/healthy").await.0, 200);
+    let (code, body) = get("/-/ready").await;
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body.contains("onprem-api: docker unix://") && body.contains("no-haproxy.sock"),
+        "{body}"
+    );
     r.shutdown().await;
 }
 

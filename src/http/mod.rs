@@ -5,7 +5,7 @@
 //! - `GET /api/v1/status`, `GET /api/v1/events`: what the responder sees, decided and did.
 //! - `POST /api/v1/services/{name}/{pause|resume|failover|failback}`: manual control.
 //! - `POST /api/v1/plan`: the steps a webhook body would cause, changing nothing.
-//! - `GET /metrics`, `GET /-/healthy`, `GET /-/ready`.
+//! - `GET /metrics`, `GET /-/healthy` (alive), `GET /-/ready` (can act: 503 with the reasons).
 //!
 //! Everything that changes state or reveals a plan needs the webhook's credentials; status,
 //! events and metrics are read-only and open, like Prometheus' and Alertmanager's own.

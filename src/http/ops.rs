@@ -1,10 +1,14 @@
 //! Operational endpoints: metrics and the health/readiness probes.
 
+use std::collections::BTreeMap;
+
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
 
 use super::error::ApiError;
 use super::AppState;
+use crate::plan::{ContainerState, InstanceState, ServerState};
+use crate::store::ServiceStatus;
 
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok()
@@ -17,10 +21,62 @@ pub async fn healthy() -> HttpResponse {
     HttpResponse::Ok().body("Healthy\n")
 }
 
-/// Ready to take notifications: the store is in memory and the reconcilers are started before
-/// the listener accepts, so serving at all means ready.
-pub async fn ready() -> HttpResponse {
-    HttpResponse::Ok().body("Ready\n")
+/// Whether the responder can act: 503 until every service's reconciler has finished its first
+/// pass (the store is open before the listener accepts), then 503 while a backend could not be
+/// asked at the last pass, naming each; 200 otherwise. Reads the reconcilers' last observation
+/// (taken every `reconcile.interval`), so a probe never calls Docker, HAProxy or EC2 itself.
+/// Webhooks are taken either way: `/-/healthy` is the liveness check.
+pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
+    let board = state.store.service_status();
+    match readiness(state.services.iter().map(|s| s.name.as_str()), &board) {
+        Ok(()) => HttpResponse::Ok().body("Ready\n"),
+        Err(why) => HttpResponse::ServiceUnavailable()
+            .content_type("text/plain; charset=utf-8")
+            .body(format!("Not ready:\n{}\n", why.join("\n"))),
+    }
+}
+
+/// What keeps the responder from acting, one line each; pure.
+pub fn readiness<'a>(
+    services: impl Iterator<Item = &'a str>,
+    board: &BTreeMap<String, ServiceStatus>,
+) -> Result<(), Vec<String>> {
+    let mut why = Vec::new();
+    for name in services {
+        let Some(st) = board.get(name).filter(|s| s.last_reconcile_at.is_some()) else {
+            why.push(format!("{name}: first reconcile pass not finished"));
+            continue;
+        };
+        let o = &st.observed;
+        let unknown = o
+            .containers
+            .iter()
+            .filter_map(|c| match &c.state {
+                ContainerState::Unknown { reason } => Some(reason),
+                _ => None,
+            })
+            .chain(o.servers.iter().filter_map(|s| match &s.state {
+                ServerState::Unknown { reason } => Some(reason),
+                _ => None,
+            }))
+            .chain(o.instances.iter().filter_map(|i| match &i.state {
+                InstanceState::Unknown { reason } => Some(reason),
+                _ => None,
+            }));
+        // One line per distinct reason: every server behind one unreachable HAProxy says the
+        // same thing.
+        let mut seen = std::collections::BTreeSet::new();
+        for reason in unknown {
+            if seen.insert(reason) {
+                why.push(format!("{name}: {reason}"));
+            }
+        }
+    }
+    if why.is_empty() {
+        Ok(())
+    } else {
+        Err(why)
+    }
 }
 
 /// Reloads the TLS certificate, key and client CA (as SIGHUP does). Needs credentials. Open
@@ -39,4 +95,62 @@ pub async fn reload(
     })?;
     tracing::info!("TLS certificates reloaded");
     Ok(HttpResponse::Ok().json(json!({ "reloaded": true })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{ContainerObs, Observed};
+
+    #[test]
+    fn ready_once_every_service_passed_and_every_backend_answered() {
+        let seen = |containers: Vec<ContainerObs>| ServiceStatus {
+            last_reconcile_at: Some(chrono::Utc::now()),
+            observed: Observed {
+                containers,
+                ..Observed::default()
+            },
+            ..ServiceStatus::default()
+        };
+        let c = |state: ContainerState| ContainerObs {
+            name: "c".into(),
+            state,
+        };
+        let down = ContainerState::Unknown {
+            reason: "docker unix:///none.sock: unreachable".into(),
+        };
+        // (services with their status, if any; the answer)
+        type Case<'a> = (&'a [(&'a str, Option<ServiceStatus>)], Result<(), &'a str>);
+        let cases: &[Case<'_>] = &[
+            (&[("a", None)], Err("a: first reconcile pass not finished")),
+            (
+                &[("a", Some(ServiceStatus::default()))],
+                Err("a: first reconcile pass not finished"),
+            ),
+            (
+                &[("a", Some(seen(vec![c(ContainerState::Stopped)])))],
+                Ok(()),
+            ),
+            (
+                &[("a", Some(seen(vec![c(down.clone()), c(down.clone())])))],
+                Err("a: docker unix:///none.sock: unreachable"),
+            ),
+            (
+                &[("a", Some(seen(vec![]))), ("b", None)],
+                Err("b: first reconcile pass not finished"),
+            ),
+        ];
+        for (services, want) in cases {
+            let board: BTreeMap<String, ServiceStatus> = services
+                .iter()
+                .filter_map(|(n, s)| s.clone().map(|s| (n.to_string(), s)))
+                .collect();
+            let got = readiness(services.iter().map(|(n, _)| *n), &board);
+            match want {
+                Ok(()) => assert_eq!(got, Ok(()), "{services:?}"),
+                // One line per distinct reason.
+                Err(line) => assert_eq!(got, Err(vec![line.to_string()]), "{services:?}"),
+            }
+        }
+    }
 }

@@ -408,7 +408,7 @@ impl Responder {
             client: reqwest::Client::new(),
             _storage: storage,
         };
-        let ready = format!("{}/-/ready", r.url);
+        let ready = format!("{}/-/healthy", r.url);
         let deadline = Instant::now() + Duration::from_secs(15);
         let mut r = r;
         loop {
@@ -540,7 +540,7 @@ pub struct ResponderProc {
 
 impl ResponderProc {
     /// Starts `failover-responder serve` with `config` on a fresh loopback port; `env` adds
-    /// variables (e.g. a crash point). Waits until it answers /-/ready.
+    /// variables (e.g. a crash point). Waits until it answers /-/healthy.
     pub async fn start(config: &Path, storage: &Path, env: &[(&str, &str)]) -> ResponderProc {
         let port = free_port();
         let log = std::fs::OpenOptions::new()
@@ -561,7 +561,7 @@ impl ResponderProc {
         }
         let child = cmd.spawn().expect("spawn responder");
         let url = format!("http://127.0.0.1:{port}");
-        let ready = format!("{url}/-/ready");
+        let ready = format!("{url}/-/healthy");
         let mut p = ResponderProc {
             proc: Proc {
                 child,
