@@ -87,6 +87,39 @@ pub fn desired(
     onprem_healthy_since: Option<DateTime<Utc>>,
     now: DateTime<Utc>,
 ) -> Desired {
+    let d = decide(config, state, firing, onprem_healthy_since, now);
+    let scale = config.burst.as_ref().map(|b| {
+        let guard = burst::guard(&config.cost, b.ec2.is_some(), &state.usage, now);
+        burst::next(b.into(), overloaded(b, firing), &state.burst, guard, now)
+    });
+    Desired {
+        decision: d.decision,
+        effective: d.effective,
+        scale,
+    }
+}
+
+/// The mode part of a pass: the alerts' decision after overrides and damping, and the state
+/// with the mode moved. Decided (and recorded) before the world is observed, so a slow backend
+/// never delays recording a failover nor the hold-down that starts with it.
+#[derive(Debug, Clone)]
+pub struct Decided {
+    pub decision: Decision,
+    pub effective: Effective,
+    /// The mode change: (from, to).
+    pub transition: Option<(Mode, Mode)>,
+    /// `state` with the mode, since and transitions moved.
+    pub next_state: ServiceState,
+}
+
+/// Decides the mode for `state` with these alerts at `now`.
+pub fn decide(
+    config: &ServiceConfig,
+    state: &ServiceState,
+    firing: &[FiringAlert],
+    onprem_healthy_since: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> Decided {
     let decision = desired::decide(rules(config), firing);
     let effective = desired::effective(
         &decision,
@@ -100,37 +133,62 @@ pub fn desired(
         damping(config),
         now,
     );
-    let scale = config.burst.as_ref().map(|b| {
-        let guard = burst::guard(&config.cost, b.ec2.is_some(), &state.usage, now);
-        burst::next(b.into(), overloaded(b, firing), &state.burst, guard, now)
-    });
-    Desired {
-        decision,
-        effective,
-        scale,
-    }
-}
-
-/// One pass: decide, move the state, plan.
-pub fn pass(config: &ServiceConfig, input: Input<'_>) -> Pass {
-    let now = input.now;
-    let mut next = input.state.clone();
-    // The units running now feed the cost guard the burst count is decided under.
-    next.usage
-        .observe(&running_units(input.observed, input.units), now);
-    let desired = desired(config, &next, input.firing, input.onprem_healthy_since, now);
-    let eff = &desired.effective;
-    let transition = (eff.mode != next.mode).then_some((next.mode, eff.mode));
+    let mut next = state.clone();
+    let transition = (effective.mode != next.mode).then_some((next.mode, effective.mode));
     if transition.is_some() {
-        next.mode = eff.mode;
+        next.mode = effective.mode;
         next.since = now;
         let hour_ago = now - chrono::Duration::hours(1);
         next.transitions.retain(|t| *t > hour_ago);
         next.transitions.push(now);
     }
-    if let Some(sc) = &desired.scale {
+    Decided {
+        decision,
+        effective,
+        transition,
+        next_state: next,
+    }
+}
+
+/// One whole pass on a snapshot: [`decide`], then [`finish`] with what was observed. The plan
+/// preview runs this; the reconciler runs the two halves with the observation between them.
+pub fn pass(config: &ServiceConfig, input: Input<'_>) -> Pass {
+    let decided = decide(
+        config,
+        input.state,
+        input.firing,
+        input.onprem_healthy_since,
+        input.now,
+    );
+    finish(config, decided, &input)
+}
+
+/// The rest of a pass once the world is observed: the units running (for the cost guard), the
+/// burst count, and the plan. `input.state` is not read: `decided` carries the state.
+pub fn finish(config: &ServiceConfig, decided: Decided, input: &Input<'_>) -> Pass {
+    let now = input.now;
+    let mut next = decided.next_state;
+    // The units running now feed the cost guard the burst count is decided under.
+    next.usage
+        .observe(&running_units(input.observed, input.units), now);
+    let scale = config.burst.as_ref().map(|b| {
+        let guard = burst::guard(&config.cost, b.ec2.is_some(), &next.usage, now);
+        burst::next(
+            b.into(),
+            overloaded(b, input.firing),
+            &next.burst,
+            guard,
+            now,
+        )
+    });
+    if let Some(sc) = &scale {
         next.burst = sc.state.clone();
     }
+    let desired = Desired {
+        decision: decided.decision,
+        effective: decided.effective,
+        scale,
+    };
     let target = desired.target();
     let mut plan = plan::plan(target.mode, input.observed, config.standby);
     let burst_from = plan.steps.len();
@@ -140,7 +198,7 @@ pub fn pass(config: &ServiceConfig, input: Input<'_>) -> Pass {
         plan.extend(plan::plan_burst(n, &units, b.haproxy.weight));
     }
     let recheck_after = match (
-        eff.recheck_after,
+        desired.effective.recheck_after,
         desired.scale.as_ref().and_then(|s| s.recheck_after),
     ) {
         (Some(a), Some(b)) => Some(a.min(b)),
@@ -148,7 +206,7 @@ pub fn pass(config: &ServiceConfig, input: Input<'_>) -> Pass {
     };
     Pass {
         desired,
-        transition,
+        transition: decided.transition,
         next_state: next,
         plan,
         burst_from,
@@ -209,11 +267,20 @@ fn running_units(observed: &Observed, units: &[UnitObs]) -> Vec<(String, UnitKin
     out
 }
 
+/// The reason an instance unit the pool lacks is shown with (an EC2 error is shown otherwise).
+const POOL_SHORT: &str = "the pool has only ";
+
 /// An instance unit the pool has no instance for cannot come up: say so, rather than wait
-/// for an address that will never be known.
+/// for an address that will never be known. Idempotent: units already explained (the status
+/// board keeps them so, and the plan preview plans on them again) are explained anew.
 fn explain_missing_instances(b: &BurstConfig, target: u32, units: &mut [UnitObs]) {
     if b.ec2.is_none() {
         return;
+    }
+    for u in units.iter_mut() {
+        u.observed.instances.retain(|i| {
+            !matches!(&i.state, InstanceState::Unknown { reason } if reason.starts_with(POOL_SHORT))
+        });
     }
     let pool = units
         .iter()
@@ -224,7 +291,7 @@ fn explain_missing_instances(b: &BurstConfig, target: u32, units: &mut [UnitObs]
             u.observed.instances.push(InstanceObs {
                 id: format!("for burst unit {}", u.index),
                 state: InstanceState::Unknown {
-                    reason: format!("the pool has only {pool} instance(s)"),
+                    reason: format!("{POOL_SHORT}{pool} instance(s)"),
                 },
                 private_ip: None,
             });

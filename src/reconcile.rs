@@ -330,19 +330,27 @@ fn superseded(svc: &ServiceRuntime, ctx: &Context, target: Target) -> bool {
     d.effective.mode != target.mode || d.effective.paused || d.target().burst != target.burst
 }
 
-/// One pass: observe, decide (pure, [`pass::pass`]), persist and record, execute.
+/// One pass: decide the mode and record it, observe, finish the pass (pure, [`pass`]), record,
+/// execute.
 pub async fn reconcile_once(svc: &ServiceRuntime, ctx: &Context) -> Result<PassOutcome, PassError> {
     let state = state_of(svc, ctx);
     if state.mode == Mode::Cloud {
         svc.probe_onprem().await;
     }
-    let (observed, units) = tokio::join!(observe(svc, ctx), observe_units(svc));
     let firing = ctx.store.firing();
+    // The pass's one clock reading.
     let now = Utc::now();
-    let p = pass::pass(
+    let decided = pass::decide(&svc.config, &state, &firing, svc.healthy_since(), now);
+    // Recorded before observing: a slow backend must not delay a failover's record (nor the
+    // hold-down that counts from it).
+    record_transition(svc, ctx, &state, &decided).await?;
+    let decided_state = decided.next_state.clone();
+    let (observed, units) = tokio::join!(observe(svc, ctx), observe_units(svc));
+    let p = pass::finish(
         &svc.config,
-        pass::Input {
-            state: &state,
+        decided,
+        &pass::Input {
+            state: &decided_state,
             firing: &firing,
             observed: &observed,
             units: &units,
@@ -350,7 +358,7 @@ pub async fn reconcile_once(svc: &ServiceRuntime, ctx: &Context) -> Result<PassO
             now,
         },
     );
-    record_decision(svc, ctx, &state, &p, &firing).await?;
+    record_scale(svc, ctx, &decided_state, &p, &firing).await?;
     let blocked_before = ctx.store.blocked(&svc.name);
     record_pass(svc, ctx, &p.desired, &observed, &p.plan);
     record_burst(svc, ctx, &p, &firing, now);
@@ -471,18 +479,16 @@ async fn run_steps(
     Ok(PassOutcome::Progress)
 }
 
-/// Persists the state the pass moved to and says what changed, once: the mode (event, log,
-/// metric), the burst count, and when the flap cap or the cost guard starts holding.
-async fn record_decision(
+/// Persists a mode change and says it, once: the event, the log line, the metric; and says once
+/// when the flap cap starts holding the service in cloud.
+async fn record_transition(
     svc: &ServiceRuntime,
     ctx: &Context,
     before: &ServiceState,
-    p: &Pass,
-    firing: &[FiringAlert],
+    d: &pass::Decided,
 ) -> Result<(), crate::store::StoreError> {
-    let (decision, eff) = (&p.desired.decision, &p.desired.effective);
+    let (decision, eff) = (&d.decision, &d.effective);
     let m = ctx.metrics.service(&svc.name);
-    // Said once when the cap starts holding the service in cloud, not on every pass.
     let was_capped = m.transitions_capped.get() != 0;
     m.transitions_capped.set(i64::from(eff.capped));
     if eff.capped && !was_capped {
@@ -496,32 +502,48 @@ async fn record_decision(
             )
             .await?;
     }
-    if p.transition.is_some() {
-        // Unconverged first, then the new mode: the status never pairs the new mode with
-        // the previous pass's "converged".
-        ctx.store.mark_unconverged(&svc.name);
+    let Some((from, to)) = d.transition else {
+        return Ok(());
+    };
+    // Unconverged first, then the new mode: the status never pairs the new mode with the
+    // previous pass's "converged".
+    ctx.store.mark_unconverged(&svc.name);
+    if d.next_state != *before {
+        ctx.store
+            .set_service(&svc.name, d.next_state.clone())
+            .await?;
     }
+    let alerts = match to {
+        Mode::Cloud => decision.failover_alerts.clone(),
+        Mode::Onprem => decision.failback_alerts.clone(),
+    };
+    let why = eff.held.clone().unwrap_or_else(|| decision.reason.clone());
+    info!(service = %svc.name, from = from.as_str(), to = to.as_str(), reason = %why, "mode change");
+    ctx.store
+        .event(
+            &svc.name,
+            "decision",
+            format!("{} -> {}: {why}", from.as_str(), to.as_str()),
+            alerts,
+        )
+        .await?;
+    ctx.metrics.transition(&svc.name, to);
+    Ok(())
+}
+
+/// Persists what observing moved (units running, the burst count) and says once each when the
+/// burst count changes and when the cost guard starts holding it.
+async fn record_scale(
+    svc: &ServiceRuntime,
+    ctx: &Context,
+    before: &ServiceState,
+    p: &Pass,
+    firing: &[FiringAlert],
+) -> Result<(), crate::store::StoreError> {
     if p.next_state != *before {
         ctx.store
             .set_service(&svc.name, p.next_state.clone())
             .await?;
-    }
-    if let Some((from, to)) = p.transition {
-        let alerts = match to {
-            Mode::Cloud => decision.failover_alerts.clone(),
-            Mode::Onprem => decision.failback_alerts.clone(),
-        };
-        let why = eff.held.clone().unwrap_or_else(|| decision.reason.clone());
-        info!(service = %svc.name, from = from.as_str(), to = to.as_str(), reason = %why, "mode change");
-        ctx.store
-            .event(
-                &svc.name,
-                "decision",
-                format!("{} -> {}: {why}", from.as_str(), to.as_str()),
-                alerts,
-            )
-            .await?;
-        ctx.metrics.transition(&svc.name, to);
     }
     let (Some(sc), Some(b)) = (&p.desired.scale, &svc.config.burst) else {
         return Ok(());
@@ -1127,7 +1149,7 @@ async fn wait(
             })
             .await?;
             polled.or_else(|left| {
-                warn!(service = %svc.name, sessions = %left.join(", "), "drain timeout passed; closing anyway");
+                warn!(service = %svc.name, servers = %left.join(", "), "drain timeout passed; closing anyway");
                 Ok(StepDone::DrainTimedOut)
             })
         }
