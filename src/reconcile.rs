@@ -391,8 +391,20 @@ pub async fn reconcile_once(svc: &ServiceRuntime, ctx: &Context) -> Result<PassO
             after: ctx.settings.interval,
         });
     }
+    record_plan(svc, ctx, &p, &steps_text).await?;
+    run_steps(svc, ctx, &p, state).await
+}
+
+/// Says what a pass is about to execute: the log line and the `plan` event, with the alerts
+/// behind it.
+async fn record_plan(
+    svc: &ServiceRuntime,
+    ctx: &Context,
+    p: &Pass,
+    steps_text: &str,
+) -> Result<(), crate::store::StoreError> {
+    let (decision, eff) = (&p.desired.decision, &p.desired.effective);
     let target = p.desired.target();
-    let decision = &p.desired.decision;
     let burst_text = target
         .burst
         .map(|n| format!(", burst {n} unit(s)"))
@@ -414,8 +426,8 @@ pub async fn reconcile_once(svc: &ServiceRuntime, ctx: &Context) -> Result<PassO
                 .cloned()
                 .collect(),
         )
-        .await?;
-    run_steps(svc, ctx, &p, state).await
+        .await
+        .map(|_| ())
 }
 
 /// Runs the plan's steps in order, each recorded before it runs (so a crash is known at
