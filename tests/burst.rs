@@ -279,6 +279,25 @@ async fn overload_grows_to_max_in_steps_and_shrinks_after_cooldown_with_drain() 
         |open, running| open.is_empty() && running.is_empty(),
     )
     .await;
+    // Docker shows the last unit stopped a moment before the responder records that step.
+    let last_stop = format!("stop {}-1", s.prefix);
+    eventually(
+        "the last stop recorded",
+        Duration::from_secs(10),
+        || async {
+            r.events("service=onprem-api")
+                .await
+                .iter()
+                .any(|e| {
+                    e["kind"] == "step"
+                        && e["message"]
+                            .as_str()
+                            .is_some_and(|m| m.starts_with(&last_stop))
+                })
+                .then_some(())
+        },
+    )
+    .await;
     let all = s.scale_events().await;
     let downs: Vec<_> = all[3..].to_vec();
     assert_eq!(
