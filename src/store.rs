@@ -46,17 +46,39 @@ const QUEUE: usize = 16_384;
 
 pub use crate::config::Retention;
 
-/// Why the store could not do what was asked.
+/// Why the store could not do what was asked. Cheap to clone (one failed batch answers every
+/// request in it); the cause is kept whole as the error's `source`.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
-    #[error("cannot open storage at {path}: {message}")]
-    Open { path: String, message: String },
+    #[error("cannot open storage at {path}: {source}")]
+    Open {
+        path: String,
+        #[source]
+        source: Arc<DbError>,
+    },
     #[error("storage write failed: {0}")]
-    Write(String),
+    Write(#[source] Arc<DbError>),
     #[error("storage read failed: {0}")]
-    Read(String),
+    Read(#[source] Arc<DbError>),
     #[error("storage writer has stopped")]
     Closed,
+}
+
+/// What failed underneath the store.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error(transparent)]
+    Redb(#[from] redb::Error),
+    /// A record that would not serialize (never expected: every record is plain data).
+    #[error("encoding a record: {0}")]
+    Encode(#[from] serde_json::Error),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// A redb error of any kind as a [`DbError`].
+fn db(e: impl Into<redb::Error>) -> DbError {
+    DbError::Redb(e.into())
 }
 
 /// A firing alert and where it came from.
@@ -337,15 +359,16 @@ impl Store {
     /// Opens (or creates) the database in `dir` and loads what it holds. Must be called from
     /// within a tokio runtime (the writer answers through tokio channels).
     pub fn open(dir: &Path, retention: Retention) -> Result<Store, StoreError> {
-        let open_err = |m: String| StoreError::Open {
+        let open_err = |e: DbError| StoreError::Open {
             path: dir.display().to_string(),
-            message: m,
+            source: Arc::new(e),
         };
-        std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
+        std::fs::create_dir_all(dir).map_err(|e| open_err(e.into()))?;
         let path = dir.join("failover-responder.redb");
-        let db = open_db(&path).map_err(|e| open_err(e.to_string()))?;
+        let database = open_db(&path).map_err(|e| open_err(db(e)))?;
         let mut mem = Mem::default();
-        let (next_seq, next_event) = load(&db, &mut mem).map_err(open_err)?;
+        let (next_seq, next_event) = load(&database, &mut mem).map_err(open_err)?;
+        let db = database;
         let db = Arc::new(db);
         let mem = Arc::new(RwLock::new(mem));
         let (tx, rx) = mpsc::channel(QUEUE);
@@ -360,7 +383,7 @@ impl Store {
         let handle = std::thread::Builder::new()
             .name("store-writer".into())
             .spawn(move || writer.run(rx))
-            .map_err(|e| open_err(format!("starting the writer: {e}")))?;
+            .map_err(|e| open_err(e.into()))?;
         Ok(Store {
             mem,
             tx,
@@ -652,17 +675,17 @@ impl Store {
         since_time: Option<DateTime<Utc>>,
         limit: usize,
     ) -> Result<Vec<Event>, StoreError> {
-        let rerr = |e: String| StoreError::Read(e);
-        let txn = self.db.begin_read().map_err(|e| rerr(e.to_string()))?;
+        let rerr = |e: DbError| StoreError::Read(Arc::new(e));
+        let txn = self.db.begin_read().map_err(|e| rerr(db(e)))?;
         let table = match txn.open_table(EVENTS) {
             Ok(t) => t,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(rerr(e.to_string())),
+            Err(e) => return Err(rerr(db(e))),
         };
         let start = since_id.map_or(0, |id| id.saturating_add(1));
         let mut out = Vec::new();
-        for item in table.range(start..).map_err(|e| rerr(e.to_string()))? {
-            let (_, v) = item.map_err(|e| rerr(e.to_string()))?;
+        for item in table.range(start..).map_err(|e| rerr(db(e)))? {
+            let (_, v) = item.map_err(|e| rerr(db(e)))?;
             let Ok(ev) = serde_json::from_slice::<Event>(v.value()) else {
                 continue;
             };
@@ -697,34 +720,30 @@ fn open_db(path: &Path) -> Result<Database, redb::DatabaseError> {
 }
 
 /// Loads the tables into memory; returns the next journal and event ids.
-fn load(db: &Database, mem: &mut Mem) -> Result<(u64, u64), String> {
-    let e = |e: &dyn std::fmt::Display| e.to_string();
+fn load(database: &Database, mem: &mut Mem) -> Result<(u64, u64), DbError> {
     // Create every table up front, so readers never meet a missing one.
-    let txn = db.begin_write().map_err(|x| e(&x))?;
+    let txn = database.begin_write().map_err(db)?;
     {
-        txn.open_table(JOURNAL).map_err(|x| e(&x))?;
-        txn.open_table(FIRING).map_err(|x| e(&x))?;
-        txn.open_table(TOMBSTONES).map_err(|x| e(&x))?;
-        txn.open_table(SERVICES).map_err(|x| e(&x))?;
-        txn.open_table(EVENTS).map_err(|x| e(&x))?;
+        txn.open_table(JOURNAL).map_err(db)?;
+        txn.open_table(FIRING).map_err(db)?;
+        txn.open_table(TOMBSTONES).map_err(db)?;
+        txn.open_table(SERVICES).map_err(db)?;
+        txn.open_table(EVENTS).map_err(db)?;
     }
-    txn.commit().map_err(|x| e(&x))?;
+    txn.commit().map_err(db)?;
 
-    let txn = db.begin_read().map_err(|x| e(&x))?;
+    let txn = database.begin_read().map_err(db)?;
     mem.firing = load_map(&txn, FIRING)?;
     mem.tombstones = load_map(&txn, TOMBSTONES)?;
     mem.services = load_map(&txn, SERVICES)?;
-    let journal = txn.open_table(JOURNAL).map_err(|x| e(&x))?;
-    mem.journal_len = journal.len().map_err(|x| e(&x))?;
+    let journal = txn.open_table(JOURNAL).map_err(db)?;
+    mem.journal_len = journal.len().map_err(db)?;
     let next_seq = journal
         .last()
-        .map_err(|x| e(&x))?
+        .map_err(db)?
         .map_or(1, |(k, _)| k.value() + 1);
-    let events = txn.open_table(EVENTS).map_err(|x| e(&x))?;
-    let next_event = events
-        .last()
-        .map_err(|x| e(&x))?
-        .map_or(1, |(k, _)| k.value() + 1);
+    let events = txn.open_table(EVENTS).map_err(db)?;
+    let next_event = events.last().map_err(db)?.map_or(1, |(k, _)| k.value() + 1);
     Ok((next_seq, next_event))
 }
 
@@ -733,11 +752,11 @@ fn load(db: &Database, mem: &mut Mem) -> Result<(u64, u64), String> {
 fn load_map<T: serde::de::DeserializeOwned>(
     txn: &redb::ReadTransaction,
     table: TableDefinition<&str, &[u8]>,
-) -> Result<BTreeMap<String, T>, String> {
-    let t = txn.open_table(table).map_err(|e| e.to_string())?;
+) -> Result<BTreeMap<String, T>, DbError> {
+    let t = txn.open_table(table).map_err(db)?;
     let mut out = BTreeMap::new();
-    for item in t.iter().map_err(|e| e.to_string())? {
-        let (k, v) = item.map_err(|e| e.to_string())?;
+    for item in t.iter().map_err(db)? {
+        let (k, v) = item.map_err(db)?;
         if let Ok(value) = serde_json::from_slice::<T>(v.value()) {
             out.insert(k.value().to_string(), value);
         }
@@ -801,11 +820,6 @@ impl Reply {
     }
 }
 
-/// A storage error as the writer reports it (the batch is refused with it).
-fn err(e: impl std::fmt::Display) -> String {
-    e.to_string()
-}
-
 /// One batch's transaction: its open tables, the committed memory it reads, and what it
 /// stages for memory (applied only after the commit).
 struct Batch<'a, 't> {
@@ -821,7 +835,7 @@ struct Batch<'a, 't> {
 
 impl Batch<'_, '_> {
     /// Applies one request; returns how to answer it once the batch commits.
-    fn apply(&mut self, op: Op) -> Result<Reply, String> {
+    fn apply(&mut self, op: Op) -> Result<Reply, DbError> {
         Ok(match op {
             Op::Record {
                 n,
@@ -887,11 +901,11 @@ impl Batch<'_, '_> {
         raw: &[u8],
         relevant: &[bool],
         at: DateTime<Utc>,
-    ) -> Result<RecordOutcome, String> {
+    ) -> Result<RecordOutcome, DbError> {
         let seq = self.writer.next_seq;
         self.writer.next_seq += 1;
-        let entry = journal_entry(at, raw).map_err(err)?;
-        self.journal.insert(seq, entry.as_slice()).map_err(err)?;
+        let entry = journal_entry(at, raw)?;
+        self.journal.insert(seq, entry.as_slice()).map_err(db)?;
         self.st.journal_added += 1;
         self.writer.since_prune += 1;
         let mut changed = false;
@@ -922,7 +936,7 @@ impl Batch<'_, '_> {
         n: &Notification,
         a: &crate::alert::Alert,
         at: DateTime<Utc>,
-    ) -> Result<bool, String> {
+    ) -> Result<bool, DbError> {
         let fp = a.fingerprint.as_str();
         let prev = self.alert(fp);
         let held = Held {
@@ -944,15 +958,15 @@ impl Batch<'_, '_> {
                 // rewritten on disk (after a restart the resync from Alertmanager is the
                 // fresher word anyway).
                 if differs {
-                    let bytes = serde_json::to_vec(&new).map_err(err)?;
-                    self.firing.insert(fp, bytes.as_slice()).map_err(err)?;
+                    let bytes = serde_json::to_vec(&new)?;
+                    self.firing.insert(fp, bytes.as_slice()).map_err(db)?;
                 }
                 self.st.firing.insert(fp.to_string(), Some(new));
                 Ok(differs)
             }
             Verdict::Resolve(r) => {
                 if prev.is_some() {
-                    self.firing.remove(fp).map_err(err)?;
+                    self.firing.remove(fp).map_err(db)?;
                     self.st.firing.insert(fp.to_string(), None);
                 }
                 let t = Tombstone {
@@ -960,8 +974,8 @@ impl Batch<'_, '_> {
                     ends_at: r.ends_at,
                     resolved_at: at,
                 };
-                let bytes = serde_json::to_vec(&t).map_err(err)?;
-                self.tombs.insert(fp, bytes.as_slice()).map_err(err)?;
+                let bytes = serde_json::to_vec(&t)?;
+                self.tombs.insert(fp, bytes.as_slice()).map_err(db)?;
                 self.st.tombstones.insert(fp.to_string(), Some(t));
                 Ok(prev.is_some())
             }
@@ -980,7 +994,7 @@ impl Batch<'_, '_> {
         alerts: Vec<StoredAlert>,
         still_active: &std::collections::BTreeSet<String>,
         fetched_at: DateTime<Utc>,
-    ) -> Result<bool, String> {
+    ) -> Result<bool, DbError> {
         let mut changed = false;
         let incoming: BTreeMap<String, StoredAlert> = alerts
             .into_iter()
@@ -1001,7 +1015,7 @@ impl Batch<'_, '_> {
                 && a.received_at <= fetched_at
             {
                 changed = true;
-                self.firing.remove(fp.as_str()).map_err(err)?;
+                self.firing.remove(fp.as_str()).map_err(db)?;
                 self.st.firing.insert(fp.clone(), None);
             }
         }
@@ -1017,10 +1031,10 @@ impl Batch<'_, '_> {
                 continue;
             }
             changed = true;
-            let bytes = serde_json::to_vec(&a).map_err(err)?;
+            let bytes = serde_json::to_vec(&a)?;
             self.firing
                 .insert(fp.as_str(), bytes.as_slice())
-                .map_err(err)?;
+                .map_err(db)?;
             self.st.firing.insert(fp, Some(a));
         }
         Ok(changed)
@@ -1029,7 +1043,7 @@ impl Batch<'_, '_> {
     /// Bounds the tombstones: drops the oldest resolutions, long past any retry, but never
     /// that of an alert firing again (it tells a late copy of the resolution already applied
     /// from a new one, see the incarnation rules).
-    fn bound_tombstones(&mut self) -> Result<(), String> {
+    fn bound_tombstones(&mut self) -> Result<(), DbError> {
         let total =
             self.mem.tombstones.len() + self.st.tombstones.values().filter(|t| t.is_some()).count();
         if total <= MAX_TOMBSTONES {
@@ -1045,7 +1059,7 @@ impl Batch<'_, '_> {
         all.sort_by_key(|(_, t)| *t);
         for (k, _) in all.into_iter().take(total - MAX_TOMBSTONES) {
             if let std::collections::btree_map::Entry::Vacant(slot) = self.st.tombstones.entry(k) {
-                self.tombs.remove(slot.key().as_str()).map_err(err)?;
+                self.tombs.remove(slot.key().as_str()).map_err(db)?;
                 slot.insert(None);
             }
         }
@@ -1059,7 +1073,7 @@ impl Batch<'_, '_> {
         kind: String,
         message: String,
         alerts: Vec<String>,
-    ) -> Result<u64, String> {
+    ) -> Result<u64, DbError> {
         let id = self.writer.next_event;
         self.writer.next_event += 1;
         self.writer.since_prune += 1;
@@ -1071,17 +1085,17 @@ impl Batch<'_, '_> {
             message,
             alerts,
         };
-        let bytes = serde_json::to_vec(&ev).map_err(err)?;
-        self.events.insert(id, bytes.as_slice()).map_err(err)?;
+        let bytes = serde_json::to_vec(&ev)?;
+        self.events.insert(id, bytes.as_slice()).map_err(db)?;
         Ok(id)
     }
 
     /// Writes a service's state and stages it for memory.
-    fn put_service(&mut self, name: String, state: ServiceState) -> Result<(), String> {
-        let bytes = serde_json::to_vec(&state).map_err(err)?;
+    fn put_service(&mut self, name: String, state: ServiceState) -> Result<(), DbError> {
+        let bytes = serde_json::to_vec(&state)?;
         self.services
             .insert(name.as_str(), bytes.as_slice())
-            .map_err(err)?;
+            .map_err(db)?;
         self.st.services.insert(name, state);
         Ok(())
     }
@@ -1169,7 +1183,7 @@ impl Writer {
                 tracing::error!(error = %e, "storage write failed; the batch is refused");
                 self.next_seq = seq0;
                 self.next_event = ev0;
-                let err = StoreError::Write(e);
+                let err = StoreError::Write(Arc::new(e));
                 replies.into_iter().for_each(|r| r.fail(err.clone()));
             }
         }
@@ -1180,17 +1194,17 @@ impl Writer {
         batch: Vec<Op>,
         st: &mut Staged,
         replies: &mut Vec<Reply>,
-    ) -> Result<(), String> {
-        let txn = self.db.begin_write().map_err(err)?;
+    ) -> Result<(), DbError> {
+        let txn = self.db.begin_write().map_err(db)?;
         {
             let mem = self.mem.clone();
             let mem = mem.read().unwrap_or_else(|e| e.into_inner());
             let mut b = Batch {
-                journal: txn.open_table(JOURNAL).map_err(err)?,
-                firing: txn.open_table(FIRING).map_err(err)?,
-                tombs: txn.open_table(TOMBSTONES).map_err(err)?,
-                services: txn.open_table(SERVICES).map_err(err)?,
-                events: txn.open_table(EVENTS).map_err(err)?,
+                journal: txn.open_table(JOURNAL).map_err(db)?,
+                firing: txn.open_table(FIRING).map_err(db)?,
+                tombs: txn.open_table(TOMBSTONES).map_err(db)?,
+                services: txn.open_table(SERVICES).map_err(db)?,
+                events: txn.open_table(EVENTS).map_err(db)?,
                 mem: &mem,
                 st,
                 writer: self,
@@ -1203,36 +1217,35 @@ impl Writer {
             // ones arrive, so a full journal costs neither an extra commit nor a burst of
             // deletions later (the age bound is applied by `prune`).
             let max = b.writer.retention.journal_max_entries;
-            b.st.journal_removed += prune_table(&mut b.journal, max, |_| false).map_err(err)?;
+            b.st.journal_removed += prune_table(&mut b.journal, max, |_| false).map_err(db)?;
         }
-        txn.commit().map_err(err)
+        txn.commit().map_err(db)
     }
 
     /// Drops journal entries and events past their count or age limits.
-    fn prune(&mut self) -> Result<(), String> {
-        let e = |e: &dyn std::fmt::Display| e.to_string();
+    fn prune(&mut self) -> Result<(), DbError> {
         let now = Utc::now();
         let r = &self.retention;
         let journal_cut =
             now - chrono::Duration::from_std(r.journal_max_age).unwrap_or(chrono::Duration::MAX);
         let events_cut =
             now - chrono::Duration::from_std(r.events_max_age).unwrap_or(chrono::Duration::MAX);
-        let txn = self.db.begin_write().map_err(|x| e(&x))?;
+        let txn = self.db.begin_write().map_err(db)?;
         let removed;
         {
-            let mut journal = txn.open_table(JOURNAL).map_err(|x| e(&x))?;
+            let mut journal = txn.open_table(JOURNAL).map_err(db)?;
             removed = prune_table(&mut journal, r.journal_max_entries, |v| {
                 serde_json::from_slice::<JournalHead>(v)
                     .map_or(true, |h| h.received_at < journal_cut)
             })
-            .map_err(|x| e(&x))?;
-            let mut events = txn.open_table(EVENTS).map_err(|x| e(&x))?;
+            .map_err(db)?;
+            let mut events = txn.open_table(EVENTS).map_err(db)?;
             prune_table(&mut events, r.events_max_entries, |v| {
                 serde_json::from_slice::<EventHead>(v).map_or(true, |h| h.at < events_cut)
             })
-            .map_err(|x| e(&x))?;
+            .map_err(db)?;
         }
-        txn.commit().map_err(|x| e(&x))?;
+        txn.commit().map_err(db)?;
         let mut m = self.mem.write().unwrap_or_else(|e| e.into_inner());
         m.journal_len = m.journal_len.saturating_sub(removed);
         Ok(())
