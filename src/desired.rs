@@ -50,7 +50,7 @@ pub struct Rules<'a> {
 }
 
 /// The desired mode and why, with the fingerprints of the alerts behind it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Decision {
     pub mode: Mode,
     pub reason: String,

@@ -19,7 +19,7 @@ use serde::Serialize;
 use crate::desired::Mode;
 
 /// A container as observed through the Docker Engine API.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum ContainerState {
     /// The engine could not be asked.
@@ -70,7 +70,7 @@ impl ContainerState {
 
 /// Health of a running container: Docker's HEALTHCHECK status, else the configured
 /// `health_url`, else "running" counts as healthy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Health {
     Healthy,
@@ -89,7 +89,7 @@ impl Health {
 }
 
 /// A cloud server's admin state in one HAProxy, from `show servers state`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum ServerState {
     /// That HAProxy's Runtime API could not be asked.
@@ -123,7 +123,7 @@ impl AdminState {
 }
 
 /// One server in one HAProxy.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize)]
 pub struct ServerRef {
     /// The Runtime API address, as configured.
     pub api: String,
@@ -137,14 +137,14 @@ impl fmt::Display for ServerRef {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct ContainerObs {
     pub name: String,
     #[serde(flatten)]
     pub state: ContainerState,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct ServerObs {
     #[serde(flatten)]
     pub target: ServerRef,
@@ -167,7 +167,7 @@ pub struct ServerObs {
 }
 
 /// An instance's state as the planner sees it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum InstanceState {
     Unknown {
@@ -181,7 +181,7 @@ pub enum InstanceState {
     Gone,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct InstanceObs {
     pub id: String,
     #[serde(flatten)]
@@ -192,12 +192,12 @@ pub struct InstanceObs {
 }
 
 /// Everything observed about one service.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Observed {
     pub containers: Vec<ContainerObs>,
     pub servers: Vec<ServerObs>,
     /// EC2 instances carrying the containers (empty without `ec2`).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub instances: Vec<InstanceObs>,
 }
 
@@ -714,7 +714,7 @@ fn stop_containers(o: &Observed, still_open: bool, p: &mut Plan) {
 }
 
 /// One burst unit as observed: its container or instance, and its slot on every HAProxy.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct UnitObs {
     /// 1-based: unit `i` uses slot `<prefix><i>`.
     pub index: u32,

@@ -778,8 +778,8 @@ async fn record_step(
         StepRecord {
             at: Utc::now(),
             step: step.to_string(),
-            action: step.action(),
-            outcome,
+            action: step.action().to_string(),
+            outcome: outcome.to_string(),
             duration_ms: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
             error,
         },

@@ -134,7 +134,7 @@ impl Tombstone {
 }
 
 /// Summary of one accepted notification.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NotificationRecord {
     pub seq: u64,
     pub received_at: DateTime<Utc>,
@@ -193,19 +193,19 @@ impl ServiceState {
 }
 
 /// One step the reconciler ran, with its outcome (status only, not persisted).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StepRecord {
     pub at: DateTime<Utc>,
     pub step: String,
-    pub action: &'static str,
-    pub outcome: &'static str,
+    pub action: String,
+    pub outcome: String,
     pub duration_ms: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
 
 /// What the status API shows about one service beyond its persisted state.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ServiceStatus {
     pub desired: Option<Decision>,
     pub observed: Observed,
@@ -230,7 +230,7 @@ pub struct ServiceStatus {
 }
 
 /// The burst part of a service's status.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct BurstStatus {
     /// Units that should be up and open now.
     pub target: u32,
@@ -247,7 +247,7 @@ pub struct BurstStatus {
 }
 
 /// The cost part of a service's status.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct CostStatus {
     /// Running units by name, with since when.
     pub running: std::collections::BTreeMap<String, crate::burst::Running>,
@@ -275,7 +275,7 @@ pub struct Event {
 }
 
 /// Result of the last Alertmanager resync.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ResyncStatus {
     pub last_attempt: Option<DateTime<Utc>>,
     pub last_success: Option<DateTime<Utc>>,

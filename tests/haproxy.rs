@@ -28,17 +28,6 @@ fn unresolvable(cfg: &str, cloud_port: u16) -> String {
     )
 }
 
-fn blocked(st: &Value) -> Vec<String> {
-    st["services"]["onprem-api"]["blocked"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|v| v.as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 fn count(events: &[Value], kind: &str) -> usize {
     events.iter().filter(|e| e["kind"] == kind).count()
 }
@@ -60,19 +49,18 @@ async fn a_server_in_dns_maintenance_blocks_the_failover_once_and_loudly() {
     let now = chrono::Utc::now();
     assert_eq!(r.post_alerts(&down_body(now, None)).await.status(), 202);
     // The container comes up; the server cannot open: the status says why.
-    let st = eventually("blocked in status", Duration::from_secs(60), || async {
-        let st = r.status().await;
-        (!blocked(&st).is_empty()).then_some(st)
+    let svc = eventually("blocked in status", Duration::from_secs(60), || async {
+        let svc = r.service_view("onprem-api").await;
+        (!svc.status.blocked.is_empty()).then_some(svc)
     })
     .await;
-    let why = blocked(&st).join("; ");
+    let why = svc.status.blocked.join("; ");
     assert!(why.contains("cloud1") && why.contains("RMAINT"), "{why}");
     assert!(
         why.contains("DNS name"),
         "the message says what to do: {why}"
     );
-    let svc = &st["services"]["onprem-api"];
-    assert_eq!(svc["converged"], false, "{svc:#}");
+    assert!(!svc.status.converged, "{svc:#?}");
     assert_eq!(
         metric(
             &r.metrics().await,
@@ -106,9 +94,8 @@ async fn a_server_in_dns_maintenance_blocks_the_failover_once_and_loudly() {
         "failover completes once unblocked",
         Duration::from_secs(60),
         || async {
-            let st = r.status().await;
-            let svc = &st["services"]["onprem-api"];
-            (svc["converged"] == true && world.is("cloud").await).then_some(())
+            let svc = r.service_view("onprem-api").await;
+            (svc.status.converged && world.is("cloud").await).then_some(())
         },
     )
     .await;
@@ -139,12 +126,11 @@ async fn a_socket_at_level_operator_shows_as_refusing_not_up_and_fine() {
             .status(),
         202
     );
-    let st = eventually("blocked in status", Duration::from_secs(60), || async {
-        let st = r.status().await;
-        (!blocked(&st).is_empty()).then_some(st)
+    let why = eventually("blocked in status", Duration::from_secs(60), || async {
+        let blocked = r.service_view("onprem-api").await.status.blocked;
+        (!blocked.is_empty()).then(|| blocked.join("; "))
     })
     .await;
-    let why = blocked(&st).join("; ");
     assert!(
         why.contains("level operator") && why.contains("level admin"),
         "{why}"

@@ -1,12 +1,36 @@
 //! Read-only API: `GET /api/v1/status` and `GET /api/v1/events`.
 
+use std::collections::BTreeMap;
+
 use actix_web::{web, HttpResponse};
 use chrono::{DateTime, Utc};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::error::ApiError;
 use super::AppState;
+use crate::store::{NotificationRecord, ResyncStatus, ServiceState, ServiceStatus, StoredAlert};
+
+/// `GET /api/v1/status`: per service, what [`ServiceStatus`] holds plus the firing alerts behind
+/// it and its persisted state; the last notifications; the journal's size; the last resync.
+/// Deserializable, so clients (and the tests) read it typed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatusDoc {
+    pub services: BTreeMap<String, ServiceView>,
+    pub notifications: Vec<NotificationRecord>,
+    pub journal_entries: u64,
+    pub alertmanager_resync: ResyncStatus,
+}
+
+/// One service in [`StatusDoc`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServiceView {
+    #[serde(flatten)]
+    pub status: ServiceStatus,
+    pub firing_alerts: Vec<StoredAlert>,
+    /// The persisted state; absent until the first pass persisted one.
+    pub state: Option<ServiceState>,
+}
 
 /// Per service: the mode it is driven towards and since when, any override, the alerts'
 /// decision and why the mode may be held against it, the observed state of each target, the
@@ -14,23 +38,28 @@ use super::AppState;
 pub async fn status(state: web::Data<AppState>) -> HttpResponse {
     let statuses = state.store.service_status();
     let firing = state.store.firing_detail();
-    let mut services = serde_json::Map::new();
-    for svc in state.services.iter() {
-        let alerts: Vec<_> = firing.iter().filter(|a| svc.concerns(&a.labels)).collect();
-        let st = statuses.get(&svc.name).cloned().unwrap_or_default();
-        let mut v = serde_json::to_value(&st).unwrap_or_else(|_| json!({}));
-        if let Some(obj) = v.as_object_mut() {
-            obj.insert("firing_alerts".into(), json!(alerts));
-            obj.insert("state".into(), json!(state.store.service(&svc.name)));
-        }
-        services.insert(svc.name.clone(), v);
-    }
-    HttpResponse::Ok().json(json!({
-        "services": services,
-        "notifications": state.store.recent_notifications(),
-        "journal_entries": state.store.journal_len(),
-        "alertmanager_resync": state.store.resync(),
-    }))
+    let services = state
+        .services
+        .iter()
+        .map(|svc| {
+            let view = ServiceView {
+                status: statuses.get(&svc.name).cloned().unwrap_or_default(),
+                firing_alerts: firing
+                    .iter()
+                    .filter(|a| svc.concerns(&a.labels))
+                    .cloned()
+                    .collect(),
+                state: state.store.service(&svc.name),
+            };
+            (svc.name.clone(), view)
+        })
+        .collect();
+    HttpResponse::Ok().json(StatusDoc {
+        services,
+        notifications: state.store.recent_notifications(),
+        journal_entries: state.store.journal_len(),
+        alertmanager_resync: state.store.resync(),
+    })
 }
 
 #[derive(Deserialize)]

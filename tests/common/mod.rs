@@ -460,6 +460,26 @@ impl Responder {
         resp.json().await.expect("plan json")
     }
 
+    /// `GET /api/v1/status`, typed.
+    pub async fn status_doc(&self) -> failover_responder::http::api::StatusDoc {
+        self.client
+            .get(format!("{}/api/v1/status", self.url))
+            .send()
+            .await
+            .expect("status")
+            .json()
+            .await
+            .expect("status deserializes into StatusDoc")
+    }
+
+    /// One service's part of the typed status.
+    pub async fn service_view(&self, name: &str) -> failover_responder::http::api::ServiceView {
+        let mut doc = self.status_doc().await;
+        doc.services
+            .remove(name)
+            .unwrap_or_else(|| panic!("no service {name} in the status"))
+    }
+
     pub async fn status(&self) -> serde_json::Value {
         self.client
             .get(format!("{}/api/v1/status", self.url))
@@ -489,13 +509,20 @@ impl Responder {
     /// may have started before this call; with `n >= 2` at least one whole pass ran after it.
     pub async fn passes(&self, n: usize) {
         for _ in 0..n {
-            let before = self.status().await["services"]["onprem-api"]["last_reconcile_at"].clone();
+            let before = self
+                .service_view("onprem-api")
+                .await
+                .status
+                .last_reconcile_at;
             eventually(
                 "another reconcile pass",
                 Duration::from_secs(30),
                 || async {
-                    let now =
-                        self.status().await["services"]["onprem-api"]["last_reconcile_at"].clone();
+                    let now = self
+                        .service_view("onprem-api")
+                        .await
+                        .status
+                        .last_reconcile_at;
                     (now != before).then_some(())
                 },
             )
