@@ -462,14 +462,7 @@ impl Responder {
 
     /// `GET /api/v1/status`, typed.
     pub async fn status_doc(&self) -> failover_responder::http::api::StatusDoc {
-        self.client
-            .get(format!("{}/api/v1/status", self.url))
-            .send()
-            .await
-            .expect("status")
-            .json()
-            .await
-            .expect("status deserializes into StatusDoc")
+        serde_json::from_value(self.status().await).expect("status deserializes into StatusDoc")
     }
 
     /// One service's part of the typed status.
