@@ -2,7 +2,9 @@
 //! observed and the time in; the desired mode, the burst count, the next state to persist and
 //! the plan out. No I/O and one clock reading (passed in), so the reconciler, the plan preview
 //! (`POST /api/v1/plan`) and `--dry-run` share one decision and cannot drift apart, and every
-//! case is a table test.
+//! case is a table test. Its two halves, [`decide`] (the mode) and [`finish`] (what observing
+//! feeds: units running, the burst count, the plan), let the reconciler record a mode change
+//! before it observes.
 
 use std::time::Duration;
 
