@@ -1152,6 +1152,20 @@ fn read_credentials(a: &AuthConfig) -> Result<Credentials, Vec<String>> {
 mod tests {
     use super::*;
 
+    /// `text` is refused with every one of `wants` among the problems.
+    fn assert_refused(text: &str, wants: &[&str]) {
+        let errs = Config::from_str(text, Format::Yaml)
+            .err()
+            .unwrap_or_else(|| panic!("accepted:\n{text}"))
+            .to_string();
+        for want in wants {
+            assert!(
+                errs.contains(want),
+                "want {want:?} in:\n{errs}\nfor:\n{text}"
+            );
+        }
+    }
+
     const EXAMPLE: &str = include_str!("../config/failover-responder.yaml");
 
     #[test]
@@ -1288,16 +1302,7 @@ cloud_servers = ["c1"]
             ),
         ];
         for (text, wants) in cases {
-            let errs = Config::from_str(text, Format::Yaml)
-                .err()
-                .unwrap_or_else(|| panic!("accepted:\n{text}"))
-                .to_string();
-            for want in *wants {
-                assert!(
-                    errs.contains(want),
-                    "want {want:?} in:\n{errs}\nfor:\n{text}"
-                );
-            }
+            assert_refused(text, wants);
         }
     }
 
@@ -1345,16 +1350,7 @@ cloud_servers = ["c1"]
             ),
         ];
         for (text, wants) in cases {
-            let errs = Config::from_str(text, Format::Yaml)
-                .err()
-                .unwrap_or_else(|| panic!("accepted:\n{text}"))
-                .to_string();
-            for want in *wants {
-                assert!(
-                    errs.contains(want),
-                    "want {want:?} in:\n{errs}\nfor:\n{text}"
-                );
-            }
+            assert_refused(text, wants);
         }
         // A key near no known one gets no guess.
         let text = format!("auth: {{insecure_no_auth: true}}\n{svc}    zzz: 1\n");

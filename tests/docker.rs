@@ -139,6 +139,19 @@ where
     .await
 }
 
+/// The safety invariant of these tests: whenever cloud1 is open, what it sends traffic to is
+/// the responder's own running container of `image`.
+async fn open_only_in_front_of_ours(w: &World, image: &str, st: &Value) {
+    if w.cloud_open().await {
+        let now = seen(&w.docker, &w.container).await;
+        assert!(
+            now.as_ref()
+                .is_some_and(|s| s.ours() && s.image == image && s.running),
+            "cloud1 open in front of {now:?}:\n{st:#}"
+        );
+    }
+}
+
 fn converged_in(mode: &'static str) -> impl Fn(&Value) -> bool {
     move |st| svc(st)["desired"]["mode"] == mode && svc(st)["converged"] == true
 }
@@ -279,16 +292,7 @@ async fn foreign_container_with_recreate_always_is_replaced_before_opening() {
     // Whenever cloud1 is open, what it sends traffic to is the configured container.
     let safe = |st: Value| {
         let w = &w;
-        async move {
-            if w.cloud_open().await {
-                let now = seen(&w.docker, &w.container).await;
-                assert!(
-                    now.as_ref()
-                        .is_some_and(|s| s.ours() && s.image == IMAGE && s.running),
-                    "cloud1 open in front of {now:?}:\n{st:#}"
-                );
-            }
-        }
+        async move { open_only_in_front_of_ours(w, IMAGE, &st).await }
     };
     // On-prem, a container the next failover may replace blocks nothing: left alone.
     watch(&r, "converged on-prem", converged_in("onprem"), safe).await;
@@ -337,16 +341,7 @@ async fn own_container_is_recreated_when_the_configured_image_changes() {
     let r = Responder::start(&config(&w, V2_IMAGE, &[]), w.dir.path()).await;
     let safe = |st: Value| {
         let w = &w;
-        async move {
-            if w.cloud_open().await {
-                let now = seen(&w.docker, &w.container).await;
-                assert!(
-                    now.as_ref()
-                        .is_some_and(|s| s.ours() && s.image == V2_IMAGE && s.running),
-                    "cloud1 open in front of {now:?}:\n{st:#}"
-                );
-            }
-        }
+        async move { open_only_in_front_of_ours(w, V2_IMAGE, &st).await }
     };
     // At rest it shows as ours but stale; nothing to do until the failover.
     let st = watch(

@@ -188,18 +188,7 @@ async fn ready_follows_whether_every_haproxy_and_docker_answer() {
         return;
     };
     let r = Responder::start(&world.config("", ""), world.dir.path()).await;
-    let ready = || async {
-        let resp = r
-            .client
-            .get(format!("{}/-/ready", r.url))
-            .send()
-            .await
-            .expect("ready");
-        (
-            resp.status().as_u16(),
-            resp.text().await.unwrap_or_default(),
-        )
-    };
+    let ready = || r.get("/-/ready");
     eventually(
         "ready with HAProxy and Docker up",
         Duration::from_secs(30),

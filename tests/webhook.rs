@@ -344,23 +344,8 @@ async fn unreachable_backends_are_shown_not_fatal() {
         "{m}"
     );
     // Alive regardless; not ready, and saying why: it cannot act on unreachable backends.
-    let get = |p: &'static str| {
-        let r = &r;
-        async move {
-            let resp = r
-                .client
-                .get(format!("{}{p}", r.url))
-                .send()
-                .await
-                .expect("get");
-            (
-                resp.status().as_u16(),
-                resp.text().await.unwrap_or_default(),
-            )
-        }
-    };
-    assert_eq!(get("/-/healthy").await.0, 200);
-    let (code, body) = get("/-/ready").await;
+    assert_eq!(r.get("/-/healthy").await.0, 200);
+    let (code, body) = r.get("/-/ready").await;
     assert_eq!(code, 503, "{body}");
     assert!(
         body.contains("onprem-api: docker unix://") && body.contains("no-haproxy.sock"),

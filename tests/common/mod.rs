@@ -460,6 +460,20 @@ impl Responder {
         resp.json().await.expect("plan json")
     }
 
+    /// `GET <path>` (e.g. `/-/ready`): the status code and the body.
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        let resp = self
+            .client
+            .get(format!("{}{path}", self.url))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        (
+            resp.status().as_u16(),
+            resp.text().await.unwrap_or_default(),
+        )
+    }
+
     /// `GET /api/v1/status`, typed.
     pub async fn status_doc(&self) -> failover_responder::http::api::StatusDoc {
         serde_json::from_value(self.status().await).expect("status deserializes into StatusDoc")
