@@ -6,6 +6,7 @@
 //! wrong. A failed step is retried with exponential backoff; one failing service never blocks
 //! another, because each has its own task.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -345,7 +346,12 @@ pub async fn reconcile_once(svc: &ServiceRuntime, ctx: &Context) -> Result<PassO
     // hold-down that counts from it).
     record_transition(svc, ctx, &state, &decided).await?;
     let decided_state = decided.next_state.clone();
-    let (observed, units) = tokio::join!(observe(svc, ctx), observe_units(svc));
+    let (mut observed, mut units, levels) =
+        tokio::join!(observe(svc, ctx), observe_units(svc), level_blockers(svc));
+    apply_levels(&levels, &mut observed);
+    for u in &mut units {
+        apply_levels(&levels, &mut u.observed);
+    }
     let p = pass::finish(
         &svc.config,
         decided,
@@ -809,17 +815,13 @@ pub async fn observe(svc: &ServiceRuntime, _ctx: &Context) -> Observed {
         let Some(h) = &svc.config.haproxy else {
             return out;
         };
-        // The servers' states and the socket's level: reachable is not enough, it must also
-        // be allowed to change them.
-        let answers = futures_util::future::join_all(svc.haproxy.iter().map(|api| async {
-            tokio::join!(api.observe(&h.backend, &h.cloud_servers), api.cli_level())
-        }))
+        let answers = futures_util::future::join_all(
+            svc.haproxy
+                .iter()
+                .map(|api| api.observe(&h.backend, &h.cloud_servers)),
+        )
         .await;
-        for (api, (answer, level)) in svc.haproxy.iter().zip(answers) {
-            let level_blocked = level
-                .ok()
-                .flatten()
-                .and_then(|l| haproxy::level_blocker(&api.label, &l));
+        for (api, answer) in svc.haproxy.iter().zip(answers) {
             for server in &h.cloud_servers {
                 let (state, flags) = match &answer {
                     Ok(states) => states.get(server).map_or((ServerState::Missing, 0), |i| {
@@ -841,8 +843,8 @@ pub async fn observe(svc: &ServiceRuntime, _ctx: &Context) -> Observed {
                     state,
                     addr: None,
                     weight: None,
-                    blocked: level_blocked.clone().or_else(|| haproxy::blocker(flags)),
-                    refuses_changes: level_blocked.is_some(),
+                    blocked: haproxy::blocker(flags),
+                    refuses_changes: false,
                 });
             }
         }
@@ -863,6 +865,35 @@ pub async fn observe(svc: &ServiceRuntime, _ctx: &Context) -> Observed {
         containers,
         servers,
         instances,
+    }
+}
+
+/// What each Runtime API below level `admin` refuses (by its label): it answers `show` commands,
+/// so it looks up, but every `set server` is refused. Asked once a pass for the failover
+/// servers and the burst slots alike.
+async fn level_blockers(svc: &ServiceRuntime) -> BTreeMap<String, String> {
+    let levels =
+        futures_util::future::join_all(svc.haproxy.iter().map(|api| api.cli_level())).await;
+    svc.haproxy
+        .iter()
+        .zip(levels)
+        .filter_map(|(api, level)| {
+            let level = level.ok().flatten()?;
+            Some((
+                api.label.clone(),
+                haproxy::level_blocker(&api.label, &level)?,
+            ))
+        })
+        .collect()
+}
+
+/// Marks every server behind a refusing Runtime API: a blocker for any change to it.
+fn apply_levels(blockers: &BTreeMap<String, String>, o: &mut Observed) {
+    for s in &mut o.servers {
+        if let Some(why) = blockers.get(&s.target.api) {
+            s.blocked = Some(why.clone());
+            s.refuses_changes = true;
+        }
     }
 }
 
@@ -938,14 +969,8 @@ async fn observe_units(svc: &ServiceRuntime) -> Vec<UnitObs> {
     let slots: Vec<String> = (1..=b.max)
         .map(|i| burst::slot_name(&b.haproxy.server_prefix, i))
         .collect();
-    let answers = futures_util::future::join_all(svc.haproxy.iter().map(|api| async {
-        let (servers, level) = tokio::join!(api.observe(&backend, &slots), api.cli_level());
-        let blocked = level
-            .ok()
-            .flatten()
-            .and_then(|l| haproxy::level_blocker(&api.label, &l));
-        (servers, blocked)
-    }));
+    let answers =
+        futures_util::future::join_all(svc.haproxy.iter().map(|api| api.observe(&backend, &slots)));
     let (answers, pool) = tokio::join!(answers, observe_burst_pool(svc));
     let mut units = Vec::new();
     for (n, slot) in (1..=b.max).zip(&slots) {
@@ -961,7 +986,7 @@ async fn observe_units(svc: &ServiceRuntime) -> Vec<UnitObs> {
             .haproxy
             .iter()
             .zip(&answers)
-            .map(|(api, (answer, level_blocked))| {
+            .map(|(api, answer)| {
                 let (state, addr, weight) = match answer {
                     Ok(m) => match m.get(slot) {
                         Some(i) => (i.state.clone(), i.addr.clone(), i.weight),
@@ -984,11 +1009,11 @@ async fn observe_units(svc: &ServiceRuntime) -> Vec<UnitObs> {
                     state,
                     addr,
                     weight,
-                    // Only the socket's level: a slot is pointed at its unit with `set server
-                    // addr` before it is opened, and the step checks that `state ready` took
-                    // effect.
-                    blocked: level_blocked.clone(),
-                    refuses_changes: level_blocked.is_some(),
+                    // The socket's level is added with the others' (`apply_levels`); a
+                    // slot is pointed at its unit with `set server addr` before it is
+                    // opened, and the step checks that `state ready` took effect.
+                    blocked: None,
+                    refuses_changes: false,
                 }
             })
             .collect();
