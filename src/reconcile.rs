@@ -22,7 +22,8 @@ use crate::burst::{self, UnitKind};
 use crate::config::{ReconcileConfig, ServiceConfig};
 use crate::desired::{FiringAlert, Mode};
 use crate::metrics::{
-    ActionLabels, KindLabels, Metrics, ModeLabels, ServiceLabels, StepLabels, TargetLabels,
+    ActionLabels, KindLabels, Metrics, ModeLabels, ServiceLabels, ServiceMetrics, StepLabels,
+    TargetLabels,
 };
 use crate::pass::{self, Pass, Target};
 use crate::plan::{
@@ -344,7 +345,9 @@ pub async fn reconcile_once(svc: &ServiceRuntime, ctx: &Context) -> Result<PassO
     let decided = pass::decide(&svc.config, &state, &firing, svc.healthy_since(), now);
     // Recorded before observing: a slow backend must not delay a failover's record (nor the
     // hold-down that counts from it).
-    record_transition(svc, ctx, &state, &decided).await?;
+    // This service's series, resolved once for the pass.
+    let m = ctx.metrics.service(&svc.name);
+    record_transition(svc, ctx, &m, &state, &decided).await?;
     let decided_state = decided.next_state.clone();
     let (mut observed, mut units, levels) =
         tokio::join!(observe(svc, ctx), observe_units(svc), level_blockers(svc));
@@ -366,8 +369,8 @@ pub async fn reconcile_once(svc: &ServiceRuntime, ctx: &Context) -> Result<PassO
     );
     record_scale(svc, ctx, &decided_state, &p, &firing).await?;
     let blocked_before = ctx.store.blocked(&svc.name);
-    record_pass(svc, ctx, &p.desired, &observed, &p.plan);
-    record_burst(svc, ctx, &p, &firing, now);
+    record_pass(svc, ctx, &m, &p.desired, &observed, &p.plan);
+    record_burst(svc, ctx, &m, &p, &firing, now);
     record_blocked(svc, ctx, &blocked_before, &p.plan.blocked).await?;
 
     let plan = &p.plan;
@@ -502,11 +505,11 @@ async fn run_steps(
 async fn record_transition(
     svc: &ServiceRuntime,
     ctx: &Context,
+    m: &ServiceMetrics,
     before: &ServiceState,
     d: &pass::Decided,
 ) -> Result<(), crate::store::StoreError> {
     let (decision, eff) = (&d.decision, &d.effective);
-    let m = ctx.metrics.service(&svc.name);
     let was_capped = m.transitions_capped.get() != 0;
     m.transitions_capped.set(i64::from(eff.capped));
     if eff.capped && !was_capped {
@@ -620,11 +623,11 @@ async fn record_blocked(
 fn record_burst(
     svc: &ServiceRuntime,
     ctx: &Context,
+    m: &ServiceMetrics,
     p: &Pass,
     firing: &[FiringAlert],
     now: DateTime<Utc>,
 ) {
-    let m = ctx.metrics.service(&svc.name);
     let cost = &svc.config.cost;
     let usage = &p.next_state.usage;
     let estimate = usage.hourly_estimate(cost.instance_hourly_price, cost.container_hourly_price);
@@ -692,6 +695,7 @@ fn record_burst(
 fn record_pass(
     svc: &ServiceRuntime,
     ctx: &Context,
+    m: &ServiceMetrics,
     d: &pass::Desired,
     observed: &Observed,
     plan: &plan::Plan,
@@ -709,7 +713,6 @@ fn record_pass(
             })
             .set(i64::from(eff.mode == mode));
     }
-    let m = ctx.metrics.service(&service);
     m.converged.set(i64::from(plan.converged()));
     m.blocked
         .set(i64::try_from(plan.blocked.len()).unwrap_or(i64::MAX));
