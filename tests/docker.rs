@@ -496,3 +496,48 @@ fn recreate_key_defaults_to_never() {
         "{err}"
     );
 }
+
+/// A container that never answers its health URL: the wait times out and says what Docker last
+/// reported of it (`running (starting)`), not only that it timed out; nothing is opened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_health_wait_that_times_out_says_what_docker_last_reported() {
+    let Some(w) = World::start("health-timeout").await else {
+        return;
+    };
+    let silent = free_port();
+    let cfg = config(&w, IMAGE, &[])
+        .replace(
+            &format!("health_url: http://127.0.0.1:{}/health", w.cloud_port),
+            &format!("health_url: http://127.0.0.1:{silent}/health"),
+        )
+        .replace("healthy: 30s", "healthy: 2s");
+    assert!(
+        cfg.contains(&silent.to_string()) && cfg.contains("healthy: 2s"),
+        "{cfg}"
+    );
+    let r = Responder::start(&cfg, w.dir.path()).await;
+    assert_eq!(
+        r.post_alerts(&down_body(Utc::now(), None))
+            .await
+            .status()
+            .as_u16(),
+        202
+    );
+    let error = eventually(
+        "the health wait times out",
+        Duration::from_secs(30),
+        || async {
+            assert!(
+                !w.cloud_open().await,
+                "cloud1 opened in front of an unhealthy container"
+            );
+            r.service_view(SERVICE).await.status.last_error
+        },
+    )
+    .await;
+    assert!(
+        error.contains("to be healthy (Docker last said") && error.contains("running (starting)"),
+        "{error}"
+    );
+    r.shutdown().await;
+}
