@@ -24,6 +24,9 @@ pub enum AppError {
     Storage(#[from] StoreError),
     #[error("http server: {0}")]
     Io(#[from] std::io::Error),
+    /// A backend client could not be built from the (validated) config.
+    #[error("backend: {0}")]
+    Backend(String),
 }
 
 /// Runs the responder until `shutdown` completes, then stops accepting, lets in-flight
@@ -41,7 +44,8 @@ pub async fn run(
         .services
         .iter()
         .map(|(name, cfg)| ServiceRuntime::new(name, Arc::new(cfg.clone())))
-        .collect();
+        .collect::<Result<_, _>>()
+        .map_err(AppError::Backend)?;
     let ctx = Context {
         store: store.clone(),
         metrics: metrics.clone(),

@@ -36,3 +36,4 @@ pub mod resync;
 pub mod store;
 pub mod template;
 pub mod tls;
+pub mod world;

@@ -6,7 +6,6 @@
 //! wrong. A failed step is retried with exponential backoff; one failing service never blocks
 //! another, because each has its own task.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,10 +14,8 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, info_span, warn, Instrument};
 
-use crate::backend::docker::DockerBackend;
-use crate::backend::haproxy::{self, RuntimeApi};
 use crate::backend::BackendError;
-use crate::burst::{self, UnitKind};
+use crate::burst::UnitKind;
 use crate::config::{ReconcileConfig, ServiceConfig};
 use crate::desired::{FiringAlert, Mode};
 use crate::metrics::{
@@ -26,19 +23,15 @@ use crate::metrics::{
     TargetLabels,
 };
 use crate::pass::{self, Pass, Target};
-use crate::plan::{
-    self, ContainerObs, ContainerState, Health, InstanceObs, InstanceState, Observed, ServerObs,
-    ServerRef, ServerState, Step, UnitObs,
-};
+use crate::plan::{self, Observed, ServerState, Step};
 use crate::store::{BurstStatus, CostStatus, ServiceState, StepRecord, Store};
+use crate::world::{StepDone, World};
 
 /// Test-only crash points: `FAILOVER_RESPONDER_CRASH_BEFORE=<action>` aborts the process (as
 /// kill -9 would) right before the first step with that action (`start_container`,
 /// `server_ready`, ...). Used by the crash tests; never set it in production.
 pub const CRASH_ENV: &str = "FAILOVER_RESPONDER_CRASH_BEFORE";
 
-/// How often waits re-check the world.
-const POLL: Duration = Duration::from_millis(200);
 /// Passes in a row that ran steps without converging before the loop slows to the interval.
 const MAX_BUSY_PASSES: u32 = 10;
 
@@ -47,11 +40,8 @@ const MAX_BUSY_PASSES: u32 = 10;
 pub struct ServiceRuntime {
     pub name: String,
     pub config: Arc<ServiceConfig>,
-    pub docker: Option<DockerBackend>,
-    pub haproxy: Vec<RuntimeApi>,
-    pub ec2: Option<crate::backend::ec2::Ec2Backend>,
-    /// The instance pool of EC2 burst units.
-    pub burst_ec2: Option<crate::backend::ec2::Ec2Backend>,
+    /// Its backends: observed and acted on only through this.
+    pub world: World,
     /// Notified by the webhook when a notification concerns this service.
     pub wake: Arc<Notify>,
     /// Since when the on-prem probe has answered without a failure.
@@ -60,38 +50,19 @@ pub struct ServiceRuntime {
 }
 
 impl ServiceRuntime {
-    pub fn new(name: &str, config: Arc<ServiceConfig>) -> Self {
-        let docker = config.docker.as_ref().map(|d| DockerBackend::new(&d.host));
-        let haproxy = config
-            .haproxy
-            .iter()
-            .flat_map(|h| {
-                h.runtime_api
-                    .iter()
-                    // Validated at config load; an invalid one is skipped, never a panic.
-                    .filter_map(|a| RuntimeApi::new(a, h.command_timeout).ok())
-            })
-            .collect();
-        let ec2 = config.ec2.clone().map(crate::backend::ec2::Ec2Backend::new);
-        let burst_ec2 = config
-            .burst
-            .as_ref()
-            .and_then(|b| b.ec2.clone())
-            .map(crate::backend::ec2::Ec2Backend::new);
-        ServiceRuntime {
+    /// Errors: a backend client that cannot be built from the config (see [`World::new`]).
+    pub fn new(name: &str, config: Arc<ServiceConfig>) -> Result<Self, String> {
+        Ok(ServiceRuntime {
             name: name.to_string(),
+            world: World::new(&config).map_err(|e| format!("service {name}: {e}"))?,
             config,
-            docker,
-            haproxy,
-            ec2,
-            burst_ec2,
             wake: Arc::new(Notify::new()),
             onprem_healthy_since: Arc::default(),
             probe: reqwest::Client::builder()
                 .timeout(Duration::from_secs(2))
                 .build()
                 .unwrap_or_default(),
-        }
+        })
     }
 
     /// Whether an alert with these labels concerns this service (matches its failover_on,
@@ -200,7 +171,7 @@ pub async fn run_service(svc: ServiceRuntime, ctx: Context, shutdown: Cancellati
             .store
             .event(&svc.name, "resume", format!("previous run stopped during step {step:?}; observing and redoing what is missing"), vec![])
             .await;
-        finish_interrupted_stop(&svc, &ctx, &step).await;
+        finish_interrupted_stop(&svc, &step).await;
     }
     loop {
         let pass = async {
@@ -268,12 +239,9 @@ pub async fn run_service(svc: ServiceRuntime, ctx: Context, shutdown: Cancellati
 /// waits until it has exited; the pass after that starts it anew if the alerts say cloud.
 /// A stop goes after every server is closed; if one was opened while the responder was down (by
 /// hand), stopping now would cut what it serves, so the pass decides instead.
-async fn finish_interrupted_stop(svc: &ServiceRuntime, ctx: &Context, step: &str) {
+async fn finish_interrupted_stop(svc: &ServiceRuntime, step: &str) {
     // The step as recorded: `Step::StopContainer`'s Display, "stop <container>".
     let Some(name) = step.strip_prefix("stop ") else {
-        return;
-    };
-    let Ok((d, c)) = container_of(svc, name) else {
         return;
     };
     let closed = |o: &Observed| {
@@ -281,20 +249,27 @@ async fn finish_interrupted_stop(svc: &ServiceRuntime, ctx: &Context, step: &str
             .iter()
             .all(|s| matches!(s.state, ServerState::Maint | ServerState::Missing))
     };
-    let (observed, units) = tokio::join!(observe(svc, ctx), observe_units(svc));
-    let unit = units
-        .iter()
-        .find(|u| u.observed.containers.iter().any(|x| x.name == name));
-    let servers_closed = match unit {
+    let (observed, units) = svc.world.observe(&svc.name, &svc.config).await;
+    let ours = |o: &Observed| o.containers.iter().any(|x| x.name == name);
+    let servers_closed = match units.iter().find(|u| ours(&u.observed)) {
         Some(u) => closed(&u.observed),
-        None => closed(&observed),
+        None if ours(&observed) => closed(&observed),
+        // Not a container of this service (the config changed since): nothing to finish.
+        None => return,
     };
     if !servers_closed {
         warn!(service = %svc.name, container = name, "a server in front of it is open: not finishing the interrupted stop");
         return;
     }
-    match d.stop(&svc.name, &c, svc.config.timeouts.stop).await {
-        Ok(()) => info!(service = %svc.name, container = name, "finished the interrupted stop"),
+    let stop = Step::StopContainer {
+        container: name.to_string(),
+    };
+    match svc
+        .world
+        .run(&svc.name, &svc.config, &stop, false, &|| false)
+        .await
+    {
+        Ok(_) => info!(service = %svc.name, container = name, "finished the interrupted stop"),
         // The pass repairs what is left; the error shows there too.
         Err(e) => {
             warn!(service = %svc.name, container = name, error = %e, "could not finish the interrupted stop")
@@ -349,12 +324,7 @@ pub async fn reconcile_once(svc: &ServiceRuntime, ctx: &Context) -> Result<PassO
     let m = ctx.metrics.service(&svc.name);
     record_transition(svc, ctx, &m, &state, &decided).await?;
     let decided_state = decided.next_state.clone();
-    let (mut observed, mut units, levels) =
-        tokio::join!(observe(svc, ctx), observe_units(svc), level_blockers(svc));
-    apply_levels(&levels, &mut observed);
-    for u in &mut units {
-        apply_levels(&levels, &mut u.observed);
-    }
+    let (observed, units) = svc.world.observe(&svc.name, &svc.config).await;
     let p = pass::finish(
         &svc.config,
         decided,
@@ -473,7 +443,10 @@ async fn run_steps(
         let span = info_span!("step", service = %svc.name, action = step.action(), target = %step);
         let started = Instant::now();
         // Steps after `burst_from` act on burst units (their EC2 steps go to the burst pool).
-        let result = execute(svc, ctx, target, step, i >= p.burst_from)
+        let moved_on = || superseded(svc, ctx, target);
+        let result = svc
+            .world
+            .run(&svc.name, &svc.config, step, i >= p.burst_from, &moved_on)
             .instrument(span)
             .await;
         let elapsed = started.elapsed();
@@ -719,31 +692,14 @@ fn record_pass(
     m.failover_alerts
         .set(i64::try_from(decision.failover_alerts.len()).unwrap_or(i64::MAX));
     m.last_reconcile.set(Utc::now().timestamp());
-    let docker = svc.docker.as_ref().map_or("", |d| d.host());
-    let up = observed
-        .containers
-        .iter()
-        .map(|c| {
-            (
-                "docker",
-                docker,
-                !matches!(c.state, ContainerState::Unknown { .. }),
-            )
-        })
-        .chain(observed.servers.iter().map(|s| {
-            (
-                "haproxy",
-                s.target.api.as_str(),
-                !matches!(s.state, ServerState::Unknown { .. }),
-            )
-        }));
+    let up = svc.world.answered(observed);
     for (backend, target, up) in up {
         ctx.metrics
             .backend_up
             .get_or_create(&TargetLabels {
                 service: service.clone(),
                 backend: backend.into(),
-                target: target.to_string(),
+                target,
             })
             .set(i64::from(up));
     }
@@ -797,553 +753,6 @@ async fn record_step(
         .event(&svc.name, "step", message, vec![])
         .await
         .map(|_| ())
-}
-
-/// Observes every container and every server on every HAProxy, concurrently.
-pub async fn observe(svc: &ServiceRuntime, _ctx: &Context) -> Observed {
-    let containers = async {
-        let mut out = Vec::new();
-        if let (Some(d), Some(cfg)) = (&svc.docker, &svc.config.docker) {
-            for c in &cfg.containers {
-                out.push(ContainerObs {
-                    name: c.name.clone(),
-                    state: d.observe(&svc.name, c).await,
-                });
-            }
-        }
-        out
-    };
-    let servers = async {
-        let mut out = Vec::new();
-        let Some(h) = &svc.config.haproxy else {
-            return out;
-        };
-        let answers = futures_util::future::join_all(
-            svc.haproxy
-                .iter()
-                .map(|api| api.observe(&h.backend, &h.cloud_servers)),
-        )
-        .await;
-        for (api, answer) in svc.haproxy.iter().zip(answers) {
-            for server in &h.cloud_servers {
-                let (state, flags) = match &answer {
-                    Ok(states) => states.get(server).map_or((ServerState::Missing, 0), |i| {
-                        (i.state.clone(), i.admin_flags)
-                    }),
-                    Err(e) => (
-                        ServerState::Unknown {
-                            reason: e.to_string(),
-                        },
-                        0,
-                    ),
-                };
-                out.push(ServerObs {
-                    target: ServerRef {
-                        api: api.label.clone(),
-                        backend: h.backend.clone(),
-                        server: server.clone(),
-                    },
-                    state,
-                    addr: None,
-                    weight: None,
-                    blocked: haproxy::blocker(flags),
-                    refuses_changes: false,
-                });
-            }
-        }
-        out
-    };
-    let (mut containers, servers, instances) =
-        tokio::join!(containers, servers, observe_instances(svc));
-    // Containers live on the instances: with none running, they are not running either, and
-    // their engine is not there to ask.
-    if !instances.is_empty() && !instances.iter().any(|i| i.state == InstanceState::Running) {
-        for c in &mut containers {
-            if matches!(c.state, ContainerState::Unknown { .. }) {
-                c.state = ContainerState::Stopped;
-            }
-        }
-    }
-    Observed {
-        containers,
-        servers,
-        instances,
-    }
-}
-
-/// What each Runtime API below level `admin` refuses (by its label): it answers `show` commands,
-/// so it looks up, but every `set server` is refused. Asked once a pass for the failover
-/// servers and the burst slots alike.
-async fn level_blockers(svc: &ServiceRuntime) -> BTreeMap<String, String> {
-    let levels =
-        futures_util::future::join_all(svc.haproxy.iter().map(|api| api.cli_level())).await;
-    svc.haproxy
-        .iter()
-        .zip(levels)
-        .filter_map(|(api, level)| {
-            let level = level.ok().flatten()?;
-            Some((
-                api.label.clone(),
-                haproxy::level_blocker(&api.label, &level)?,
-            ))
-        })
-        .collect()
-}
-
-/// Marks every server behind a refusing Runtime API: a blocker for any change to it.
-fn apply_levels(blockers: &BTreeMap<String, String>, o: &mut Observed) {
-    for s in &mut o.servers {
-        if let Some(why) = blockers.get(&s.target.api) {
-            s.blocked = Some(why.clone());
-            s.refuses_changes = true;
-        }
-    }
-}
-
-async fn observe_instances(svc: &ServiceRuntime) -> Vec<InstanceObs> {
-    let (Some(ec2), Some(cfg)) = (&svc.ec2, &svc.config.ec2) else {
-        return Vec::new();
-    };
-    match observe_pool(ec2, cfg).await {
-        Ok(found) => found,
-        // EC2 cannot be asked: every configured instance is unknown.
-        Err(e) => {
-            let ids = if cfg.instance_ids.is_empty() {
-                vec![cfg
-                    .tag
-                    .as_ref()
-                    .map_or("ec2".into(), |t| format!("tag:{}={}", t.key, t.value))]
-            } else {
-                cfg.instance_ids.clone()
-            };
-            ids.into_iter()
-                .map(|id| InstanceObs {
-                    id,
-                    state: InstanceState::Unknown {
-                        reason: e.to_string(),
-                    },
-                    private_ip: None,
-                })
-                .collect()
-        }
-    }
-}
-
-/// The instances of one pool (failover or burst), sorted by id. By id, an id EC2 did not return
-/// is unknown, not absent.
-async fn observe_pool(
-    ec2: &crate::backend::ec2::Ec2Backend,
-    cfg: &crate::config::Ec2Config,
-) -> Result<Vec<InstanceObs>, BackendError> {
-    let mut found = ec2.observe().await?;
-    for id in &cfg.instance_ids {
-        if !found.iter().any(|i| &i.id == id) {
-            found.push(InstanceObs {
-                id: id.clone(),
-                state: InstanceState::Unknown {
-                    reason: "not returned by DescribeInstances".into(),
-                },
-                private_ip: None,
-            });
-        }
-    }
-    found.sort_by(|a, b| a.id.cmp(&b.id));
-    Ok(found)
-}
-
-/// The burst pool's instances; empty when the units are containers.
-async fn observe_burst_pool(svc: &ServiceRuntime) -> Result<Vec<InstanceObs>, BackendError> {
-    if let (Some(ec2), Some(cfg)) = (
-        &svc.burst_ec2,
-        svc.config.burst.as_ref().and_then(|b| b.ec2.as_ref()),
-    ) {
-        return observe_pool(ec2, cfg).await;
-    }
-    Ok(Vec::new())
-}
-
-/// Observes every burst unit `1..=max`: its container or instance and its slot on every
-/// HAProxy (one `show servers state` per HAProxy for all slots).
-async fn observe_units(svc: &ServiceRuntime) -> Vec<UnitObs> {
-    let Some(b) = &svc.config.burst else {
-        return Vec::new();
-    };
-    let backend = burst_backend(svc);
-    let slots: Vec<String> = (1..=b.max)
-        .map(|i| burst::slot_name(&b.haproxy.server_prefix, i))
-        .collect();
-    let answers =
-        futures_util::future::join_all(svc.haproxy.iter().map(|api| api.observe(&backend, &slots)));
-    let (answers, pool) = tokio::join!(answers, observe_burst_pool(svc));
-    let mut units = Vec::new();
-    for (n, slot) in (1..=b.max).zip(&slots) {
-        let mut containers = Vec::new();
-        if let (Some(c), Some(d)) = (&b.container, &svc.docker) {
-            let spec = burst::render_container(c, n, b.port_base);
-            containers.push(ContainerObs {
-                name: spec.name.clone(),
-                state: d.observe(&svc.name, &spec).await,
-            });
-        }
-        let servers = svc
-            .haproxy
-            .iter()
-            .zip(&answers)
-            .map(|(api, answer)| {
-                let (state, addr, weight) = match answer {
-                    Ok(m) => match m.get(slot) {
-                        Some(i) => (i.state.clone(), i.addr.clone(), i.weight),
-                        None => (ServerState::Missing, None, None),
-                    },
-                    Err(e) => (
-                        ServerState::Unknown {
-                            reason: e.to_string(),
-                        },
-                        None,
-                        None,
-                    ),
-                };
-                ServerObs {
-                    target: ServerRef {
-                        api: api.label.clone(),
-                        backend: backend.clone(),
-                        server: slot.clone(),
-                    },
-                    state,
-                    addr,
-                    weight,
-                    // The socket's level is added with the others' (`apply_levels`); a
-                    // slot is pointed at its unit with `set server addr` before it is
-                    // opened, and the step checks that `state ready` took effect.
-                    blocked: None,
-                    refuses_changes: false,
-                }
-            })
-            .collect();
-        let instances: Vec<InstanceObs> = match &pool {
-            Ok(list) => list
-                .get(usize::try_from(n - 1).unwrap_or(usize::MAX))
-                .cloned()
-                .into_iter()
-                .collect(),
-            // EC2 cannot be asked: every unit's instance is unknown.
-            Err(e) => vec![InstanceObs {
-                id: format!("for burst unit {n}"),
-                state: InstanceState::Unknown {
-                    reason: e.to_string(),
-                },
-                private_ip: None,
-            }],
-        };
-        let ip = instances.first().and_then(|i| i.private_ip.as_deref());
-        let address = burst::render_address(&b.address, n, b.port_base, ip)
-            .ok()
-            .map(|(host, port)| format!("{host}:{port}"));
-        units.push(UnitObs {
-            index: n,
-            observed: Observed {
-                containers,
-                servers,
-                instances,
-            },
-            address,
-        });
-    }
-    units
-}
-
-/// The backend holding the burst slots.
-fn burst_backend(svc: &ServiceRuntime) -> String {
-    let from_burst = svc
-        .config
-        .burst
-        .as_ref()
-        .and_then(|b| b.haproxy.backend.clone());
-    from_burst
-        .or_else(|| svc.config.haproxy.as_ref().map(|h| h.backend.clone()))
-        .unwrap_or_default()
-}
-
-/// The EC2 pool a step acts on: the burst pool for burst steps, else the failover one.
-fn ec2_of(
-    svc: &ServiceRuntime,
-    burst: bool,
-) -> Result<&crate::backend::ec2::Ec2Backend, BackendError> {
-    let pool = if burst { &svc.burst_ec2 } else { &svc.ec2 };
-    pool.as_ref().ok_or_else(|| BackendError::Rejected {
-        target: "ec2".into(),
-        message: "no ec2 in this service's config".into(),
-        retryable: false,
-    })
-}
-
-enum StepDone {
-    Done,
-    /// The drain deadline passed with sessions left; closing anyway, as configured.
-    DrainTimedOut,
-    /// The desired mode changed during a wait.
-    Superseded,
-}
-
-async fn execute(
-    svc: &ServiceRuntime,
-    ctx: &Context,
-    target: Target,
-    step: &Step,
-    burst: bool,
-) -> Result<StepDone, BackendError> {
-    let timeouts = &svc.config.timeouts;
-    match step {
-        // `start` checks again what it finds: it recreates only what may go, and starts only
-        // the container it checked or created.
-        Step::StartContainer { container } => {
-            let (d, c) = container_of(svc, container)?;
-            d.start(&svc.name, &c, false).await?;
-            Ok(StepDone::Done)
-        }
-        Step::RecreateContainer { container } => {
-            let (d, c) = container_of(svc, container)?;
-            d.start(&svc.name, &c, true).await?;
-            Ok(StepDone::Done)
-        }
-        Step::StopContainer { container } => {
-            let (d, c) = container_of(svc, container)?;
-            d.stop(&svc.name, &c, timeouts.stop).await?;
-            Ok(StepDone::Done)
-        }
-        Step::SetServer { target: t, state } => {
-            let api = api_of(svc, &t.api)?;
-            api.set_state(&t.backend, &t.server, *state).await?;
-            Ok(StepDone::Done)
-        }
-        Step::SetServerAddr {
-            target: t,
-            addr,
-            port,
-        } => {
-            let api = api_of(svc, &t.api)?;
-            api.set_addr(&t.backend, &t.server, addr, *port).await?;
-            Ok(StepDone::Done)
-        }
-        Step::SetWeight { target: t, weight } => {
-            let api = api_of(svc, &t.api)?;
-            api.set_weight(&t.backend, &t.server, *weight).await?;
-            Ok(StepDone::Done)
-        }
-        Step::StartInstances { ids } => {
-            ec2_of(svc, burst)?.start(ids).await?;
-            Ok(StepDone::Done)
-        }
-        Step::WaitInstancesRunning { ids } => {
-            ec2_of(svc, burst)?.wait_running(ids).await?;
-            Ok(StepDone::Done)
-        }
-        Step::StopInstances { ids } => {
-            ec2_of(svc, burst)?.stop(ids).await?;
-            Ok(StepDone::Done)
-        }
-        Step::WaitHealthy { .. } | Step::WaitDockerReady | Step::WaitDrained { .. } => {
-            wait(svc, ctx, target, step).await
-        }
-    }
-}
-
-/// The waiting steps, each one [`poll_until`] with what it checks and what its timeout means.
-async fn wait(
-    svc: &ServiceRuntime,
-    ctx: &Context,
-    target: Target,
-    step: &Step,
-) -> Result<StepDone, BackendError> {
-    let timeouts = &svc.config.timeouts;
-    match step {
-        Step::WaitHealthy { containers } => wait_healthy(svc, ctx, target, containers).await,
-        Step::WaitDockerReady => {
-            let Some(d) = &svc.docker else {
-                return Ok(StepDone::Done);
-            };
-            poll_until(svc, ctx, target, timeouts.healthy, || async {
-                Ok(match d.ping().await {
-                    Ok(()) => vec![],
-                    Err(e) => vec![e.to_string()],
-                })
-            })
-            .await?
-            .or_else(|last| {
-                Err(BackendError::Timeout {
-                    what: format!("docker {} answering ({})", d.host(), last.join(", ")),
-                    after: timeouts.healthy,
-                })
-            })
-        }
-        Step::WaitDrained { servers } => {
-            let polled = poll_until(svc, ctx, target, timeouts.drain, || async {
-                let mut pending = Vec::new();
-                for s in servers {
-                    let n = api_of(svc, &s.api)?.sessions(&s.backend, &s.server).await?;
-                    if n > 0 {
-                        pending.push(format!("{s}: {n} session(s)"));
-                    }
-                }
-                Ok(pending)
-            })
-            .await?;
-            polled.or_else(|left| {
-                warn!(service = %svc.name, servers = %left.join(", "), "drain timeout passed; closing anyway");
-                Ok(StepDone::DrainTimedOut)
-            })
-        }
-        // `execute` sends only the waiting steps here.
-        other => Err(BackendError::Rejected {
-            target: "reconciler".into(),
-            message: format!("{other} is not a waiting step"),
-            retryable: false,
-        }),
-    }
-}
-
-/// Polls until every container is healthy; fails at once when one exits or turns out not to be
-/// as configured, and says on timeout what Docker last reported of each.
-async fn wait_healthy(
-    svc: &ServiceRuntime,
-    ctx: &Context,
-    target: Target,
-    containers: &[String],
-) -> Result<StepDone, BackendError> {
-    let timeouts = &svc.config.timeouts;
-    let polled = poll_until(svc, ctx, target, timeouts.healthy, || async {
-        // What Docker says of each container still not healthy, for the timeout's
-        // message ("starting" and "unhealthy" call for different fixes).
-        let mut pending = Vec::new();
-        for name in containers {
-            let (d, c) = container_of(svc, name)?;
-            let exited = |message: String| BackendError::Rejected {
-                target: format!("container {name}"),
-                message,
-                retryable: true,
-            };
-            match d.observe(&svc.name, &c).await {
-                ContainerState::Running {
-                    health: Health::Healthy,
-                } => {}
-                // Stopped while we waited (crashed on start): fail, so backoff applies
-                // and the next pass starts it again.
-                ContainerState::Stopped | ContainerState::Absent => {
-                    return Err(exited("exited before becoming healthy".into()))
-                }
-                // Replaced under its name while we waited: never waited into "healthy";
-                // the next pass plans for what is there now.
-                ContainerState::Mismatch { reason, .. } => {
-                    return Err(exited(format!("not as configured: {reason}")))
-                }
-                other => pending.push(format!("{name}: {}", other.describe())),
-            }
-        }
-        Ok(pending)
-    })
-    .await?;
-    polled.or_else(|last| {
-        Err(BackendError::Timeout {
-            what: format!(
-                "waiting for {} to be healthy (Docker last said {})",
-                containers.join(","),
-                last.join(", ")
-            ),
-            after: timeouts.healthy,
-        })
-    })
-}
-
-/// How a wait ended.
-enum Polled {
-    Done,
-    Superseded,
-    /// With what was still pending at the last look.
-    TimedOut(Vec<String>),
-}
-
-impl Polled {
-    /// The step's outcome: done or superseded as polled; `timed_out` decides the rest.
-    fn or_else(
-        self,
-        timed_out: impl FnOnce(Vec<String>) -> Result<StepDone, BackendError>,
-    ) -> Result<StepDone, BackendError> {
-        match self {
-            Polled::Done => Ok(StepDone::Done),
-            Polled::Superseded => Ok(StepDone::Superseded),
-            Polled::TimedOut(pending) => timed_out(pending),
-        }
-    }
-}
-
-/// Calls `check` every [`POLL`] until nothing is pending, the target changes, or `limit`
-/// passes. The one wait behind every waiting step; a check's error ends it with that error.
-async fn poll_until<F, Fut>(
-    svc: &ServiceRuntime,
-    ctx: &Context,
-    target: Target,
-    limit: Duration,
-    mut check: F,
-) -> Result<Polled, BackendError>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<Vec<String>, BackendError>>,
-{
-    let deadline = Instant::now() + limit;
-    loop {
-        let pending = check().await?;
-        if pending.is_empty() {
-            return Ok(Polled::Done);
-        }
-        if superseded(svc, ctx, target) {
-            return Ok(Polled::Superseded);
-        }
-        if Instant::now() >= deadline {
-            return Ok(Polled::TimedOut(pending));
-        }
-        tokio::time::sleep(POLL).await;
-    }
-}
-
-/// A container this service manages: a failover container from the config, or a burst unit's
-/// (`<name>-<i>`, rendered from the burst template).
-fn container_of<'a>(
-    svc: &'a ServiceRuntime,
-    name: &str,
-) -> Result<(&'a DockerBackend, crate::config::ContainerConfig), BackendError> {
-    let missing = || BackendError::Rejected {
-        target: format!("container {name}"),
-        message: "not in this service's config".into(),
-        retryable: false,
-    };
-    let d = svc.docker.as_ref().ok_or_else(missing)?;
-    if let Some(c) = svc
-        .config
-        .docker
-        .as_ref()
-        .and_then(|cfg| cfg.containers.iter().find(|c| c.name == name))
-    {
-        return Ok((d, c.clone()));
-    }
-    let b = svc.config.burst.as_ref().ok_or_else(missing)?;
-    let template = b.container.as_ref().ok_or_else(missing)?;
-    let index = name
-        .strip_prefix(&format!("{}-", template.name))
-        .and_then(|i| i.parse::<u32>().ok())
-        .filter(|i| (1..=b.max).contains(i))
-        .ok_or_else(missing)?;
-    Ok((d, burst::render_container(template, index, b.port_base)))
-}
-
-fn api_of<'a>(svc: &'a ServiceRuntime, label: &str) -> Result<&'a RuntimeApi, BackendError> {
-    svc.haproxy
-        .iter()
-        .find(|a| a.label == label)
-        .ok_or_else(|| BackendError::Rejected {
-            target: format!("haproxy {label}"),
-            message: "not in this service's config".into(),
-            retryable: false,
-        })
 }
 
 #[cfg(test)]

@@ -5,6 +5,55 @@
 
 pub mod config;
 
+use crate::backend::BackendError;
+use crate::plan::{InstanceObs, InstanceState};
+use config::Ec2Config;
+
+/// The instances of one pool (failover or burst), sorted by id. An id the config names and EC2
+/// did not return is unknown, not absent. Errors: EC2 could not be asked (see
+/// [`unknown_pool`]).
+pub async fn observe_pool(
+    ec2: &Ec2Backend,
+    cfg: &Ec2Config,
+) -> Result<Vec<InstanceObs>, BackendError> {
+    let mut found = ec2.observe().await?;
+    for id in &cfg.instance_ids {
+        if !found.iter().any(|i| &i.id == id) {
+            found.push(InstanceObs {
+                id: id.clone(),
+                state: InstanceState::Unknown {
+                    reason: "not returned by DescribeInstances".into(),
+                },
+                private_ip: None,
+            });
+        }
+    }
+    found.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(found)
+}
+
+/// A pool EC2 could not be asked about: every configured instance unknown, or (selected by
+/// tag) one entry naming the tag.
+pub fn unknown_pool(cfg: &Ec2Config, e: &BackendError) -> Vec<InstanceObs> {
+    let ids = if cfg.instance_ids.is_empty() {
+        vec![cfg
+            .tag
+            .as_ref()
+            .map_or("ec2".into(), |t| format!("tag:{}={}", t.key, t.value))]
+    } else {
+        cfg.instance_ids.clone()
+    };
+    ids.into_iter()
+        .map(|id| InstanceObs {
+            id,
+            state: InstanceState::Unknown {
+                reason: e.to_string(),
+            },
+            private_ip: None,
+        })
+        .collect()
+}
+
 #[cfg(feature = "ec2")]
 mod client;
 #[cfg(feature = "ec2")]

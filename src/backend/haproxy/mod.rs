@@ -15,7 +15,7 @@ use tokio::net::{TcpStream, UnixStream};
 pub mod config;
 
 use super::BackendError;
-use crate::plan::{AdminState, ServerState};
+use crate::plan::{AdminState, Observed, ServerObs, ServerRef, ServerState};
 
 /// Where a Runtime API listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -318,6 +318,86 @@ pub fn level_blocker(label: &str, level: &str) -> Option<String> {
     (level != "admin").then(|| {
         format!("the Runtime API {label} is at level {level}: HAProxy refuses `set server` there; give its stats socket `level admin`")
     })
+}
+
+/// One answer of `show servers state` for the servers asked (see [`RuntimeApi::observe`]).
+pub type Answer = Result<BTreeMap<String, ServerInfo>, BackendError>;
+
+/// Asks every Runtime API, concurrently, for the state of `servers` in `backend`: one
+/// `show servers state` each, answers in the order of `apis`.
+pub async fn observe_all(apis: &[RuntimeApi], backend: &str, servers: &[String]) -> Vec<Answer> {
+    futures_util::future::join_all(apis.iter().map(|api| api.observe(backend, servers))).await
+}
+
+/// `server` of `backend` as `api` answered: Missing when HAProxy does not have it, Unknown when
+/// the Runtime API could not be asked. A failover server carries the blocker its admin flags
+/// imply (RMAINT, IMAINT, IDRAIN); a burst slot (`slot`) carries its address and weight
+/// instead, and no flag blocker: an empty `server-template` slot is in RMAINT until the
+/// responder points it at its unit with `set server addr`, which lifts it.
+pub fn server_obs(
+    api: &RuntimeApi,
+    backend: &str,
+    server: &str,
+    answer: &Answer,
+    slot: bool,
+) -> ServerObs {
+    let info = match answer {
+        Ok(states) => states.get(server).cloned(),
+        Err(e) => Some(ServerInfo {
+            state: ServerState::Unknown {
+                reason: e.to_string(),
+            },
+            admin_flags: 0,
+            addr: None,
+            weight: None,
+        }),
+    };
+    let info = info.unwrap_or(ServerInfo {
+        state: ServerState::Missing,
+        admin_flags: 0,
+        addr: None,
+        weight: None,
+    });
+    ServerObs {
+        target: ServerRef {
+            api: api.label.clone(),
+            backend: backend.to_string(),
+            server: server.to_string(),
+        },
+        state: info.state,
+        addr: if slot { info.addr } else { None },
+        weight: if slot { info.weight } else { None },
+        blocked: if slot {
+            None
+        } else {
+            blocker(info.admin_flags)
+        },
+        refuses_changes: false,
+    }
+}
+
+/// What each Runtime API below level `admin` refuses, by its label: it answers `show`
+/// commands, so it looks up, but every `set server` is refused. An API that cannot be asked is
+/// left out (its servers are Unknown already).
+pub async fn level_blockers(apis: &[RuntimeApi]) -> BTreeMap<String, String> {
+    let levels = futures_util::future::join_all(apis.iter().map(|api| api.cli_level())).await;
+    apis.iter()
+        .zip(levels)
+        .filter_map(|(api, level)| {
+            let level = level.ok().flatten()?;
+            Some((api.label.clone(), level_blocker(&api.label, &level)?))
+        })
+        .collect()
+}
+
+/// Marks every server behind a refusing Runtime API: a blocker for any change to it.
+pub fn apply_levels(blockers: &BTreeMap<String, String>, o: &mut Observed) {
+    for s in &mut o.servers {
+        if let Some(why) = blockers.get(&s.target.api) {
+            s.blocked = Some(why.clone());
+            s.refuses_changes = true;
+        }
+    }
 }
 
 /// One server's line of `show servers state`.
