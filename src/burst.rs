@@ -506,12 +506,12 @@ mod tests {
         assert_eq!(r.command.unwrap()[1], "--port=18102");
         assert_eq!(r.health_url.unwrap(), "http://127.0.0.1:18102/");
         assert_eq!(
-            render_address("127.0.0.1:{port}", 2, 18100, None).unwrap(),
-            ("127.0.0.1".into(), 18101)
+            render_address("127.0.0.1:{port}", 2, 18100, None).map(|e| (e.host, e.port)),
+            Ok(("127.0.0.1".into(), 18101))
         );
         assert_eq!(
-            render_address("{private_ip}:8080", 1, 0, Some("10.0.0.7")).unwrap(),
-            ("10.0.0.7".into(), 8080)
+            render_address("{private_ip}:8080", 1, 0, Some("10.0.0.7")).map(|e| e.to_string()),
+            Ok("10.0.0.7:8080".into())
         );
         assert!(render_address("{private_ip}:8080", 1, 0, None).is_err());
         assert!(render_address("127.0.0.1", 1, 0, None).is_err());

@@ -137,6 +137,52 @@ impl fmt::Display for ServerRef {
     }
 }
 
+/// Where HAProxy sends a server's traffic: a host (an IP, or a name HAProxy resolves) and a
+/// port. Written and read as `host:port` (the form `show servers state` and status use); kept
+/// typed in between, so it is never formatted and split again.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Endpoint {
+    pub host: String,
+    pub port: u16,
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.host, self.port)
+    }
+}
+
+impl std::str::FromStr for Endpoint {
+    type Err = String;
+
+    /// `host:port`; the port after the last colon. Errors name the text.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (host, port) = s
+            .rsplit_once(':')
+            .ok_or_else(|| format!("{s:?} is not host:port"))?;
+        let port = port
+            .parse()
+            .map_err(|_| format!("{s:?}: {port:?} is not a port"))?;
+        Ok(Endpoint {
+            host: host.to_string(),
+            port,
+        })
+    }
+}
+
+impl Serialize for Endpoint {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Endpoint {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct ContainerObs {
     pub name: String,
@@ -150,9 +196,9 @@ pub struct ServerObs {
     pub target: ServerRef,
     #[serde(flatten)]
     pub state: ServerState,
-    /// `ip:port` HAProxy sends the server's traffic to (observed for burst slots only).
+    /// Where HAProxy sends the server's traffic (observed for burst slots only).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub addr: Option<String>,
+    pub addr: Option<Endpoint>,
     /// The server's user weight (observed for burst slots only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub weight: Option<u32>,
@@ -380,7 +426,7 @@ fn plan_cloud(o: &Observed) -> Plan {
 /// Where a burst slot should point and with what weight, set before it is opened.
 #[derive(Debug, Clone, Copy)]
 struct Slot<'a> {
-    addr: &'a str,
+    addr: &'a Endpoint,
     weight: u32,
 }
 
@@ -398,18 +444,12 @@ fn open_servers(o: &Observed, slot: Option<Slot<'_>>, p: &mut Plan) {
             ServerState::Ready | ServerState::Drain | ServerState::Maint
         );
         if let (Some(want), true) = (slot, known) {
-            if s.addr.as_deref() != Some(want.addr) {
-                if let Some((addr, port)) = want
-                    .addr
-                    .rsplit_once(':')
-                    .and_then(|(a, port)| Some((a, port.parse::<u16>().ok()?)))
-                {
-                    p.steps.push(Step::SetServerAddr {
-                        target: s.target.clone(),
-                        addr: addr.to_string(),
-                        port,
-                    });
-                }
+            if s.addr.as_ref() != Some(want.addr) {
+                p.steps.push(Step::SetServerAddr {
+                    target: s.target.clone(),
+                    addr: want.addr.host.clone(),
+                    port: want.addr.port,
+                });
             }
             if s.weight != Some(want.weight) {
                 p.steps.push(Step::SetWeight {
@@ -720,8 +760,8 @@ pub struct UnitObs {
     pub index: u32,
     #[serde(flatten)]
     pub observed: Observed,
-    /// `ip:port` its slot should point at; None while not known (an instance with no IP yet).
-    pub address: Option<String>,
+    /// Where its slot should point; None while not known (an instance with no IP yet).
+    pub address: Option<Endpoint>,
 }
 
 /// Plans units `1..=target` up and open, and every unit above `target` drained, closed and
@@ -826,6 +866,23 @@ fn merge(parts: Vec<Plan>) -> Plan {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn endpoint_reads_and_writes_host_port() {
+        let e: Endpoint = "127.0.0.1:18100".parse().unwrap();
+        assert_eq!((e.host.as_str(), e.port), ("127.0.0.1", 18100));
+        assert_eq!(serde_json::to_string(&e).unwrap(), "\"127.0.0.1:18100\"");
+        let back: Endpoint = serde_json::from_str("\"::1:80\"").unwrap();
+        assert_eq!(
+            (back.host.as_str(), back.port),
+            ("::1", 80),
+            "the port after the last colon"
+        );
+        for bad in ["noport", "h:http", "h:70000"] {
+            let err = bad.parse::<Endpoint>().unwrap_err();
+            assert!(err.contains(bad), "{err}");
+        }
+    }
 
     fn container_states() -> Vec<(&'static str, ContainerState)> {
         vec![
@@ -1508,7 +1565,7 @@ mod tests {
                     let unit = UnitObs {
                         index: 1,
                         observed: o.clone(),
-                        address: Some("127.0.0.1:1".into()),
+                        address: "127.0.0.1:1".parse().ok(),
                     };
                     for target in 0..=1 {
                         plans.push(plan_burst(target, std::slice::from_ref(&unit), 100));
@@ -1824,14 +1881,14 @@ mod tests {
                         server: format!("b{index}"),
                     },
                     state: s.clone(),
-                    addr: addr.map(String::from),
+                    addr: addr.and_then(|a| a.parse().ok()),
                     weight: Some(if addr.is_some() { 100 } else { 1 }),
                     blocked: None,
                     refuses_changes: false,
                 }],
                 instances: vec![],
             },
-            address: Some(format!("127.0.0.1:{}", 18099 + index)),
+            address: format!("127.0.0.1:{}", 18099 + index).parse().ok(),
         }
     }
 

@@ -3,6 +3,7 @@
 //! at load and the reconciler renders them the same way.
 
 use crate::backend::docker::config::ContainerConfig;
+use crate::plan::Endpoint;
 
 /// Slot `i` of a `server-template <prefix> 1-<max>`: `<prefix><i>`.
 pub fn slot_name(prefix: &str, index: u32) -> String {
@@ -31,14 +32,15 @@ pub fn render_container(c: &ContainerConfig, index: u32, port_base: u16) -> Cont
     }
 }
 
-/// Unit `index`'s address for HAProxy, `host:port`. `private_ip` is the instance's, for EC2
-/// units; an address that needs it before it is known is an error.
+/// Unit `index`'s address for HAProxy. `private_ip` is the instance's, for EC2 units. Errors
+/// (naming the text): an address that needs the IP before it is known, no `:port`, a port
+/// that is not 1-65535, a host with characters no IP or DNS name has.
 pub fn render_address(
     template: &str,
     index: u32,
     port_base: u16,
     private_ip: Option<&str>,
-) -> Result<(String, u16), String> {
+) -> Result<Endpoint, String> {
     let port = u32::from(port_base) + index.saturating_sub(1);
     let mut text = fill(template, index, port);
     if text.contains("{private_ip}") {
@@ -60,5 +62,8 @@ pub fn render_address(
     if !host_ok {
         return Err(format!("{text:?}: {host:?} is not a host"));
     }
-    Ok((host.trim_matches(['[', ']']).to_string(), port))
+    Ok(Endpoint {
+        host: host.trim_matches(['[', ']']).to_string(),
+        port,
+    })
 }

@@ -200,9 +200,8 @@ impl World {
                 }],
             };
             let ip = instances.first().and_then(|i| i.private_ip.as_deref());
-            let address = burst::render_address(&b.address, n, b.port_base, ip)
-                .ok()
-                .map(|(host, port)| format!("{host}:{port}"));
+            // Checked at load with a stand-in IP: only an IP not known yet fails here.
+            let address = burst::render_address(&b.address, n, b.port_base, ip).ok();
             units.push(UnitObs {
                 index: n,
                 observed: Observed {

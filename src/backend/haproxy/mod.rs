@@ -15,7 +15,7 @@ use tokio::net::{TcpStream, UnixStream};
 pub mod config;
 
 use super::BackendError;
-use crate::plan::{AdminState, Observed, ServerObs, ServerRef, ServerState};
+use crate::plan::{AdminState, Endpoint, Observed, ServerObs, ServerRef, ServerState};
 
 /// Where a Runtime API listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -406,8 +406,8 @@ pub struct ServerInfo {
     pub state: ServerState,
     /// `srv_admin_state`, HAProxy's SRV_ADMF_* bits (0 for a missing server).
     pub admin_flags: u32,
-    /// `srv_addr:srv_port`.
-    pub addr: Option<String>,
+    /// `srv_addr` and `srv_port`.
+    pub addr: Option<Endpoint>,
     /// `srv_uweight`.
     pub weight: Option<u32>,
 }
@@ -465,7 +465,10 @@ pub fn parse_servers_state(
             .map_err(|_| format!("show servers state: bad srv_admin_state {admin:?}"))?;
         let get = |c: Option<usize>| c.and_then(|i| fields.get(i)).copied();
         let addr = match (get(addr_col), get(port_col)) {
-            (Some(a), Some(p)) => Some(format!("{a}:{p}")),
+            (Some(host), Some(port)) => port.parse().ok().map(|port| Endpoint {
+                host: host.to_string(),
+                port,
+            }),
             _ => None,
         };
         states.insert(
@@ -612,7 +615,14 @@ mod tests {
         let with_port = "1\n# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_uweight srv_port\n\
                          3 api 4 burst1 127.0.0.1 2 0 50 18100\n";
         let s = parse_servers_state(with_port, "api").expect("parses");
-        assert_eq!(s["burst1"].addr.as_deref(), Some("127.0.0.1:18100"));
+        assert_eq!(
+            s["burst1"]
+                .addr
+                .as_ref()
+                .map(ToString::to_string)
+                .as_deref(),
+            Some("127.0.0.1:18100")
+        );
         assert_eq!(s["burst1"].weight, Some(50));
         assert!(parse_servers_state("Can't find backend.\n", "api")
             .expect("ok")
