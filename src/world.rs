@@ -8,8 +8,7 @@ use std::time::{Duration, Instant};
 
 use tracing::warn;
 
-use crate::backend::docker::config::ContainerConfig;
-use crate::backend::docker::DockerBackend;
+use crate::backend::docker::{ContainerSpec, DockerBackend};
 use crate::backend::ec2::{self, Ec2Backend};
 use crate::backend::haproxy::{self, RuntimeApi};
 use crate::backend::BackendError;
@@ -25,6 +24,10 @@ const POLL: Duration = Duration::from_millis(200);
 #[derive(Clone)]
 pub struct World {
     docker: Option<DockerBackend>,
+    /// The failover containers, typed once from the config.
+    containers: Vec<ContainerSpec>,
+    /// Burst unit `i`'s container at `i - 1`, rendered from the template once.
+    units: Vec<ContainerSpec>,
     haproxy: Vec<RuntimeApi>,
     ec2: Option<Ec2Backend>,
     /// The instance pool of EC2 burst units.
@@ -45,8 +48,9 @@ pub enum StepDone {
 pub type Superseded<'a> = &'a (dyn Fn() -> bool + Send + Sync);
 
 impl World {
-    /// The clients for `config`. Errors: a Runtime API address that does not parse (the config
-    /// check refuses it at load, so this names a bug, never skips the API silently).
+    /// The clients and container specs for `config`. Errors: a Runtime API address or a port
+    /// publication that does not parse (the config check refuses both at load, with their key
+    /// paths, so this names a bug: nothing is skipped silently).
     pub fn new(config: &ServiceConfig) -> Result<World, String> {
         let mut haproxy = Vec::new();
         if let Some(h) = &config.haproxy {
@@ -54,8 +58,25 @@ impl World {
                 haproxy.push(RuntimeApi::new(a, h.command_timeout)?);
             }
         }
+        let containers = config
+            .docker
+            .iter()
+            .flat_map(|d| &d.containers)
+            .map(ContainerSpec::new)
+            .collect::<Result<_, _>>()?;
+        let units = match &config.burst {
+            Some(b) => b
+                .container
+                .iter()
+                .flat_map(|c| (1..=b.max).map(|i| burst::render_container(c, i, b.port_base)))
+                .map(|c| ContainerSpec::new(&c))
+                .collect::<Result<_, _>>()?,
+            None => Vec::new(),
+        };
         Ok(World {
             docker: config.docker.as_ref().map(|d| DockerBackend::new(&d.host)),
+            containers,
+            units,
             haproxy,
             ec2: config.ec2.clone().map(Ec2Backend::new),
             burst_ec2: config
@@ -100,8 +121,8 @@ impl World {
     async fn observe_failover(&self, service: &str, config: &ServiceConfig) -> Observed {
         let containers = async {
             let mut out = Vec::new();
-            if let (Some(d), Some(cfg)) = (&self.docker, &config.docker) {
-                for c in &cfg.containers {
+            if let Some(d) = &self.docker {
+                for c in &self.containers {
                     let state = d.observe(service, c).await;
                     out.push(ContainerObs {
                         name: c.name.clone(),
@@ -170,11 +191,11 @@ impl World {
         let mut units = Vec::new();
         for (n, slot) in (1..=b.max).zip(&slots) {
             let mut containers = Vec::new();
-            if let (Some(c), Some(d)) = (&b.container, &self.docker) {
-                let spec = burst::render_container(c, n, b.port_base);
-                let state = d.observe(service, &spec).await;
+            let unit = usize::try_from(n - 1).ok().and_then(|i| self.units.get(i));
+            if let (Some(spec), Some(d)) = (unit, &self.docker) {
+                let state = d.observe(service, spec).await;
                 containers.push(ContainerObs {
-                    name: spec.name,
+                    name: spec.name.clone(),
                     state,
                 });
             }
@@ -233,16 +254,16 @@ impl World {
             // `start` checks again what it finds: it recreates only what may go, and starts
             // only the container it checked or created.
             Step::StartContainer { container } => {
-                let (d, c) = self.container(config, container)?;
-                d.start(service, &c, false).await?;
+                let (d, c) = self.container(container)?;
+                d.start(service, c, false).await?;
             }
             Step::RecreateContainer { container } => {
-                let (d, c) = self.container(config, container)?;
-                d.start(service, &c, true).await?;
+                let (d, c) = self.container(container)?;
+                d.start(service, c, true).await?;
             }
             Step::StopContainer { container } => {
-                let (d, c) = self.container(config, container)?;
-                d.stop(service, &c, timeouts.stop).await?;
+                let (d, c) = self.container(container)?;
+                d.stop(service, c, timeouts.stop).await?;
             }
             Step::WaitHealthy { containers } => {
                 return self
@@ -296,13 +317,13 @@ impl World {
             // message ("starting" and "unhealthy" call for different fixes).
             let mut pending = Vec::new();
             for name in containers {
-                let (d, c) = self.container(config, name)?;
+                let (d, c) = self.container(name)?;
                 let exited = |message: String| BackendError::Rejected {
                     target: format!("container {name}"),
                     message,
                     retryable: true,
                 };
-                match d.observe(service, &c).await {
+                match d.observe(service, c).await {
                     ContainerState::Running {
                         health: Health::Healthy,
                     } => {}
@@ -385,34 +406,20 @@ impl World {
         })
     }
 
-    /// A container this service manages: a failover container from the config, or a burst
-    /// unit's (`<name>-<i>`, rendered from the burst template).
-    fn container(
-        &self,
-        config: &ServiceConfig,
-        name: &str,
-    ) -> Result<(&DockerBackend, ContainerConfig), BackendError> {
+    /// A container this service manages: a failover container or a burst unit's.
+    fn container(&self, name: &str) -> Result<(&DockerBackend, &ContainerSpec), BackendError> {
         let missing = || BackendError::Rejected {
             target: format!("container {name}"),
             message: "not in this service's config".into(),
             retryable: false,
         };
         let d = self.docker.as_ref().ok_or_else(missing)?;
-        if let Some(c) = config
-            .docker
-            .as_ref()
-            .and_then(|cfg| cfg.containers.iter().find(|c| c.name == name))
-        {
-            return Ok((d, c.clone()));
-        }
-        let b = config.burst.as_ref().ok_or_else(missing)?;
-        let template = b.container.as_ref().ok_or_else(missing)?;
-        let index = name
-            .strip_prefix(&format!("{}-", template.name))
-            .and_then(|i| i.parse::<u32>().ok())
-            .filter(|i| (1..=b.max).contains(i))
-            .ok_or_else(missing)?;
-        Ok((d, burst::render_container(template, index, b.port_base)))
+        let spec = self
+            .containers
+            .iter()
+            .chain(&self.units)
+            .find(|c| c.name == name);
+        Ok((d, spec.ok_or_else(missing)?))
     }
 
     /// The Runtime API a server is reached through.

@@ -41,7 +41,7 @@ pub const SPEC_LABEL: &str = "io.failover-responder.spec";
 /// FNV-1a 64, like Alertmanager's fingerprints (`alert::fingerprint`): stable across runs,
 /// builds and machines, which std's randomly seeded hasher is not. It detects change, it is
 /// not a security measure: whoever can create containers can write any label.
-pub fn spec_digest(c: &ContainerConfig) -> String {
+pub fn spec_digest(c: &ContainerSpec) -> String {
     const OFFSET: u64 = 14_695_981_039_346_656_037;
     const PRIME: u64 = 1_099_511_628_211;
     let mut h = OFFSET;
@@ -66,18 +66,14 @@ pub fn spec_digest(c: &ContainerConfig) -> String {
     c.env.iter().for_each(|e| add(e.as_bytes()));
     add(c.ports.len().to_string().as_bytes());
     for p in &c.ports {
-        match parse_port(p) {
-            Ok(p) => add(format!(
-                "{}|{}|{}/{}",
-                p.host_ip.unwrap_or_default(),
-                p.host_port.map(|h| h.to_string()).unwrap_or_default(),
-                p.container_port,
-                p.proto
-            )
-            .as_bytes()),
-            // Refused by config validation; hashed as written rather than dropped.
-            Err(_) => add(p.as_bytes()),
-        }
+        add(format!(
+            "{}|{}|{}/{}",
+            p.host_ip.as_deref().unwrap_or_default(),
+            p.host_port.map(|h| h.to_string()).unwrap_or_default(),
+            p.container_port,
+            p.proto
+        )
+        .as_bytes());
     }
     format!("{h:016x}")
 }
@@ -93,7 +89,7 @@ pub struct Mismatch {
 
 impl Mismatch {
     /// Whether it may be removed and created from the config: ours, or `recreate: always`.
-    pub fn may_recreate(&self, c: &ContainerConfig) -> bool {
+    pub fn may_recreate(&self, c: &ContainerSpec) -> bool {
         self.ours || c.recreate == Recreate::Always
     }
 }
@@ -128,7 +124,7 @@ fn short_id(id: &str) -> &str {
 ///   tag was rebuilt or pulled since): stale too, or a failover would serve the old build.
 pub fn compare(
     service: &str,
-    c: &ContainerConfig,
+    c: &ContainerSpec,
     found: &Origin<'_>,
     want_id: Option<&str>,
 ) -> Option<Mismatch> {
@@ -244,6 +240,42 @@ pub fn parse_port(spec: &str) -> Result<PortSpec, String> {
     })
 }
 
+/// A container as the responder creates it: its config with the port publications parsed.
+/// Built once when the config is loaded ([`ContainerSpec::new`]); every Docker call takes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerSpec {
+    pub name: String,
+    pub image: String,
+    pub ports: Vec<PortSpec>,
+    /// `KEY=VALUE` entries.
+    pub env: Vec<String>,
+    pub command: Option<Vec<String>>,
+    pub health_url: Option<String>,
+    pub recreate: Recreate,
+}
+
+impl ContainerSpec {
+    /// Errors: the first port publication that does not parse, naming it (the config check
+    /// names every one with its key path first).
+    pub fn new(c: &ContainerConfig) -> Result<ContainerSpec, String> {
+        let ports = c
+            .ports
+            .iter()
+            .map(|p| parse_port(p))
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("container {}: {e}", c.name))?;
+        Ok(ContainerSpec {
+            name: c.name.clone(),
+            image: c.image.clone(),
+            ports,
+            env: c.env.clone(),
+            command: c.command.clone(),
+            health_url: c.health_url.clone(),
+            recreate: c.recreate,
+        })
+    }
+}
+
 /// One Docker engine. Cheap to clone; the negotiated client is shared.
 #[derive(Clone)]
 pub struct DockerBackend {
@@ -321,7 +353,7 @@ impl DockerBackend {
     /// Observes one of `service`'s containers, including its health, and whether it is the
     /// container its config would create ([`compare`]). Never fails: an engine that cannot be
     /// asked yields `Unknown` with the reason.
-    pub async fn observe(&self, service: &str, c: &ContainerConfig) -> ContainerState {
+    pub async fn observe(&self, service: &str, c: &ContainerSpec) -> ContainerState {
         match self.inspect(service, c).await {
             Ok(state) => state,
             Err(e) => ContainerState::Unknown {
@@ -335,7 +367,7 @@ impl DockerBackend {
         &self,
         d: &Docker,
         service: &str,
-        c: &ContainerConfig,
+        c: &ContainerSpec,
     ) -> Result<Option<Found>, BackendError> {
         let info = match d
             .inspect_container(&c.name, None::<InspectContainerOptions>)
@@ -372,7 +404,7 @@ impl DockerBackend {
     async fn inspect(
         &self,
         service: &str,
-        c: &ContainerConfig,
+        c: &ContainerSpec,
     ) -> Result<ContainerState, BackendError> {
         let d = self.client().await?;
         let Some(found) = self.find(d, service, c).await? else {
@@ -432,7 +464,7 @@ impl DockerBackend {
     pub async fn start(
         &self,
         service: &str,
-        c: &ContainerConfig,
+        c: &ContainerSpec,
         replace_running: bool,
     ) -> Result<(), BackendError> {
         let d = self.client().await?;
@@ -483,7 +515,7 @@ impl DockerBackend {
         &self,
         d: &Docker,
         service: &str,
-        c: &ContainerConfig,
+        c: &ContainerSpec,
     ) -> Result<String, BackendError> {
         let body = container_body(service, c);
         let opts = CreateContainerOptions {
@@ -563,7 +595,7 @@ impl DockerBackend {
     pub async fn stop(
         &self,
         service: &str,
-        c: &ContainerConfig,
+        c: &ContainerSpec,
         grace: Duration,
     ) -> Result<(), BackendError> {
         let d = self.client().await?;
@@ -596,7 +628,7 @@ impl DockerBackend {
 }
 
 /// The error for a container that is not as configured and may not be removed.
-fn refusal(c: &ContainerConfig, m: &Mismatch) -> BackendError {
+fn refusal(c: &ContainerSpec, m: &Mismatch) -> BackendError {
     BackendError::Rejected {
         target: format!("container {}", c.name),
         message: format!(
@@ -610,11 +642,10 @@ fn refusal(c: &ContainerConfig, m: &Mismatch) -> BackendError {
 }
 
 /// The create body for a container spec. Pure, so it is tested without an engine.
-pub fn container_body(service: &str, c: &ContainerConfig) -> ContainerCreateBody {
+pub fn container_body(service: &str, c: &ContainerSpec) -> ContainerCreateBody {
     let mut exposed: HashMap<String, HashMap<(), ()>> = HashMap::new();
     let mut bindings: HashMap<String, Option<Vec<PortBinding>>> = HashMap::new();
-    // Config validation already refused bad specs; skip rather than panic if one slips by.
-    for p in c.ports.iter().filter_map(|p| parse_port(p).ok()) {
+    for p in &c.ports {
         let key = format!("{}/{}", p.container_port, p.proto);
         exposed.insert(key.clone(), HashMap::new());
         bindings
@@ -646,6 +677,14 @@ pub fn container_body(service: &str, c: &ContainerConfig) -> ContainerCreateBody
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn typed(c: &ContainerConfig) -> ContainerSpec {
+        ContainerSpec::new(c).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn digest(c: &ContainerConfig) -> String {
+        spec_digest(&typed(c))
+    }
 
     #[test]
     fn port_specs() {
@@ -701,7 +740,7 @@ mod tests {
             health_url: None,
             recreate: Recreate::Never,
         };
-        let b = container_body("onprem-api", &c);
+        let b = container_body("onprem-api", &typed(&c));
         assert_eq!(b.image.as_deref(), Some("onprem-api:latest"));
         let bindings = b
             .host_config
@@ -722,7 +761,7 @@ mod tests {
                 .as_ref()
                 .and_then(|l| l.get(SPEC_LABEL))
                 .map(String::as_str),
-            Some(spec_digest(&c).as_str())
+            Some(digest(&c).as_str())
         );
     }
 
@@ -742,9 +781,9 @@ mod tests {
     fn spec_digest_is_stable_and_covers_what_creates_the_container() {
         let base = spec("api:1");
         // Fixed across runs and builds: a change here would recreate every container once.
-        assert_eq!(spec_digest(&base), spec_digest(&base.clone()));
-        assert_eq!(spec_digest(&base).len(), 16);
-        let golden = spec_digest(&base);
+        assert_eq!(digest(&base), digest(&base.clone()));
+        assert_eq!(digest(&base).len(), 16);
+        let golden = digest(&base);
         assert_eq!(golden, "3fb93c8bfa2ee80c", "the digest changed: {golden}");
         let changed: Vec<(&str, ContainerConfig)> = vec![
             ("image", spec("api:2")),
@@ -794,7 +833,7 @@ mod tests {
             ),
         ];
         for (what, c) in &changed {
-            assert_ne!(spec_digest(c), golden, "{what} not covered");
+            assert_ne!(digest(c), golden, "{what} not covered");
         }
         let same: Vec<(&str, ContainerConfig)> = vec![
             (
@@ -827,7 +866,7 @@ mod tests {
             ),
         ];
         for (what, c) in &same {
-            assert_eq!(spec_digest(c), golden, "{what} changed the digest");
+            assert_eq!(digest(c), golden, "{what} changed the digest");
         }
     }
 
@@ -842,12 +881,12 @@ mod tests {
             }
             l
         };
-        let current = ours(Some(spec_digest(&c)));
-        let older = ours(Some(spec_digest(&ContainerConfig {
+        let current = ours(Some(digest(&c)));
+        let older = ours(Some(digest(&ContainerConfig {
             env: vec![],
             ..c.clone()
         })));
-        let old_image = ours(Some(spec_digest(&spec("api:0"))));
+        let old_image = ours(Some(digest(&spec("api:0"))));
         let legacy = ours(None);
         let other_service = HashMap::from([(MANAGED_LABEL.to_string(), "other".to_string())]);
         let none = HashMap::new();
@@ -959,7 +998,7 @@ mod tests {
                 image: Some(image),
                 image_id: Some(id),
             };
-            let got = compare("svc", &c, &found, *want_id);
+            let got = compare("svc", &typed(&c), &found, *want_id);
             match (want, &got) {
                 (None, None) => {}
                 (Some((ours, words)), Some(m)) => {
@@ -968,18 +1007,18 @@ mod tests {
                         assert!(m.reason.contains(w), "{what}: {w:?} not in {:?}", m.reason);
                     }
                     assert!(m.reason.contains(image), "{what}: found image not named");
-                    assert_eq!(m.may_recreate(&c), *ours, "{what}");
+                    assert_eq!(m.may_recreate(&typed(&c)), *ours, "{what}");
                     let always = ContainerConfig {
                         recreate: Recreate::Always,
                         ..c.clone()
                     };
-                    assert!(m.may_recreate(&always), "{what}");
+                    assert!(m.may_recreate(&typed(&always)), "{what}");
                 }
                 _ => panic!("{what}: want {want:?}, got {got:?}"),
             }
         }
         // Engine data with nothing in it: not ours, and no panic.
-        let m = compare("svc", &c, &Origin::default(), None).expect("mismatch");
+        let m = compare("svc", &typed(&c), &Origin::default(), None).expect("mismatch");
         assert!(!m.ours && m.reason.contains("unknown"), "{m:?}");
         assert_eq!(short_id("sha256:abc"), "abc");
         assert_eq!(short_id(""), "");
