@@ -18,9 +18,9 @@ use crate::matcher::matches_all;
 use crate::plan::{self, ContainerState, InstanceObs, InstanceState, Observed, Plan, UnitObs};
 use crate::store::ServiceState;
 
-/// What a pass drives towards: the mode, and the burst count if the service bursts.
+/// What a pass drives towards (its goal): the mode, and the burst count if the service bursts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Target {
+pub struct Goal {
     pub mode: Mode,
     pub burst: Option<u32>,
 }
@@ -36,8 +36,8 @@ pub struct Desired {
 impl Desired {
     /// What steps are planned towards. Paused: what following the alerts would do (shown,
     /// never executed).
-    pub fn target(&self) -> Target {
-        Target {
+    pub fn goal(&self) -> Goal {
+        Goal {
             mode: if self.effective.paused {
                 self.decision.mode
             } else {
@@ -191,11 +191,11 @@ pub fn finish(config: &ServiceConfig, decided: Decided, input: &Input<'_>) -> Pa
         effective: decided.effective,
         scale,
     };
-    let target = desired.target();
-    let mut plan = plan::plan(target.mode, input.observed, config.standby);
+    let goal = desired.goal();
+    let mut plan = plan::plan(goal.mode, input.observed, config.standby);
     let burst_from = plan.steps.len();
     let mut units = input.units.to_vec();
-    if let (Some(b), Some(n)) = (&config.burst, target.burst) {
+    if let (Some(b), Some(n)) = (&config.burst, goal.burst) {
         explain_missing_instances(b, n, &mut units);
         plan.extend(plan::plan_burst(n, &units, b.haproxy.weight));
     }
@@ -275,7 +275,7 @@ const POOL_SHORT: &str = "the pool has only ";
 /// An instance unit the pool has no instance for cannot come up: say so, rather than wait
 /// for an address that will never be known. Idempotent: units already explained (the status
 /// board keeps them so, and the plan preview plans on them again) are explained anew.
-fn explain_missing_instances(b: &BurstConfig, target: u32, units: &mut [UnitObs]) {
+fn explain_missing_instances(b: &BurstConfig, wanted: u32, units: &mut [UnitObs]) {
     if b.ec2.is_none() {
         return;
     }
@@ -289,7 +289,7 @@ fn explain_missing_instances(b: &BurstConfig, target: u32, units: &mut [UnitObs]
         .filter(|u| !u.observed.instances.is_empty())
         .count();
     for u in units.iter_mut() {
-        if u.index <= target && u.observed.instances.is_empty() {
+        if u.index <= wanted && u.observed.instances.is_empty() {
             u.observed.instances.push(InstanceObs {
                 id: format!("for burst unit {}", u.index),
                 state: InstanceState::Unknown {
@@ -468,7 +468,7 @@ services:
         let state = ServiceState::new(t(0));
         let firing = [alert("overloaded", t(50))];
         let p = run(&cfg, &state, &firing, t(100));
-        assert_eq!(p.desired.target().burst, Some(2));
+        assert_eq!(p.desired.goal().burst, Some(2));
         assert_eq!(p.next_state.burst.target, 2);
         assert_eq!(
             p.next_state.mode,
@@ -478,7 +478,7 @@ services:
         // No units observed yet: nothing to plan for them, and nothing before burst_from.
         assert_eq!(p.burst_from, 0);
         let quiet = run(&cfg, &state, &[], t(100));
-        assert_eq!(quiet.desired.target().burst, Some(0));
+        assert_eq!(quiet.desired.goal().burst, Some(0));
         assert!(quiet
             .plan
             .steps

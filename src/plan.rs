@@ -764,15 +764,15 @@ pub struct UnitObs {
     pub address: Option<Endpoint>,
 }
 
-/// Plans units `1..=target` up and open, and every unit above `target` drained, closed and
+/// Plans units `1..=wanted` up and open, and every unit above `wanted` drained, closed and
 /// stopped, with the same safe orders as failover and failback. Unit plans are merged phase by
 /// phase (all starts, one wait, all opens), so growing by `step` units costs one wait, not
 /// `step` of them.
-pub fn plan_burst(target: u32, units: &[UnitObs], weight: u32) -> Plan {
+pub fn plan_burst(wanted: u32, units: &[UnitObs], weight: u32) -> Plan {
     let mut parts = Vec::new();
     for u in units {
         let mut p = Plan::default();
-        if u.index <= target {
+        if u.index <= wanted {
             if instances_up(&u.observed, &mut p)
                 && containers_up(&u.observed, may_send_traffic(&u.observed), &mut p)
             {

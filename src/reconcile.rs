@@ -22,7 +22,7 @@ use crate::metrics::{
     ActionLabels, KindLabels, Metrics, ModeLabels, ServiceLabels, ServiceMetrics, StepLabels,
     TargetLabels,
 };
-use crate::pass::{self, Pass, Target};
+use crate::pass::{self, Goal, Pass};
 use crate::plan::{self, Observed, ServerState, Step};
 use crate::store::{BurstStatus, CostStatus, ServiceState, StepRecord, Store};
 use crate::world::{StepDone, World};
@@ -294,8 +294,8 @@ fn state_of(svc: &ServiceRuntime, ctx: &Context) -> ServiceState {
         .unwrap_or_else(|| ServiceState::new(Utc::now()))
 }
 
-/// Whether a wait or the next step should stop because the target has changed.
-fn superseded(svc: &ServiceRuntime, ctx: &Context, target: Target) -> bool {
+/// Whether a wait or the next step should stop because the goal has changed.
+fn superseded(svc: &ServiceRuntime, ctx: &Context, goal: Goal) -> bool {
     let state = state_of(svc, ctx);
     let d = pass::desired(
         &svc.config,
@@ -304,7 +304,7 @@ fn superseded(svc: &ServiceRuntime, ctx: &Context, target: Target) -> bool {
         svc.healthy_since(),
         Utc::now(),
     );
-    d.effective.mode != target.mode || d.effective.paused || d.target().burst != target.burst
+    d.effective.mode != goal.mode || d.effective.paused || d.goal().burst != goal.burst
 }
 
 /// One pass: decide the mode and record it, observe, finish the pass (pure, [`pass`]), record,
@@ -383,12 +383,12 @@ async fn record_plan(
     steps_text: &str,
 ) -> Result<(), crate::store::StoreError> {
     let (decision, eff) = (&p.desired.decision, &p.desired.effective);
-    let target = p.desired.target();
-    let burst_text = target
+    let goal = p.desired.goal();
+    let burst_text = goal
         .burst
         .map(|n| format!(", burst {n} unit(s)"))
         .unwrap_or_default();
-    info!(service = %svc.name, mode = eff.mode.as_str(), burst = ?target.burst, reason = %decision.reason, steps = %steps_text, "executing plan");
+    info!(service = %svc.name, mode = eff.mode.as_str(), burst = ?goal.burst, reason = %decision.reason, steps = %steps_text, "executing plan");
     ctx.store
         .event(
             &svc.name,
@@ -410,19 +410,19 @@ async fn record_plan(
 }
 
 /// Runs the plan's steps in order, each recorded before it runs (so a crash is known at
-/// restart) and after; stops when the target changes or a step fails.
+/// restart) and after; stops when the goal changes or a step fails.
 async fn run_steps(
     svc: &ServiceRuntime,
     ctx: &Context,
     p: &Pass,
     mut state: ServiceState,
 ) -> Result<PassOutcome, PassError> {
-    let target = p.desired.target();
+    let goal = p.desired.goal();
     let crash_before = std::env::var(CRASH_ENV).ok();
     for (i, step) in p.plan.steps.iter().enumerate() {
         // The world may have moved on while earlier steps ran (a recovery during a slow start,
         // an override, the next burst step).
-        if superseded(svc, ctx, target) {
+        if superseded(svc, ctx, goal) {
             ctx.store
                 .event(
                     &svc.name,
@@ -443,7 +443,7 @@ async fn run_steps(
         let span = info_span!("step", service = %svc.name, action = step.action(), target = %step);
         let started = Instant::now();
         // Steps after `burst_from` act on burst units (their EC2 steps go to the burst pool).
-        let moved_on = || superseded(svc, ctx, target);
+        let moved_on = || superseded(svc, ctx, goal);
         let result = svc
             .world
             .run(&svc.name, &svc.config, step, i >= p.burst_from, &moved_on)

@@ -99,7 +99,7 @@ pub async fn plan(
                 "reason": decision.reason,
                 "held": eff.held,
                 "paused": eff.paused,
-                "burst": p.desired.target().burst,
+                "burst": p.desired.goal().burst,
                 "steps": p.plan.steps.iter().map(ToString::to_string).collect::<Vec<_>>(),
                 "waiting": p.plan.waiting,
                 "blocked": p.plan.blocked,
