@@ -82,6 +82,39 @@ pub async fn run(
     };
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
+    let server = http_server(listener, &config, state, &mut tasks, &stop)?;
+    let handle = server.handle();
+    info!(%addr, tls = config.tls_loaded.is_some(), "listening");
+
+    let server = tokio::spawn(server);
+    shutdown.await;
+    info!("shutting down");
+    handle.stop(true).await;
+    stop.cancel();
+    for t in tasks {
+        let _ = t.await;
+    }
+    let served = match server.await {
+        Ok(r) => r.map_err(AppError::Io),
+        Err(e) => Err(AppError::Io(std::io::Error::other(e))),
+    };
+    // Everything else holding the store is gone now: let the writer finish and let go of the
+    // database before returning.
+    drop(ctx);
+    store.close(std::time::Duration::from_secs(5)).await;
+    served
+}
+
+/// The HTTP server on `listener`, started but not yet polled: the routes, the connection
+/// limits, TLS when configured (its SIGHUP reload task goes onto `tasks`). Errors: the TLS
+/// material or the listener cannot be used.
+fn http_server(
+    listener: TcpListener,
+    config: &Config,
+    state: AppState,
+    tasks: &mut Vec<tokio::task::JoinHandle<()>>,
+    stop: &CancellationToken,
+) -> Result<actix_web::dev::Server, AppError> {
     let limits = config.server.clone();
     let server = HttpServer::new(move || {
         App::new()
@@ -106,26 +139,7 @@ pub async fn run(
         None => server.listen(listener)?,
     }
     .run();
-    let handle = server.handle();
-    info!(%addr, tls = config.tls_loaded.is_some(), "listening");
-
-    let server = tokio::spawn(server);
-    shutdown.await;
-    info!("shutting down");
-    handle.stop(true).await;
-    stop.cancel();
-    for t in tasks {
-        let _ = t.await;
-    }
-    let served = match server.await {
-        Ok(r) => r.map_err(AppError::Io),
-        Err(e) => Err(AppError::Io(std::io::Error::other(e))),
-    };
-    // Everything else holding the store is gone now: let the writer finish and let go of the
-    // database before returning.
-    drop(ctx);
-    store.close(std::time::Duration::from_secs(5)).await;
-    served
+    Ok(server)
 }
 
 /// Reloads the TLS material on SIGHUP until `stop`.

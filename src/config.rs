@@ -730,11 +730,6 @@ fn validate_service(name: &str, svc: &mut ServiceConfig, errors: &mut Vec<String
     }
     if let Some(e) = &svc.ec2 {
         e.validate(&format!("{p}.ec2"), errors);
-        if !cfg!(feature = "ec2") {
-            errors.push(format!(
-                "{p}.ec2: this build has no EC2 support (cargo feature ec2)"
-            ));
-        }
     }
     if svc.docker.is_none() && svc.haproxy.is_none() && svc.ec2.is_none() {
         errors.push(format!(
@@ -1028,6 +1023,17 @@ fn validate_burst(
             "{p}: scale_up_every and scale_in_every must be greater than 0"
         ));
     }
+    validate_slots(b, haproxy, &p, errors);
+    validate_units(b, docker, &p, errors);
+}
+
+/// `burst.haproxy`: the `server-template` slots the units are opened in.
+fn validate_slots(
+    b: &BurstConfig,
+    haproxy: Option<&HaproxyConfig>,
+    p: &str,
+    errors: &mut Vec<String>,
+) {
     if haproxy.is_none() {
         errors.push(format!(
             "{p}: needs the service's haproxy section (its runtime_api reaches the slots)"
@@ -1050,6 +1056,16 @@ fn validate_burst(
     if b.haproxy.backend.as_ref().is_some_and(|be| be.is_empty()) {
         errors.push(format!("{p}.haproxy.backend: must not be empty"));
     }
+}
+
+/// `burst.container` or `burst.ec2`, and `burst.address`: what a unit is and where it is
+/// reached, checked as unit 1 will be rendered.
+fn validate_units(
+    b: &BurstConfig,
+    docker: Option<&DockerConfig>,
+    p: &str,
+    errors: &mut Vec<String>,
+) {
     let max_port = u32::from(b.port_base) + b.max.saturating_sub(1);
     if b.address.contains("{port}") && (b.port_base == 0 || max_port > u32::from(u16::MAX)) {
         errors.push(format!(
@@ -1082,11 +1098,6 @@ fn validate_burst(
         }
         (None, Some(e)) => {
             e.validate(&format!("{p}.ec2"), errors);
-            if !cfg!(feature = "ec2") {
-                errors.push(format!(
-                    "{p}.ec2: this build has no EC2 support (cargo feature ec2)"
-                ));
-            }
             if !e.instance_ids.is_empty() && e.instance_ids.len() < b.max as usize {
                 errors.push(format!(
                     "{p}.ec2.instance_ids: {} instance(s) for max {}: every unit needs one",

@@ -160,53 +160,68 @@ pub fn effective(
     damping: Damping,
     now: DateTime<Utc>,
 ) -> Effective {
-    let keep = |mode, held: String| Effective {
-        mode,
-        held: Some(held),
-        paused: false,
-        capped: false,
-        recheck_after: None,
-    };
-    match cur.override_ {
-        Some(Override::Failover) => return keep(Mode::Cloud, "manual override: failover".into()),
-        Some(Override::Failback) => return keep(Mode::Onprem, "manual override: failback".into()),
-        Some(Override::Paused) => {
-            return Effective {
-                paused: true,
-                ..keep(
-                    cur.mode,
-                    "paused: observing only, no step is executed".into(),
-                )
-            }
-        }
-        None => {}
+    if let Some(o) = overridden(&cur) {
+        return o;
     }
-    let follow = Effective {
-        mode: decision.mode,
+    if decision.mode == cur.mode || decision.mode == Mode::Cloud {
+        return follow(decision.mode);
+    }
+    // The alerts say on-prem while we are in cloud: fail back only when it is safe and calm.
+    failback_held(&cur, damping, now).unwrap_or_else(|| follow(decision.mode))
+}
+
+/// `mode`, as the alerts say.
+fn follow(mode: Mode) -> Effective {
+    Effective {
+        mode,
         held: None,
         paused: false,
         capped: false,
         recheck_after: None,
-    };
-    if decision.mode == cur.mode || decision.mode == Mode::Cloud {
-        return follow;
     }
-    // The alerts say on-prem while we are in cloud: fail back only when it is safe and calm.
+}
+
+/// `mode`, held there for `why`.
+fn held(mode: Mode, why: String) -> Effective {
+    Effective {
+        held: Some(why),
+        ..follow(mode)
+    }
+}
+
+/// What an operator's override sets, if one is in force.
+fn overridden(cur: &Current<'_>) -> Option<Effective> {
+    match cur.override_ {
+        Some(Override::Failover) => Some(held(Mode::Cloud, "manual override: failover".into())),
+        Some(Override::Failback) => Some(held(Mode::Onprem, "manual override: failback".into())),
+        Some(Override::Paused) => Some(Effective {
+            paused: true,
+            ..held(
+                cur.mode,
+                "paused: observing only, no step is executed".into(),
+            )
+        }),
+        None => None,
+    }
+}
+
+/// Why a failback the alerts ask for waits, if it does: the hold-down since failover, the
+/// on-prem probe's healthy window, the cap on transitions per hour (in that order).
+fn failback_held(cur: &Current<'_>, damping: Damping, now: DateTime<Utc>) -> Option<Effective> {
     let in_cloud = (now - cur.since).to_std().unwrap_or_default();
     if in_cloud < damping.hold_down {
-        let left = damping.hold_down - in_cloud;
-        return Effective {
-            recheck_after: Some(left),
-            ..keep(
+        let until = cur.since + chrono::Duration::from_std(damping.hold_down).unwrap_or_default();
+        return Some(Effective {
+            recheck_after: Some(damping.hold_down - in_cloud),
+            ..held(
                 Mode::Cloud,
                 format!(
                     "hold_down: in cloud since {}, failback not before {}",
                     cur.since.to_rfc3339(),
-                    (cur.since + chrono::Duration::from_std(damping.hold_down).unwrap_or_default())
-                        .to_rfc3339()
+                    until.to_rfc3339()
                 ),
             )
-        };
+        });
     }
     if let Some(need) = damping.healthy_for {
         let healthy = cur
@@ -215,9 +230,9 @@ pub fn effective(
         match healthy {
             Some(h) if h >= need => {}
             Some(h) => {
-                return Effective {
+                return Some(Effective {
                     recheck_after: Some(need - h),
-                    ..keep(
+                    ..held(
                         Mode::Cloud,
                         format!(
                             "on-prem probe healthy for {} of the {} required",
@@ -225,24 +240,26 @@ pub fn effective(
                             humantime::format_duration(need)
                         ),
                     )
-                }
+                })
             }
-            None => return keep(Mode::Cloud, "on-prem probe is not answering yet".into()),
+            None => {
+                return Some(held(
+                    Mode::Cloud,
+                    "on-prem probe is not answering yet".into(),
+                ))
+            }
         }
     }
     let hour_ago = now - chrono::Duration::hours(1);
     let recent = cur.transitions.iter().filter(|t| **t > hour_ago).count();
     let max = damping.max_transitions_per_hour as usize;
-    if max > 0 && recent >= max {
-        return Effective {
-            capped: true,
-            ..keep(
-                Mode::Cloud,
-                format!("max_transitions_per_hour ({max}) reached: staying in cloud until the last hour has fewer changes"),
-            )
-        };
-    }
-    follow
+    (max > 0 && recent >= max).then(|| Effective {
+        capped: true,
+        ..held(
+            Mode::Cloud,
+            format!("max_transitions_per_hour ({max}) reached: staying in cloud until the last hour has fewer changes"),
+        )
+    })
 }
 
 #[cfg(test)]

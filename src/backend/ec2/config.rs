@@ -36,6 +36,11 @@ pub struct TagFilter {
 impl Ec2Config {
     /// Semantic checks, one message per problem, with the key path.
     pub fn validate(&self, p: &str, errors: &mut Vec<String>) {
+        if !cfg!(feature = "ec2") {
+            errors.push(format!(
+                "{p}: this build has no EC2 support (cargo feature ec2)"
+            ));
+        }
         match (self.instance_ids.is_empty(), &self.tag) {
             (true, None) => errors.push(format!("{p}: set instance_ids or tag")),
             (false, Some(_)) => errors.push(format!("{p}: set instance_ids or tag, not both")),
