@@ -5,8 +5,9 @@
 //! rules) and wakes the reconciler. The reconciler ([`reconcile`]), one task per service, runs
 //! one pass at a time: it decides the desired mode from the alerts firing now ([`desired`],
 //! pure, using Alertmanager [`matcher`]s from the [`config`]), records it, observes the real
-//! state through the [`backend`]s (Docker Engine API, HAProxy Runtime API, EC2), plans the
-//! missing steps in a safe order ([`plan`], pure) and runs them; [`pass`] is that deciding as
+//! state through the service's [`world`] (its [`backend`]s: Docker Engine API, HAProxy Runtime
+//! API, EC2), plans the missing steps in a safe order ([`plan`], pure) and runs each through the
+//! world on the backend it belongs to; [`pass`] is that deciding as
 //! one pure function, which the plan preview runs too. It runs again on a timer, so drift is
 //! repaired and a lost notification does not leave the world wrong. Beside the mode, a service
 //! may burst: an overload alert sets a desired number of extra cloud units ([`burst`], pure,
