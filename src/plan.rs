@@ -247,10 +247,12 @@ pub struct Observed {
     pub instances: Vec<InstanceObs>,
 }
 
-/// One action. Waits are steps too: they have deadlines and can fail.
+/// One action. Waits are steps too: they have deadlines and can fail. Grouped by the backend
+/// that runs it ([`Step::backend`]); the order they run in is `phase`'s alone.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "action", rename_all = "snake_case")]
 pub enum Step {
+    // Docker.
     /// Create the container from its config if absent, then start it.
     StartContainer {
         container: String,
@@ -265,30 +267,18 @@ pub enum Step {
     WaitHealthy {
         containers: Vec<String>,
     },
-    SetServer {
-        #[serde(flatten)]
-        target: ServerRef,
-        state: AdminState,
-    },
-    /// Poll until the servers have no sessions, up to `timeouts.drain`.
-    WaitDrained {
-        servers: Vec<ServerRef>,
-    },
     /// Stop with `timeouts.stop` grace.
     StopContainer {
         container: String,
     },
-    StartInstances {
-        ids: Vec<String>,
-    },
-    /// EC2 waiter until every instance is running, up to `ec2.running_timeout`.
-    WaitInstancesRunning {
-        ids: Vec<String>,
-    },
     /// Poll the Docker engine until it answers, up to `timeouts.healthy`.
     WaitDockerReady,
-    StopInstances {
-        ids: Vec<String>,
+
+    // HAProxy.
+    SetServer {
+        #[serde(flatten)]
+        target: ServerRef,
+        state: AdminState,
     },
     /// `set server <b>/<s> addr <ip> port <port>`: points a burst slot at its unit.
     SetServerAddr {
@@ -303,9 +293,43 @@ pub enum Step {
         target: ServerRef,
         weight: u32,
     },
+    /// Poll until the servers have no sessions, up to `timeouts.drain`.
+    WaitDrained {
+        servers: Vec<ServerRef>,
+    },
+
+    // EC2.
+    StartInstances {
+        ids: Vec<String>,
+    },
+    /// EC2 waiter until every instance is running, up to `ec2.running_timeout`.
+    WaitInstancesRunning {
+        ids: Vec<String>,
+    },
+    StopInstances {
+        ids: Vec<String>,
+    },
 }
 
 impl Step {
+    /// The backend that runs it: `docker`, `haproxy` or `ec2` (as in the `backend_up` metric).
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Step::StartContainer { .. }
+            | Step::RecreateContainer { .. }
+            | Step::WaitHealthy { .. }
+            | Step::StopContainer { .. }
+            | Step::WaitDockerReady => "docker",
+            Step::SetServer { .. }
+            | Step::SetServerAddr { .. }
+            | Step::SetWeight { .. }
+            | Step::WaitDrained { .. } => "haproxy",
+            Step::StartInstances { .. }
+            | Step::WaitInstancesRunning { .. }
+            | Step::StopInstances { .. } => "ec2",
+        }
+    }
+
     /// Short name for metrics and logs.
     pub fn action(&self) -> &'static str {
         match self {

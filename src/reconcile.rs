@@ -440,7 +440,7 @@ async fn run_steps(
             // Test-only: die as kill -9 would, with the step recorded and not done.
             std::process::abort();
         }
-        let span = info_span!("step", service = %svc.name, action = step.action(), target = %step);
+        let span = info_span!("step", service = %svc.name, backend = step.backend(), action = step.action(), target = %step);
         let started = Instant::now();
         // Steps after `burst_from` act on burst units (their EC2 steps go to the burst pool).
         let moved_on = || superseded(svc, ctx, goal);

@@ -251,7 +251,7 @@ impl World {
     ) -> Result<StepDone, BackendError> {
         let timeouts = &config.timeouts;
         match step {
-            // `start` checks again what it finds: it recreates only what may go, and starts
+            // Docker. `start` checks again what it finds: it recreates only what may go, and starts
             // only the container it checked or created.
             Step::StartContainer { container } => {
                 let (d, c) = self.container(container)?;
@@ -271,6 +271,7 @@ impl World {
                     .await
             }
             Step::WaitDockerReady => return self.wait_docker(config, superseded).await,
+            // HAProxy.
             Step::SetServer { target: t, state } => {
                 self.api(t)?
                     .set_state(&t.backend, &t.server, *state)
@@ -295,6 +296,7 @@ impl World {
                     .wait_drained(service, config, servers, superseded)
                     .await
             }
+            // EC2.
             Step::StartInstances { ids } => self.pool(burst)?.start(ids).await?,
             Step::WaitInstancesRunning { ids } => self.pool(burst)?.wait_running(ids).await?,
             Step::StopInstances { ids } => self.pool(burst)?.stop(ids).await?,
