@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the real components that the demo and the tests talk to: Debian's haproxy,
 # busybox-static (the cloud container image is built from it), prometheus and
-# prometheus-alertmanager, and moto's server from PyPI (the EC2 API stand-in).
+# prometheus-alertmanager, etcd-server (and protoc, which the etcd client needs to build),
+# and moto's server from PyPI (the EC2 API stand-in).
 # Idempotent: does nothing when all are present.
 set -euo pipefail
 
@@ -11,6 +12,11 @@ command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
 command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
 command -v alertmanager >/dev/null 2>&1 || command -v prometheus-alertmanager >/dev/null 2>&1 || need+=(prometheus-alertmanager)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+# etcd holds the leader lease of a responder cluster (the HA tests start their own members);
+# protoc compiles etcd's protos for the etcd-client crate at build time.
+command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
+command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
+[ -f /usr/include/google/protobuf/descriptor.proto ] || need+=(libprotobuf-dev)
 
 # moto's server stands in for the EC2 API in the tests (PyPI, in a venv of its own).
 moto_venv=${MOTO_VENV:-$HOME/.cache/failover-responder/venv-moto}
@@ -33,7 +39,7 @@ $SUDO apt-get update -qq
 # --no-install-recommends keeps the install small; the packages' own services are not
 # wanted (the tests start their own instances on loopback), so stop them if apt started them.
 $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"
-for svc in haproxy prometheus prometheus-alertmanager prometheus-node-exporter; do
+for svc in haproxy prometheus prometheus-alertmanager prometheus-node-exporter etcd; do
   $SUDO systemctl stop "$svc" >/dev/null 2>&1 || true
   $SUDO pkill -x "$svc" >/dev/null 2>&1 || true
 done

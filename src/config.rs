@@ -56,6 +56,8 @@ pub struct Config {
     /// Resync of the firing alerts from Alertmanager's API, repairing lost and truncated
     /// notifications. Off when absent.
     pub alertmanager: Option<AlertmanagerConfig>,
+    /// Two or more responders sharing one leader lease in etcd; absent: standalone.
+    pub cluster: Option<crate::cluster::ClusterConfig>,
     /// The services this responder fails over, by name (used in URLs, metrics and logs).
     pub services: BTreeMap<String, ServiceConfig>,
     /// Plan and record, execute nothing (`--dry-run`; not a config key).
@@ -648,6 +650,9 @@ impl Config {
     /// Semantic checks; compiles matchers. Pushes one message per problem.
     fn validate(&mut self, errors: &mut Vec<String>) {
         self.validate_globals(errors);
+        if let Some(c) = &self.cluster {
+            c.validate(errors);
+        }
         for (name, svc) in &mut self.services {
             validate_service(name, svc, errors);
         }

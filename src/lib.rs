@@ -24,6 +24,7 @@ pub mod alert;
 pub mod app;
 pub mod backend;
 pub mod burst;
+pub mod cluster;
 pub mod config;
 pub mod desired;
 pub mod http;

@@ -111,6 +111,30 @@ pub struct Metrics {
     pub instance_hours_today: Family<ServiceLabels, FloatGauge>,
 }
 
+impl Metrics {
+    /// Registers the cluster's series (see [`crate::cluster::ClusterMetrics`]); called once,
+    /// only when `cluster:` is configured.
+    pub fn register_cluster(&mut self) -> crate::cluster::ClusterMetrics {
+        let m = crate::cluster::ClusterMetrics::default();
+        self.registry.register(
+            "cluster_leader",
+            "1 while this responder leads its cluster and may act (its lease is certain to hold)",
+            m.leader.clone(),
+        );
+        self.registry.register(
+            "cluster_leader_changes",
+            "Times this responder gained or lost leadership",
+            m.leader_changes.clone(),
+        );
+        self.registry.register(
+            "cluster_etcd_up",
+            "1 when etcd answered this responder's last call",
+            m.etcd_up.clone(),
+        );
+        m
+    }
+}
+
 fn step_histogram() -> Histogram {
     // 1 ms .. ~65 s: a HAProxy command to a slow container start.
     Histogram::new(exponential_buckets(0.001, 2.0, 17))

@@ -1,0 +1,182 @@
+//! The campaign: a lease of `lease_ttl`, kept alive every third of it, and etcd's election on
+//! `<prefix>leader` with this node's name as the value (etcd's own leader election, as
+//! `etcdctl elect` uses it). A session lasts as long as its lease can be renewed; when it
+//! cannot, the node fences itself (see the module above), and a new session starts with a new
+//! lease once etcd answers again.
+
+use std::time::{Duration, Instant};
+
+use etcd_client::{Client, ConnectOptions, LeaseKeepAliveStream, LeaseKeeper, ResignOptions};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::{acting_deadline, Cluster};
+
+/// Between sessions: how long to wait before asking etcd again.
+const RETRY: Duration = Duration::from_secs(1);
+
+impl Cluster {
+    /// Campaigns for leadership until `stop`, keeping [`Cluster::may_act`] true only while
+    /// this node leads on a lease certain to hold. Never returns an error: etcd being away is
+    /// a state (shown in status and metrics), not a failure of the responder.
+    pub async fn run(self, stop: CancellationToken) {
+        loop {
+            match self.session(&stop).await {
+                Ok(()) => return,
+                Err(why) => {
+                    warn!(node = %self.config.name, reason = %why, "not acting: {why}");
+                    self.follow(None, why.clone());
+                    self.set_etcd(false, Some(why));
+                }
+            }
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(RETRY) => {}
+            }
+        }
+    }
+
+    fn election(&self) -> String {
+        format!("{}leader", self.config.prefix)
+    }
+
+    /// One lease: campaign on it, lead while it is renewed, give it up on `stop`. Errors: why
+    /// the session ended (etcd unreachable, the lease lost or not renewed in time).
+    async fn session(&self, stop: &CancellationToken) -> Result<(), String> {
+        let ttl = self.config.lease_ttl;
+        let mut client = self.connect().await?;
+        let sent = Instant::now();
+        let lease = self
+            .call("grant a lease", client.lease_grant(ttl.as_secs() as i64, None))
+            .await?
+            .id();
+        let mut renewed = sent;
+        let (mut keeper, mut stream) = self
+            .call("keep the lease alive", client.lease_keep_alive(lease))
+            .await?;
+        self.set_etcd(true, Some("campaigning".into()));
+        let mut campaign = {
+            let mut c = client.clone();
+            let (name, value) = (self.election(), self.config.name.clone());
+            Box::pin(async move { c.campaign(name, value, lease).await })
+        };
+        let mut leader_key = None;
+        let mut tick = tokio::time::interval(ttl / 3);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => {
+                    self.give_up(&mut client, lease, leader_key).await;
+                    return Ok(());
+                }
+                won = &mut campaign, if leader_key.is_none() => {
+                    let won = won.map_err(|e| format!("etcd: campaign: {e}"))?;
+                    let deadline = acting_deadline(renewed, ttl);
+                    if Instant::now() >= deadline {
+                        return Err("won the election after the lease could have expired".into());
+                    }
+                    leader_key = won.leader().cloned();
+                    info!(node = %self.config.name, "leader: acting");
+                    self.lead(deadline);
+                }
+                _ = tick.tick() => {
+                    let sent = Instant::now();
+                    match self.renew(&mut keeper, &mut stream).await {
+                        Ok(()) => {
+                            renewed = sent;
+                            self.renewed(acting_deadline(renewed, ttl));
+                            if leader_key.is_none() {
+                                self.look_up_leader(&mut client).await;
+                            }
+                        }
+                        Err(e) if Instant::now() >= acting_deadline(renewed, ttl) => {
+                            return Err(format!("could not renew the leader lease within {}: {e}", humantime::format_duration(ttl - super::margin(ttl))));
+                        }
+                        // Still inside the deadline: the next tick tries again.
+                        Err(e) => self.set_etcd(false, Some(e)),
+                    }
+                }
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<Client, String> {
+        let e = &self.config.etcd;
+        let mut options = ConnectOptions::new()
+            .with_connect_timeout(e.timeout)
+            .with_timeout(e.timeout)
+            .with_keep_alive(e.timeout, e.timeout);
+        if let (Some(user), Some(file)) = (&e.username, &e.password_file) {
+            let password = std::fs::read_to_string(file)
+                .map_err(|err| format!("cluster.etcd.password_file {}: {err}", file.display()))?;
+            options = options.with_user(user, password.trim_end());
+        }
+        self.call("connect", Client::connect(&e.endpoints, Some(options)))
+            .await
+    }
+
+    /// One etcd call, bounded by `etcd.timeout`; the error names what was asked.
+    async fn call<T>(
+        &self,
+        what: &str,
+        f: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
+    ) -> Result<T, String> {
+        match tokio::time::timeout(self.config.etcd.timeout, f).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(format!("etcd: {what}: {e}")),
+            Err(_) => Err(format!(
+                "etcd: {what}: no answer within {}",
+                humantime::format_duration(self.config.etcd.timeout)
+            )),
+        }
+    }
+
+    /// One keep-alive round trip. Errors: no answer, or etcd says the lease is gone (TTL 0).
+    async fn renew(
+        &self,
+        keeper: &mut LeaseKeeper,
+        stream: &mut LeaseKeepAliveStream,
+    ) -> Result<(), String> {
+        let round_trip = async {
+            keeper.keep_alive().await?;
+            stream.message().await
+        };
+        match self.call("renew the lease", round_trip).await? {
+            Some(r) if r.ttl() > 0 => Ok(()),
+            Some(_) => Err("etcd: the lease has expired".into()),
+            None => Err("etcd: the keep-alive stream ended".into()),
+        }
+    }
+
+    /// A follower asks who leads, for status.
+    async fn look_up_leader(&self, client: &mut Client) {
+        let leader = match self.call("who leads", client.leader(self.election())).await {
+            Ok(r) => r
+                .kv()
+                .and_then(|kv| kv.value_str().ok())
+                .map(str::to_string),
+            // No leader yet is an error answer of the election API too.
+            Err(_) => None,
+        };
+        let reason = match &leader {
+            Some(l) => format!("follower: {l} leads"),
+            None => "follower: no leader yet".into(),
+        };
+        self.follow(leader, reason);
+    }
+
+    /// Leaves the election at shutdown so another node takes over at once, not after the TTL.
+    async fn give_up(
+        &self,
+        client: &mut Client,
+        lease: i64,
+        leader_key: Option<etcd_client::LeaderKey>,
+    ) {
+        self.follow(None, "stopping".into());
+        if let Some(key) = leader_key {
+            let resign = client.resign(Some(ResignOptions::new().with_leader(key)));
+            let _ = self.call("resign", resign).await;
+        }
+        let _ = self.call("revoke the lease", client.lease_revoke(lease)).await;
+        info!(node = %self.config.name, "left the election");
+    }
+}
