@@ -1044,8 +1044,14 @@ impl Batch<'_, '_> {
     /// that of an alert firing again (it tells a late copy of the resolution already applied
     /// from a new one, see the incarnation rules).
     fn bound_tombstones(&mut self) -> Result<(), DbError> {
-        let total =
-            self.mem.tombstones.len() + self.st.tombstones.values().filter(|t| t.is_some()).count();
+        // A tombstone this batch rewrote is already counted in memory.
+        let added = self
+            .st
+            .tombstones
+            .iter()
+            .filter(|(k, t)| t.is_some() && !self.mem.tombstones.contains_key(*k))
+            .count();
+        let total = self.mem.tombstones.len() + added;
         if total <= MAX_TOMBSTONES {
             return Ok(());
         }
@@ -1351,6 +1357,75 @@ mod tests {
             .await
             .expect("record");
         assert!(!o.changed);
+        assert_eq!(store.firing().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_rewritten_tombstone_counts_once_against_the_bound() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), Retention::default()).expect("open");
+        let t = |min: i64| {
+            "2026-12-02T09:00:00Z"
+                .parse::<DateTime<Utc>>()
+                .expect("time")
+                + chrono::Duration::minutes(min)
+        };
+        let alert =
+            |i: usize, status: AlertStatus, ends_at: Option<DateTime<Utc>>| crate::alert::Alert {
+                status,
+                labels: [("i".to_string(), i.to_string())].into_iter().collect(),
+                annotations: Labels::new(),
+                starts_at: t(0),
+                ends_at,
+                generator_url: String::new(),
+                fingerprint: format!("fp{i:05}"),
+            };
+        let record = |alerts: Vec<crate::alert::Alert>| {
+            let n = Arc::new(Notification {
+                version: "4".into(),
+                group_key: "g".into(),
+                truncated_alerts: 0,
+                status: alerts[0].status,
+                receiver: "r".into(),
+                group_labels: Labels::new(),
+                common_labels: Labels::new(),
+                common_annotations: Labels::new(),
+                external_url: String::new(),
+                alerts,
+            });
+            let store = store.clone();
+            async move {
+                store
+                    .record(n.clone(), raw(&n), all(&n))
+                    .await
+                    .expect("record")
+            }
+        };
+        // As many resolutions as the bound keeps, all received at once.
+        let resolved = (0..MAX_TOMBSTONES)
+            .map(|i| alert(i, AlertStatus::Resolved, Some(t(5))))
+            .collect();
+        record(resolved).await;
+        // The last one's newer resolution rewrites its tombstone: one alert, still at the bound,
+        // so no other tombstone may go (the oldest by receipt, then by name, is fp00000).
+        record(vec![alert(
+            MAX_TOMBSTONES - 1,
+            AlertStatus::Resolved,
+            Some(t(9)),
+        )])
+        .await;
+        // fp00000's tombstone is still known: after a re-fire, a late copy of its resolution
+        // is ignored.
+        assert!(
+            record(vec![alert(0, AlertStatus::Firing, None)])
+                .await
+                .changed
+        );
+        assert!(
+            !record(vec![alert(0, AlertStatus::Resolved, Some(t(5)))])
+                .await
+                .changed
+        );
         assert_eq!(store.firing().len(), 1);
     }
 
