@@ -1,14 +1,15 @@
 //! failover-responder: Alertmanager webhooks in, cloud capacity and HAProxy servers reconciled out.
 //!
 //! Alerts are edges; the world is a level. The webhook ([`http`]) only authenticates, parses
-//! ([`alert`]), records ([`store`], judging late and repeated copies by the [`incarnation`]
-//! rules) and wakes the reconciler. The reconciler ([`reconcile`]), one task per service, runs
-//! one pass at a time: it decides the desired mode from the alerts firing now ([`desired`],
-//! pure, using Alertmanager [`matcher`]s from the [`config`]), records it, observes the real
-//! state through the [`backend`]s (Docker Engine API, HAProxy Runtime API, EC2), plans the
-//! missing steps in a safe order ([`plan`], pure) and runs them; [`pass`] is that deciding as
-//! one pure function, which the plan preview runs too. It runs again on a timer, so drift is
-//! repaired and a lost notification does not leave the world wrong. Beside the mode, a service
+//! ([`alert`]), records ([`store`]; what the firing set becomes is [`firing`]'s to say, pure,
+//! judging late and repeated copies by the [`incarnation`] rules) and wakes the reconciler.
+//! The reconciler ([`reconcile`]), one task per service, runs one pass at a time: it decides
+//! the desired mode from the alerts firing now ([`desired`], pure, using Alertmanager
+//! [`matcher`]s from the [`config`]), records it, observes the real state through the
+//! [`backend`]s (Docker Engine API, HAProxy Runtime API, EC2), plans the missing steps in a
+//! safe order ([`plan`], pure) and runs them; [`pass`] is that deciding as one pure function,
+//! which the plan preview runs too. It runs again on a timer, so drift is repaired and a lost
+//! notification does not leave the world wrong. Beside the mode, a service
 //! may burst: an overload alert sets a desired number of extra cloud units ([`burst`], pure,
 //! with the cost guard; [`template`] renders each unit), planned and observed the same way.
 //! [`app`] wires it together.
@@ -25,6 +26,7 @@ pub mod backend;
 pub mod burst;
 pub mod config;
 pub mod desired;
+pub mod firing;
 pub mod http;
 pub mod incarnation;
 pub mod matcher;
