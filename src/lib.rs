@@ -9,10 +9,11 @@
 //! [`backend`]s (Docker Engine API, HAProxy Runtime API, EC2), plans the missing steps in a
 //! safe order ([`plan`], pure) and runs them; [`pass`] is that deciding as one pure function,
 //! which the plan preview runs too. It runs again on a timer, so drift is repaired and a lost
-//! notification does not leave the world wrong. Beside the mode, a service
-//! may burst: an overload alert sets a desired number of extra cloud units ([`burst`], pure,
-//! with the cost guard; [`template`] renders each unit), planned and observed the same way.
-//! [`app`] wires it together.
+//! notification does not leave the world wrong; what each pass saw and did is shown on the
+//! [`status`] board (memory only). Beside the mode, a service may burst: an overload alert
+//! sets a desired number of extra cloud units ([`burst`], pure, with the cost guard;
+//! [`template`] renders each unit), planned and observed the same way. [`app`] wires it
+//! together.
 
 // Input and the outside world must never be able to panic the responder.
 #![cfg_attr(
@@ -35,6 +36,7 @@ pub mod pass;
 pub mod plan;
 pub mod reconcile;
 pub mod resync;
+pub mod status;
 pub mod store;
 pub mod template;
 pub mod tls;

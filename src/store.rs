@@ -10,11 +10,12 @@
 //! the writer. Every table is bounded: the journal and events are pruned by count and age.
 //!
 //! What a notification or a resync does to the firing set is decided by [`crate::firing`]
-//! (pure); the store writes the changes it reports.
+//! (pure); the store writes the changes it reports. What the reconcilers last saw and did is
+//! not kept here but on the status board (`src/status.rs`), in memory only.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -23,9 +24,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::alert::{AlertStatus, Notification};
-use crate::desired::{Decision, FiringAlert, Mode, Override};
+use crate::desired::{FiringAlert, Mode, Override};
 use crate::firing::{Change, FiringSet};
-use crate::plan::{Observed, Plan};
 
 const JOURNAL: TableDefinition<u64, &[u8]> = TableDefinition::new("journal");
 const FIRING: TableDefinition<&str, &[u8]> = TableDefinition::new("firing");
@@ -38,8 +38,6 @@ const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 const MAX_TOMBSTONES: usize = 10_000;
 /// How many notifications the status shows.
 const MAX_RECENT_NOTIFICATIONS: usize = 100;
-/// How many step records each service's status keeps.
-const MAX_STEPS: usize = 50;
 /// Most requests applied in one transaction.
 const MAX_BATCH: usize = 4096;
 /// redb page cache.
@@ -144,75 +142,6 @@ impl ServiceState {
     }
 }
 
-/// One step the reconciler ran, with its outcome (status only, not persisted).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct StepRecord {
-    pub at: DateTime<Utc>,
-    pub step: String,
-    pub action: String,
-    pub outcome: String,
-    pub duration_ms: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
-
-/// What the status API shows about one service beyond its persisted state.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct ServiceStatus {
-    pub desired: Option<Decision>,
-    pub observed: Observed,
-    pub converged: bool,
-    /// What keeps it from converging without a step (unreachable backends...).
-    pub waiting: Vec<String>,
-    /// What only a human can fix before the plan can go on; each names its target and the fix.
-    pub blocked: Vec<String>,
-    /// Why the mode is held against what the alerts say (hold-down, probe, cap, override).
-    pub held: Option<String>,
-    /// Steps still to run in the current plan.
-    pub pending_steps: Vec<String>,
-    pub last_reconcile_at: Option<DateTime<Utc>>,
-    pub last_error: Option<String>,
-    pub consecutive_failures: u32,
-    pub last_steps: VecDeque<StepRecord>,
-    /// Bursting: the count, what each unit looks like, and what holds growth back.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub burst: Option<BurstStatus>,
-    /// Cloud units running now, since when, and what they cost.
-    pub cost: CostStatus,
-}
-
-/// The burst part of a service's status.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct BurstStatus {
-    /// Units that should be up and open now.
-    pub target: u32,
-    pub min: u32,
-    pub max: u32,
-    /// Whether the overload alert fires now.
-    pub overloaded: bool,
-    /// Slots open (ready) on every HAProxy.
-    pub open: u32,
-    /// Why the cost guard holds growth back, while it does.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub capped: Option<String>,
-    pub units: Vec<crate::plan::UnitObs>,
-}
-
-/// The cost part of a service's status.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct CostStatus {
-    /// Running units by name, with since when.
-    pub running: std::collections::BTreeMap<String, crate::burst::Running>,
-    pub instances_running: u32,
-    pub instance_hours_today: f64,
-    /// Estimate at the configured prices.
-    pub estimated_cost_per_hour: f64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_instances: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_instance_hours_per_day: Option<f64>,
-}
-
 /// A decision or step, for the event history.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Event {
@@ -224,18 +153,6 @@ pub struct Event {
     /// Fingerprints of the alerts behind it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub alerts: Vec<String>,
-}
-
-/// Result of the last Alertmanager resync.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct ResyncStatus {
-    pub last_attempt: Option<DateTime<Utc>>,
-    pub last_success: Option<DateTime<Utc>>,
-    pub last_error: Option<String>,
-    pub alerts: usize,
-    /// Of `alerts`, how many Alertmanager silences or inhibits: counted as firing all the same
-    /// (a silence mutes notifications, not the outage).
-    pub muted: usize,
 }
 
 /// A journal entry: `{"received_at": <RFC 3339>, "notification": <the body as received>}`.
@@ -291,9 +208,7 @@ enum Op {
 struct Mem {
     firing: FiringSet,
     services: BTreeMap<String, ServiceState>,
-    status: BTreeMap<String, ServiceStatus>,
     recent: VecDeque<NotificationRecord>,
-    resync: ResyncStatus,
     journal_len: u64,
 }
 
@@ -366,10 +281,6 @@ impl Store {
     fn read(&self) -> RwLockReadGuard<'_, Mem> {
         // Only the writer holds the lock across code that could panic; keep serving regardless.
         self.mem.read().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn write(&self) -> RwLockWriteGuard<'_, Mem> {
-        self.mem.write().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Sends one request to the writer and waits for its answer (after the commit).
@@ -504,86 +415,6 @@ impl Store {
 
     pub fn journal_len(&self) -> u64 {
         self.read().journal_len
-    }
-
-    /// Updates one service's volatile status after a reconcile pass.
-    pub fn set_observation(
-        &self,
-        service: &str,
-        decision: &Decision,
-        held: Option<String>,
-        observed: &Observed,
-        plan: &Plan,
-    ) {
-        let mut g = self.write();
-        let s = g.status.entry(service.to_string()).or_default();
-        s.desired = Some(decision.clone());
-        s.held = held;
-        s.observed = observed.clone();
-        s.converged = plan.converged();
-        s.waiting = plan.waiting.clone();
-        s.blocked = plan.blocked.clone();
-        s.pending_steps = plan.steps.iter().map(ToString::to_string).collect();
-        s.last_reconcile_at = Some(Utc::now());
-    }
-
-    /// What blocked the service's plan at its last pass.
-    pub fn blocked(&self, service: &str) -> Vec<String> {
-        self.read()
-            .status
-            .get(service)
-            .map(|s| s.blocked.clone())
-            .unwrap_or_default()
-    }
-
-    /// Records the burst and cost part of a service's status (memory only).
-    pub fn set_burst_status(&self, service: &str, burst: Option<BurstStatus>, cost: CostStatus) {
-        let mut g = self.write();
-        let s = g.status.entry(service.to_string()).or_default();
-        s.burst = burst;
-        s.cost = cost;
-    }
-
-    /// Records a step outcome in the status; a failure also sets `last_error`.
-    pub fn record_step(&self, service: &str, record: StepRecord) {
-        let mut g = self.write();
-        let s = g.status.entry(service.to_string()).or_default();
-        if let Some(e) = &record.error {
-            s.last_error = Some(format!("{}: {e}", record.step));
-        }
-        s.last_steps.push_back(record);
-        while s.last_steps.len() > MAX_STEPS {
-            s.last_steps.pop_front();
-        }
-    }
-
-    /// Sets the failure count after a pass (0 clears `last_error`).
-    /// Marks a service not converged until its next pass has looked: called when its mode
-    /// changes, so the status never pairs the new mode with the old pass's "converged".
-    pub fn mark_unconverged(&self, service: &str) {
-        let mut g = self.write();
-        g.status.entry(service.to_string()).or_default().converged = false;
-    }
-
-    pub fn set_failures(&self, service: &str, failures: u32) {
-        let mut g = self.write();
-        let s = g.status.entry(service.to_string()).or_default();
-        s.consecutive_failures = failures;
-        if failures == 0 {
-            s.last_error = None;
-        }
-    }
-
-    pub fn service_status(&self) -> BTreeMap<String, ServiceStatus> {
-        self.read().status.clone()
-    }
-
-    pub fn set_resync(&self, r: ResyncStatus) {
-        self.write().resync = r;
-    }
-
-    pub fn resync(&self) -> ResyncStatus {
-        self.read().resync.clone()
     }
 
     /// Events in id order, optionally for one service and after an id or a time.
