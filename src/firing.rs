@@ -297,10 +297,10 @@ mod tests {
     /// One alert of a notification: fingerprint (also its one label), status, startsAt, endsAt.
     type Note = (&'static str, AlertStatus, u32, Option<u32>);
 
-    fn firing(fp: &'static str, start: u32) -> Note {
+    const fn firing(fp: &'static str, start: u32) -> Note {
         (fp, Firing, start, None)
     }
-    fn resolved(fp: &'static str, start: u32, end: u32) -> Note {
+    const fn resolved(fp: &'static str, start: u32, end: u32) -> Note {
         (fp, Resolved, start, Some(end))
     }
 
@@ -379,94 +379,100 @@ mod tests {
         (set, last)
     }
 
+    /// Notifications in arrival order, firing at the end as (fingerprint, startsAt), did the
+    /// last one change the firing alerts?, what it stands for.
+    type Notifications = (
+        &'static [&'static [Note]],
+        &'static [(&'static str, u32)],
+        bool,
+        &'static str,
+    );
+    const NOTIFICATIONS: &[Notifications] = &[
+        (&[&[firing("a", 0)]], &[("a", 0)], true, "an alert fires"),
+        (
+            &[&[firing("a", 0)], &[resolved("a", 0, 5)]],
+            &[],
+            true,
+            "and resolves",
+        ),
+        (
+            &[&[firing("a", 0)], &[firing("a", 0)]],
+            &[("a", 0)],
+            false,
+            "a repeat changes nothing but when it was received",
+        ),
+        (
+            &[&[resolved("a", 0, 5)]],
+            &[],
+            false,
+            "a resolution of nothing held changes no firing alert",
+        ),
+        (
+            &[
+                &[firing("a", 0), firing("b", 1)],
+                &[resolved("a", 0, 5), firing("b", 1)],
+            ],
+            &[("b", 1)],
+            true,
+            "one group, one alert resolved, the other still firing",
+        ),
+        (
+            &[&[firing("a", 0), resolved("a", 0, 5)]],
+            &[],
+            true,
+            "two alerts of one fingerprint in one notification: the second sees the first",
+        ),
+        (
+            &[&[("a", Firing, 0, Some(20))]],
+            &[],
+            false,
+            "a firing alert whose endsAt passed before it arrived is news of its end",
+        ),
+        (
+            &[&[("a", Firing, 0, Some(50))]],
+            &[("a", 0)],
+            true,
+            "one whose endsAt is still ahead fires",
+        ),
+        (
+            &[
+                &[firing("a", 0)],
+                &[resolved("a", 0, 5)],
+                &[firing("a", 7)],
+                &[resolved("a", 0, 5)],
+            ],
+            &[("a", 7)],
+            false,
+            "the HA twin's late copy of an older incarnation's end",
+        ),
+        (
+            &[
+                &[firing("a", 0)],
+                &[resolved("a", 0, 5)],
+                &[firing("a", 0)],
+                &[resolved("a", 0, 5)],
+            ],
+            &[("a", 0)],
+            false,
+            "a re-fire with the same startsAt survives a late copy of the first end",
+        ),
+        (
+            &[&[firing("a", 7)], &[firing("a", 0)]],
+            &[("a", 7)],
+            false,
+            "an older firing copy does not move the incarnation back",
+        ),
+        (
+            &[&[firing("a", 0)], &[firing("a", 7)]],
+            &[("a", 7)],
+            true,
+            "a newer startsAt is a change",
+        ),
+    ];
+
     #[test]
     fn table_of_notifications() {
-        // (notifications in arrival order, firing at the end with its startsAt, did the last
-        // one change the firing alerts?, what it stands for)
-        type Case<'a> = (&'a [&'a [Note]], &'a [(&'a str, u32)], bool, &'a str);
-        let cases: &[Case<'_>] = &[
-            (&[&[firing("a", 0)]], &[("a", 0)], true, "an alert fires"),
-            (
-                &[&[firing("a", 0)], &[resolved("a", 0, 5)]],
-                &[],
-                true,
-                "and resolves",
-            ),
-            (
-                &[&[firing("a", 0)], &[firing("a", 0)]],
-                &[("a", 0)],
-                false,
-                "a repeat changes nothing but when it was received",
-            ),
-            (
-                &[&[resolved("a", 0, 5)]],
-                &[],
-                false,
-                "a resolution of nothing held changes no firing alert",
-            ),
-            (
-                &[
-                    &[firing("a", 0), firing("b", 1)],
-                    &[resolved("a", 0, 5), firing("b", 1)],
-                ],
-                &[("b", 1)],
-                true,
-                "one group, one alert resolved, the other still firing",
-            ),
-            (
-                &[&[firing("a", 0), resolved("a", 0, 5)]],
-                &[],
-                true,
-                "two alerts of one fingerprint in one notification: the second sees the first",
-            ),
-            (
-                &[&[("a", Firing, 0, Some(20))]],
-                &[],
-                false,
-                "a firing alert whose endsAt passed before it arrived is news of its end",
-            ),
-            (
-                &[&[("a", Firing, 0, Some(50))]],
-                &[("a", 0)],
-                true,
-                "one whose endsAt is still ahead fires",
-            ),
-            (
-                &[
-                    &[firing("a", 0)],
-                    &[resolved("a", 0, 5)],
-                    &[firing("a", 7)],
-                    &[resolved("a", 0, 5)],
-                ],
-                &[("a", 7)],
-                false,
-                "the HA twin's late copy of an older incarnation's end",
-            ),
-            (
-                &[
-                    &[firing("a", 0)],
-                    &[resolved("a", 0, 5)],
-                    &[firing("a", 0)],
-                    &[resolved("a", 0, 5)],
-                ],
-                &[("a", 0)],
-                false,
-                "a re-fire with the same startsAt survives a late copy of the first end",
-            ),
-            (
-                &[&[firing("a", 7)], &[firing("a", 0)]],
-                &[("a", 7)],
-                false,
-                "an older firing copy does not move the incarnation back",
-            ),
-            (
-                &[&[firing("a", 0)], &[firing("a", 7)]],
-                &[("a", 7)],
-                true,
-                "a newer startsAt is a change",
-            ),
-        ];
-        for (notifications, want, changed, why) in cases {
+        for (notifications, want, changed, why) in NOTIFICATIONS {
             let (set, last) = run(notifications);
             let want: Vec<(&str, DateTime<Utc>)> =
                 want.iter().map(|(fp, start)| (*fp, t(*start))).collect();
@@ -521,96 +527,97 @@ mod tests {
     /// A held alert: fingerprint, startsAt and received-at minutes.
     type HeldSpec = (&'static str, u32, u32);
 
+    /// Held alerts, tombstones as (fingerprint, startsAt, resolved at), the snapshot (fetched at
+    /// 09:20), alerts still active elsewhere, firing after as (fingerprint, startsAt), what it
+    /// stands for.
+    type Merge = (
+        &'static [HeldSpec],
+        &'static [(&'static str, u32, u32)],
+        &'static [(&'static str, u32)],
+        &'static [&'static str],
+        &'static [(&'static str, u32)],
+        &'static str,
+    );
+    const MERGES: &[Merge] = &[
+        (&[], &[], &[], &[], &[], "nothing held, nothing reported"),
+        (
+            &[("a", 0, 10)],
+            &[],
+            &[],
+            &[],
+            &[],
+            "held before the snapshot, gone from it: it goes",
+        ),
+        (
+            &[("a", 0, 25)],
+            &[],
+            &[],
+            &[],
+            &[("a", 0)],
+            "received by webhook after the snapshot was taken: newer, it stays",
+        ),
+        (
+            &[("a", 0, 10)],
+            &[],
+            &[],
+            &["a"],
+            &[("a", 0)],
+            "still active at Alertmanager (another receiver's): not ours to drop",
+        ),
+        (
+            &[],
+            &[],
+            &[("a", 0)],
+            &[],
+            &[("a", 0)],
+            "a lost notification: the snapshot adds it",
+        ),
+        (
+            &[("a", 0, 10)],
+            &[],
+            &[("a", 0)],
+            &[],
+            &[("a", 0)],
+            "already held alike: no change",
+        ),
+        (
+            &[("a", 7, 10)],
+            &[],
+            &[("a", 0)],
+            &[],
+            &[("a", 0)],
+            "held with another startsAt: the snapshot's wins",
+        ),
+        (
+            &[],
+            &[("a", 0, 25)],
+            &[("a", 0)],
+            &[],
+            &[],
+            "resolved by webhook after the snapshot was taken: not revived",
+        ),
+        (
+            &[],
+            &[("a", 0, 15)],
+            &[("a", 0)],
+            &[],
+            &[("a", 0)],
+            "resolved before the snapshot, which still has it firing: revived",
+        ),
+        (
+            &[],
+            &[("a", 0, 25)],
+            &[("a", 7)],
+            &[],
+            &[("a", 7)],
+            "a newer incarnation than the one resolved after the snapshot: it fires",
+        ),
+    ];
+
     #[test]
     fn table_of_resync_merges() {
-        // The snapshot is fetched at 09:20.
         let fetched_at = t(20);
-        // (held alerts, tombstones as (fingerprint, startsAt, resolved at), snapshot, still
-        // active elsewhere, firing after as (fingerprint, startsAt), what it stands for)
-        type Case = (
-            &'static [HeldSpec],
-            &'static [(&'static str, u32, u32)],
-            &'static [(&'static str, u32)],
-            &'static [&'static str],
-            &'static [(&'static str, u32)],
-            &'static str,
-        );
-        let cases: &[Case] = &[
-            (&[], &[], &[], &[], &[], "nothing held, nothing reported"),
-            (
-                &[("a", 0, 10)],
-                &[],
-                &[],
-                &[],
-                &[],
-                "held before the snapshot, gone from it: it goes",
-            ),
-            (
-                &[("a", 0, 25)],
-                &[],
-                &[],
-                &[],
-                &[("a", 0)],
-                "received by webhook after the snapshot was taken: newer, it stays",
-            ),
-            (
-                &[("a", 0, 10)],
-                &[],
-                &[],
-                &["a"],
-                &[("a", 0)],
-                "still active at Alertmanager (another receiver's): not ours to drop",
-            ),
-            (
-                &[],
-                &[],
-                &[("a", 0)],
-                &[],
-                &[("a", 0)],
-                "a lost notification: the snapshot adds it",
-            ),
-            (
-                &[("a", 0, 10)],
-                &[],
-                &[("a", 0)],
-                &[],
-                &[("a", 0)],
-                "already held alike: no change",
-            ),
-            (
-                &[("a", 7, 10)],
-                &[],
-                &[("a", 0)],
-                &[],
-                &[("a", 0)],
-                "held with another startsAt: the snapshot's wins",
-            ),
-            (
-                &[],
-                &[("a", 0, 25)],
-                &[("a", 0)],
-                &[],
-                &[],
-                "resolved by webhook after the snapshot was taken: not revived",
-            ),
-            (
-                &[],
-                &[("a", 0, 15)],
-                &[("a", 0)],
-                &[],
-                &[("a", 0)],
-                "resolved before the snapshot, which still has it firing: revived",
-            ),
-            (
-                &[],
-                &[("a", 0, 25)],
-                &[("a", 7)],
-                &[],
-                &[("a", 7)],
-                "a newer incarnation than the one resolved after the snapshot: it fires",
-            ),
-        ];
-        for (alerts, tombs, snapshot, still_active, want, why) in cases {
+        for (alerts, tombs, snapshot, still_active, want, why) in MERGES {
             let mut set = FiringSet {
                 alerts: alerts
                     .iter()
