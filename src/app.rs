@@ -15,6 +15,7 @@ use crate::http::{auth::Auth, routes, AppState};
 use crate::metrics::Metrics;
 use crate::reconcile::{run_service, Context, ServiceRuntime};
 use crate::resync::Resync;
+use crate::status::StatusBoard;
 use crate::store::{Store, StoreError};
 
 /// Why the responder could not run.
@@ -39,6 +40,7 @@ pub async fn run(
 ) -> Result<(), AppError> {
     let store = Store::open(&config.storage.path, config.storage.retention())?;
     info!(path = %store.path().display(), journal = store.journal_len(), firing = store.firing().len(), "storage open");
+    let status = StatusBoard::default();
     let metrics = Arc::new(Metrics::new());
     let services: Vec<ServiceRuntime> = config
         .services
@@ -48,6 +50,7 @@ pub async fn run(
         .map_err(AppError::Backend)?;
     let ctx = Context {
         store: store.clone(),
+        status: status.clone(),
         metrics: metrics.clone(),
         settings: config.reconcile.clone(),
         dry_run: config.dry_run,
@@ -67,13 +70,20 @@ pub async fn run(
 
     let services = Arc::new(services);
     if let Some(am) = &config.alertmanager {
-        let resync = Resync::new(am.clone(), store.clone(), metrics.clone(), services.clone());
+        let resync = Resync::new(
+            am.clone(),
+            store.clone(),
+            status.clone(),
+            metrics.clone(),
+            services.clone(),
+        );
         tasks.push(tokio::spawn(resync.run(stop.clone())));
     } else {
         tracing::warn!("alertmanager.url is not set: a lost or stale notification is repaired only by the next one (see the incarnation rules in the README)");
     }
     let state = AppState {
         store: store.clone(),
+        status,
         metrics,
         services,
         auth: Auth::from_config(&config.auth),

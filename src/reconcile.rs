@@ -24,7 +24,8 @@ use crate::metrics::{
 };
 use crate::pass::{self, Goal, Pass};
 use crate::plan::{self, Observed, ServerState, Step};
-use crate::store::{BurstStatus, CostStatus, ServiceState, StepRecord, Store};
+use crate::status::{BurstStatus, CostStatus, StatusBoard, StepRecord};
+use crate::store::{ServiceState, Store};
 use crate::world::{StepDone, World};
 
 /// Test-only crash points: `FAILOVER_RESPONDER_CRASH_BEFORE=<action>` aborts the process (as
@@ -115,6 +116,8 @@ impl ServiceRuntime {
 #[derive(Clone)]
 pub struct Context {
     pub store: Store,
+    /// What the status API shows; memory only.
+    pub status: StatusBoard,
     pub metrics: Arc<Metrics>,
     pub settings: ReconcileConfig,
     /// Plan and record, execute nothing.
@@ -215,7 +218,7 @@ pub async fn run_service(svc: ServiceRuntime, ctx: Context, shutdown: Cancellati
                 backoff(&ctx.settings, failures, e.is_retryable())
             }
         };
-        ctx.store.set_failures(&svc.name, failures);
+        ctx.status.set_failures(&svc.name, failures);
         ctx.metrics
             .consecutive_failures
             .get_or_create(&ServiceLabels {
@@ -338,7 +341,7 @@ pub async fn reconcile_once(svc: &ServiceRuntime, ctx: &Context) -> Result<PassO
         },
     );
     record_scale(svc, ctx, &decided_state, &p, &firing).await?;
-    let blocked_before = ctx.store.blocked(&svc.name);
+    let blocked_before = ctx.status.blocked(&svc.name);
     record_pass(svc, ctx, &m, &p.desired, &observed, &p.plan);
     record_burst(svc, ctx, &m, &p, &firing, now);
     record_blocked(svc, ctx, &blocked_before, &p.plan.blocked).await?;
@@ -501,7 +504,7 @@ async fn record_transition(
     };
     // Unconverged first, then the new mode: the status never pairs the new mode with the
     // previous pass's "converged".
-    ctx.store.mark_unconverged(&svc.name);
+    ctx.status.mark_unconverged(&svc.name);
     if d.next_state != *before {
         ctx.store
             .set_service(&svc.name, d.next_state.clone())
@@ -650,7 +653,7 @@ fn record_burst(
         }
         _ => None,
     };
-    ctx.store.set_burst_status(
+    ctx.status.set_burst_status(
         &svc.name,
         burst,
         CostStatus {
@@ -674,7 +677,7 @@ fn record_pass(
     plan: &plan::Plan,
 ) {
     let (decision, eff) = (&d.decision, &d.effective);
-    ctx.store
+    ctx.status
         .set_observation(&svc.name, decision, eff.held.clone(), observed, plan);
     let service = svc.name.clone();
     for mode in [Mode::Onprem, Mode::Cloud] {
@@ -738,7 +741,7 @@ async fn record_step(
         Some(e) => format!("{step}: {outcome}: {e}"),
         None => format!("{step}: {outcome}"),
     };
-    ctx.store.record_step(
+    ctx.status.record_step(
         &svc.name,
         StepRecord {
             at: Utc::now(),

@@ -17,6 +17,7 @@ use crate::alert::Labels;
 use crate::config::AlertmanagerConfig;
 use crate::metrics::{Metrics, ResultLabels};
 use crate::reconcile::ServiceRuntime;
+use crate::status::StatusBoard;
 use crate::store::{Store, StoreError, StoredAlert};
 
 /// One alert as `GET /api/v2/alerts` returns it (only the fields used).
@@ -61,6 +62,8 @@ pub enum ResyncError {
 pub struct Resync {
     pub config: AlertmanagerConfig,
     pub store: Store,
+    /// Where the outcome of each resync is shown.
+    pub status: StatusBoard,
     pub metrics: Arc<Metrics>,
     pub services: Arc<Vec<ServiceRuntime>>,
     client: reqwest::Client,
@@ -70,6 +73,7 @@ impl Resync {
     pub fn new(
         config: AlertmanagerConfig,
         store: Store,
+        status: StatusBoard,
         metrics: Arc<Metrics>,
         services: Arc<Vec<ServiceRuntime>>,
     ) -> Self {
@@ -80,6 +84,7 @@ impl Resync {
         Resync {
             config,
             store,
+            status,
             metrics,
             services,
             client,
@@ -102,7 +107,7 @@ impl Resync {
     pub async fn once(&self) -> Result<bool, ResyncError> {
         let started = Utc::now();
         let result = self.fetch_and_replace(started).await;
-        let mut st = self.store.resync();
+        let mut st = self.status.resync();
         st.last_attempt = Some(started);
         let label = match &result {
             Ok(_) => {
@@ -134,7 +139,7 @@ impl Resync {
                 }
             }
         }
-        self.store.set_resync(st);
+        self.status.set_resync(st);
         result.map(|(changed, _, _)| changed)
     }
 

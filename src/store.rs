@@ -8,10 +8,14 @@
 //! alert storm costs one fsync per batch rather than one per notification. Reads come from the
 //! in-memory copy (firing set, service state) or a read transaction (events), never blocking
 //! the writer. Every table is bounded: the journal and events are pruned by count and age.
+//!
+//! What a notification or a resync does to the firing set is decided by [`crate::firing`]
+//! (pure); the store writes the changes it reports. What the reconcilers last saw and did is
+//! not kept here but on the status board (`src/status.rs`), in memory only.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -19,10 +23,9 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Tab
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::alert::{AlertStatus, Labels, Notification};
-use crate::desired::{Decision, FiringAlert, Mode, Override};
-use crate::incarnation::{self, Held, Resolution, Verdict};
-use crate::plan::{Observed, Plan};
+use crate::alert::{AlertStatus, Notification};
+use crate::desired::{FiringAlert, Mode, Override};
+use crate::firing::{Change, FiringSet};
 
 const JOURNAL: TableDefinition<u64, &[u8]> = TableDefinition::new("journal");
 const FIRING: TableDefinition<&str, &[u8]> = TableDefinition::new("firing");
@@ -35,8 +38,6 @@ const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 const MAX_TOMBSTONES: usize = 10_000;
 /// How many notifications the status shows.
 const MAX_RECENT_NOTIFICATIONS: usize = 100;
-/// How many step records each service's status keeps.
-const MAX_STEPS: usize = 50;
 /// Most requests applied in one transaction.
 const MAX_BATCH: usize = 4096;
 /// redb page cache.
@@ -45,6 +46,7 @@ const CACHE_BYTES: usize = 8 * 1024 * 1024;
 const QUEUE: usize = 16_384;
 
 pub use crate::config::Retention;
+pub use crate::firing::StoredAlert;
 
 /// Why the store could not do what was asked. Cheap to clone (one failed batch answers every
 /// request in it); the cause is kept whole as the error's `source`.
@@ -79,58 +81,6 @@ pub enum DbError {
 /// A redb error of any kind as a [`DbError`].
 fn db(e: impl Into<redb::Error>) -> DbError {
     DbError::Redb(e.into())
-}
-
-/// A firing alert and where it came from.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct StoredAlert {
-    pub fingerprint: String,
-    pub labels: Labels,
-    pub starts_at: DateTime<Utc>,
-    pub received_at: DateTime<Utc>,
-    /// The notification group, or `resync` when learnt from Alertmanager's API.
-    pub source: String,
-}
-
-impl From<&StoredAlert> for FiringAlert {
-    fn from(a: &StoredAlert) -> Self {
-        FiringAlert {
-            fingerprint: a.fingerprint.clone(),
-            labels: a.labels.clone(),
-            starts_at: a.starts_at,
-        }
-    }
-}
-
-/// How an alert of a notification received at `at` counts: a firing alert whose `endsAt`
-/// already passed is news of its end.
-fn status_at(a: &crate::alert::Alert, at: DateTime<Utc>) -> AlertStatus {
-    if a.is_firing_at(at) {
-        AlertStatus::Firing
-    } else {
-        AlertStatus::Resolved
-    }
-}
-
-/// The newest resolved incarnation of an alert: its start and end as the resolved notification
-/// said, and when we learnt it. Kept while the alert fires again, so a late copy of that
-/// resolution is known (see [`crate::incarnation`]).
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
-struct Tombstone {
-    starts_at: DateTime<Utc>,
-    /// Absent in state written before the incarnation rules kept it.
-    #[serde(default)]
-    ends_at: Option<DateTime<Utc>>,
-    resolved_at: DateTime<Utc>,
-}
-
-impl Tombstone {
-    fn resolution(&self) -> Resolution {
-        Resolution {
-            starts_at: self.starts_at,
-            ends_at: self.ends_at,
-        }
-    }
 }
 
 /// Summary of one accepted notification.
@@ -192,75 +142,6 @@ impl ServiceState {
     }
 }
 
-/// One step the reconciler ran, with its outcome (status only, not persisted).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct StepRecord {
-    pub at: DateTime<Utc>,
-    pub step: String,
-    pub action: String,
-    pub outcome: String,
-    pub duration_ms: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
-
-/// What the status API shows about one service beyond its persisted state.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct ServiceStatus {
-    pub desired: Option<Decision>,
-    pub observed: Observed,
-    pub converged: bool,
-    /// What keeps it from converging without a step (unreachable backends...).
-    pub waiting: Vec<String>,
-    /// What only a human can fix before the plan can go on; each names its target and the fix.
-    pub blocked: Vec<String>,
-    /// Why the mode is held against what the alerts say (hold-down, probe, cap, override).
-    pub held: Option<String>,
-    /// Steps still to run in the current plan.
-    pub pending_steps: Vec<String>,
-    pub last_reconcile_at: Option<DateTime<Utc>>,
-    pub last_error: Option<String>,
-    pub consecutive_failures: u32,
-    pub last_steps: VecDeque<StepRecord>,
-    /// Bursting: the count, what each unit looks like, and what holds growth back.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub burst: Option<BurstStatus>,
-    /// Cloud units running now, since when, and what they cost.
-    pub cost: CostStatus,
-}
-
-/// The burst part of a service's status.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct BurstStatus {
-    /// Units that should be up and open now.
-    pub target: u32,
-    pub min: u32,
-    pub max: u32,
-    /// Whether the overload alert fires now.
-    pub overloaded: bool,
-    /// Slots open (ready) on every HAProxy.
-    pub open: u32,
-    /// Why the cost guard holds growth back, while it does.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub capped: Option<String>,
-    pub units: Vec<crate::plan::UnitObs>,
-}
-
-/// The cost part of a service's status.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct CostStatus {
-    /// Running units by name, with since when.
-    pub running: std::collections::BTreeMap<String, crate::burst::Running>,
-    pub instances_running: u32,
-    pub instance_hours_today: f64,
-    /// Estimate at the configured prices.
-    pub estimated_cost_per_hour: f64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_instances: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_instance_hours_per_day: Option<f64>,
-}
-
 /// A decision or step, for the event history.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Event {
@@ -272,18 +153,6 @@ pub struct Event {
     /// Fingerprints of the alerts behind it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub alerts: Vec<String>,
-}
-
-/// Result of the last Alertmanager resync.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct ResyncStatus {
-    pub last_attempt: Option<DateTime<Utc>>,
-    pub last_success: Option<DateTime<Utc>>,
-    pub last_error: Option<String>,
-    pub alerts: usize,
-    /// Of `alerts`, how many Alertmanager silences or inhibits: counted as firing all the same
-    /// (a silence mutes notifications, not the outage).
-    pub muted: usize,
 }
 
 /// A journal entry: `{"received_at": <RFC 3339>, "notification": <the body as received>}`.
@@ -334,14 +203,12 @@ enum Op {
     },
 }
 
+/// What readers see: the state as of the last commit.
 #[derive(Default)]
 struct Mem {
-    firing: BTreeMap<String, StoredAlert>,
-    tombstones: BTreeMap<String, Tombstone>,
+    firing: FiringSet,
     services: BTreeMap<String, ServiceState>,
-    status: BTreeMap<String, ServiceStatus>,
     recent: VecDeque<NotificationRecord>,
-    resync: ResyncStatus,
     journal_len: u64,
 }
 
@@ -368,8 +235,8 @@ impl Store {
         let database = open_db(&path).map_err(|e| open_err(db(e)))?;
         let mut mem = Mem::default();
         let (next_seq, next_event) = load(&database, &mut mem).map_err(open_err)?;
-        let db = database;
-        let db = Arc::new(db);
+        let db = Arc::new(database);
+        let firing = mem.firing.clone();
         let mem = Arc::new(RwLock::new(mem));
         let (tx, rx) = mpsc::channel(QUEUE);
         let writer = Writer {
@@ -379,6 +246,7 @@ impl Store {
             next_seq,
             next_event,
             since_prune: 0,
+            firing,
         };
         let handle = std::thread::Builder::new()
             .name("store-writer".into())
@@ -413,10 +281,6 @@ impl Store {
     fn read(&self) -> RwLockReadGuard<'_, Mem> {
         // Only the writer holds the lock across code that could panic; keep serving regardless.
         self.mem.read().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn write(&self) -> RwLockWriteGuard<'_, Mem> {
-        self.mem.write().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Sends one request to the writer and waits for its answer (after the commit).
@@ -524,54 +388,20 @@ impl Store {
 
     /// The alerts firing now, as the planner reads them.
     pub fn firing(&self) -> Vec<FiringAlert> {
-        self.read().firing.values().map(FiringAlert::from).collect()
+        let m = self.read();
+        m.firing.alerts.values().map(FiringAlert::from).collect()
     }
 
     /// The alerts that would fire after recording `n` (received at `at`), judged by the same
     /// [`crate::incarnation`] rules against what is held; nothing is written. For the plan
     /// preview, which must never tell a different story from the webhook.
     pub fn preview_firing(&self, n: &Notification, at: DateTime<Utc>) -> Vec<FiringAlert> {
-        let m = self.read();
-        let mut firing: BTreeMap<String, FiringAlert> = m
-            .firing
-            .iter()
-            .map(|(fp, a)| (fp.clone(), a.into()))
-            .collect();
-        let mut resolved: BTreeMap<String, Option<Resolution>> = BTreeMap::new();
-        for a in &n.alerts {
-            let fp = a.fingerprint.as_str();
-            let last = resolved
-                .get(fp)
-                .copied()
-                .unwrap_or_else(|| m.tombstones.get(fp).map(Tombstone::resolution));
-            let held = Held {
-                firing: firing.get(fp).map(|f| f.starts_at),
-                resolved: last,
-            };
-            match incarnation::judge(&held, status_at(a, at), a.starts_at, a.ends_at) {
-                Verdict::Fire { starts_at } => {
-                    firing.insert(
-                        fp.to_string(),
-                        FiringAlert {
-                            fingerprint: a.fingerprint.clone(),
-                            labels: a.labels.clone(),
-                            starts_at,
-                        },
-                    );
-                }
-                Verdict::Resolve(r) => {
-                    firing.remove(fp);
-                    resolved.insert(fp.to_string(), Some(r));
-                }
-                Verdict::Ignore(_) => {}
-            }
-        }
-        firing.into_values().collect()
+        self.read().firing.preview(n, at)
     }
 
     /// The firing alerts with their provenance.
     pub fn firing_detail(&self) -> Vec<StoredAlert> {
-        self.read().firing.values().cloned().collect()
+        self.read().firing.alerts.values().cloned().collect()
     }
 
     /// The persisted state of a service, if it has one.
@@ -585,86 +415,6 @@ impl Store {
 
     pub fn journal_len(&self) -> u64 {
         self.read().journal_len
-    }
-
-    /// Updates one service's volatile status after a reconcile pass.
-    pub fn set_observation(
-        &self,
-        service: &str,
-        decision: &Decision,
-        held: Option<String>,
-        observed: &Observed,
-        plan: &Plan,
-    ) {
-        let mut g = self.write();
-        let s = g.status.entry(service.to_string()).or_default();
-        s.desired = Some(decision.clone());
-        s.held = held;
-        s.observed = observed.clone();
-        s.converged = plan.converged();
-        s.waiting = plan.waiting.clone();
-        s.blocked = plan.blocked.clone();
-        s.pending_steps = plan.steps.iter().map(ToString::to_string).collect();
-        s.last_reconcile_at = Some(Utc::now());
-    }
-
-    /// What blocked the service's plan at its last pass.
-    pub fn blocked(&self, service: &str) -> Vec<String> {
-        self.read()
-            .status
-            .get(service)
-            .map(|s| s.blocked.clone())
-            .unwrap_or_default()
-    }
-
-    /// Records the burst and cost part of a service's status (memory only).
-    pub fn set_burst_status(&self, service: &str, burst: Option<BurstStatus>, cost: CostStatus) {
-        let mut g = self.write();
-        let s = g.status.entry(service.to_string()).or_default();
-        s.burst = burst;
-        s.cost = cost;
-    }
-
-    /// Records a step outcome in the status; a failure also sets `last_error`.
-    pub fn record_step(&self, service: &str, record: StepRecord) {
-        let mut g = self.write();
-        let s = g.status.entry(service.to_string()).or_default();
-        if let Some(e) = &record.error {
-            s.last_error = Some(format!("{}: {e}", record.step));
-        }
-        s.last_steps.push_back(record);
-        while s.last_steps.len() > MAX_STEPS {
-            s.last_steps.pop_front();
-        }
-    }
-
-    /// Sets the failure count after a pass (0 clears `last_error`).
-    /// Marks a service not converged until its next pass has looked: called when its mode
-    /// changes, so the status never pairs the new mode with the old pass's "converged".
-    pub fn mark_unconverged(&self, service: &str) {
-        let mut g = self.write();
-        g.status.entry(service.to_string()).or_default().converged = false;
-    }
-
-    pub fn set_failures(&self, service: &str, failures: u32) {
-        let mut g = self.write();
-        let s = g.status.entry(service.to_string()).or_default();
-        s.consecutive_failures = failures;
-        if failures == 0 {
-            s.last_error = None;
-        }
-    }
-
-    pub fn service_status(&self) -> BTreeMap<String, ServiceStatus> {
-        self.read().status.clone()
-    }
-
-    pub fn set_resync(&self, r: ResyncStatus) {
-        self.write().resync = r;
-    }
-
-    pub fn resync(&self) -> ResyncStatus {
-        self.read().resync.clone()
     }
 
     /// Events in id order, optionally for one service and after an id or a time.
@@ -733,8 +483,10 @@ fn load(database: &Database, mem: &mut Mem) -> Result<(u64, u64), DbError> {
     txn.commit().map_err(db)?;
 
     let txn = database.begin_read().map_err(db)?;
-    mem.firing = load_map(&txn, FIRING)?;
-    mem.tombstones = load_map(&txn, TOMBSTONES)?;
+    mem.firing = FiringSet {
+        alerts: load_map(&txn, FIRING)?,
+        tombstones: load_map(&txn, TOMBSTONES)?,
+    };
     mem.services = load_map(&txn, SERVICES)?;
     let journal = txn.open_table(JOURNAL).map_err(db)?;
     mem.journal_len = journal.len().map_err(db)?;
@@ -771,13 +523,16 @@ struct Writer {
     next_seq: u64,
     next_event: u64,
     since_prune: u64,
+    /// The firing set as the batch being written leaves it so far: `mem`'s (the committed one)
+    /// plus the batch's changes, which are published to `mem` after the commit. The writer's
+    /// own copy, so judging a notification never waits for a lock or blocks a reader.
+    firing: FiringSet,
 }
 
 /// Changes staged by one batch, applied to memory only after the commit.
 #[derive(Default)]
 struct Staged {
-    firing: BTreeMap<String, Option<StoredAlert>>,
-    tombstones: BTreeMap<String, Option<Tombstone>>,
+    firing: Vec<Change>,
     services: BTreeMap<String, ServiceState>,
     recent: Vec<NotificationRecord>,
     journal_added: u64,
@@ -820,8 +575,9 @@ impl Reply {
     }
 }
 
-/// One batch's transaction: its open tables, the committed memory it reads, and what it
-/// stages for memory (applied only after the commit).
+/// One batch's transaction: its open tables, the committed memory it reads (service states;
+/// the firing set is the writer's own), and what it stages for memory (applied only after the
+/// commit).
 struct Batch<'a, 't> {
     journal: redb::Table<'t, u64, &'static [u8]>,
     firing: redb::Table<'t, &'static str, &'static [u8]>,
@@ -908,12 +664,12 @@ impl Batch<'_, '_> {
         self.journal.insert(seq, entry.as_slice()).map_err(db)?;
         self.st.journal_added += 1;
         self.writer.since_prune += 1;
-        let mut changed = false;
-        let mut count = 0;
-        for (a, _) in n.alerts.iter().zip(relevant).filter(|(_, r)| **r) {
-            count += 1;
-            changed |= self.apply_alert(n, a, at)?;
+        let applied = self.writer.firing.apply(n, relevant, at);
+        for (fp, why) in &applied.ignored {
+            tracing::info!(fingerprint = %fp, group = %n.group_key, why, "notification changes nothing");
         }
+        let (changed, relevant) = (applied.changed, applied.relevant);
+        self.write_firing(applied.changes)?;
         self.st.recent.push(NotificationRecord {
             seq,
             received_at: at,
@@ -926,143 +682,65 @@ impl Batch<'_, '_> {
         Ok(RecordOutcome {
             seq,
             changed,
-            relevant: count,
+            relevant,
         })
     }
 
-    /// One alert of a notification; returns whether the firing set changed.
-    fn apply_alert(
-        &mut self,
-        n: &Notification,
-        a: &crate::alert::Alert,
-        at: DateTime<Utc>,
-    ) -> Result<bool, DbError> {
-        let fp = a.fingerprint.as_str();
-        let prev = self.alert(fp);
-        let held = Held {
-            firing: prev.as_ref().map(|p| p.starts_at),
-            resolved: self.tombstone(fp).map(|t| t.resolution()),
-        };
-        match incarnation::judge(&held, status_at(a, at), a.starts_at, a.ends_at) {
-            Verdict::Fire { starts_at } => {
-                let new = StoredAlert {
-                    fingerprint: a.fingerprint.clone(),
-                    labels: a.labels.clone(),
-                    starts_at,
-                    received_at: at,
-                    source: n.group_key.clone(),
-                };
-                let differs =
-                    prev.is_none_or(|p| p.starts_at != new.starts_at || p.labels != new.labels);
-                // A repeat of a known alert only moves received_at: kept in memory, not
-                // rewritten on disk (after a restart the resync from Alertmanager is the
-                // fresher word anyway).
-                if differs {
-                    let bytes = serde_json::to_vec(&new)?;
-                    self.firing.insert(fp, bytes.as_slice()).map_err(db)?;
-                }
-                self.st.firing.insert(fp.to_string(), Some(new));
-                Ok(differs)
-            }
-            Verdict::Resolve(r) => {
-                if prev.is_some() {
-                    self.firing.remove(fp).map_err(db)?;
-                    self.st.firing.insert(fp.to_string(), None);
-                }
-                let t = Tombstone {
-                    starts_at: r.starts_at,
-                    ends_at: r.ends_at,
-                    resolved_at: at,
-                };
-                let bytes = serde_json::to_vec(&t)?;
-                self.tombs.insert(fp, bytes.as_slice()).map_err(db)?;
-                self.st.tombstones.insert(fp.to_string(), Some(t));
-                Ok(prev.is_some())
-            }
-            Verdict::Ignore(why) => {
-                tracing::info!(fingerprint = fp, group = %n.group_key, why, "notification changes nothing");
-                Ok(false)
-            }
-        }
-    }
-
-    /// Makes a resync snapshot the firing set; returns whether it changed. What a webhook said
-    /// after the snapshot was taken wins over it, and an alert Alertmanager still has active
-    /// (`still_active`, routed elsewhere) is never dropped.
+    /// Makes a resync snapshot the firing set (see [`FiringSet::merge_snapshot`]); returns
+    /// whether it changed.
     fn replace_firing(
         &mut self,
         alerts: Vec<StoredAlert>,
         still_active: &std::collections::BTreeSet<String>,
         fetched_at: DateTime<Utc>,
     ) -> Result<bool, DbError> {
-        let mut changed = false;
-        let incoming: BTreeMap<String, StoredAlert> = alerts
-            .into_iter()
-            .map(|a| (a.fingerprint.clone(), a))
-            .collect();
-        // Current set = memory overlaid with staged changes.
-        let mut current: BTreeMap<String, StoredAlert> = self.mem.firing.clone();
-        for (k, v) in &self.st.firing {
-            match v {
-                Some(a) => current.insert(k.clone(), a.clone()),
-                None => current.remove(k),
-            };
-        }
-        for (fp, a) in &current {
-            // Learnt by webhook after the snapshot was taken: newer than it.
-            if !incoming.contains_key(fp)
-                && !still_active.contains(fp)
-                && a.received_at <= fetched_at
-            {
-                changed = true;
-                self.firing.remove(fp.as_str()).map_err(db)?;
-                self.st.firing.insert(fp.clone(), None);
-            }
-        }
-        for (fp, a) in incoming {
-            // Resolved after the snapshot was taken: the snapshot is older news.
-            let resolved_after = self
-                .tombstone(&fp)
-                .is_some_and(|t| t.resolved_at > fetched_at && a.starts_at <= t.starts_at);
-            let prev = current.get(&fp);
-            if resolved_after
-                || !prev.is_none_or(|p| p.starts_at != a.starts_at || p.labels != a.labels)
-            {
-                continue;
-            }
-            changed = true;
-            let bytes = serde_json::to_vec(&a)?;
-            self.firing
-                .insert(fp.as_str(), bytes.as_slice())
-                .map_err(db)?;
-            self.st.firing.insert(fp, Some(a));
-        }
+        let changes = self
+            .writer
+            .firing
+            .merge_snapshot(alerts, still_active, fetched_at);
+        let changed = !changes.is_empty();
+        self.write_firing(changes)?;
         Ok(changed)
     }
 
-    /// Bounds the tombstones: drops the oldest resolutions, long past any retry, but never
-    /// that of an alert firing again (it tells a late copy of the resolution already applied
-    /// from a new one, see the incarnation rules).
-    fn bound_tombstones(&mut self) -> Result<(), DbError> {
-        let total =
-            self.mem.tombstones.len() + self.st.tombstones.values().filter(|t| t.is_some()).count();
-        if total <= MAX_TOMBSTONES {
-            return Ok(());
-        }
-        let mut all: Vec<(String, DateTime<Utc>)> = self
-            .mem
-            .tombstones
-            .iter()
-            .filter(|(k, _)| self.alert(k).is_none())
-            .map(|(k, t)| (k.clone(), t.resolved_at))
-            .collect();
-        all.sort_by_key(|(_, t)| *t);
-        for (k, _) in all.into_iter().take(total - MAX_TOMBSTONES) {
-            if let std::collections::btree_map::Entry::Vacant(slot) = self.st.tombstones.entry(k) {
-                self.tombs.remove(slot.key().as_str()).map_err(db)?;
-                slot.insert(None);
+    /// Writes changes the writer's firing set made and stages them for memory.
+    fn write_firing(&mut self, changes: Vec<Change>) -> Result<(), DbError> {
+        for change in changes {
+            match &change {
+                Change::Fire(a) => {
+                    let bytes = serde_json::to_vec(a)?;
+                    let fp = a.fingerprint.as_str();
+                    self.firing.insert(fp, bytes.as_slice()).map_err(db)?;
+                }
+                // Memory only, by design (see `Change::Refresh`).
+                Change::Refresh(_) => {}
+                Change::End(fp) => {
+                    self.firing.remove(fp.as_str()).map_err(db)?;
+                }
+                Change::Remember(fp, t) => {
+                    let bytes = serde_json::to_vec(t)?;
+                    self.tombs
+                        .insert(fp.as_str(), bytes.as_slice())
+                        .map_err(db)?;
+                }
+                Change::Forget(fp) => {
+                    self.tombs.remove(fp.as_str()).map_err(db)?;
+                }
             }
+            self.st.firing.push(change);
         }
+        Ok(())
+    }
+
+    /// Keeps the tombstones and the journal within their count bounds, in the batch's own
+    /// commit: as many old entries leave as new ones arrive, so a full table costs neither an
+    /// extra commit nor a burst of deletions later (the journal's age bound is applied by
+    /// [`Writer::prune`]).
+    fn bound(&mut self) -> Result<(), DbError> {
+        let pruned = self.writer.firing.prune(MAX_TOMBSTONES);
+        self.write_firing(pruned)?;
+        let max = self.writer.retention.journal_max_entries;
+        self.st.journal_removed += prune_table(&mut self.journal, max, |_| false).map_err(db)?;
         Ok(())
     }
 
@@ -1100,22 +778,6 @@ impl Batch<'_, '_> {
         Ok(())
     }
 
-    /// An alert as this batch leaves it so far (staged), else as committed.
-    fn alert(&self, fp: &str) -> Option<StoredAlert> {
-        match self.st.firing.get(fp) {
-            Some(v) => v.clone(),
-            None => self.mem.firing.get(fp).cloned(),
-        }
-    }
-
-    /// A tombstone as this batch leaves it so far, else as committed.
-    fn tombstone(&self, fp: &str) -> Option<Tombstone> {
-        match self.st.tombstones.get(fp) {
-            Some(v) => *v,
-            None => self.mem.tombstones.get(fp).copied(),
-        }
-    }
-
     /// A service's state as this batch leaves it so far, else as committed. Reads the batch's
     /// own read guard: locking `mem` again from the writer thread could deadlock behind a
     /// reader-blocking writer waiting on the lock.
@@ -1142,6 +804,8 @@ impl Writer {
         }
     }
 
+    /// Writes one batch in one transaction; once it is committed, publishes it to `mem` and
+    /// answers every request, or refuses them all when it is not.
     fn apply(&mut self, batch: Vec<Op>) {
         let (seq0, ev0) = (self.next_seq, self.next_event);
         let mut staged = Staged::default();
@@ -1149,27 +813,7 @@ impl Writer {
         let result = self.write_batch(batch, &mut staged, &mut replies);
         match result {
             Ok(()) => {
-                let mut m = self.mem.write().unwrap_or_else(|e| e.into_inner());
-                for (k, v) in staged.firing {
-                    match v {
-                        Some(a) => m.firing.insert(k, a),
-                        None => m.firing.remove(&k),
-                    };
-                }
-                for (k, v) in staged.tombstones {
-                    match v {
-                        Some(t) => m.tombstones.insert(k, t),
-                        None => m.tombstones.remove(&k),
-                    };
-                }
-                m.services.extend(staged.services);
-                m.recent.extend(staged.recent);
-                while m.recent.len() > MAX_RECENT_NOTIFICATIONS {
-                    m.recent.pop_front();
-                }
-                m.journal_len =
-                    (m.journal_len + staged.journal_added).saturating_sub(staged.journal_removed);
-                drop(m);
+                self.publish(staged);
                 // Answer first: pruning is housekeeping, and no request should wait for it.
                 replies.into_iter().for_each(Reply::succeed);
                 if self.since_prune >= 1024 {
@@ -1183,10 +827,33 @@ impl Writer {
                 tracing::error!(error = %e, "storage write failed; the batch is refused");
                 self.next_seq = seq0;
                 self.next_event = ev0;
+                // Nothing of the batch is on disk: judge the next one against what is, which
+                // is what readers still see.
+                self.firing = self
+                    .mem
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .firing
+                    .clone();
                 let err = StoreError::Write(Arc::new(e));
                 replies.into_iter().for_each(|r| r.fail(err.clone()));
             }
         }
+    }
+
+    /// Makes a committed batch visible to readers.
+    fn publish(&self, staged: Staged) {
+        let mut m = self.mem.write().unwrap_or_else(|e| e.into_inner());
+        for change in staged.firing {
+            m.firing.update(change);
+        }
+        m.services.extend(staged.services);
+        m.recent.extend(staged.recent);
+        while m.recent.len() > MAX_RECENT_NOTIFICATIONS {
+            m.recent.pop_front();
+        }
+        m.journal_len =
+            (m.journal_len + staged.journal_added).saturating_sub(staged.journal_removed);
     }
 
     fn write_batch(
@@ -1212,12 +879,7 @@ impl Writer {
             for op in batch {
                 replies.push(b.apply(op)?);
             }
-            b.bound_tombstones()?;
-            // The journal's count bound, in the same commit: as many old entries leave as new
-            // ones arrive, so a full journal costs neither an extra commit nor a burst of
-            // deletions later (the age bound is applied by `prune`).
-            let max = b.writer.retention.journal_max_entries;
-            b.st.journal_removed += prune_table(&mut b.journal, max, |_| false).map_err(db)?;
+            b.bound()?;
         }
         txn.commit().map_err(db)
     }
@@ -1292,7 +954,7 @@ fn prune_table(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::alert::parse_notification;
+    use crate::alert::{parse_notification, Labels};
 
     /// The body as it would have arrived (re-serialized from the parsed fixture).
     fn raw(n: &Notification) -> bytes::Bytes {
@@ -1351,6 +1013,75 @@ mod tests {
             .await
             .expect("record");
         assert!(!o.changed);
+        assert_eq!(store.firing().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_rewritten_tombstone_counts_once_against_the_bound() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), Retention::default()).expect("open");
+        let t = |min: i64| {
+            "2026-12-02T09:00:00Z"
+                .parse::<DateTime<Utc>>()
+                .expect("time")
+                + chrono::Duration::minutes(min)
+        };
+        let alert =
+            |i: usize, status: AlertStatus, ends_at: Option<DateTime<Utc>>| crate::alert::Alert {
+                status,
+                labels: [("i".to_string(), i.to_string())].into_iter().collect(),
+                annotations: Labels::new(),
+                starts_at: t(0),
+                ends_at,
+                generator_url: String::new(),
+                fingerprint: format!("fp{i:05}"),
+            };
+        let record = |alerts: Vec<crate::alert::Alert>| {
+            let n = Arc::new(Notification {
+                version: "4".into(),
+                group_key: "g".into(),
+                truncated_alerts: 0,
+                status: alerts[0].status,
+                receiver: "r".into(),
+                group_labels: Labels::new(),
+                common_labels: Labels::new(),
+                common_annotations: Labels::new(),
+                external_url: String::new(),
+                alerts,
+            });
+            let store = store.clone();
+            async move {
+                store
+                    .record(n.clone(), raw(&n), all(&n))
+                    .await
+                    .expect("record")
+            }
+        };
+        // As many resolutions as the bound keeps, all received at once.
+        let resolved = (0..MAX_TOMBSTONES)
+            .map(|i| alert(i, AlertStatus::Resolved, Some(t(5))))
+            .collect();
+        record(resolved).await;
+        // The last one's newer resolution rewrites its tombstone: one alert, still at the bound,
+        // so no other tombstone may go (the oldest by receipt, then by name, is fp00000).
+        record(vec![alert(
+            MAX_TOMBSTONES - 1,
+            AlertStatus::Resolved,
+            Some(t(9)),
+        )])
+        .await;
+        // fp00000's tombstone is still known: after a re-fire, a late copy of its resolution
+        // is ignored.
+        assert!(
+            record(vec![alert(0, AlertStatus::Firing, None)])
+                .await
+                .changed
+        );
+        assert!(
+            !record(vec![alert(0, AlertStatus::Resolved, Some(t(5)))])
+                .await
+                .changed
+        );
         assert_eq!(store.firing().len(), 1);
     }
 

@@ -47,7 +47,10 @@ impl Cluster {
         let mut client = self.connect().await?;
         let sent = Instant::now();
         let lease = self
-            .call("grant a lease", client.lease_grant(ttl.as_secs() as i64, None))
+            .call(
+                "grant a lease",
+                client.lease_grant(ttl.as_secs() as i64, None),
+            )
             .await?
             .id();
         let mut renewed = sent;
@@ -176,7 +179,9 @@ impl Cluster {
             let resign = client.resign(Some(ResignOptions::new().with_leader(key)));
             let _ = self.call("resign", resign).await;
         }
-        let _ = self.call("revoke the lease", client.lease_revoke(lease)).await;
+        let _ = self
+            .call("revoke the lease", client.lease_revoke(lease))
+            .await;
         info!(node = %self.config.name, "left the election");
     }
 }

@@ -151,7 +151,11 @@ impl Cluster {
             name: self.config.name.clone(),
             // A leader past its deadline no longer acts: it shows as a follower until the
             // campaign task has given the lease up.
-            role: if leading { Role::Leader } else { Role::Follower },
+            role: if leading {
+                Role::Leader
+            } else {
+                Role::Follower
+            },
             leader: v.leader.clone(),
             leader_since: v.leader_since,
             lease_ttl: self.config.lease_ttl,

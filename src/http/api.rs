@@ -9,7 +9,8 @@ use serde_json::json;
 
 use super::error::ApiError;
 use super::AppState;
-use crate::store::{NotificationRecord, ResyncStatus, ServiceState, ServiceStatus, StoredAlert};
+use crate::status::{ResyncStatus, ServiceStatus};
+use crate::store::{NotificationRecord, ServiceState, StoredAlert};
 
 /// `GET /api/v1/status`: per service, what [`ServiceStatus`] holds plus the firing alerts behind
 /// it and its persisted state; the last notifications; the journal's size; the last resync.
@@ -36,7 +37,7 @@ pub struct ServiceView {
 /// decision and why the mode may be held against it, the observed state of each target, the
 /// firing alerts behind it, pending and last steps. Plus the last notifications and resync.
 pub async fn status(state: web::Data<AppState>) -> HttpResponse {
-    let statuses = state.store.service_status();
+    let statuses = state.status.service_status();
     let firing = state.store.firing_detail();
     let services = state
         .services
@@ -58,7 +59,7 @@ pub async fn status(state: web::Data<AppState>) -> HttpResponse {
         services,
         notifications: state.store.recent_notifications(),
         journal_entries: state.store.journal_len(),
-        alertmanager_resync: state.store.resync(),
+        alertmanager_resync: state.status.resync(),
     })
 }
 

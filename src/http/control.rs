@@ -66,7 +66,7 @@ pub async fn plan(
     let n = super::webhook::read_notification(&req, payload, &state).await?;
     let now = Utc::now();
     let firing = state.store.preview_firing(&n, now);
-    let board = state.store.service_status();
+    let board = state.status.service_status();
     let mut out = serde_json::Map::new();
     for svc in state.services.iter() {
         let st = state

@@ -17,6 +17,7 @@ use actix_web::web;
 use crate::alert::Notification;
 use crate::metrics::Metrics;
 use crate::reconcile::ServiceRuntime;
+use crate::status::StatusBoard;
 use crate::store::{RecordOutcome, Store, StoreError};
 
 pub mod api;
@@ -30,6 +31,8 @@ pub mod webhook;
 #[derive(Clone)]
 pub struct AppState {
     pub store: Store,
+    /// What the reconcilers and the resync last saw and did; memory only.
+    pub status: StatusBoard,
     pub metrics: Arc<Metrics>,
     pub services: Arc<Vec<ServiceRuntime>>,
     pub auth: auth::Auth,

@@ -8,7 +8,7 @@ use serde_json::json;
 use super::error::ApiError;
 use super::AppState;
 use crate::plan::{ContainerState, InstanceState, ServerState};
-use crate::store::ServiceStatus;
+use crate::status::ServiceStatus;
 
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok()
@@ -27,7 +27,7 @@ pub async fn healthy() -> HttpResponse {
 /// (taken every `reconcile.interval`), so a probe never calls Docker, HAProxy or EC2 itself.
 /// Webhooks are taken either way: `/-/healthy` is the liveness check.
 pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
-    let board = state.store.service_status();
+    let board = state.status.service_status();
     match readiness(state.services.iter().map(|s| s.name.as_str()), &board) {
         Ok(()) => HttpResponse::Ok().body("Ready\n"),
         Err(why) => HttpResponse::ServiceUnavailable()
