@@ -10,6 +10,7 @@ use actix_web::{web, App, HttpServer};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::http::{auth::Auth, routes, AppState};
 use crate::metrics::Metrics;
@@ -38,10 +39,15 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AppError> {
-    let store = Store::open(&config.storage.path, config.storage.retention())?;
+    let mut store = Store::open(&config.storage.path, config.storage.retention())?;
     info!(path = %store.path().display(), journal = store.journal_len(), firing = store.firing().len(), "storage open");
     let status = StatusBoard::default();
-    let metrics = Arc::new(Metrics::new());
+    let mut metrics = Metrics::new();
+    let cluster = config.cluster.clone().map(|c| {
+        store = store.clone().with_node(&c.name);
+        Cluster::new(c, metrics.register_cluster())
+    });
+    let metrics = Arc::new(metrics);
     let services: Vec<ServiceRuntime> = config
         .services
         .iter()
@@ -54,6 +60,7 @@ pub async fn run(
         metrics: metrics.clone(),
         settings: config.reconcile.clone(),
         dry_run: config.dry_run,
+        cluster: cluster.clone(),
     };
     if config.dry_run {
         tracing::warn!("dry run: plans are recorded, no step is executed");
@@ -69,6 +76,18 @@ pub async fn run(
     }
 
     let services = Arc::new(services);
+    if let Some(c) = &cluster {
+        info!(
+            node = c.name(),
+            "cluster: campaigning for the leader lease in etcd; acting only while leader"
+        );
+        tasks.push(tokio::spawn(c.clone().run(stop.clone())));
+        tasks.push(tokio::spawn(wake_on_leadership(
+            c.clone(),
+            services.clone(),
+            stop.clone(),
+        )));
+    }
     if let Some(am) = &config.alertmanager {
         let resync = Resync::new(
             am.clone(),
@@ -86,6 +105,7 @@ pub async fn run(
         status,
         metrics,
         services,
+        cluster,
         auth: Auth::from_config(&config.auth),
         tls: config.tls_loaded.clone(),
         max_body_bytes: config.webhook.max_body_bytes,
@@ -150,6 +170,21 @@ fn http_server(
     }
     .run();
     Ok(server)
+}
+
+/// Wakes every service's reconciler when this node becomes leader: a takeover acts at once,
+/// not at the next timer.
+async fn wake_on_leadership(
+    cluster: Cluster,
+    services: Arc<Vec<ServiceRuntime>>,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = cluster.gained() => services.iter().for_each(|s| s.wake.notify_one()),
+            () = stop.cancelled() => return,
+        }
+    }
 }
 
 /// Reloads the TLS material on SIGHUP until `stop`.

@@ -16,6 +16,7 @@ use tracing::{info, info_span, warn, Instrument};
 
 use crate::backend::BackendError;
 use crate::burst::UnitKind;
+use crate::cluster::Cluster;
 use crate::config::{ReconcileConfig, ServiceConfig};
 use crate::desired::{FiringAlert, Mode};
 use crate::metrics::{
@@ -122,6 +123,9 @@ pub struct Context {
     pub settings: ReconcileConfig,
     /// Plan and record, execute nothing.
     pub dry_run: bool,
+    /// This node's membership of a responder cluster: steps run only while it leads. None:
+    /// standalone, always acts.
+    pub cluster: Option<Cluster>,
 }
 
 /// What a pass ended with.
@@ -290,6 +294,12 @@ pub fn backoff(s: &ReconcileConfig, failures: u32, retryable: bool) -> Duration 
     s.retry_initial.saturating_mul(1u32 << exp).min(s.retry_max)
 }
 
+/// Why this node may not execute steps now: a follower, or a leader no longer certain of its
+/// lease. None: standalone, or the leader.
+fn fenced(ctx: &Context) -> Option<String> {
+    ctx.cluster.as_ref().and_then(Cluster::why_not)
+}
+
 /// The persisted state of a service, or a fresh one (on-prem) the first time.
 fn state_of(svc: &ServiceRuntime, ctx: &Context) -> ServiceState {
     ctx.store
@@ -366,8 +376,13 @@ pub async fn reconcile_once(svc: &ServiceRuntime, ctx: &Context) -> Result<PassO
         .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join("; ");
-    if eff.paused || ctx.dry_run {
-        let why = if eff.paused { "paused" } else { "dry run" };
+    let fenced = fenced(ctx);
+    if eff.paused || ctx.dry_run || fenced.is_some() {
+        let why = match (eff.paused, ctx.dry_run, fenced) {
+            (true, _, _) => "paused".to_string(),
+            (_, true, _) => "dry run".to_string(),
+            (_, _, why) => why.unwrap_or_default(),
+        };
         info!(service = %svc.name, mode = eff.mode.as_str(), steps = %steps_text, "{why}: not executing");
         return Ok(PassOutcome::Held {
             after: ctx.settings.interval,
@@ -436,6 +451,15 @@ async fn run_steps(
                 .await?;
             return Ok(PassOutcome::Superseded);
         }
+        if let Some(why) = fenced(ctx) {
+            let message = format!("{why}: not running {step}");
+            ctx.store
+                .event(&svc.name, "fenced", message, vec![])
+                .await?;
+            return Ok(PassOutcome::Held {
+                after: ctx.settings.interval,
+            });
+        }
         // Recorded before it runs, so a crash in the middle is known at restart.
         state.step_in_flight = Some(step.to_string());
         ctx.store.set_service(&svc.name, state.clone()).await?;
@@ -447,23 +471,38 @@ async fn run_steps(
         let started = Instant::now();
         // Steps after `burst_from` act on burst units (their EC2 steps go to the burst pool).
         let moved_on = || superseded(svc, ctx, goal);
-        let result = svc
+        let run = svc
             .world
             .run(&svc.name, &svc.config, step, i >= p.burst_from, &moved_on)
-            .instrument(span)
-            .await;
+            .instrument(span);
+        // Fencing: a step still running when the lease could expire is abandoned at its next
+        // await point; the new leader observes and finishes it.
+        let result = match &ctx.cluster {
+            Some(c) => tokio::select! {
+                r = run => Some(r),
+                () = c.lost() => None,
+            },
+            None => Some(run.await),
+        };
         let elapsed = started.elapsed();
         let (outcome, error) = match &result {
-            Ok(StepDone::Done) => ("success", None),
-            Ok(StepDone::DrainTimedOut) => ("drain_timeout", None),
-            Ok(StepDone::Superseded) => ("superseded", None),
-            Err(e) => ("failure", Some(e.to_string())),
+            Some(Ok(StepDone::Done)) => ("success", None),
+            Some(Ok(StepDone::DrainTimedOut)) => ("drain_timeout", None),
+            Some(Ok(StepDone::Superseded)) => ("superseded", None),
+            Some(Err(e)) => ("failure", Some(e.to_string())),
+            None => ("fenced", None),
         };
         record_step(svc, ctx, step, outcome, elapsed, error).await?;
         match result {
-            Ok(StepDone::Done | StepDone::DrainTimedOut) => {}
-            Ok(StepDone::Superseded) => return Ok(PassOutcome::Superseded),
-            Err(source) => {
+            Some(Ok(StepDone::Done | StepDone::DrainTimedOut)) => {}
+            Some(Ok(StepDone::Superseded)) => return Ok(PassOutcome::Superseded),
+            None => {
+                warn!(service = %svc.name, step = %step, "leadership could lapse: abandoned the step");
+                return Ok(PassOutcome::Held {
+                    after: ctx.settings.interval,
+                });
+            }
+            Some(Err(source)) => {
                 return Err(PassError::Step {
                     step: step.to_string(),
                     source,

@@ -153,6 +153,9 @@ pub struct Event {
     /// Fingerprints of the alerts behind it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub alerts: Vec<String>,
+    /// The responder that wrote it (`cluster.name`; absent when standalone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 /// A journal entry: `{"received_at": <RFC 3339>, "notification": <the body as received>}`.
@@ -180,8 +183,8 @@ enum Op {
         alerts: Vec<StoredAlert>,
         still_active: std::collections::BTreeSet<String>,
         fetched_at: DateTime<Utc>,
-        /// Services and message of the `resync` event written with a change.
-        note: (Vec<String>, String),
+        /// Services, message and node of the `resync` event written with a change.
+        note: (Vec<String>, String, Option<String>),
         reply: oneshot::Sender<Result<bool, StoreError>>,
     },
     SetService {
@@ -199,6 +202,7 @@ enum Op {
         kind: String,
         message: String,
         alerts: Vec<String>,
+        node: Option<String>,
         reply: oneshot::Sender<Result<u64, StoreError>>,
     },
 }
@@ -220,9 +224,18 @@ pub struct Store {
     db: Arc<Database>,
     path: PathBuf,
     writer: Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
+    /// Stamped on every event: this responder's `cluster.name`.
+    node: Option<Arc<str>>,
 }
 
 impl Store {
+    /// Stamps `node` on every event written through this handle and its clones (call it
+    /// before cloning).
+    pub fn with_node(mut self, node: &str) -> Store {
+        self.node = Some(Arc::from(node));
+        self
+    }
+
     /// Opens (or creates) the database in `dir` and loads what it holds. Must be called from
     /// within a tokio runtime (the writer answers through tokio channels).
     pub fn open(dir: &Path, retention: Retention) -> Result<Store, StoreError> {
@@ -258,6 +271,7 @@ impl Store {
             db,
             path,
             writer: Arc::new(std::sync::Mutex::new(Some(handle))),
+            node: None,
         })
     }
 
@@ -337,7 +351,7 @@ impl Store {
             alerts,
             still_active,
             fetched_at,
-            note: (services, message),
+            note: (services, message, self.node.as_deref().map(str::to_string)),
             reply,
         })
         .await
@@ -376,11 +390,13 @@ impl Store {
         alerts: Vec<String>,
     ) -> Result<u64, StoreError> {
         let (service, kind) = (service.to_string(), kind.to_string());
+        let node = self.node.as_deref().map(str::to_string);
         self.call(|reply| Op::Event {
             service,
             kind,
             message,
             alerts,
+            node,
             reply,
         })
         .await
@@ -604,13 +620,14 @@ impl Batch<'_, '_> {
                 alerts,
                 still_active,
                 fetched_at,
-                note: (services, message),
+                note: (services, message, node),
                 reply,
             } => {
                 let changed = self.replace_firing(alerts, &still_active, fetched_at)?;
                 if changed {
                     for service in services {
-                        self.event(service, "resync".into(), message.clone(), vec![])?;
+                        let node = node.clone();
+                        self.event(service, "resync".into(), message.clone(), vec![], node)?;
                     }
                 }
                 Reply::Replace(reply, changed)
@@ -645,8 +662,9 @@ impl Batch<'_, '_> {
                 kind,
                 message,
                 alerts,
+                node,
                 reply,
-            } => Reply::Event(reply, self.event(service, kind, message, alerts)?),
+            } => Reply::Event(reply, self.event(service, kind, message, alerts, node)?),
         })
     }
 
@@ -751,6 +769,7 @@ impl Batch<'_, '_> {
         kind: String,
         message: String,
         alerts: Vec<String>,
+        node: Option<String>,
     ) -> Result<u64, DbError> {
         let id = self.writer.next_event;
         self.writer.next_event += 1;
@@ -762,6 +781,7 @@ impl Batch<'_, '_> {
             kind,
             message,
             alerts,
+            node,
         };
         let bytes = serde_json::to_vec(&ev)?;
         self.events.insert(id, bytes.as_slice()).map_err(db)?;

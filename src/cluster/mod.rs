@@ -38,24 +38,47 @@ pub enum Role {
     Follower,
 }
 
-/// The cluster as `GET /api/v1/status` shows it (`cluster`).
+/// The cluster as `GET /api/v1/status` shows it (`cluster`). Standalone: the role alone.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ClusterStatus {
     /// This node's name.
-    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     pub role: Role,
     /// The leading node's name, as etcd last said (None: unknown or no leader).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub leader: Option<String>,
     /// When this node last became leader (None while it is not).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub leader_since: Option<DateTime<Utc>>,
-    #[serde(with = "humantime_serde")]
-    pub lease_ttl: Duration,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "humantime_serde"
+    )]
+    pub lease_ttl: Option<Duration>,
     /// Whether etcd answered this node's last call.
-    pub etcd_up: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etcd_up: Option<bool>,
     /// Why this node does not act, when it does not: another node leads, etcd cannot be
     /// reached, the lease could not be renewed.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+}
+
+impl ClusterStatus {
+    /// A responder without `cluster:`.
+    pub fn standalone() -> ClusterStatus {
+        ClusterStatus {
+            name: None,
+            role: Role::Standalone,
+            leader: None,
+            leader_since: None,
+            lease_ttl: None,
+            etcd_up: None,
+            reason: None,
+        }
+    }
 }
 
 /// The cluster's series: `failover_responder_cluster_leader` (1 while this node may act),
@@ -88,6 +111,8 @@ pub struct Cluster {
     config: Arc<ClusterConfig>,
     view: Arc<Mutex<View>>,
     metrics: ClusterMetrics,
+    /// Notified when this node becomes leader, so the reconcilers look at once.
+    gained: Arc<tokio::sync::Notify>,
 }
 
 /// What this node knows now.
@@ -116,6 +141,7 @@ impl Cluster {
                 reason: Some("not connected to etcd yet".into()),
             })),
             metrics,
+            gained: Arc::default(),
         }
     }
 
@@ -129,6 +155,30 @@ impl Cluster {
     pub fn may_act(&self) -> bool {
         let v = self.lock();
         v.role == Role::Leader && v.deadline.is_some_and(|d| Instant::now() < d)
+    }
+
+    /// Resolves once this node may no longer act (at once when it may not now). A step raced
+    /// against it is abandoned at its next await point when the deadline passes.
+    pub async fn lost(&self) {
+        loop {
+            let deadline = {
+                let v = self.lock();
+                match (v.role, v.deadline) {
+                    (Role::Leader, Some(d)) => d,
+                    _ => return,
+                }
+            };
+            if Instant::now() >= deadline {
+                return;
+            }
+            // The deadline may have moved on (a renewal) by the time this wakes: look again.
+            tokio::time::sleep_until(deadline.into()).await;
+        }
+    }
+
+    /// Resolves when this node next becomes leader.
+    pub async fn gained(&self) {
+        self.gained.notified().await;
     }
 
     /// Why this node may not act now (None when it may).
@@ -148,7 +198,7 @@ impl Cluster {
         let v = self.lock();
         let leading = v.role == Role::Leader && v.deadline.is_some_and(|d| Instant::now() < d);
         ClusterStatus {
-            name: self.config.name.clone(),
+            name: Some(self.config.name.clone()),
             // A leader past its deadline no longer acts: it shows as a follower until the
             // campaign task has given the lease up.
             role: if leading {
@@ -158,8 +208,8 @@ impl Cluster {
             },
             leader: v.leader.clone(),
             leader_since: v.leader_since,
-            lease_ttl: self.config.lease_ttl,
-            etcd_up: v.etcd_up,
+            lease_ttl: Some(self.config.lease_ttl),
+            etcd_up: Some(v.etcd_up),
             reason: if leading { None } else { v.reason.clone() },
         }
     }
@@ -184,6 +234,7 @@ impl Cluster {
         if v.role != Role::Leader {
             self.metrics.leader_changes.inc();
             v.leader_since = Some(Utc::now());
+            self.gained.notify_one();
         }
         v.role = Role::Leader;
         v.leader = Some(self.config.name.clone());

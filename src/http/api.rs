@@ -21,6 +21,8 @@ pub struct StatusDoc {
     pub notifications: Vec<NotificationRecord>,
     pub journal_entries: u64,
     pub alertmanager_resync: ResyncStatus,
+    /// This node's part in a responder cluster (`role: standalone` without `cluster:`).
+    pub cluster: crate::cluster::ClusterStatus,
 }
 
 /// One service in [`StatusDoc`].
@@ -60,6 +62,10 @@ pub async fn status(state: web::Data<AppState>) -> HttpResponse {
         notifications: state.store.recent_notifications(),
         journal_entries: state.store.journal_len(),
         alertmanager_resync: state.status.resync(),
+        cluster: state
+            .cluster
+            .as_ref()
+            .map_or_else(crate::cluster::ClusterStatus::standalone, |c| c.status()),
     })
 }
 

@@ -35,6 +35,8 @@ pub struct AppState {
     pub status: StatusBoard,
     pub metrics: Arc<Metrics>,
     pub services: Arc<Vec<ServiceRuntime>>,
+    /// This node's membership of a responder cluster; None when standalone.
+    pub cluster: Option<crate::cluster::Cluster>,
     pub auth: auth::Auth,
     pub max_body_bytes: usize,
     /// Reloadable TLS material, when serving HTTPS.

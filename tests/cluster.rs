@@ -1,0 +1,322 @@
+//! Two responders, one actor: both take every notification, only the holder of the etcd lease
+//! executes. Real etcd (three members on loopback, Debian's etcd-server), two responder
+//! processes, real HAProxy and Docker.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+/// etcd members on loopback, each with its own data dir.
+struct Etcd {
+    members: Vec<Option<Proc>>,
+    client_ports: Vec<u16>,
+    peer_ports: Vec<u16>,
+    dir: std::path::PathBuf,
+}
+
+impl Etcd {
+    async fn start(dir: &Path, n: usize) -> Etcd {
+        let mut e = Etcd {
+            members: Vec::new(),
+            client_ports: (0..n).map(|_| free_port()).collect(),
+            peer_ports: (0..n).map(|_| free_port()).collect(),
+            dir: dir.join("etcd"),
+        };
+        for i in 0..n {
+            let p = e.spawn(i);
+            e.members.push(Some(p));
+        }
+        for i in 0..n {
+            e.wait_healthy(i).await;
+        }
+        e
+    }
+
+    fn spawn(&self, i: usize) -> Proc {
+        let cluster: Vec<String> = self
+            .peer_ports
+            .iter()
+            .enumerate()
+            .map(|(j, p)| format!("e{j}=http://127.0.0.1:{p}"))
+            .collect();
+        let (client, peer) = (self.client_ports[i], self.peer_ports[i]);
+        let log = std::fs::File::create(self.dir.with_extension(format!("{i}.log")))
+            .expect("etcd log");
+        let child = Command::new("etcd")
+            .args(["--name", &format!("e{i}")])
+            .arg("--data-dir")
+            .arg(self.dir.join(format!("e{i}")))
+            .args(["--listen-client-urls", &format!("http://127.0.0.1:{client}")])
+            .args(["--advertise-client-urls", &format!("http://127.0.0.1:{client}")])
+            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
+            .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{peer}")])
+            .args(["--initial-cluster", &cluster.join(",")])
+            .args(["--initial-cluster-state", "new"])
+            .args(["--initial-cluster-token", "fr-test"])
+            // Fast elections, so a test about leases is not a test about etcd's own timers.
+            .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn etcd");
+        Proc {
+            child,
+            name: format!("etcd e{i}"),
+        }
+    }
+
+    async fn wait_healthy(&self, i: usize) {
+        let url = format!("http://127.0.0.1:{}/health", self.client_ports[i]);
+        eventually(&format!("etcd e{i} healthy"), Duration::from_secs(20), || {
+            let url = url.clone();
+            async move {
+                let body = get_text(&url).await?;
+                body.contains("\"true\"").then_some(())
+            }
+        })
+        .await;
+    }
+
+    fn stop(&mut self, i: usize) {
+        self.members[i] = None;
+    }
+
+    fn restart(&mut self, i: usize) {
+        self.members[i] = Some(self.spawn(i));
+    }
+
+    fn endpoints(&self) -> String {
+        let urls: Vec<String> = self
+            .client_ports
+            .iter()
+            .map(|p| format!("'http://127.0.0.1:{p}'"))
+            .collect();
+        format!("[{}]", urls.join(", "))
+    }
+}
+
+/// The `cluster:` block for node `name`.
+fn cluster_yaml(name: &str, etcd: &Etcd) -> String {
+    format!(
+        "cluster:\n  name: {name}\n  lease_ttl: 2s\n  prefix: /fr-test/\n  etcd: {{endpoints: {}, timeout: 500ms}}\n",
+        etcd.endpoints()
+    )
+}
+
+/// Starts node `name` on `world` with its own storage; `env` adds a crash point.
+async fn node(world: &World, etcd: &Etcd, name: &str, env: &[(&str, &str)]) -> ResponderProc {
+    let config = world.dir.path().join(format!("{name}.yaml"));
+    std::fs::write(&config, world.config(&cluster_yaml(name, etcd), "")).expect("config");
+    let storage = world.dir.path().join(format!("state-{name}"));
+    ResponderProc::start(&config, &storage, env).await
+}
+
+async fn json(url: &str) -> Option<serde_json::Value> {
+    serde_json::from_str(&get_text(url).await?).ok()
+}
+
+/// The node's `cluster` status: (role, leader).
+async fn role(n: &ResponderProc) -> Option<(String, Option<String>)> {
+    let s = json(&format!("{}/api/v1/status", n.url)).await?;
+    let c = &s["cluster"];
+    Some((
+        c["role"].as_str()?.to_string(),
+        c["leader"].as_str().map(String::from),
+    ))
+}
+
+async fn wait_role(n: &ResponderProc, want: &str, within: Duration) {
+    eventually(&format!("{} is {want}", n.url), within, || async {
+        role(n).await.filter(|(r, _)| r == want).map(|_| ())
+    })
+    .await;
+}
+
+/// Steps this node executed: (step text, outcome).
+async fn steps(n: &ResponderProc) -> Vec<(String, String)> {
+    let Some(events) = json(&format!("{}/api/v1/events?kind=step", n.url)).await else {
+        return Vec::new();
+    };
+    events["events"]
+        .as_array()
+        .or(events.as_array())
+        .into_iter()
+        .flatten()
+        .filter(|e| e["kind"] == "step")
+        .map(|e| {
+            let m = e["message"].as_str().unwrap_or_default().to_string();
+            let node = e["node"].as_str().unwrap_or_default().to_string();
+            (m, node)
+        })
+        .collect()
+}
+
+fn have_etcd() -> bool {
+    require("etcd (Debian package etcd-server)", have_binary("etcd"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_leader_acts_and_the_follower_takes_over_when_it_dies() {
+    if !have_etcd() {
+        return;
+    }
+    let Some(world) = World::start("cluster-takeover").await else {
+        return;
+    };
+    let etcd = Etcd::start(world.dir.path(), 3).await;
+    let mut a = node(&world, &etcd, "site-a", &[]).await;
+    wait_role(&a, "leader", Duration::from_secs(10)).await;
+    let b = node(&world, &etcd, "site-b", &[]).await;
+    eventually("b follows a", Duration::from_secs(10), || async {
+        role(&b)
+            .await
+            .filter(|(r, l)| r == "follower" && l.as_deref() == Some("site-a"))
+    })
+    .await;
+
+    // Both take the notification; only the leader acts.
+    let started = chrono::Utc::now();
+    for n in [&a, &b] {
+        assert_eq!(n.post_alerts(&down_body(started, None)).await, Some(200));
+    }
+    eventually("cloud, by a", Duration::from_secs(30), || async {
+        world.is("cloud").await.then_some(())
+    })
+    .await;
+    let by_a = steps(&a).await;
+    assert!(
+        !by_a.is_empty() && by_a.iter().all(|(_, node)| node == "site-a"),
+        "a's steps carry its name: {by_a:?}"
+    );
+    // b planned the same steps (its status shows them) and ran none.
+    assert!(steps(&b).await.is_empty(), "the follower executed steps");
+
+    // The leader dies: b takes over within the lease and acts on the next notification.
+    a.kill9();
+    wait_role(&b, "leader", Duration::from_secs(5)).await;
+    let resolved = down_body(started, Some(chrono::Utc::now()));
+    assert_eq!(b.post_alerts(&resolved).await, Some(200));
+    eventually("on-prem again, by b", Duration::from_secs(30), || async {
+        world.assert_safe("failback by b").await;
+        world.is("onprem").await.then_some(())
+    })
+    .await;
+    let by_b = steps(&b).await;
+    assert!(
+        by_b.iter().any(|(m, _)| m.starts_with("stop ")) && by_b.iter().all(|(_, n)| n == "site-b"),
+        "b ran the failback: {by_b:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_that_dies_mid_failover_is_finished_by_the_other_not_restarted() {
+    if !have_etcd() {
+        return;
+    }
+    let Some(world) = World::start("cluster-crash").await else {
+        return;
+    };
+    let etcd = Etcd::start(world.dir.path(), 3).await;
+    // a dies (as kill -9 would) right before opening the server: the container is up.
+    let crash = [(
+        "FAILOVER_RESPONDER_CRASH_BEFORE",
+        "server_ready",
+    )];
+    let mut a = node(&world, &etcd, "site-a", &crash).await;
+    wait_role(&a, "leader", Duration::from_secs(10)).await;
+    let b = node(&world, &etcd, "site-b", &[]).await;
+    wait_role(&b, "follower", Duration::from_secs(10)).await;
+    let body = down_body(chrono::Utc::now(), None);
+    for n in [&a, &b] {
+        assert_eq!(n.post_alerts(&body).await, Some(200));
+    }
+    a.wait_exit(Duration::from_secs(30)).await;
+    let started_at = container_started_at(&world).await;
+    assert!(started_at.is_some(), "a started the container before dying");
+
+    eventually("cloud, finished by b", Duration::from_secs(20), || async {
+        world.assert_safe("takeover").await;
+        world.is("cloud").await.then_some(())
+    })
+    .await;
+    assert_eq!(
+        container_started_at(&world).await,
+        started_at,
+        "b restarted the container a had started"
+    );
+    let by_b = steps(&b).await;
+    assert!(
+        by_b.iter().any(|(m, _)| m.starts_with("ready "))
+            && !by_b.iter().any(|(m, _)| m.starts_with("start ")),
+        "b only opened the server: {by_b:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_etcd_quorum_nobody_acts_and_with_it_back_the_leader_does() {
+    if !have_etcd() {
+        return;
+    }
+    let Some(world) = World::start("cluster-quorum").await else {
+        return;
+    };
+    let mut etcd = Etcd::start(world.dir.path(), 3).await;
+    let a = node(&world, &etcd, "site-a", &[]).await;
+    wait_role(&a, "leader", Duration::from_secs(10)).await;
+    let b = node(&world, &etcd, "site-b", &[]).await;
+    wait_role(&b, "follower", Duration::from_secs(10)).await;
+
+    etcd.stop(1);
+    etcd.stop(2);
+    // Within the lease, the leader fences itself and says why.
+    eventually("a fenced", Duration::from_secs(5), || async {
+        let s = json(&format!("{}/api/v1/status", a.url)).await?;
+        let c = &s["cluster"];
+        (c["role"] == "follower" && c["etcd_up"] == false && c["reason"].is_string()).then_some(())
+    })
+    .await;
+    let metrics = get_text(&format!("{}/metrics", a.url)).await.unwrap_or_default();
+    assert_eq!(metric(&metrics, "failover_responder_cluster_leader"), 0.0);
+    assert_eq!(metric(&metrics, "failover_responder_cluster_etcd_up"), 0.0);
+
+    // A failover alert now: both take it, neither acts.
+    let body = down_body(chrono::Utc::now(), None);
+    for n in [&a, &b] {
+        assert_eq!(n.post_alerts(&body).await, Some(200));
+    }
+    // A bounded look, not a synchronisation: several reconcile periods (1 s) with nothing done.
+    let until = std::time::Instant::now() + Duration::from_secs(4);
+    while std::time::Instant::now() < until {
+        assert_ne!(world.container_running().await, Some(true), "someone acted without quorum");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(steps(&a).await.is_empty() && steps(&b).await.is_empty());
+
+    // Quorum back: one of them leads and fails over.
+    etcd.restart(1);
+    etcd.restart(2);
+    eventually("cloud once quorum is back", Duration::from_secs(30), || async {
+        world.assert_safe("quorum back").await;
+        world.is("cloud").await.then_some(())
+    })
+    .await;
+    let (sa, sb) = (steps(&a).await, steps(&b).await);
+    assert!(
+        sa.is_empty() != sb.is_empty(),
+        "exactly one node acted: a {sa:?}, b {sb:?}"
+    );
+}
+
+/// When Docker last started the test's container (None: not there).
+async fn container_started_at(world: &World) -> Option<String> {
+    let info = world
+        .docker
+        .inspect_container(&world.container, None::<bollard::query_parameters::InspectContainerOptions>)
+        .await
+        .ok()?;
+    info.state?.started_at
+}
