@@ -660,15 +660,6 @@ impl ResponderProc {
             .map(|r| r.status().as_u16())
     }
 
-    pub async fn status(&self) -> Option<serde_json::Value> {
-        reqwest::get(format!("{}/api/v1/status", self.url))
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()
-    }
-
     /// `GET /api/v1/status`, typed; None while it does not answer.
     pub async fn status_doc(&self) -> Option<StatusDoc> {
         let resp = reqwest::get(format!("{}/api/v1/status", self.url))
@@ -853,13 +844,6 @@ impl World {
             .map(|l| l.strip_prefix("    ").unwrap_or(l))
             .collect();
         self.configure().top(top).key(&service.join("\n")).yaml()
-    }
-
-    /// Writes a config file and returns its path.
-    pub fn config_file(&self, top: &str, service: &str) -> PathBuf {
-        let p = self.dir.path().join("responder.yaml");
-        std::fs::write(&p, self.config(top, service)).expect("write config");
-        p
     }
 
     /// The port of the on-prem API behind HAProxy.
