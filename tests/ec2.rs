@@ -208,11 +208,11 @@ async fn cold_standby_fails_over_and_back() {
         return;
     };
     let ids = launch(&m.url, 1, ("failover-responder", "onprem-api")).await;
-    let cfg = w.configure().hold_down("0s").key(&format!(
+    let config = w.configure().hold_down("0s").key(&format!(
         "ec2: {{region: us-east-1, endpoint_url: '{}', instance_ids: [{}], running_timeout: 60s}}",
         m.url, ids[0]
     ));
-    let r = Responder::start(&cfg.yaml(), w.dir.path()).await;
+    let r = Responder::start(&config.yaml(), w.dir.path()).await;
     let ec2 = Ec2Backend::new(cfg(&m.url, ids.clone(), None));
     let instance = || async { states(&ec2.observe().await.expect("observe")) };
 
@@ -278,7 +278,7 @@ async fn pilot_light_keeps_the_instance_running() {
         return;
     };
     let ids = launch(&m.url, 1, ("failover-responder", "onprem-api")).await;
-    let cfg = w
+    let config = w
         .configure()
         .hold_down("0s")
         .key("standby: pilot_light")
@@ -286,7 +286,7 @@ async fn pilot_light_keeps_the_instance_running() {
             "ec2: {{region: us-east-1, endpoint_url: '{}', instance_ids: [{}]}}",
             m.url, ids[0]
         ));
-    let r = Responder::start(&cfg.yaml(), w.dir.path()).await;
+    let r = Responder::start(&config.yaml(), w.dir.path()).await;
     let ec2 = Ec2Backend::new(cfg(&m.url, ids.clone(), None));
     let instance = || async { states(&ec2.observe().await.expect("observe")) };
     // At rest: the stopped instance is started, no container runs, the server is closed.
@@ -530,12 +530,12 @@ async fn burst_instance_units_grow_within_the_cost_guard_and_stop_after() {
          ec2: {{region: us-east-1, endpoint_url: '{}', tag: {{key: failover-responder-burst, value: onprem-api}}}}",
         m.url
     );
-    let cfg = w
+    let config = w
         .configure()
         .hold_down("0s")
         .key("cost: {instance_hourly_price: 0.1, max_instances: 2}")
         .burst(3, ["500ms", "1s", "500ms"], port_base, &unit);
-    let r = Responder::start(&cfg.yaml(), w.dir.path()).await;
+    let r = Responder::start(&config.yaml(), w.dir.path()).await;
     let ec2 = Ec2Backend::new(cfg(&m.url, pool.clone(), None));
     let running = || async {
         ec2.observe()
