@@ -11,6 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
+use failover_responder::alert::AlertStatus;
 use failover_responder::config::Config;
 use serde_json::{json, Value};
 
@@ -50,13 +51,7 @@ async fn start_am(dir: &Path, port: u16, webhook_port: u16, token: &Path) -> Pro
         .expect("spawn alertmanager");
     let ready = format!("http://127.0.0.1:{port}/-/ready");
     eventually("alertmanager ready", Duration::from_secs(20), || {
-        let ready = ready.clone();
-        async move {
-            reqwest::get(&ready)
-                .await
-                .ok()
-                .filter(|r| r.status().is_success())
-        }
+        get_text(&ready)
     })
     .await;
     Proc {
@@ -120,37 +115,25 @@ fn config(dir: &Path, am_port: u16, token: &Path) -> Config {
 
 /// As [`config`], resyncing only alerts routed to `receiver`.
 fn config_for(dir: &Path, am_port: u16, token: &Path, receiver: &str) -> Config {
-    responder_config(
-        dir,
-        token,
-        &format!("alertmanager: {{url: 'http://127.0.0.1:{am_port}', resync_interval: 500ms, timeout: 1s, receiver: {receiver}}}"),
-    )
+    responder_config(dir, token)
+        .alertmanager(
+            am_port,
+            &format!("resync_interval: 500ms, timeout: 1s, receiver: {receiver}"),
+        )
+        .load(dir)
 }
 
 /// As [`config`], without `alertmanager.url`: only webhooks tell the responder anything.
 fn config_without_resync(dir: &Path, token: &Path) -> Config {
-    responder_config(dir, token, "")
+    responder_config(dir, token).load(dir)
 }
 
-fn responder_config(dir: &Path, token: &Path, alertmanager: &str) -> Config {
-    let text = format!(
-        r#"
-auth: {{bearer_token_file: {token}}}
-storage: {{path: {dir}/data}}
-reconcile: {{interval: 500ms, retry_initial: 100ms, retry_max: 500ms}}
-{alertmanager}
-services:
-  onprem-api:
-    failover_on: ['alertname="onprem_down"', 'service="onprem-api"']
-    hold_down: 0s
-    haproxy: {{runtime_api: ['unix:{dir}/no-haproxy.sock'], backend: api, cloud_servers: [cloud1]}}
-"#,
-        token = token.display(),
-        dir = dir.display()
-    );
-    let p = dir.join("responder.yaml");
-    std::fs::write(&p, text).expect("write");
-    Config::load_with_env(&p, Default::default()).expect("config")
+fn responder_config(dir: &Path, token: &Path) -> ConfigBuilder {
+    ConfigBuilder::new(token)
+        .storage(&dir.join("data"))
+        .reconcile("500ms", "100ms", "500ms")
+        .hold_down("0s")
+        .haproxy(&dir.join("no-haproxy.sock"))
 }
 
 /// Alertmanager's view of onprem_down: `(state, silencedBy, inhibitedBy)` of the first match.
@@ -175,20 +158,19 @@ async fn am_state(port: u16) -> Option<(String, usize, usize)> {
 /// Waits for `n` more successful resyncs.
 async fn resyncs(r: &Responder, n: usize) {
     for _ in 0..n {
-        let before = r.status().await["alertmanager_resync"]["last_success"].clone();
+        let last_success = || async { r.status_doc().await.alertmanager_resync.last_success };
+        let before = last_success().await;
         eventually("one more resync", Duration::from_secs(10), || async {
-            let now = r.status().await["alertmanager_resync"]["last_success"].clone();
-            (now.is_string() && now != before).then_some(())
+            let now = last_success().await;
+            (now.is_some() && now != before).then_some(())
         })
         .await;
     }
 }
 
-fn mode(st: &Value) -> String {
-    st["services"]["onprem-api"]["state"]["mode"]
-        .as_str()
-        .unwrap_or("onprem")
-        .to_string()
+/// The mode of onprem-api; on-prem until a pass persisted one.
+fn mode(st: &StatusDoc) -> Mode {
+    st.services["onprem-api"].mode().unwrap_or(Mode::Onprem)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -205,12 +187,8 @@ async fn lost_resolved_notification_is_repaired_by_resync() {
         "the webhook from Alertmanager fails over",
         Duration::from_secs(20),
         || async {
-            let st = r.status().await;
-            (mode(&st) == "cloud"
-                && st["notifications"]
-                    .as_array()
-                    .is_some_and(|n| !n.is_empty()))
-            .then_some(st)
+            let st = r.status_doc().await;
+            done_if(mode(&st) == Mode::Cloud && !st.notifications.is_empty(), st)
         },
     )
     .await;
@@ -218,7 +196,7 @@ async fn lost_resolved_notification_is_repaired_by_resync() {
         "alert posted to Alertmanager -> responder in cloud mode: {:?}",
         t.elapsed()
     );
-    assert_eq!(st["notifications"][0]["status"], "firing");
+    assert_eq!(st.notifications[0].status, AlertStatus::Firing);
 
     // The responder goes down; the alert resolves while it is away.
     r.shutdown().await;
@@ -248,8 +226,8 @@ async fn lost_resolved_notification_is_repaired_by_resync() {
     let t = Instant::now();
     let r = Responder::start_with(config(dir.path(), am_port, &token)).await;
     let st = eventually("resync fails back", Duration::from_secs(20), || async {
-        let st = r.status().await;
-        (mode(&st) == "onprem").then_some(st)
+        let st = r.status_doc().await;
+        done_if(mode(&st) == Mode::Onprem, st)
     })
     .await;
     println!(
@@ -257,14 +235,11 @@ async fn lost_resolved_notification_is_repaired_by_resync() {
         t.elapsed()
     );
     assert_eq!(
-        st["notifications"].as_array().map(Vec::len),
-        Some(0),
-        "no notification reached it: {st}"
+        st.notifications.len(),
+        0,
+        "no notification reached it: {st:#?}"
     );
-    assert!(
-        st["alertmanager_resync"]["last_success"].is_string(),
-        "{st}"
-    );
+    assert!(st.alertmanager_resync.last_success.is_some(), "{st:#?}");
     let events = r.events("service=onprem-api").await;
     let kinds: Vec<&str> = events.iter().filter_map(|e| e["kind"].as_str()).collect();
     let resync_at = kinds
@@ -302,19 +277,14 @@ async fn unreachable_alertmanager_keeps_the_last_known_alerts() {
         "a failed resync is shown",
         Duration::from_secs(10),
         || async {
-            let st = r.status().await;
-            (mode(&st) == "cloud" && st["alertmanager_resync"]["last_error"].is_string())
-                .then_some(st)
+            let st = r.status_doc().await;
+            let failed = st.alertmanager_resync.last_error.is_some();
+            done_if(mode(&st) == Mode::Cloud && failed, st)
         },
     )
     .await;
-    assert!(
-        st["alertmanager_resync"]["last_error"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("127.0.0.1"),
-        "{st}"
-    );
+    let error = st.alertmanager_resync.last_error.as_deref();
+    assert!(error.unwrap_or_default().contains("127.0.0.1"), "{st:#?}");
     let m = r.metrics().await;
     assert_eq!(metric(&m, "failover_responder_alertmanager_up"), 0.0, "{m}");
     assert!(
@@ -331,14 +301,9 @@ async fn unreachable_alertmanager_keeps_the_last_known_alerts() {
             .then_some(())
     })
     .await;
-    let st = r.status().await;
-    assert_eq!(
-        st["services"]["onprem-api"]["firing_alerts"]
-            .as_array()
-            .map(Vec::len),
-        Some(1)
-    );
-    assert_eq!(mode(&st), "cloud");
+    let st = r.status_doc().await;
+    assert_eq!(st.services["onprem-api"].firing_alerts.len(), 1);
+    assert_eq!(mode(&st), Mode::Cloud);
 
     // Alertmanager appears (without the alert): the next resync succeeds and fails back.
     let _am = start_am(dir.path(), am_port, free_port(), &token).await;
@@ -346,8 +311,8 @@ async fn unreachable_alertmanager_keeps_the_last_known_alerts() {
         "resync succeeds and fails back",
         Duration::from_secs(20),
         || async {
-            let st = r.status().await;
-            (mode(&st) == "onprem"
+            let st = r.status_doc().await;
+            (mode(&st) == Mode::Onprem
                 && metric(&r.metrics().await, "failover_responder_alertmanager_up") == 1.0)
                 .then_some(())
         },
@@ -371,7 +336,7 @@ async fn a_misspelt_receiver_never_drops_a_delivered_alert() {
     eventually(
         "the webhook fails over",
         Duration::from_secs(20),
-        || async { (mode(&r.status().await) == "cloud").then_some(()) },
+        || async { (mode(&r.status_doc().await) == Mode::Cloud).then_some(()) },
     )
     .await;
     // Several resyncs later the alert, still active in Alertmanager, is still firing here.
@@ -385,14 +350,9 @@ async fn a_misspelt_receiver_never_drops_a_delivered_alert() {
             .then_some(())
     })
     .await;
-    let st = r.status().await;
-    assert_eq!(mode(&st), "cloud", "{st}");
-    assert_eq!(
-        st["services"]["onprem-api"]["firing_alerts"]
-            .as_array()
-            .map(Vec::len),
-        Some(1)
-    );
+    let st = r.status_doc().await;
+    assert_eq!(mode(&st), Mode::Cloud, "{st:#?}");
+    assert_eq!(st.services["onprem-api"].firing_alerts.len(), 1);
     r.shutdown().await;
 }
 
@@ -405,22 +365,22 @@ async fn a_refire_with_the_same_starts_at_fails_over_again() {
         return;
     };
     let r = Responder::start_on(config_without_resync(dir.path(), &token), listener).await;
-    let in_mode = |want: &'static str| {
+    let in_mode = |want: Mode| {
         let r = &r;
         move || async move {
-            let st = r.status().await;
-            (mode(&st) == want).then_some(st)
+            let st = r.status_doc().await;
+            done_if(mode(&st) == want, st)
         }
     };
 
     let starts = chrono::Utc::now() - chrono::Duration::minutes(10);
     am_alert(am_port, starts, false).await;
-    eventually("fails over", Duration::from_secs(20), in_mode("cloud")).await;
+    eventually("fails over", Duration::from_secs(20), in_mode(Mode::Cloud)).await;
     am_alert(am_port, starts, true).await;
     eventually(
         "fails back on the resolution",
         Duration::from_secs(20),
-        in_mode("onprem"),
+        in_mode(Mode::Onprem),
     )
     .await;
     // The same alert, the same startsAt, firing again.
@@ -428,18 +388,17 @@ async fn a_refire_with_the_same_starts_at_fails_over_again() {
     let st = eventually(
         "fails over again",
         Duration::from_secs(20),
-        in_mode("cloud"),
+        in_mode(Mode::Cloud),
     )
     .await;
-    let firing = st["services"]["onprem-api"]["firing_alerts"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    assert_eq!(firing.len(), 1, "{st:#}");
-    let notes = st["notifications"].as_array().cloned().unwrap_or_default();
-    let statuses: Vec<&str> = notes.iter().filter_map(|n| n["status"].as_str()).collect();
+    assert_eq!(st.services["onprem-api"].firing_alerts.len(), 1, "{st:#?}");
+    let statuses: Vec<AlertStatus> = st.notifications.iter().map(|n| n.status).collect();
     assert!(
-        statuses.iter().filter(|s| **s == "firing").count() >= 2,
+        statuses
+            .iter()
+            .filter(|s| **s == AlertStatus::Firing)
+            .count()
+            >= 2,
         "Alertmanager notified the re-fire: {statuses:?}"
     );
     r.shutdown().await;
@@ -455,7 +414,7 @@ async fn a_silence_or_an_inhibition_mutes_notifications_not_the_outage() {
 
     am_alert(am_port, chrono::Utc::now(), false).await;
     eventually("fails over", Duration::from_secs(20), || async {
-        (mode(&r.status().await) == "cloud").then_some(())
+        (mode(&r.status_doc().await) == Mode::Cloud).then_some(())
     })
     .await;
 
@@ -490,10 +449,10 @@ async fn a_silence_or_an_inhibition_mutes_notifications_not_the_outage() {
     )
     .await;
     resyncs(&r, 3).await;
-    let st = r.status().await;
-    assert_eq!(mode(&st), "cloud", "silenced is not resolved: {st:#}");
-    assert_eq!(st["alertmanager_resync"]["alerts"], 1, "{st:#}");
-    assert_eq!(st["alertmanager_resync"]["muted"], 1, "{st:#}");
+    let st = r.status_doc().await;
+    assert_eq!(mode(&st), Mode::Cloud, "silenced is not resolved: {st:#?}");
+    assert_eq!(st.alertmanager_resync.alerts, 1, "{st:#?}");
+    assert_eq!(st.alertmanager_resync.muted, 1, "{st:#?}");
 
     // The silence expires; an inhibit rule mutes it instead.
     let del = client
@@ -527,8 +486,8 @@ async fn a_silence_or_an_inhibition_mutes_notifications_not_the_outage() {
     )
     .await;
     resyncs(&r, 3).await;
-    let st = r.status().await;
-    assert_eq!(mode(&st), "cloud", "inhibited is not resolved: {st:#}");
-    assert_eq!(st["alertmanager_resync"]["muted"], 1, "{st:#}");
+    let st = r.status_doc().await;
+    assert_eq!(mode(&st), Mode::Cloud, "inhibited is not resolved: {st:#?}");
+    assert_eq!(st.alertmanager_resync.muted, 1, "{st:#?}");
     r.shutdown().await;
 }

@@ -33,7 +33,7 @@ const MAX: u32 = 3;
 const STAMP_SLACK_MS: i64 = 400;
 
 /// A world whose service bursts into up to three busybox containers behind slots burst1..3.
-async fn burst_stack(test: &str, timing: &str) -> Option<Burst> {
+async fn burst_stack(test: &str, timing: [&str; 3]) -> Option<Burst> {
     let world = World::start(test).await?;
     let prefix = format!("fr-burst-{test}-{}", std::process::id());
     let guards: Vec<ContainerGuard> = (1..=MAX)
@@ -44,26 +44,17 @@ async fn burst_stack(test: &str, timing: &str) -> Option<Burst> {
         drop(ContainerGuard(g.0.clone()));
     }
     let port_base = free_port_range(MAX as u16);
-    let service = format!(
-        r#"    hold_down: 0s
-    cost: {{container_hourly_price: 0.25}}
-    burst:
-      on: ['alertname="onprem_overloaded"', 'service="onprem-api"']
-      min: 1
-      max: {MAX}
-      step: 1
-{timing}
-      address: '127.0.0.1:{{port}}'
-      port_base: {port_base}
-      haproxy: {{server_prefix: burst, weight: 50}}
-      container:
-        name: {prefix}
-        image: {IMAGE}
-        ports: ['127.0.0.1:{{port}}:8080']
-        health_url: 'http://127.0.0.1:{{port}}/health'
-"#
+    let unit = format!(
+        "haproxy: {{server_prefix: burst, weight: 50}}\n\
+         container: {{name: {prefix}, image: {IMAGE}, ports: ['127.0.0.1:{{port}}:8080'], \
+         health_url: 'http://127.0.0.1:{{port}}/health'}}"
     );
-    let cfg = world.config("", &service);
+    let cfg = world
+        .configure()
+        .hold_down("0s")
+        .key("cost: {container_hourly_price: 0.25}")
+        .burst(MAX, timing, port_base, &unit)
+        .yaml();
     let responder = Responder::start(&cfg, world.dir.path()).await;
     Some(Burst {
         world,
@@ -142,30 +133,21 @@ impl Burst {
 
 /// Polls until `f` holds, checking the safety invariant on every look.
 async fn until(s: &Burst, what: &str, timeout: Duration, f: impl Fn(&[u32], &[u32]) -> bool) {
-    let deadline = Instant::now() + timeout;
-    loop {
+    eventually(what, timeout, || async {
         s.assert_safe(what).await;
         let (open, running) = (s.open_slots().await, s.running().await);
         if f(&open, &running) {
-            return;
+            return Ok(());
         }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: not reached in {timeout:?} (open {open:?}, running {running:?})\n{:#}",
-            s.responder.status().await["services"]["onprem-api"]["burst"]
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        let burst = s.responder.service_view("onprem-api").await.status.burst;
+        Err((open, running, burst))
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overload_grows_to_max_in_steps_and_shrinks_after_cooldown_with_drain() {
-    let Some(s) = burst_stack(
-        "grow",
-        "      scale_up_every: 1s\n      cooldown: 2s\n      scale_in_every: 1s",
-    )
-    .await
-    else {
+    let Some(s) = burst_stack("grow", ["1s", "2s", "1s"]).await else {
         return;
     };
     let r = &s.responder;
@@ -238,17 +220,17 @@ async fn overload_grows_to_max_in_steps_and_shrinks_after_cooldown_with_drain() 
     );
 
     // Status shows the count, the units and what they cost.
-    let st = r.status().await;
-    let svc = &st["services"]["onprem-api"];
-    assert_eq!(svc["burst"]["target"], MAX);
-    assert_eq!(svc["burst"]["open"], MAX);
-    assert_eq!(svc["burst"]["overloaded"], true);
-    let running = svc["cost"]["running"].as_object().expect("running units");
+    let svc = r.service_view("onprem-api").await;
+    let burst = svc.status.burst.as_ref().expect("burst status");
+    assert_eq!(burst.target, MAX);
+    assert_eq!(burst.open, MAX);
+    assert!(burst.overloaded);
+    let running = &svc.status.cost.running;
     for i in 1..=MAX {
         let key = format!("burst container {}-{i}", s.prefix);
-        assert!(running[&key]["since"].is_string(), "{key} in {running:?}");
+        assert!(running.contains_key(&key), "{key} in {running:?}");
     }
-    assert_eq!(svc["cost"]["estimated_cost_per_hour"], 0.75);
+    assert_eq!(svc.status.cost.estimated_cost_per_hour, 0.75);
     let m = r.metrics().await;
     assert_eq!(
         metric(
@@ -352,12 +334,7 @@ async fn overload_grows_to_max_in_steps_and_shrinks_after_cooldown_with_drain() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flapping_overload_never_thrashes() {
-    let Some(s) = burst_stack(
-        "flap",
-        "      scale_up_every: 1s\n      cooldown: 3s\n      scale_in_every: 1s",
-    )
-    .await
-    else {
+    let Some(s) = burst_stack("flap", ["1s", "3s", "1s"]).await else {
         return;
     };
     let r = &s.responder;
@@ -434,12 +411,7 @@ async fn flapping_overload_never_thrashes() {
 async fn the_plan_preview_of_an_overload_lists_the_burst_steps_the_reconciler_then_runs() {
     // The preview and the reconciler share one pure pass: what the preview lists for an overload
     // notification is, step for step, what the reconciler does when it arrives.
-    let Some(s) = burst_stack(
-        "preview",
-        "      scale_up_every: 1h\n      cooldown: 1h\n      scale_in_every: 1h",
-    )
-    .await
-    else {
+    let Some(s) = burst_stack("preview", ["1h", "1h", "1h"]).await else {
         return;
     };
     let r = &s.responder;
@@ -447,9 +419,8 @@ async fn the_plan_preview_of_an_overload_lists_the_burst_steps_the_reconciler_th
     r.passes(2).await;
     let body = overload_body(chrono::Utc::now(), false);
     let preview = r.plan_preview(&body).await;
-    let p = &preview["services"]["onprem-api"];
-    assert_eq!(p["burst"], 1, "{preview:#}");
-    let previewed: Vec<String> = p["steps"]
+    assert_eq!(preview["burst"], 1, "{preview:#}");
+    let previewed: Vec<String> = preview["steps"]
         .as_array()
         .expect("steps")
         .iter()
@@ -466,12 +437,12 @@ async fn the_plan_preview_of_an_overload_lists_the_burst_steps_the_reconciler_th
         open == [1]
     })
     .await;
-    let st = r.status().await;
-    let ran: Vec<String> = st["services"]["onprem-api"]["last_steps"]
-        .as_array()
-        .expect("last_steps")
+    let svc = r.service_view("onprem-api").await;
+    let ran: Vec<String> = svc
+        .status
+        .last_steps
         .iter()
-        .filter_map(|x| x["step"].as_str().map(str::to_string))
+        .map(|x| x.step.clone())
         .collect();
-    assert_eq!(ran, previewed, "{st:#}");
+    assert_eq!(ran, previewed, "{svc:#?}");
 }

@@ -7,6 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
+use failover_responder::plan::ContainerState;
 
 const BIN: &str = env!("CARGO_BIN_EXE_failover-responder");
 const EXAMPLE: &str = concat!(
@@ -138,13 +139,7 @@ async fn serve_answers_and_stops_on_sigterm() {
         .expect("spawn serve");
     let url = format!("http://127.0.0.1:{port}/-/healthy");
     eventually("serve answers /-/healthy", Duration::from_secs(10), || {
-        let url = url.clone();
-        async move {
-            reqwest::get(&url)
-                .await
-                .ok()
-                .filter(|r| r.status().is_success())
-        }
+        get_text(&url)
     })
     .await;
     // The environment override reached the nested service key: Docker shows as unreachable.
@@ -152,14 +147,18 @@ async fn serve_answers_and_stops_on_sigterm() {
     eventually(
         "docker shown unreachable at the overridden socket",
         Duration::from_secs(10),
-        || {
-            let url = status_url.clone();
-            async move {
-                let st: serde_json::Value = reqwest::get(&url).await.ok()?.json().await.ok()?;
-                let c = &st["services"]["onprem-api"]["observed"]["containers"][0];
-                (c["state"] == "unknown" && c["reason"].as_str()?.contains("no-docker.sock"))
-                    .then_some(())
-            }
+        || async {
+            let st: StatusDoc = reqwest::get(&status_url).await.ok()?.json().await.ok()?;
+            let c = &st
+                .services
+                .get("onprem-api")?
+                .status
+                .observed
+                .containers
+                .first()?
+                .state;
+            matches!(c, ContainerState::Unknown { reason } if reason.contains("no-docker.sock"))
+                .then_some(())
         },
     )
     .await;

@@ -7,17 +7,14 @@ use std::time::Duration;
 
 use common::*;
 use failover_responder::config::Config;
+use failover_responder::desired::Override;
 use serde_json::Value;
 
-fn config(w: &World, storage: &std::path::Path, service: &str) -> Config {
-    let text = format!(
-        "storage: {{path: {}}}\n{}",
-        storage.display(),
-        w.config("", service)
-    );
-    let p = w.dir.path().join("control.yaml");
-    std::fs::write(&p, text).expect("write");
-    Config::load_with_env(&p, Default::default()).expect("config")
+fn config(w: &World, storage: &std::path::Path) -> Config {
+    w.configure()
+        .storage(storage)
+        .hold_down("0s")
+        .load(w.dir.path())
 }
 
 async fn post(r: &Responder, path: &str, token: Option<&str>) -> (u16, Value) {
@@ -30,38 +27,13 @@ async fn post(r: &Responder, path: &str, token: Option<&str>) -> (u16, Value) {
     (code, resp.json().await.unwrap_or(Value::Null))
 }
 
-async fn wait_state(r: &Responder, w: &World, mode: &str) {
-    eventually(
-        &format!("{mode}, converged"),
-        Duration::from_secs(30),
-        || async {
-            let st = r.status().await;
-            let s = &st["services"]["onprem-api"];
-            (s["state"]["mode"] == mode && s["converged"] == true && w.is(mode).await).then_some(())
-        },
-    )
-    .await;
-}
-
-/// Waits for a whole reconcile pass to finish after this call.
-async fn a_pass(r: &Responder) {
-    for _ in 0..2 {
-        let before = r.status().await["services"]["onprem-api"]["last_reconcile_at"].clone();
-        eventually("a reconcile pass", Duration::from_secs(10), || async {
-            (r.status().await["services"]["onprem-api"]["last_reconcile_at"] != before)
-                .then_some(())
-        })
-        .await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overrides_pause_force_and_persist() {
     let Some(w) = World::start("override").await else {
         return;
     };
     let storage = w.dir.path().join("data");
-    let r = Responder::start_with(config(&w, &storage, "    hold_down: 0s")).await;
+    let r = Responder::start_with(config(&w, &storage)).await;
 
     // Refusals first: they change nothing.
     assert_eq!(
@@ -100,17 +72,20 @@ async fn overrides_pause_force_and_persist() {
             .as_u16(),
         202
     );
-    a_pass(&r).await;
-    let st = r.status().await;
-    let s = &st["services"]["onprem-api"];
-    assert_eq!(s["state"]["mode"], "onprem", "{s}");
+    r.passes(2).await;
+    let s = r.service_view("onprem-api").await;
+    assert_eq!(s.mode(), Some(Mode::Onprem), "{s:#?}");
     assert!(
-        s["held"].as_str().unwrap_or_default().contains("paused"),
-        "{s}"
+        s.status
+            .held
+            .as_deref()
+            .unwrap_or_default()
+            .contains("paused"),
+        "{s:#?}"
     );
     assert!(
-        !s["pending_steps"].as_array().expect("pending").is_empty(),
-        "the plan is shown: {s}"
+        !s.status.pending_steps.is_empty(),
+        "the plan is shown: {s:#?}"
     );
     assert_eq!(
         w.container_running().await,
@@ -126,7 +101,7 @@ async fn overrides_pause_force_and_persist() {
             .0,
         200
     );
-    wait_state(&r, &w, "cloud").await;
+    w.settled(&r, Mode::Cloud, Duration::from_secs(30)).await;
     // Forced failback while the alert still fires.
     assert_eq!(
         post(&r, "/api/v1/services/onprem-api/failback", Some(TOKEN))
@@ -134,7 +109,7 @@ async fn overrides_pause_force_and_persist() {
             .0,
         200
     );
-    wait_state(&r, &w, "onprem").await;
+    w.settled(&r, Mode::Onprem, Duration::from_secs(30)).await;
     // Forced failover with no alert at all.
     assert_eq!(
         r.post_alerts(&fixture("onprem_down-resolved.json"))
@@ -149,15 +124,13 @@ async fn overrides_pause_force_and_persist() {
             .0,
         200
     );
-    wait_state(&r, &w, "cloud").await;
+    w.settled(&r, Mode::Cloud, Duration::from_secs(30)).await;
 
     // The override survives a restart.
     r.shutdown().await;
-    let r = Responder::start_with(config(&w, &storage, "    hold_down: 0s")).await;
-    assert_eq!(
-        r.status().await["services"]["onprem-api"]["state"]["override"],
-        "failover"
-    );
+    let r = Responder::start_with(config(&w, &storage)).await;
+    let state = r.service_view("onprem-api").await.state;
+    assert_eq!(state.and_then(|s| s.override_), Some(Override::Failover));
 
     // ctl: resume through the CLI; with nothing firing it goes back on-prem.
     let bin = env!("CARGO_BIN_EXE_failover-responder");
@@ -172,7 +145,7 @@ async fn overrides_pause_force_and_persist() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    wait_state(&r, &w, "onprem").await;
+    w.settled(&r, Mode::Onprem, Duration::from_secs(30)).await;
     let out = std::process::Command::new(bin)
         .args(["ctl", "--url", &r.url, "status"])
         .output()
@@ -223,23 +196,12 @@ async fn plan_preview_and_dry_run_change_nothing() {
         return;
     };
     let storage = w.dir.path().join("data");
-    let r = Responder::start_with(config(&w, &storage, "    hold_down: 0s")).await;
-    a_pass(&r).await;
+    let r = Responder::start_with(config(&w, &storage)).await;
+    r.passes(2).await;
 
     // Preview: what a firing onprem_down would do, nothing recorded.
-    let resp = r
-        .client
-        .post(format!("{}/api/v1/plan", r.url))
-        .bearer_auth(TOKEN)
-        .header("content-type", "application/json")
-        .body(fixture("onprem_down-firing.json"))
-        .send()
-        .await
-        .expect("plan");
-    assert_eq!(resp.status().as_u16(), 200);
-    let plan: Value = resp.json().await.expect("json");
-    let p = &plan["services"]["onprem-api"];
-    assert_eq!(p["mode"], "cloud", "{plan}");
+    let p = r.plan_preview(&fixture("onprem_down-firing.json")).await;
+    assert_eq!(p["mode"], "cloud", "{p}");
     let steps: Vec<&str> = p["steps"]
         .as_array()
         .expect("steps")
@@ -251,14 +213,9 @@ async fn plan_preview_and_dry_run_change_nothing() {
         steps[0].starts_with("start ") && steps[2] == "ready api/cloud1",
         "{steps:?}"
     );
-    let st = r.status().await;
-    assert_eq!(st["journal_entries"], 0);
-    assert_eq!(
-        st["services"]["onprem-api"]["firing_alerts"]
-            .as_array()
-            .map(Vec::len),
-        Some(0)
-    );
+    let st = r.status_doc().await;
+    assert_eq!(st.journal_entries, 0);
+    assert_eq!(st.services["onprem-api"].firing_alerts.len(), 0);
     // Without credentials: refused.
     let resp = r
         .client
@@ -272,7 +229,7 @@ async fn plan_preview_and_dry_run_change_nothing() {
     r.shutdown().await;
 
     // Dry run: the alert is recorded and the decision made, no step is executed.
-    let mut cfg = config(&w, &storage, "    hold_down: 0s");
+    let mut cfg = config(&w, &storage);
     cfg.dry_run = true;
     let r = Responder::start_with(cfg).await;
     assert_eq!(
@@ -283,12 +240,11 @@ async fn plan_preview_and_dry_run_change_nothing() {
         202
     );
     eventually("dry run decided cloud", Duration::from_secs(10), || async {
-        let st = r.status().await;
-        let s = st["services"]["onprem-api"].clone();
-        (s["state"]["mode"] == "cloud" && !s["pending_steps"].as_array()?.is_empty()).then_some(())
+        let s = r.service_view("onprem-api").await;
+        (s.mode() == Some(Mode::Cloud) && !s.status.pending_steps.is_empty()).then_some(())
     })
     .await;
-    a_pass(&r).await;
+    r.passes(2).await;
     assert_eq!(
         w.container_running().await,
         None,

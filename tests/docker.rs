@@ -15,7 +15,7 @@ use chrono::Utc;
 use common::*;
 use failover_responder::backend::docker::{MANAGED_LABEL, SPEC_LABEL};
 use failover_responder::config::{Config, Format, Recreate};
-use serde_json::Value;
+use failover_responder::plan::ContainerState;
 
 /// Another image than the configured one: serves "other".
 const OTHER_IMAGE: &str = "fr-test-other:latest";
@@ -93,78 +93,66 @@ async fn create_foreign(w: &World, image: &str) -> Seen {
     s
 }
 
-/// The world's config with `keys` added to its container (YAML lines at the container's
-/// indentation) and its image replaced by `image`.
-fn config(w: &World, image: &str, keys: &[&str]) -> String {
-    let cfg = w.config("", "    hold_down: 0s");
-    let health = format!(
-        "          health_url: http://127.0.0.1:{}/health",
-        w.cloud_port
-    );
-    assert!(cfg.contains(&health), "the harness config changed:\n{cfg}");
-    let mut with = health.clone();
-    for k in keys {
-        with.push_str(&format!("\n          {k}"));
-    }
-    cfg.replace(&health, &with)
-        .replace(&format!("image: {IMAGE}"), &format!("image: {image}"))
+/// The world's config with `keys` added to its container (`key: value` lines) and its image
+/// replaced by `image`.
+fn config(w: &World, image: &str, keys: &[&str]) -> ConfigBuilder {
+    let b = w
+        .configure()
+        .hold_down("0s")
+        .container_key(&format!("image: {image}"));
+    keys.iter().fold(b, |b, k| b.container_key(k))
 }
 
-fn svc(st: &Value) -> &Value {
-    &st["services"][SERVICE]
+/// The state of the service's (only) container.
+fn container(svc: &ServiceView) -> &ContainerState {
+    &svc.status.observed.containers[0].state
 }
 
-fn actions(st: &Value) -> Vec<String> {
-    svc(st)["last_steps"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|s| s["action"].as_str().unwrap_or_default().to_string())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// Polls the status until `done` says so, checking `safe` on every poll (every 100 ms).
-async fn watch<F, Fut>(r: &Responder, what: &str, done: impl Fn(&Value) -> bool, safe: F) -> Value
+/// Polls the service's status until `done` says so, checking `safe` on every poll.
+async fn watch<F, Fut>(
+    r: &Responder,
+    what: &str,
+    done: impl Fn(&ServiceView) -> bool,
+    safe: F,
+) -> ServiceView
 where
-    F: Fn(Value) -> Fut,
+    F: Fn(ServiceView) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
     eventually(what, Duration::from_secs(60), || async {
-        let st = r.status().await;
-        safe(st.clone()).await;
-        done(&st).then_some(st)
+        let svc = r.service_view(SERVICE).await;
+        safe(svc.clone()).await;
+        done_if(done(&svc), svc)
     })
     .await
 }
 
 /// The safety invariant of these tests: whenever cloud1 is open, what it sends traffic to is
 /// the responder's own running container of `image`.
-async fn open_only_in_front_of_ours(w: &World, image: &str, st: &Value) {
+async fn open_only_in_front_of_ours(w: &World, image: &str, svc: &ServiceView) {
     if w.cloud_open().await {
         let now = seen(&w.docker, &w.container).await;
         assert!(
             now.as_ref()
                 .is_some_and(|s| s.ours() && s.image == image && s.running),
-            "cloud1 open in front of {now:?}:\n{st:#}"
+            "cloud1 open in front of {now:?}:\n{svc:#?}"
         );
     }
 }
 
-fn converged_in(mode: &'static str) -> impl Fn(&Value) -> bool {
-    move |st| svc(st)["desired"]["mode"] == mode && svc(st)["converged"] == true
+fn converged_in(mode: Mode) -> impl Fn(&ServiceView) -> bool {
+    move |svc| svc.desired_mode() == Some(mode) && svc.status.converged
 }
 
 /// A first failover and failback on alerts alone, each watched until converged.
 async fn fail_over_and_back(r: &Responder) {
-    let no_safe = |_: Value| async {};
+    let no_safe = |_: ServiceView| async {};
     let t0 = Utc::now();
     assert_eq!(
         r.post_alerts(&down_body(t0, None)).await.status().as_u16(),
         202
     );
-    watch(r, "first failover", converged_in("cloud"), no_safe).await;
+    watch(r, "first failover", converged_in(Mode::Cloud), no_safe).await;
     assert_eq!(
         r.post_alerts(&down_body(t0, Some(Utc::now())))
             .await
@@ -172,7 +160,7 @@ async fn fail_over_and_back(r: &Responder) {
             .as_u16(),
         202
     );
-    watch(r, "failback", converged_in("onprem"), no_safe).await;
+    watch(r, "failback", converged_in(Mode::Onprem), no_safe).await;
 }
 
 /// With on-prem stopped, waits until the frontend answers `body` (from the cloud container).
@@ -198,14 +186,14 @@ async fn foreign_container_with_recreate_never_blocks_failover() {
     };
     ensure_image(OTHER_IMAGE, "other");
     let foreign = create_foreign(&w, OTHER_IMAGE).await;
-    let r = Responder::start(&config(&w, IMAGE, &[]), w.dir.path()).await;
-    let safe = |st: Value| {
+    let r = Responder::start(&config(&w, IMAGE, &[]).yaml(), w.dir.path()).await;
+    let safe = |svc: ServiceView| {
         let w = &w;
         let foreign = &foreign;
         async move {
             assert!(
                 !w.cloud_open().await,
-                "cloud1 opened in front of a foreign container:\n{st:#}"
+                "cloud1 opened in front of a foreign container:\n{svc:#?}"
             );
             let now = seen(&w.docker, &w.container).await;
             assert_eq!(
@@ -215,27 +203,25 @@ async fn foreign_container_with_recreate_never_blocks_failover() {
             );
         }
     };
-    let blocked_names_it = |st: &Value| {
-        svc(st)["blocked"].as_array().is_some_and(|b| {
-            b.iter().filter_map(Value::as_str).any(|m| {
-                m.contains(&w.container)
-                    && m.contains(OTHER_IMAGE)
-                    && m.contains(IMAGE)
-                    && m.contains("not created by the responder")
-                    && m.contains("recreate: always")
-            })
+    let blocked_names_it = |svc: &ServiceView| {
+        svc.status.blocked.iter().any(|m| {
+            m.contains(&w.container)
+                && m.contains(OTHER_IMAGE)
+                && m.contains(IMAGE)
+                && m.contains("not created by the responder")
+                && m.contains("recreate: always")
         })
     };
 
     // Already at rest on-prem the conflict is said, before a failover needs the container.
-    let st = watch(
+    let svc = watch(
         &r,
         "on-prem status names the conflict",
-        |st| svc(st)["desired"]["mode"] == "onprem" && blocked_names_it(st),
+        |svc| svc.desired_mode() == Some(Mode::Onprem) && blocked_names_it(svc),
         safe,
     )
     .await;
-    assert_eq!(svc(&st)["converged"], false);
+    assert!(!svc.status.converged);
 
     assert_eq!(
         r.post_alerts(&down_body(Utc::now(), None))
@@ -244,34 +230,41 @@ async fn foreign_container_with_recreate_never_blocks_failover() {
             .as_u16(),
         202
     );
-    let st = watch(
+    let svc = watch(
         &r,
         "cloud status blocked, naming the conflict",
-        |st| svc(st)["desired"]["mode"] == "cloud" && blocked_names_it(st),
+        |svc| svc.desired_mode() == Some(Mode::Cloud) && blocked_names_it(svc),
         safe,
     )
     .await;
-    println!("blocked: {}", svc(&st)["blocked"]);
-    let c = &svc(&st)["observed"]["containers"][0];
-    assert_eq!(c["state"], "mismatch", "{c}");
-    assert_eq!(c["ours"], false, "{c}");
-    assert_eq!(c["may_recreate"], false, "{c}");
+    println!("blocked: {:?}", svc.status.blocked);
+    let c = container(&svc);
+    assert!(
+        matches!(
+            c,
+            ContainerState::Mismatch {
+                ours: false,
+                may_recreate: false,
+                ..
+            }
+        ),
+        "{c:?}"
+    );
 
     // Several more passes: still nothing started, removed or opened; no step was even tried.
-    let passes = |st: &Value| svc(st)["last_reconcile_at"].as_str().map(String::from);
     for _ in 0..3 {
-        let before = passes(&r.status().await);
+        let before = r.service_view(SERVICE).await.status.last_reconcile_at;
         watch(
             &r,
             "another pass",
-            |st| passes(st) != before && blocked_names_it(st),
+            |svc| svc.status.last_reconcile_at != before && blocked_names_it(svc),
             safe,
         )
         .await;
     }
-    let st = r.status().await;
-    assert_eq!(svc(&st)["converged"], false);
-    assert!(actions(&st).is_empty(), "steps were run: {st:#}");
+    let svc = r.service_view(SERVICE).await;
+    assert!(!svc.status.converged);
+    assert!(svc.actions().is_empty(), "steps were run: {svc:#?}");
     assert_eq!(
         get_text(&w.haproxy.frontend()).await.as_deref(),
         Some("onprem")
@@ -288,14 +281,18 @@ async fn foreign_container_with_recreate_always_is_replaced_before_opening() {
     };
     ensure_image(OTHER_IMAGE, "other");
     let foreign = create_foreign(&w, OTHER_IMAGE).await;
-    let r = Responder::start(&config(&w, IMAGE, &["recreate: always"]), w.dir.path()).await;
+    let r = Responder::start(
+        &config(&w, IMAGE, &["recreate: always"]).yaml(),
+        w.dir.path(),
+    )
+    .await;
     // Whenever cloud1 is open, what it sends traffic to is the configured container.
-    let safe = |st: Value| {
+    let safe = |svc: ServiceView| {
         let w = &w;
-        async move { open_only_in_front_of_ours(w, IMAGE, &st).await }
+        async move { open_only_in_front_of_ours(w, IMAGE, &svc).await }
     };
     // On-prem, a container the next failover may replace blocks nothing: left alone.
-    watch(&r, "converged on-prem", converged_in("onprem"), safe).await;
+    watch(&r, "converged on-prem", converged_in(Mode::Onprem), safe).await;
     assert_eq!(seen(&w.docker, &w.container).await.as_ref(), Some(&foreign));
 
     assert_eq!(
@@ -305,14 +302,14 @@ async fn foreign_container_with_recreate_always_is_replaced_before_opening() {
             .as_u16(),
         202
     );
-    let st = watch(&r, "converged in cloud", converged_in("cloud"), safe).await;
+    let svc = watch(&r, "converged in cloud", converged_in(Mode::Cloud), safe).await;
     let now = seen(&w.docker, &w.container).await.expect("container");
     assert_ne!(now.id, foreign.id, "the foreign container was reused");
     assert!(now.ours() && now.image == IMAGE && now.running, "{now:?}");
     assert_eq!(
-        actions(&st),
-        vec!["recreate_container", "wait_healthy", "server_ready"],
-        "{st:#}"
+        svc.actions(),
+        ["recreate_container", "wait_healthy", "server_ready"],
+        "{svc:#?}"
     );
     let gone = w
         .docker
@@ -332,31 +329,29 @@ async fn own_container_is_recreated_when_the_configured_image_changes() {
         return;
     };
     ensure_image(V2_IMAGE, "cloud-v2");
-    let r = Responder::start(&config(&w, IMAGE, &[]), w.dir.path()).await;
+    let r = Responder::start(&config(&w, IMAGE, &[]).yaml(), w.dir.path()).await;
     fail_over_and_back(&r).await;
     let old = seen(&w.docker, &w.container).await.expect("container");
     assert!(old.ours() && old.image == IMAGE && !old.running, "{old:?}");
     r.shutdown().await;
 
-    let r = Responder::start(&config(&w, V2_IMAGE, &[]), w.dir.path()).await;
-    let safe = |st: Value| {
+    let r = Responder::start(&config(&w, V2_IMAGE, &[]).yaml(), w.dir.path()).await;
+    let safe = |svc: ServiceView| {
         let w = &w;
-        async move { open_only_in_front_of_ours(w, V2_IMAGE, &st).await }
+        async move { open_only_in_front_of_ours(w, V2_IMAGE, &svc).await }
     };
     // At rest it shows as ours but stale; nothing to do until the failover.
-    let st = watch(
+    let svc = watch(
         &r,
         "on-prem with the new config",
-        converged_in("onprem"),
+        converged_in(Mode::Onprem),
         safe,
     )
     .await;
-    let c = &svc(&st)["observed"]["containers"][0];
-    assert_eq!(c["state"], "mismatch", "{c}");
-    assert_eq!(c["ours"], true, "{c}");
+    let c = container(&svc);
     assert!(
-        c["reason"].as_str().is_some_and(|m| m.contains(V2_IMAGE)),
-        "{c}"
+        matches!(c, ContainerState::Mismatch { ours: true, reason, .. } if reason.contains(V2_IMAGE)),
+        "{c:?}"
     );
     assert_eq!(
         r.post_alerts(&down_body(Utc::now(), None))
@@ -365,17 +360,17 @@ async fn own_container_is_recreated_when_the_configured_image_changes() {
             .as_u16(),
         202
     );
-    let st = watch(
+    let svc = watch(
         &r,
         "failover with the new image",
-        converged_in("cloud"),
+        converged_in(Mode::Cloud),
         safe,
     )
     .await;
     assert_eq!(
-        actions(&st),
-        vec!["recreate_container", "wait_healthy", "server_ready"],
-        "{st:#}"
+        svc.actions(),
+        ["recreate_container", "wait_healthy", "server_ready"],
+        "{svc:#?}"
     );
     let now = seen(&w.docker, &w.container).await.expect("container");
     assert!(now.id != old.id && now.image == V2_IMAGE, "{now:?}");
@@ -420,7 +415,7 @@ async fn own_container_is_recreated_when_the_tag_names_a_new_build() {
         images: vec![image.clone()],
     };
     ensure_image(&image, "build-1");
-    let r = Responder::start(&config(&w, &image, &[]), w.dir.path()).await;
+    let r = Responder::start(&config(&w, &image, &[]).yaml(), w.dir.path()).await;
     fail_over_and_back(&r).await;
     let old = seen(&w.docker, &w.container).await.expect("container");
     // The first build is only the old container's once the tag moves: removed by ID.
@@ -437,14 +432,13 @@ async fn own_container_is_recreated_when_the_tag_names_a_new_build() {
         .output()
         .expect("build-image.sh");
     assert!(out.status.success(), "{out:?}");
-    let no_safe = |_: Value| async {};
+    let no_safe = |_: ServiceView| async {};
     watch(
         &r,
         "the container shows as built from an older image",
-        |st| {
-            svc(st)["observed"]["containers"][0]["reason"]
-                .as_str()
-                .is_some_and(|m| m.contains("tag names another image"))
+        |svc| {
+            matches!(container(svc), ContainerState::Mismatch { reason, .. }
+                if reason.contains("tag names another image"))
         },
         no_safe,
     )
@@ -455,10 +449,10 @@ async fn own_container_is_recreated_when_the_tag_names_a_new_build() {
         r.post_alerts(&down_body(t1, None)).await.status().as_u16(),
         202
     );
-    let st = watch(&r, "failover", converged_in("cloud"), no_safe).await;
+    let svc = watch(&r, "failover", converged_in(Mode::Cloud), no_safe).await;
     assert!(
-        actions(&st).contains(&"recreate_container".to_string()),
-        "{st:#}"
+        svc.actions().contains(&"recreate_container".to_string()),
+        "{svc:#?}"
     );
     let now = seen(&w.docker, &w.container).await.expect("container");
     assert_ne!(now.id, old.id, "the old build was started again");
@@ -506,11 +500,9 @@ async fn a_health_wait_that_times_out_says_what_docker_last_reported() {
     };
     let silent = free_port();
     let cfg = config(&w, IMAGE, &[])
-        .replace(
-            &format!("health_url: http://127.0.0.1:{}/health", w.cloud_port),
-            &format!("health_url: http://127.0.0.1:{silent}/health"),
-        )
-        .replace("healthy: 30s", "healthy: 2s");
+        .container_key(&format!("health_url: http://127.0.0.1:{silent}/health"))
+        .timeouts("2s", "2s", "1s")
+        .yaml();
     assert!(
         cfg.contains(&silent.to_string()) && cfg.contains("healthy: 2s"),
         "{cfg}"

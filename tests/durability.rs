@@ -41,20 +41,22 @@ async fn converge(w: &World, mode: &str, when: &str) -> (Duration, u32) {
 /// Waits until the responder exits by itself (its crash point fired), checking the safety
 /// invariant on every look while it works towards the crash.
 async fn wait_crash(w: &World, r: &mut ResponderProc, action: &str) -> std::process::ExitStatus {
-    let timeout = Duration::from_secs(30);
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(status) = r.proc.child.try_wait().expect("try_wait responder") {
-            return status;
-        }
-        w.assert_safe(&format!("working towards the crash before {action}"))
-            .await;
-        assert!(
-            Instant::now() < deadline,
-            "{action}: the responder did not reach its crash point within {timeout:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let when = format!("working towards the crash before {action}");
+    eventually(
+        &format!("{action}: the responder reaches its crash point"),
+        Duration::from_secs(30),
+        || {
+            let exited = r.proc.child.try_wait().expect("try_wait responder");
+            let when = &when;
+            async move {
+                if exited.is_none() {
+                    w.assert_safe(when).await;
+                }
+                exited
+            }
+        },
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -62,7 +64,11 @@ async fn crash_at_every_step_then_restart_converges() {
     let Some(w) = World::start("crash").await else {
         return;
     };
-    let cfg = w.config_file("", "    hold_down: 0s\n    max_transitions_per_hour: 0");
+    let cfg = w
+        .configure()
+        .hold_down("0s")
+        .key("max_transitions_per_hour: 0")
+        .write(w.dir.path());
     let storage = w.dir.path().join("data");
     let t0 = chrono::Utc::now();
 
@@ -136,12 +142,16 @@ async fn crash_at_every_step_then_restart_converges() {
         )
         .await;
         let took = t.elapsed();
-        let st = r.status().await.expect("status");
-        let svc = &st["services"]["onprem-api"];
-        assert_eq!(svc["state"]["mode"], want, "{action}: {svc}");
+        let svc = r.service_view("onprem-api").await;
+        assert_eq!(
+            svc.mode().map(Mode::as_str),
+            Some(want),
+            "{action}: {svc:#?}"
+        );
+        let in_flight = svc.state.as_ref().and_then(|s| s.step_in_flight.as_ref());
         assert!(
-            svc["state"]["step_in_flight"].is_null() || svc["converged"] == false,
-            "{action}: {svc}"
+            in_flight.is_none() || !svc.status.converged,
+            "{action}: {svc:#?}"
         );
         println!("crash before {action:<16} -> restarted and converged to {want} in {took:?} (safe on all {looks} looks)");
         drop(r);
@@ -167,7 +177,11 @@ async fn random_kills_never_leave_the_world_wrong() {
     let Some(w) = World::start("randomkill").await else {
         return;
     };
-    let cfg = w.config_file("", "    hold_down: 0s\n    max_transitions_per_hour: 0");
+    let cfg = w
+        .configure()
+        .hold_down("0s")
+        .key("max_transitions_per_hour: 0")
+        .write(w.dir.path());
     let storage = w.dir.path().join("data");
     // A small LCG: deterministic from the printed seed, so a failure can be replayed.
     let seed = std::env::var("KILL_SEED")

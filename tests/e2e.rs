@@ -13,7 +13,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
-use failover_responder::config::Config;
 
 fn start(cmd: &str, args: &[String]) -> Proc {
     let child = Command::new(cmd)
@@ -30,13 +29,7 @@ fn start(cmd: &str, args: &[String]) -> Proc {
 
 async fn ready(what: &str, url: String) {
     eventually(&format!("{what} ready"), Duration::from_secs(30), || {
-        let url = url.clone();
-        async move {
-            reqwest::get(&url)
-                .await
-                .ok()
-                .filter(|r| r.status().is_success())
-        }
+        get_text(&url)
     })
     .await;
 }
@@ -111,11 +104,16 @@ async fn real_outage_fails_over_and_back_without_failed_requests() {
             format!("--web.listen-address=127.0.0.1:{prom_port}"),
         ],
     );
-    let cfg_path = w.config_file(
-        &format!("storage: {{path: {}/data}}\nalertmanager: {{url: 'http://127.0.0.1:{am_port}', resync_interval: 5s}}", dir.display()),
-        &format!("    hold_down: 5s\n    onprem_health_url: http://127.0.0.1:{onprem_port}/health\n    healthy_for: 2s"),
-    );
-    let config = Config::load_with_env(&cfg_path, Default::default()).expect("config");
+    let config = w
+        .configure()
+        .storage(&dir.join("data"))
+        .alertmanager(am_port, "resync_interval: 5s")
+        .hold_down("5s")
+        .key(&format!(
+            "onprem_health_url: http://127.0.0.1:{onprem_port}/health"
+        ))
+        .key("healthy_for: 2s")
+        .load(&dir);
     let r = Responder::start_on(config, listener).await;
     ready(
         "alertmanager",
@@ -206,16 +204,8 @@ async fn real_outage_fails_over_and_back_without_failed_requests() {
     // Recovery: the same on-prem API comes back.
     w.restart_onprem();
     let recovery = Instant::now();
-    eventually(
-        "failed back: server closed, container stopped",
-        Duration::from_secs(90),
-        || async {
-            let st = r.status().await;
-            (st["services"]["onprem-api"]["state"]["mode"] == "onprem" && w.is("onprem").await)
-                .then_some(())
-        },
-    )
-    .await;
+    // Failed back: server closed, container stopped.
+    w.settled(&r, Mode::Onprem, Duration::from_secs(90)).await;
     let failback = recovery.elapsed();
     // A little more traffic after the failback completed.
     let after = log.lock().expect("log").len();

@@ -53,16 +53,7 @@ async fn moto() -> Option<Moto> {
         .expect("spawn moto_server");
     let url = format!("http://127.0.0.1:{port}");
     let probe = format!("{url}/moto-api/");
-    eventually("moto answers", Duration::from_secs(30), || {
-        let probe = probe.clone();
-        async move {
-            reqwest::get(&probe)
-                .await
-                .ok()
-                .filter(|r| r.status().is_success())
-        }
-    })
-    .await;
+    eventually("moto answers", Duration::from_secs(30), || get_text(&probe)).await;
     Some(Moto {
         _proc: Proc {
             child,
@@ -217,11 +208,11 @@ async fn cold_standby_fails_over_and_back() {
         return;
     };
     let ids = launch(&m.url, 1, ("failover-responder", "onprem-api")).await;
-    let service = format!(
-        "    hold_down: 0s\n    ec2: {{region: us-east-1, endpoint_url: '{}', instance_ids: [{}], running_timeout: 60s}}",
+    let config = w.configure().hold_down("0s").key(&format!(
+        "ec2: {{region: us-east-1, endpoint_url: '{}', instance_ids: [{}], running_timeout: 60s}}",
         m.url, ids[0]
-    );
-    let r = Responder::start(&w.config("", &service), w.dir.path()).await;
+    ));
+    let r = Responder::start(&config.yaml(), w.dir.path()).await;
     let ec2 = Ec2Backend::new(cfg(&m.url, ids.clone(), None));
     let instance = || async { states(&ec2.observe().await.expect("observe")) };
 
@@ -242,15 +233,8 @@ async fn cold_standby_fails_over_and_back() {
         "cold tier (moto instance + container start): webhook -> server ready in {:?}",
         t.elapsed()
     );
-    let st = r.status().await;
-    let actions: Vec<String> = st["services"]["onprem-api"]["last_steps"]
-        .as_array()
-        .expect("steps")
-        .iter()
-        .filter_map(|s| s["action"].as_str().map(String::from))
-        .collect();
     assert_eq!(
-        actions,
+        r.service_view("onprem-api").await.actions(),
         [
             "start_instances",
             "wait_instances_running",
@@ -277,15 +261,8 @@ async fn cold_standby_fails_over_and_back() {
         "cold tier failback (drain, maint, stop container, stop instance) in {:?}",
         t.elapsed()
     );
-    let st = r.status().await;
-    let last: Vec<&str> = st["services"]["onprem-api"]["last_steps"]
-        .as_array()
-        .expect("steps")
-        .iter()
-        .rev()
-        .take(2)
-        .filter_map(|s| s["action"].as_str())
-        .collect();
+    let actions = r.service_view("onprem-api").await.actions();
+    let last: Vec<&str> = actions.iter().rev().take(2).map(String::as_str).collect();
     assert_eq!(
         last,
         ["stop_instances", "stop_container"],
@@ -301,11 +278,15 @@ async fn pilot_light_keeps_the_instance_running() {
         return;
     };
     let ids = launch(&m.url, 1, ("failover-responder", "onprem-api")).await;
-    let service = format!(
-        "    hold_down: 0s\n    standby: pilot_light\n    ec2: {{region: us-east-1, endpoint_url: '{}', instance_ids: [{}]}}",
-        m.url, ids[0]
-    );
-    let r = Responder::start(&w.config("", &service), w.dir.path()).await;
+    let config = w
+        .configure()
+        .hold_down("0s")
+        .key("standby: pilot_light")
+        .key(&format!(
+            "ec2: {{region: us-east-1, endpoint_url: '{}', instance_ids: [{}]}}",
+            m.url, ids[0]
+        ));
+    let r = Responder::start(&config.yaml(), w.dir.path()).await;
     let ec2 = Ec2Backend::new(cfg(&m.url, ids.clone(), None));
     let instance = || async { states(&ec2.observe().await.expect("observe")) };
     // At rest: the stopped instance is started, no container runs, the server is closed.
@@ -544,25 +525,17 @@ async fn burst_instance_units_grow_within_the_cost_guard_and_stop_after() {
     let port_base = free_port_range(3);
     // Units are instances; HAProxy's slots point at loopback ports (never at moto's invented
     // private addresses), and max_instances allows two of the three.
-    let service = format!(
-        r#"    hold_down: 0s
-    cost: {{instance_hourly_price: 0.1, max_instances: 2}}
-    burst:
-      on: ['alertname="onprem_overloaded"', 'service="onprem-api"']
-      min: 1
-      max: 3
-      step: 1
-      scale_up_every: 500ms
-      cooldown: 1s
-      scale_in_every: 500ms
-      address: '127.0.0.1:{{port}}'
-      port_base: {port_base}
-      haproxy: {{server_prefix: burst}}
-      ec2: {{region: us-east-1, endpoint_url: '{}', tag: {{key: failover-responder-burst, value: onprem-api}}}}
-"#,
+    let unit = format!(
+        "haproxy: {{server_prefix: burst}}\n\
+         ec2: {{region: us-east-1, endpoint_url: '{}', tag: {{key: failover-responder-burst, value: onprem-api}}}}",
         m.url
     );
-    let r = Responder::start(&w.config("", &service), w.dir.path()).await;
+    let config = w
+        .configure()
+        .hold_down("0s")
+        .key("cost: {instance_hourly_price: 0.1, max_instances: 2}")
+        .burst(3, ["500ms", "1s", "500ms"], port_base, &unit);
+    let r = Responder::start(&config.yaml(), w.dir.path()).await;
     let ec2 = Ec2Backend::new(cfg(&m.url, pool.clone(), None));
     let running = || async {
         ec2.observe()
@@ -585,8 +558,8 @@ async fn burst_instance_units_grow_within_the_cost_guard_and_stop_after() {
         "capped at two instances",
         Duration::from_secs(60),
         || async {
-            let st = r.status().await;
-            let capped = st["services"]["onprem-api"]["burst"]["capped"].is_string();
+            let svc = r.service_view("onprem-api").await;
+            let capped = svc.status.burst.is_some_and(|b| b.capped.is_some());
             (capped && slot_open(1).await && slot_open(2).await).then_some(())
         },
     )
@@ -601,21 +574,26 @@ async fn burst_instance_units_grow_within_the_cost_guard_and_stop_after() {
         "the first two of the pool, by id"
     );
     assert!(!slot_open(3).await, "no third unit past max_instances");
-    let st = r.status().await;
-    let svc = &st["services"]["onprem-api"];
+    let svc = r.service_view("onprem-api").await;
+    let burst = svc.status.burst.as_ref().expect("burst status");
     assert!(
-        svc["burst"]["capped"]
-            .as_str()
+        burst
+            .capped
+            .as_deref()
             .unwrap_or_default()
             .contains("at most 2"),
-        "{svc:#}"
+        "{svc:#?}"
     );
-    assert_eq!(svc["burst"]["target"], 2);
-    assert_eq!(svc["cost"]["instances_running"], 2);
-    assert_eq!(svc["cost"]["estimated_cost_per_hour"], 0.2);
+    assert_eq!(burst.target, 2);
+    assert_eq!(svc.status.cost.instances_running, 2);
+    assert_eq!(svc.status.cost.estimated_cost_per_hour, 0.2);
+    let first_unit = burst
+        .units
+        .first()
+        .and_then(|u| u.observed.instances.first());
     assert!(
-        svc["burst"]["units"][0]["instances"][0]["private_ip"].is_string(),
-        "the unit's private address is known: {svc:#}"
+        first_unit.is_some_and(|i| i.private_ip.is_some()),
+        "the unit's private address is known: {svc:#?}"
     );
     let guard_events = r
         .events("service=onprem-api")

@@ -7,7 +7,6 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use serde_json::Value;
 
 struct Stack {
     world: World,
@@ -25,41 +24,25 @@ impl std::ops::Deref for Stack {
 async fn stack(test: &str) -> Option<Stack> {
     let world = World::start(test).await?;
     // No flap damping here: these tests fail back at once.
-    let cfg = world.config("", "    hold_down: 0s");
+    let cfg = world.configure().hold_down("0s").yaml();
     let responder = Responder::start(&cfg, world.dir.path()).await;
     Some(Stack { world, responder })
 }
 
-fn steps(st: &Value) -> Vec<(String, String)> {
-    st["services"]["onprem-api"]["last_steps"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|s| {
-                    (
-                        s["action"].as_str().unwrap_or_default().to_string(),
-                        s["outcome"].as_str().unwrap_or_default().to_string(),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-async fn converged(r: &Responder, mode: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let st = r.status().await;
-        let svc = &st["services"]["onprem-api"];
-        if svc["desired"]["mode"] == mode && svc["converged"] == true {
-            return st;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "not converged in {mode} mode after 60 s:\n{st:#}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+/// Waits until onprem-api is converged with `mode` desired; returns its status.
+async fn converged(r: &Responder, mode: Mode) -> ServiceView {
+    eventually(
+        &format!("converged in {mode:?} mode"),
+        Duration::from_secs(60),
+        || async {
+            let svc = r.service_view("onprem-api").await;
+            done_if(
+                svc.desired_mode() == Some(mode) && svc.status.converged,
+                svc,
+            )
+        },
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -79,7 +62,7 @@ async fn failover_and_failback_through_real_haproxy_and_docker() {
         0,
         "cloud1 starts in maint"
     );
-    converged(r, "onprem").await;
+    converged(r, Mode::Onprem).await;
     assert_eq!(
         container_running(&s.docker, &s.container).await,
         None,
@@ -90,7 +73,7 @@ async fn failover_and_failback_through_real_haproxy_and_docker() {
     let t0 = Instant::now();
     let resp = r.post_alerts(&fixture("onprem_down-firing.json")).await;
     assert_eq!(resp.status().as_u16(), 202);
-    let st = converged(r, "cloud").await;
+    let svc = converged(r, Mode::Cloud).await;
     let failover_time = t0.elapsed();
     assert_eq!(container_running(&s.docker, &s.container).await, Some(true));
     assert_eq!(
@@ -99,11 +82,8 @@ async fn failover_and_failback_through_real_haproxy_and_docker() {
         "cloud1 ready in HAProxy (no maint or drain flag)"
     );
     assert_eq!(
-        steps(&st)
-            .iter()
-            .map(|(a, _)| a.as_str())
-            .collect::<Vec<_>>(),
-        vec!["start_container", "wait_healthy", "server_ready"],
+        svc.actions(),
+        ["start_container", "wait_healthy", "server_ready"],
         "safe order: start, healthy, then open"
     );
     println!("failover: webhook -> container healthy and server ready in {failover_time:?}");
@@ -124,7 +104,7 @@ async fn failover_and_failback_through_real_haproxy_and_docker() {
     );
 
     // The same notification again: no extra steps.
-    let before = steps(&r.status().await).len();
+    let before = r.service_view("onprem-api").await.actions().len();
     assert_eq!(
         r.post_alerts(&fixture("onprem_down-firing.json"))
             .await
@@ -133,29 +113,27 @@ async fn failover_and_failback_through_real_haproxy_and_docker() {
         202
     );
     r.passes(2).await;
-    let st = r.status().await;
+    let svc = r.service_view("onprem-api").await;
     assert_eq!(
-        steps(&st).len(),
+        svc.actions().len(),
         before,
-        "a duplicate notification caused steps: {st}"
+        "a duplicate notification caused steps: {svc:#?}"
     );
-    assert_eq!(st["services"]["onprem-api"]["converged"], true);
+    assert!(svc.status.converged);
 
     // Resolved: drain, maint, stop, in that order.
     let resp = r.post_alerts(&fixture("onprem_down-resolved.json")).await;
     assert_eq!(resp.status().as_u16(), 202);
-    let st = converged(r, "onprem").await;
-    let all = steps(&st);
-    let tail: Vec<&str> = all[before..].iter().map(|(a, _)| a.as_str()).collect();
+    let svc = converged(r, Mode::Onprem).await;
     assert_eq!(
-        tail,
-        vec![
+        svc.actions()[before..],
+        [
             "server_drain",
             "wait_drained",
             "server_maint",
             "stop_container"
         ],
-        "{st}"
+        "{svc:#?}"
     );
     assert_eq!(
         s.haproxy.admin_flags("cloud1").await & 0x01,
@@ -184,7 +162,7 @@ async fn drift_is_repaired_within_one_period() {
             .as_u16(),
         202
     );
-    converged(r, "cloud").await;
+    converged(r, Mode::Cloud).await;
 
     // Someone stops the container behind the responder's back.
     let opts = bollard::query_parameters::StopContainerOptions {
@@ -214,7 +192,7 @@ async fn drift_is_repaired_within_one_period() {
         t.elapsed()
     );
     println!("stopped container restarted after {:?}", t.elapsed());
-    converged(r, "cloud").await;
+    converged(r, Mode::Cloud).await;
 
     // Someone puts the cloud server in maint by hand.
     let out = s.haproxy.cmd("set server api/cloud1 state maint").await;
@@ -258,7 +236,7 @@ async fn recovery_alert_fails_back_without_resolved_notification() {
             .as_u16(),
         202
     );
-    converged(r, "cloud").await;
+    converged(r, Mode::Cloud).await;
     // The resolved notification is lost; onprem_recovered fires later (startsAt 05:38:23 > 05:38:00).
     assert_eq!(
         r.post_alerts(&fixture("onprem_recovered-firing.json"))
@@ -267,11 +245,8 @@ async fn recovery_alert_fails_back_without_resolved_notification() {
             .as_u16(),
         202
     );
-    let st = converged(r, "onprem").await;
-    let reason = st["services"]["onprem-api"]["desired"]["reason"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
+    let svc = converged(r, Mode::Onprem).await;
+    let reason = svc.status.desired.map(|d| d.reason).unwrap_or_default();
     assert!(reason.contains("failback alert"), "{reason}");
     assert_eq!(
         container_running(&s.docker, &s.container).await,
@@ -301,29 +276,22 @@ async fn a_failing_service_backs_off_and_the_other_goes_on() {
     drop(ContainerGuard(bad.clone()));
     let token = token_file(dir_good.path());
     // "broken" never becomes healthy: its health_url points at a port nothing listens on.
-    let cfg = format!(
-        r#"
-auth: {{bearer_token_file: {token}}}
-reconcile: {{interval: 1s, retry_initial: 200ms, retry_max: 800ms}}
-services:
-  onprem-api:
-    failover_on: ['alertname="onprem_down"']
-    docker:
-      containers: [{{name: {good}, image: {IMAGE}, ports: ['127.0.0.1:{good_port}:8080'], health_url: 'http://127.0.0.1:{good_port}/health'}}]
-    haproxy: {{runtime_api: ['unix:{good_sock}'], backend: api, cloud_servers: [cloud1]}}
-    timeouts: {{healthy: 20s, drain: 1s, stop: 1s}}
-  broken:
-    failover_on: ['alertname="onprem_down"']
-    docker:
-      containers: [{{name: {bad}, image: {IMAGE}, ports: ['127.0.0.1:{bad_port}:8080'], health_url: 'http://127.0.0.1:{unused}/health'}}]
-    haproxy: {{runtime_api: ['unix:{bad_sock}'], backend: api, cloud_servers: [cloud1]}}
-    timeouts: {{healthy: 500ms, drain: 1s, stop: 1s}}
-"#,
-        token = token.display(),
-        good_sock = h_good.socket.display(),
-        bad_sock = h_bad.socket.display(),
-        unused = free_port(),
-    );
+    let cfg = ConfigBuilder::new(&token)
+        .reconcile("1s", "200ms", "800ms")
+        .container(&good, IMAGE)
+        .published(good_port)
+        .haproxy(&h_good.socket)
+        .timeouts("20s", "1s", "1s")
+        .service("broken")
+        .container(&bad, IMAGE)
+        .published(bad_port)
+        .container_key(&format!(
+            "health_url: http://127.0.0.1:{}/health",
+            free_port()
+        ))
+        .haproxy(&h_bad.socket)
+        .timeouts("500ms", "1s", "1s")
+        .yaml();
     let r = Responder::start(&cfg, dir_good.path()).await;
     assert_eq!(
         r.post_alerts(&fixture("onprem_down-firing.json"))
@@ -334,24 +302,23 @@ services:
     );
 
     // The healthy service converges while the broken one keeps failing.
-    converged(&r, "cloud").await;
+    converged(&r, Mode::Cloud).await;
     assert_eq!(h_good.admin_flags("cloud1").await & 0x3b, 0);
-    let st = eventually(
+    let broken = eventually(
         "broken shows repeated failures",
         Duration::from_secs(20),
         || async {
-            let st = r.status().await;
-            (st["services"]["broken"]["consecutive_failures"].as_u64() >= Some(3)).then_some(st)
+            let broken = r.service_view("broken").await;
+            (broken.status.consecutive_failures >= 3).then_some(broken)
         },
     )
     .await;
-    let broken = &st["services"]["broken"];
-    let err = broken["last_error"].as_str().unwrap_or_default();
+    let err = broken.status.last_error.unwrap_or_default();
     assert!(
         err.contains("healthy") && err.contains("timed out"),
         "{err}"
     );
-    assert_eq!(broken["converged"], false);
+    assert!(!broken.status.converged);
     // Never opened in front of an unhealthy container.
     assert_ne!(
         h_bad.admin_flags("cloud1").await & 0x01,

@@ -13,7 +13,7 @@ async fn hundred_identical_notifications_fail_over_once() {
     let Some(w) = World::start("storm").await else {
         return;
     };
-    let r = Responder::start(&w.config("", "    hold_down: 0s"), w.dir.path()).await;
+    let r = Responder::start(&w.configure().hold_down("0s").yaml(), w.dir.path()).await;
     let body = down_body(chrono::Utc::now(), None);
     let t = Instant::now();
     let answers = futures_util::future::join_all((0..100).map(|_| r.post_alerts(&body))).await;
@@ -29,11 +29,7 @@ async fn hundred_identical_notifications_fail_over_once() {
     .await;
     let converge = t.elapsed();
     // Let any extra pass that a duplicate might have caused run before counting.
-    let before = r.status().await["services"]["onprem-api"]["last_reconcile_at"].clone();
-    eventually("one more pass", Duration::from_secs(10), || async {
-        (r.status().await["services"]["onprem-api"]["last_reconcile_at"] != before).then_some(())
-    })
-    .await;
+    r.passes(1).await;
     let m = r.metrics().await;
     let starts = metric(
         &m,
@@ -49,8 +45,11 @@ async fn hundred_identical_notifications_fail_over_once() {
     );
     println!("100 identical notifications: all acknowledged in {ingest:?}, converged in {converge:?}; starts {starts}, server_ready {readies}, transitions {to_cloud}");
     assert_eq!((starts, readies, to_cloud), (1.0, 1.0, 1.0), "{m}");
-    let st = r.status().await;
-    assert_eq!(st["journal_entries"], 100, "every notification journaled");
+    assert_eq!(
+        r.status_doc().await.journal_entries,
+        100,
+        "every notification journaled"
+    );
     r.shutdown().await;
 }
 
@@ -64,7 +63,9 @@ async fn alternating_down_up_fails_over_and_back_exactly_once() {
     // below); 8 s leaves room for slow posts on a loaded machine.
     let hold_down = Duration::from_secs(8);
     let r = Responder::start(
-        &w.config("", &format!("    hold_down: {}s", hold_down.as_secs())),
+        &w.configure()
+            .hold_down(&format!("{}s", hold_down.as_secs()))
+            .yaml(),
         w.dir.path(),
     )
     .await;
@@ -87,18 +88,8 @@ async fn alternating_down_up_fails_over_and_back_exactly_once() {
         "the flapping ({flapped:?}) outlasted the hold-down ({hold_down:?}): a second failover \
          would then be right, and the counts below would not hold"
     );
-    eventually(
-        "back on-prem after the hold-down",
-        Duration::from_secs(40),
-        || async {
-            let st = r.status().await;
-            (st["services"]["onprem-api"]["state"]["mode"] == "onprem"
-                && st["services"]["onprem-api"]["converged"] == true
-                && w.is("onprem").await)
-                .then_some(())
-        },
-    )
-    .await;
+    // Back on-prem after the hold-down.
+    w.settled(&r, Mode::Onprem, Duration::from_secs(40)).await;
     let m = r.metrics().await;
     let series = |s: &str| metric(&m, &format!("failover_responder_{s}"));
     let to_cloud = series(r#"transitions_total{service="onprem-api",mode="cloud"}"#);
@@ -137,7 +128,10 @@ async fn past_the_transition_cap_it_stays_in_cloud_and_says_so() {
         return;
     };
     let r = Responder::start(
-        &w.config("", "    hold_down: 0s\n    max_transitions_per_hour: 2"),
+        &w.configure()
+            .hold_down("0s")
+            .key("max_transitions_per_hour: 2")
+            .yaml(),
         w.dir.path(),
     )
     .await;
@@ -145,18 +139,7 @@ async fn past_the_transition_cap_it_stays_in_cloud_and_says_so() {
     let inc = |i: i64| t0 + chrono::Duration::seconds(i * 10);
     let resolved =
         |s: chrono::DateTime<chrono::Utc>| down_body(s, Some(s + chrono::Duration::seconds(1)));
-    let mode_is = |mode: &'static str| {
-        let r = &r;
-        let w = &w;
-        async move {
-            eventually(mode, Duration::from_secs(30), || async {
-                let st = r.status().await;
-                (st["services"]["onprem-api"]["state"]["mode"] == mode && w.is(mode).await)
-                    .then_some(())
-            })
-            .await
-        }
-    };
+    let mode_is = |mode: Mode| w.settled(&r, mode, Duration::from_secs(30));
     // Two changes: over and back.
     assert_eq!(
         r.post_alerts(&down_body(inc(0), None))
@@ -165,12 +148,12 @@ async fn past_the_transition_cap_it_stays_in_cloud_and_says_so() {
             .as_u16(),
         202
     );
-    mode_is("cloud").await;
+    mode_is(Mode::Cloud).await;
     assert_eq!(
         r.post_alerts(&resolved(inc(0))).await.status().as_u16(),
         202
     );
-    mode_is("onprem").await;
+    mode_is(Mode::Onprem).await;
     // A third outage still fails over (the cloud is the safe side) ...
     assert_eq!(
         r.post_alerts(&down_body(inc(1), None))
@@ -179,25 +162,23 @@ async fn past_the_transition_cap_it_stays_in_cloud_and_says_so() {
             .as_u16(),
         202
     );
-    mode_is("cloud").await;
+    mode_is(Mode::Cloud).await;
     // ... but its recovery is held: the cap is reached.
     assert_eq!(
         r.post_alerts(&resolved(inc(1))).await.status().as_u16(),
         202
     );
-    let st = eventually(
+    let svc = eventually(
         "the cap holds the service in cloud",
         Duration::from_secs(10),
         || async {
-            let st = r.status().await;
-            st["services"]["onprem-api"]["held"]
-                .as_str()
-                .is_some_and(|h| h.contains("max_transitions_per_hour"))
-                .then_some(st)
+            let svc = r.service_view("onprem-api").await;
+            let held = svc.status.held.as_deref().unwrap_or_default();
+            done_if(held.contains("max_transitions_per_hour"), svc)
         },
     )
     .await;
-    assert_eq!(st["services"]["onprem-api"]["state"]["mode"], "cloud");
+    assert_eq!(svc.mode(), Some(Mode::Cloud));
     assert!(w.is("cloud").await);
     let m = r.metrics().await;
     assert_eq!(

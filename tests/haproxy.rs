@@ -44,7 +44,8 @@ async fn a_server_in_dns_maintenance_blocks_the_failover_once_and_loudly() {
         0x20,
         "RMAINT set"
     );
-    let r = Responder::start(&world.config("", "    hold_down: 0s"), world.dir.path()).await;
+    let cfg = world.configure().hold_down("0s").yaml();
+    let r = Responder::start(&cfg, world.dir.path()).await;
 
     let now = chrono::Utc::now();
     assert_eq!(r.post_alerts(&down_body(now, None)).await.status(), 202);
@@ -90,15 +91,10 @@ async fn a_server_in_dns_maintenance_blocks_the_failover_once_and_loudly() {
         )
     })
     .await;
-    eventually(
-        "failover completes once unblocked",
-        Duration::from_secs(60),
-        || async {
-            let svc = r.service_view("onprem-api").await;
-            (svc.status.converged && world.is("cloud").await).then_some(())
-        },
-    )
-    .await;
+    // The failover completes once unblocked.
+    world
+        .settled(&r, Mode::Cloud, Duration::from_secs(60))
+        .await;
     let events = r.events("limit=1000").await;
     assert_eq!(count(&events, "unblocked"), 1, "{events:#?}");
     assert_eq!(
@@ -118,7 +114,8 @@ async fn a_socket_at_level_operator_shows_as_refusing_not_up_and_fine() {
     };
     reconfigure(&mut world, |c| c.replace("level admin", "level operator")).await;
     assert_eq!(world.haproxy.cmd("show cli level").await.trim(), "operator");
-    let r = Responder::start(&world.config("", "    hold_down: 0s"), world.dir.path()).await;
+    let cfg = world.configure().hold_down("0s").yaml();
+    let r = Responder::start(&cfg, world.dir.path()).await;
 
     assert_eq!(
         r.post_alerts(&down_body(chrono::Utc::now(), None))
@@ -187,7 +184,7 @@ async fn ready_follows_whether_every_haproxy_and_docker_answer() {
     let Some(mut world) = World::start("ready").await else {
         return;
     };
-    let r = Responder::start(&world.config("", ""), world.dir.path()).await;
+    let r = Responder::start(&world.configure().yaml(), world.dir.path()).await;
     let ready = || r.get("/-/ready");
     eventually(
         "ready with HAProxy and Docker up",

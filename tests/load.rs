@@ -30,7 +30,7 @@ async fn sixty_seconds_of_mixed_load_with_a_failover_in_the_middle() {
     let Some(w) = World::start("load").await else {
         return;
     };
-    let cfg = w.config_file("", "    hold_down: 0s");
+    let cfg = w.configure().hold_down("0s").write(w.dir.path());
     let storage = w.dir.path().join("data");
     let r = ResponderProc::start(&cfg, &storage, &[]).await;
     let pid = r.proc.child.id();
@@ -165,6 +165,6 @@ async fn sixty_seconds_of_mixed_load_with_a_failover_in_the_middle() {
         last < first + 16 * 1024,
         "RSS grew from {first} KiB to {last} KiB"
     );
-    let st = r.status().await.expect("status");
-    assert_eq!(st["services"]["onprem-api"]["state"]["mode"], "cloud");
+    let svc = r.service_view("onprem-api").await;
+    assert_eq!(svc.mode(), Some(Mode::Cloud));
 }

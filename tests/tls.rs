@@ -71,17 +71,14 @@ async fn mtls_only_admits_clients_signed_by_the_ca_and_reloads_without_dropping(
     let alertmanager_id = leaf(&client_ca, true);
     let stranger_id = leaf(&stranger_ca, true);
     let token = token_file(d);
-    let cfg = format!(
-        "auth: {{bearer_token_file: {t}}}\nstorage: {{path: {d}/data}}\n\
-         tls: {{cert_file: {d}/server.crt, key_file: {d}/server.key, client_ca_file: {d}/clients.crt}}\n\
-         services:\n  onprem-api:\n    failover_on: ['alertname=\"onprem_down\"']\n    \
-         haproxy: {{runtime_api: ['unix:{d}/none.sock'], backend: api, cloud_servers: [cloud1]}}\n",
-        t = token.display(),
-        d = d.display()
-    );
-    std::fs::write(d.join("c.yaml"), cfg).expect("config");
-    let config =
-        Config::load_with_env(&d.join("c.yaml"), Default::default()).expect("config loads");
+    let config = ConfigBuilder::new(&token)
+        .storage(&d.join("data"))
+        .top(&format!(
+            "tls: {{cert_file: {d}/server.crt, key_file: {d}/server.key, client_ca_file: {d}/clients.crt}}",
+            d = d.display()
+        ))
+        .haproxy(&d.join("none.sock"))
+        .load(d);
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let base = format!(
         "https://127.0.0.1:{}",

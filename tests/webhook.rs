@@ -7,39 +7,23 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use failover_responder::plan::{ContainerState, ServerState};
 use serde_json::Value;
 
 /// Backends point at sockets that do not exist: unreachable on purpose.
-fn config(dir: &std::path::Path, extra_auth: &str) -> String {
-    let token = token_file(dir);
-    format!(
-        r#"
-auth:
-  bearer_token_file: {token}
-{extra_auth}
-webhook: {{max_body_bytes: 4096}}
-reconcile: {{interval: 200ms, retry_initial: 100ms, retry_max: 500ms}}
-services:
-  onprem-api:
-    failover_on: ['alertname="onprem_down"', 'service="onprem-api"']
-    failback_on: ['alertname="onprem_recovered"', 'service="onprem-api"']
-    docker:
-      host: unix://{dir}/no-docker.sock
-      containers: [{{name: fr-never-created, image: none:latest}}]
-    haproxy:
-      runtime_api: ['unix:{dir}/no-haproxy.sock']
-      backend: api
-      cloud_servers: [cloud1]
-"#,
-        token = token.display(),
-        dir = dir.display()
-    )
+fn config(dir: &std::path::Path) -> ConfigBuilder {
+    ConfigBuilder::new(&token_file(dir))
+        .top("webhook: {max_body_bytes: 4096}")
+        .reconcile("200ms", "100ms", "500ms")
+        .docker_host(&format!("unix://{}/no-docker.sock", dir.display()))
+        .container("fr-never-created", "none:latest")
+        .haproxy(&dir.join("no-haproxy.sock"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_fixture_is_accepted_and_recorded() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let r = Responder::start(&config(dir.path(), ""), dir.path()).await;
+    let r = Responder::start(&config(dir.path()).yaml(), dir.path()).await;
     for name in fixture_names() {
         let resp = r.post_alerts(&fixture(&name)).await;
         let status = resp.status().as_u16();
@@ -47,18 +31,14 @@ async fn every_fixture_is_accepted_and_recorded() {
         assert_eq!(status, 202, "{name}: {body}");
         assert_eq!(body["status"], "accepted", "{name}");
     }
-    let st = r.status().await;
-    assert_eq!(
-        st["notifications"].as_array().map(Vec::len),
-        Some(fixture_names().len())
-    );
+    let st = r.status_doc().await;
+    assert_eq!(st.notifications.len(), fixture_names().len());
     // onprem_down fired then resolved (sorted order: firing before resolved), the recovery
     // alert fires; the overloaded alerts concern no configured matcher and are not kept.
-    let firing: Vec<&str> = st["services"]["onprem-api"]["firing_alerts"]
-        .as_array()
-        .expect("firing_alerts")
+    let firing: Vec<&str> = st.services["onprem-api"]
+        .firing_alerts
         .iter()
-        .filter_map(|a| a["labels"]["alertname"].as_str())
+        .filter_map(|a| a.labels.get("alertname").map(String::as_str))
         .collect();
     assert_eq!(firing, vec!["onprem_recovered"]);
     assert!(r
@@ -71,7 +51,7 @@ async fn every_fixture_is_accepted_and_recorded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_the_right_4xx_and_change_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let r = Responder::start(&config(dir.path(), ""), dir.path()).await;
+    let r = Responder::start(&config(dir.path()).yaml(), dir.path()).await;
     let url = format!("{}/api/v1/alerts", r.url);
     let good = fixture("onprem_down-firing.json");
     let good_str = String::from_utf8(good.clone()).expect("utf8");
@@ -230,18 +210,9 @@ async fn bad_requests_get_the_right_4xx_and_change_nothing() {
         }
     }
     // Nothing was recorded by any refused request.
-    let st = r.status().await;
-    assert_eq!(
-        st["notifications"].as_array().map(Vec::len),
-        Some(0),
-        "{st}"
-    );
-    assert_eq!(
-        st["services"]["onprem-api"]["firing_alerts"]
-            .as_array()
-            .map(Vec::len),
-        Some(0)
-    );
+    let st = r.status_doc().await;
+    assert_eq!(st.notifications.len(), 0, "{st:#?}");
+    assert_eq!(st.services["onprem-api"].firing_alerts.len(), 0);
     let metrics = r.metrics().await;
     for (result, n) in [
         ("unauthorized", 4),
@@ -271,11 +242,11 @@ async fn basic_auth_is_accepted_when_configured() {
     let dir = tempfile::tempdir().expect("tempdir");
     let pw = dir.path().join("pw");
     std::fs::write(&pw, "hunter2\n").expect("pw");
-    let extra = format!(
-        "  basic_auth: {{username: am, password_file: {}}}",
+    let cfg = config(dir.path()).auth(&format!(
+        "basic_auth: {{username: am, password_file: {}}}",
         pw.display()
-    );
-    let r = Responder::start(&config(dir.path(), &extra), dir.path()).await;
+    ));
+    let r = Responder::start(&cfg.yaml(), dir.path()).await;
     let url = format!("{}/api/v1/alerts", r.url);
     let body = fixture("onprem_down-firing.json");
     for (user, pass, want) in [
@@ -302,7 +273,7 @@ async fn basic_auth_is_accepted_when_configured() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_backends_are_shown_not_fatal() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let r = Responder::start(&config(dir.path(), ""), dir.path()).await;
+    let r = Responder::start(&config(dir.path()).yaml(), dir.path()).await;
     assert_eq!(
         r.post_alerts(&fixture("onprem_down-firing.json"))
             .await
@@ -314,20 +285,22 @@ async fn unreachable_backends_are_shown_not_fatal() {
         "status shows cloud with unknown backends",
         Duration::from_secs(10),
         || async {
-            let st = r.status().await;
-            let svc = st["services"]["onprem-api"].clone();
-            (svc["desired"]["mode"] == "cloud"
-                && svc["observed"]["servers"][0]["state"] == "unknown")
-                .then_some(svc)
+            let svc = r.service_view("onprem-api").await;
+            let server = svc.status.observed.servers.first().map(|s| &s.state);
+            let unknown = matches!(server, Some(ServerState::Unknown { .. }));
+            done_if(svc.desired_mode() == Some(Mode::Cloud) && unknown, svc)
         },
     )
     .await;
-    assert_eq!(
-        svc["observed"]["containers"][0]["state"], "unknown",
-        "{svc}"
+    assert!(
+        matches!(
+            svc.status.observed.containers[0].state,
+            ContainerState::Unknown { .. }
+        ),
+        "{svc:#?}"
     );
-    assert_eq!(svc["converged"], false);
-    assert!(!svc["waiting"].as_array().expect("waiting").is_empty());
+    assert!(!svc.status.converged);
+    assert!(!svc.status.waiting.is_empty());
     let m = r.metrics().await;
     assert!(
         m.contains(r#"failover_responder_backend_up{service="onprem-api",backend="haproxy""#),
@@ -357,8 +330,8 @@ async fn unreachable_backends_are_shown_not_fatal() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_authentications_are_rate_limited_per_address() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = config(dir.path(), "  max_failures_per_minute: 3");
-    let r = Responder::start(&cfg, dir.path()).await;
+    let cfg = config(dir.path()).auth("max_failures_per_minute: 3");
+    let r = Responder::start(&cfg.yaml(), dir.path()).await;
     let url = format!("{}/api/v1/alerts", r.url);
     let send = |token: &'static str| {
         r.client
@@ -389,7 +362,7 @@ async fn failed_authentications_are_rate_limited_per_address() {
     };
     assert!(m.contains(&line("rate_limited", 2)), "{m}");
     assert!(m.contains(&line("unauthorized", 3)), "{m}");
-    assert_eq!(r.status().await["journal_entries"], 1);
+    assert_eq!(r.status_doc().await.journal_entries, 1);
     r.shutdown().await;
 }
 
@@ -400,7 +373,7 @@ async fn late_copies_from_an_alertmanager_pair_follow_the_incarnation_rules() {
     // copy of the old resolution. It must change nothing. The neighbours: a late copy of the
     // 09:00 firing, and the 09:07 incarnation's own resolution, which does end it.
     let dir = tempfile::tempdir().expect("tempdir");
-    let r = Responder::start(&config(dir.path(), ""), dir.path()).await;
+    let r = Responder::start(&config(dir.path()).yaml(), dir.path()).await;
     let at = |min: i64| {
         chrono::DateTime::parse_from_rfc3339("2026-12-02T09:00:00Z")
             .expect("time")
@@ -416,15 +389,11 @@ async fn late_copies_from_an_alertmanager_pair_follow_the_incarnation_rules() {
             v["changed"].as_bool().expect("changed")
         }
     };
-    let firing_starts = |st: &Value| -> Vec<String> {
-        st["services"]["onprem-api"]["firing_alerts"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|x| x["starts_at"].as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default()
+    let firing_starts = |svc: &ServiceView| -> Vec<String> {
+        svc.firing_alerts
+            .iter()
+            .map(|a| a.starts_at.to_rfc3339())
+            .collect()
     };
 
     assert!(post(down_body(at(0), None)).await);
@@ -432,9 +401,7 @@ async fn late_copies_from_an_alertmanager_pair_follow_the_incarnation_rules() {
     assert!(post(down_body(at(7), None)).await);
     // The plan preview tells the same story as the webhook: the late copy keeps cloud.
     let preview = r.plan_preview(&down_body(at(0), Some(at(5)))).await;
-    let reason = preview["services"]["onprem-api"]["reason"]
-        .as_str()
-        .unwrap_or_default();
+    let reason = preview["reason"].as_str().unwrap_or_default();
     assert!(
         reason.contains("failover alert(s) firing since 2026-12-02T09:07"),
         "{preview:#}"
@@ -446,12 +413,12 @@ async fn late_copies_from_an_alertmanager_pair_follow_the_incarnation_rules() {
     );
     // A delayed copy of the 09:00 firing does not move the held incarnation back.
     assert!(!post(down_body(at(0), None)).await);
-    let st = r.status().await;
-    let starts = firing_starts(&st);
-    assert_eq!(starts.len(), 1, "{st:#}");
+    let svc = r.service_view("onprem-api").await;
+    let starts = firing_starts(&svc);
+    assert_eq!(starts.len(), 1, "{svc:#?}");
     assert!(starts[0].starts_with("2026-12-02T09:07:00"), "{starts:?}");
     // The 09:07 incarnation's own resolution ends it.
     assert!(post(down_body(at(7), Some(at(9)))).await);
-    assert!(firing_starts(&r.status().await).is_empty());
+    assert!(firing_starts(&r.service_view("onprem-api").await).is_empty());
     r.shutdown().await;
 }

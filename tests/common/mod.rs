@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use failover_responder::config::{Config, Format};
+use failover_responder::config::Config;
+pub use failover_responder::desired::Mode;
+pub use failover_responder::http::api::{ServiceView, StatusDoc};
 use tokio::sync::oneshot;
 
 pub const TOKEN: &str = "s3cret-token";
@@ -109,21 +111,59 @@ pub fn free_port() -> u16 {
     l.local_addr().expect("local addr").port()
 }
 
-/// Polls `f` every 100 ms until it returns Some, or panics with `what` after `timeout`.
-pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+/// What one look of [`eventually`] found: done, with a value, or not yet, with what it saw.
+pub trait Look {
+    type Done;
+    /// `Err` carries what the look saw ("" when it has nothing to say), for the timeout panic.
+    fn done(self) -> Result<Self::Done, String>;
+}
+
+impl<T> Look for Option<T> {
+    type Done = T;
+    fn done(self) -> Result<T, String> {
+        self.ok_or_else(String::new)
+    }
+}
+
+impl<T, E: std::fmt::Debug> Look for Result<T, E> {
+    type Done = T;
+    fn done(self) -> Result<T, String> {
+        self.map_err(|seen| format!("{seen:#?}"))
+    }
+}
+
+/// A look's outcome: `Ok(seen)` when `done`, else `Err(seen)` (shown if the wait times out).
+pub fn done_if<T>(done: bool, seen: T) -> Result<T, T> {
+    if done {
+        Ok(seen)
+    } else {
+        Err(seen)
+    }
+}
+
+/// The one wait of the tests: looks with `f` every 50 ms until it is done (`Some`, or `Ok`),
+/// and returns its value; after `timeout` panics with `what` and the last `Err` it saw.
+pub async fn eventually<L, F, Fut>(what: &str, timeout: Duration, mut f: F) -> L::Done
 where
+    L: Look,
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
+    Fut: std::future::Future<Output = L>,
 {
     let deadline = Instant::now() + timeout;
     loop {
-        if let Some(v) = f().await {
-            return v;
-        }
+        let seen = match f().await.done() {
+            Ok(v) => return v,
+            Err(seen) => seen,
+        };
         if Instant::now() > deadline {
-            panic!("timed out after {timeout:?} waiting for: {what}");
+            let seen = if seen.is_empty() {
+                seen
+            } else {
+                format!("\nlast seen: {seen}")
+            };
+            panic!("timed out after {timeout:?} waiting for: {what}{seen}");
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -376,11 +416,7 @@ pub struct Responder {
 
 impl Responder {
     pub async fn start(config_yaml: &str, dir: &Path) -> Responder {
-        let path = dir.join("responder.yaml");
-        std::fs::write(&path, config_yaml).expect("write config");
-        let config = Config::load_with_env(&path, Default::default())
-            .unwrap_or_else(|e| panic!("test config invalid: {e}"));
-        Self::start_with(config).await
+        Self::start_with(load_config(config_yaml, dir)).await
     }
 
     pub async fn start_with(config: Config) -> Responder {
@@ -401,37 +437,24 @@ impl Responder {
         let task = tokio::spawn(failover_responder::app::run(listener, config, async {
             let _ = rx.await;
         }));
-        let r = Responder {
+        // Until it answers, or stops on its own: then say why instead of timing out.
+        let ready = format!("{url}/-/healthy");
+        eventually(
+            "the responder answers /-/healthy",
+            Duration::from_secs(15),
+            || async { (task.is_finished() || get_text(&ready).await.is_some()).then_some(()) },
+        )
+        .await;
+        if task.is_finished() {
+            panic!("the responder exited at start: {:?}", task.await);
+        }
+        Responder {
             url,
             stop: Some(tx),
             task: Some(task),
             client: reqwest::Client::new(),
             _storage: storage,
-        };
-        let ready = format!("{}/-/healthy", r.url);
-        let deadline = Instant::now() + Duration::from_secs(15);
-        let mut r = r;
-        loop {
-            if r.client
-                .get(&ready)
-                .send()
-                .await
-                .is_ok_and(|resp| resp.status().is_success())
-            {
-                break;
-            }
-            // It stopped on its own: say why instead of timing out.
-            if r.task.as_ref().is_some_and(|t| t.is_finished()) {
-                let why = match r.task.take() {
-                    Some(t) => format!("{:?}", t.await),
-                    None => "unknown".into(),
-                };
-                panic!("the responder exited at start: {why}");
-            }
-            assert!(Instant::now() < deadline, "responder not ready after 15 s");
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        r
     }
 
     pub async fn post_alerts(&self, body: &[u8]) -> reqwest::Response {
@@ -445,7 +468,8 @@ impl Responder {
             .expect("post alerts")
     }
 
-    /// `POST /api/v1/plan` with a webhook body: the preview's JSON (asserting a 200).
+    /// `POST /api/v1/plan` with a webhook body (asserting a 200): the preview for service
+    /// onprem-api, as JSON (the lib has no type for the preview).
     pub async fn plan_preview(&self, body: &[u8]) -> serde_json::Value {
         let resp = self
             .client
@@ -457,7 +481,8 @@ impl Responder {
             .await
             .expect("plan");
         assert_eq!(resp.status(), 200, "plan preview");
-        resp.json().await.expect("plan json")
+        let mut preview: serde_json::Value = resp.json().await.expect("plan json");
+        preview["services"]["onprem-api"].take()
     }
 
     /// `GET <path>` (e.g. `/-/ready`): the status code and the body.
@@ -475,18 +500,16 @@ impl Responder {
     }
 
     /// `GET /api/v1/status`, typed.
-    pub async fn status_doc(&self) -> failover_responder::http::api::StatusDoc {
+    pub async fn status_doc(&self) -> StatusDoc {
         serde_json::from_value(self.status().await).expect("status deserializes into StatusDoc")
     }
 
     /// One service's part of the typed status.
-    pub async fn service_view(&self, name: &str) -> failover_responder::http::api::ServiceView {
-        let mut doc = self.status_doc().await;
-        doc.services
-            .remove(name)
-            .unwrap_or_else(|| panic!("no service {name} in the status"))
+    pub async fn service_view(&self, name: &str) -> ServiceView {
+        service_of(self.status_doc().await, name)
     }
 
+    /// `GET /api/v1/status` as raw JSON (benches/reaction.rs reads it so); tests read it typed.
     pub async fn status(&self) -> serde_json::Value {
         self.client
             .get(format!("{}/api/v1/status", self.url))
@@ -593,53 +616,38 @@ impl ResponderProc {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let child = cmd.spawn().expect("spawn responder");
+        // A Proc at once: killed if it never answers.
+        let mut proc = Proc {
+            child: cmd.spawn().expect("spawn responder"),
+            name: "responder".into(),
+        };
         let url = format!("http://127.0.0.1:{port}");
         let ready = format!("{url}/-/healthy");
-        let mut p = ResponderProc {
-            proc: Proc {
-                child,
-                name: "responder".into(),
+        let log = storage.with_extension("log");
+        eventually(
+            "the responder answers /-/healthy",
+            Duration::from_secs(15),
+            || {
+                let exited = proc.child.try_wait().ok().flatten();
+                let (ready, log) = (&ready, &log);
+                async move {
+                    if let Some(status) = exited {
+                        panic!(
+                            "responder exited at start: {status}; log: {}",
+                            log.display()
+                        );
+                    }
+                    get_text(ready).await
+                }
             },
-            url,
-        };
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if reqwest::get(&ready)
-                .await
-                .is_ok_and(|r| r.status().is_success())
-            {
-                return p;
-            }
-            if let Ok(Some(status)) = p.proc.child.try_wait() {
-                panic!(
-                    "responder exited at start: {status}; log: {}",
-                    storage.with_extension("log").display()
-                );
-            }
-            assert!(Instant::now() < deadline, "responder not ready");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        )
+        .await;
+        ResponderProc { proc, url }
     }
 
     /// kill -9.
     pub fn kill9(&mut self) {
         self.proc.kill();
-    }
-
-    /// Waits for the process to exit by itself (a crash point); returns its status.
-    pub async fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Ok(Some(status)) = self.proc.child.try_wait() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "responder did not exit within {timeout:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
     }
 
     pub async fn post_alerts(&self, body: &[u8]) -> Option<u16> {
@@ -654,13 +662,54 @@ impl ResponderProc {
             .map(|r| r.status().as_u16())
     }
 
-    pub async fn status(&self) -> Option<serde_json::Value> {
-        reqwest::get(format!("{}/api/v1/status", self.url))
+    /// `GET /api/v1/status`, typed; None while it does not answer.
+    pub async fn status_doc(&self) -> Option<StatusDoc> {
+        let resp = reqwest::get(format!("{}/api/v1/status", self.url))
             .await
-            .ok()?
-            .json()
-            .await
-            .ok()
+            .ok()?;
+        Some(
+            resp.json()
+                .await
+                .expect("status deserializes into StatusDoc"),
+        )
+    }
+
+    /// One service's part of the typed status (it must answer).
+    pub async fn service_view(&self, name: &str) -> ServiceView {
+        service_of(self.status_doc().await.expect("status"), name)
+    }
+}
+
+/// Service `name` of a status document.
+fn service_of(mut doc: StatusDoc, name: &str) -> ServiceView {
+    doc.services
+        .remove(name)
+        .unwrap_or_else(|| panic!("no service {name} in the status: {doc:#?}"))
+}
+
+/// Shorthands for what the tests read of a service's status.
+pub trait ViewExt {
+    /// The mode it is driven towards, as persisted; None until the first pass persisted one.
+    fn mode(&self) -> Option<Mode>;
+    /// The mode the alerts (and any override) want now; None before the first pass.
+    fn desired_mode(&self) -> Option<Mode>;
+    /// The actions of its last steps, oldest first.
+    fn actions(&self) -> Vec<String>;
+}
+
+impl ViewExt for ServiceView {
+    fn mode(&self) -> Option<Mode> {
+        self.state.as_ref().map(|s| s.mode)
+    }
+    fn desired_mode(&self) -> Option<Mode> {
+        self.status.desired.as_ref().map(|d| d.mode)
+    }
+    fn actions(&self) -> Vec<String> {
+        self.status
+            .last_steps
+            .iter()
+            .map(|s| s.action.clone())
+            .collect()
     }
 }
 
@@ -778,44 +827,25 @@ impl World {
         })
     }
 
-    /// Responder config for service onprem-api on this world. `top` and `service` are extra
-    /// YAML lines at the top level and inside the service (indented by 4).
-    pub fn config(&self, top: &str, service: &str) -> String {
-        format!(
-            r#"
-auth: {{bearer_token_file: {token}}}
-reconcile: {{interval: 1s, retry_initial: 200ms, retry_max: 2s}}
-{top}
-services:
-  onprem-api:
-    failover_on: ['alertname="onprem_down"', 'service="onprem-api"']
-    failback_on: ['alertname="onprem_recovered"', 'service="onprem-api"']
-    docker:
-      host: unix://{DOCKER_SOCK}
-      containers:
-        - name: {container}
-          image: {IMAGE}
-          ports: ['127.0.0.1:{port}:8080']
-          health_url: http://127.0.0.1:{port}/health
-    haproxy:
-      runtime_api: ['unix:{sock}']
-      backend: api
-      cloud_servers: [cloud1]
-    timeouts: {{healthy: 30s, drain: 2s, stop: 1s}}
-{service}
-"#,
-            token = self.token.display(),
-            container = self.container,
-            port = self.cloud_port,
-            sock = self.haproxy.socket.display(),
-        )
+    /// The config of service onprem-api on this world: its container behind cloud1.
+    pub fn configure(&self) -> ConfigBuilder {
+        ConfigBuilder::new(&self.token)
+            .reconcile("1s", "200ms", "2s")
+            .docker_host(&format!("unix://{DOCKER_SOCK}"))
+            .container(&self.container, IMAGE)
+            .published(self.cloud_port)
+            .haproxy(&self.haproxy.socket)
+            .timeouts("30s", "2s", "1s")
     }
 
-    /// Writes a config file and returns its path.
-    pub fn config_file(&self, top: &str, service: &str) -> PathBuf {
-        let p = self.dir.path().join("responder.yaml");
-        std::fs::write(&p, self.config(top, service)).expect("write config");
-        p
+    /// [`Self::configure`] as YAML, with `top` and `service` added: YAML lines at the top level
+    /// and inside the service (indented by 4). For benches/reaction.rs; tests use the builder.
+    pub fn config(&self, top: &str, service: &str) -> String {
+        let service: Vec<&str> = service
+            .lines()
+            .map(|l| l.strip_prefix("    ").unwrap_or(l))
+            .collect();
+        self.configure().top(top).key(&service.join("\n")).yaml()
     }
 
     /// The port of the on-prem API behind HAProxy.
@@ -848,6 +878,17 @@ services:
         }
     }
 
+    /// Waits until `r` has service onprem-api in `mode` and converged, and the world is in
+    /// `mode` too ([`Self::is`]); returns the service's status.
+    pub async fn settled(&self, r: &Responder, mode: Mode, timeout: Duration) -> ServiceView {
+        eventually(&format!("settled in {mode:?}"), timeout, || async {
+            let svc = r.service_view("onprem-api").await;
+            let done = svc.mode() == Some(mode) && svc.status.converged;
+            done_if(done && self.is(mode.as_str()).await, svc)
+        })
+        .await
+    }
+
     /// The safety invariant: never a server open in front of a stopped container. Cheap enough
     /// to call on every poll while the responder works.
     ///
@@ -877,7 +918,203 @@ pub fn token_file(dir: &Path) -> PathBuf {
     p
 }
 
-/// Parses a config string, for tests that need a `Config` without files.
-pub fn parse_config(yaml: &str) -> Config {
-    Config::from_str(yaml, Format::Yaml).unwrap_or_else(|e| panic!("{e}"))
+/// The responder config the tests share, written out as YAML: auth by the bearer token file,
+/// and service onprem-api failing over on `onprem_down` and back on `onprem_recovered`. Each part
+/// the tests vary is a method; service methods apply to the last service ([`Self::service`] adds
+/// one, on the same alerts), container methods to its last container. A key set again replaces
+/// its earlier value. [`World::configure`] starts one on the world's Docker engine and HAProxy.
+#[derive(Debug, Clone)]
+pub struct ConfigBuilder {
+    /// Keys under `auth:`, then top-level keys: each `key: value`, the value on one line or
+    /// as an indented block below it.
+    auth: Vec<String>,
+    top: Vec<String>,
+    services: Vec<ServiceYaml>,
+}
+
+#[derive(Debug, Clone)]
+struct ServiceYaml {
+    name: String,
+    docker_host: Option<String>,
+    /// Each container's keys, name first.
+    containers: Vec<Vec<String>>,
+    keys: Vec<String>,
+}
+
+/// Sets `line` (`key: value`) in `keys`, in place of that key's earlier value.
+fn set_key(keys: &mut Vec<String>, line: String) {
+    let key = |l: &str| l.split(':').next().unwrap_or_default().to_string();
+    let name = key(&line);
+    keys.retain(|k| key(k) != name);
+    keys.push(line);
+}
+
+/// `text` with every line indented by `by` spaces.
+fn indented(text: &str, by: usize) -> String {
+    text.lines().map(|l| format!("{:by$}{l}\n", "")).collect()
+}
+
+impl ConfigBuilder {
+    pub fn new(token: &Path) -> Self {
+        ConfigBuilder {
+            auth: vec![format!("bearer_token_file: {}", token.display())],
+            top: Vec::new(),
+            services: Vec::new(),
+        }
+        .service("onprem-api")
+    }
+
+    /// Another key under `auth:` (basic_auth, max_failures_per_minute).
+    pub fn auth(mut self, line: &str) -> Self {
+        set_key(&mut self.auth, line.into());
+        self
+    }
+
+    /// A top-level key (webhook, tls...).
+    pub fn top(mut self, line: &str) -> Self {
+        set_key(&mut self.top, line.into());
+        self
+    }
+
+    pub fn storage(self, path: &Path) -> Self {
+        self.top(&format!("storage: {{path: {}}}", path.display()))
+    }
+
+    pub fn reconcile(self, interval: &str, retry_initial: &str, retry_max: &str) -> Self {
+        self.top(&format!(
+            "reconcile: {{interval: {interval}, retry_initial: {retry_initial}, retry_max: {retry_max}}}"
+        ))
+    }
+
+    /// Resync from the Alertmanager on `port`; `keys` adds to its flow map.
+    pub fn alertmanager(self, port: u16, keys: &str) -> Self {
+        self.top(&format!(
+            "alertmanager: {{url: 'http://127.0.0.1:{port}', {keys}}}"
+        ))
+    }
+
+    /// Another service, on the same alerts; the methods below then apply to it.
+    pub fn service(mut self, name: &str) -> Self {
+        self.services.push(ServiceYaml {
+            name: name.into(),
+            docker_host: None,
+            containers: Vec::new(),
+            keys: Vec::new(),
+        });
+        self
+    }
+
+    fn last(&mut self) -> &mut ServiceYaml {
+        self.services.last_mut().expect("a service")
+    }
+
+    /// A key of the service (`standby: warm`, `ec2: {...}`, a block on several lines).
+    pub fn key(mut self, line: &str) -> Self {
+        set_key(&mut self.last().keys, line.into());
+        self
+    }
+
+    pub fn hold_down(self, d: &str) -> Self {
+        self.key(&format!("hold_down: {d}"))
+    }
+
+    pub fn timeouts(self, healthy: &str, drain: &str, stop: &str) -> Self {
+        self.key(&format!(
+            "timeouts: {{healthy: {healthy}, drain: {drain}, stop: {stop}}}"
+        ))
+    }
+
+    /// The service's HAProxy: cloud1 of backend `api` behind the admin socket `socket`.
+    pub fn haproxy(self, socket: &Path) -> Self {
+        self.key(&format!(
+            "haproxy: {{runtime_api: ['unix:{}'], backend: api, cloud_servers: [cloud1]}}",
+            socket.display()
+        ))
+    }
+
+    /// `docker.host` (written out with the containers).
+    pub fn docker_host(mut self, host: &str) -> Self {
+        self.last().docker_host = Some(host.into());
+        self
+    }
+
+    pub fn container(mut self, name: &str, image: &str) -> Self {
+        let keys = vec![format!("name: {name}"), format!("image: {image}")];
+        self.last().containers.push(keys);
+        self
+    }
+
+    /// A key of the last container (`recreate: always`, another `image:` or `health_url:`).
+    pub fn container_key(mut self, line: &str) -> Self {
+        let c = self.last().containers.last_mut().expect("a container");
+        set_key(c, line.into());
+        self
+    }
+
+    /// The last container's 8080 published on 127.0.0.1:`port`, its health checked there.
+    pub fn published(self, port: u16) -> Self {
+        self.container_key(&format!("ports: ['127.0.0.1:{port}:8080']"))
+            .container_key(&format!("health_url: http://127.0.0.1:{port}/health"))
+    }
+
+    /// A `burst:` block on `onprem_overloaded`: from 1 unit up to `max`, one at a time, at
+    /// `timing` (scale_up_every, cooldown, scale_in_every), slot `i` pointing at port
+    /// `port_base + i - 1`; `keys` adds its `haproxy:` and its unit (`container:` or `ec2:`).
+    pub fn burst(self, max: u32, timing: [&str; 3], port_base: u16, keys: &str) -> Self {
+        let [up, cooldown, down] = timing;
+        self.key(&format!(
+            "burst:\n  on: ['alertname=\"onprem_overloaded\"', 'service=\"onprem-api\"']\n  \
+             min: 1\n  max: {max}\n  step: 1\n  \
+             scale_up_every: {up}\n  cooldown: {cooldown}\n  scale_in_every: {down}\n  \
+             address: '127.0.0.1:{{port}}'\n  port_base: {port_base}\n{}",
+            indented(keys, 2)
+        ))
+    }
+
+    pub fn yaml(&self) -> String {
+        let mut y = format!("auth:\n{}", indented(&self.auth.join("\n"), 2));
+        y += &indented(&self.top.join("\n"), 0);
+        y += "services:\n";
+        for s in &self.services {
+            y += &format!(
+                "  {}:\n    failover_on: ['alertname=\"onprem_down\"', 'service=\"onprem-api\"']\n    \
+                 failback_on: ['alertname=\"onprem_recovered\"', 'service=\"onprem-api\"']\n",
+                s.name
+            );
+            if !s.containers.is_empty() {
+                y += "    docker:\n";
+                if let Some(host) = &s.docker_host {
+                    y += &format!("      host: {host}\n");
+                }
+                y += "      containers:\n";
+                for c in &s.containers {
+                    y += &format!("        - {}", indented(&c.join("\n"), 10).trim_start());
+                }
+            }
+            y += &indented(&s.keys.join("\n"), 4);
+        }
+        y
+    }
+
+    /// Writes the YAML to `dir`/responder.yaml and returns its path.
+    pub fn write(&self, dir: &Path) -> PathBuf {
+        write_config(&self.yaml(), dir)
+    }
+
+    /// The config as the binary loads it (secret files read), from `dir`/responder.yaml.
+    pub fn load(&self, dir: &Path) -> Config {
+        load_config(&self.yaml(), dir)
+    }
+}
+
+fn write_config(yaml: &str, dir: &Path) -> PathBuf {
+    let p = dir.join("responder.yaml");
+    std::fs::write(&p, yaml).expect("write config");
+    p
+}
+
+/// `yaml` written to `dir`/responder.yaml and loaded as the binary loads it.
+fn load_config(yaml: &str, dir: &Path) -> Config {
+    Config::load_with_env(&write_config(yaml, dir), Default::default())
+        .unwrap_or_else(|e| panic!("test config invalid: {e}\n{yaml}"))
 }
