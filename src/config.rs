@@ -1071,6 +1071,7 @@ fn validate_units(
     p: &str,
     errors: &mut Vec<String>,
 ) {
+    let before = errors.len();
     let max_port = u32::from(b.port_base) + b.max.saturating_sub(1);
     if b.address.contains("{port}") && (b.port_base == 0 || max_port > u32::from(u16::MAX)) {
         errors.push(format!(
@@ -1116,6 +1117,34 @@ fn validate_units(
         Ok(_) => {}
         Err(e) => errors.push(format!("{p}.address: {e}")),
     }
+    // Unit 1's problems are said once above; later units only when unit 1 is fine.
+    if errors.len() == before {
+        errors.extend(first_bad_unit(b, p));
+    }
+}
+
+/// Units 2..=max rendered as the responder will render them ({index} and {port} can make a
+/// later unit's port or address invalid where unit 1's is fine): the first unit that does
+/// not render, with its problems. The responder builds every unit's spec at start, so a unit
+/// that would fail there fails here, at load.
+fn first_bad_unit(b: &BurstConfig, p: &str) -> Vec<String> {
+    for i in 2..=b.max.min(1000) {
+        let mut found = Vec::new();
+        if let Some(c) = &b.container {
+            let unit = crate::template::render_container(c, i, b.port_base);
+            let key = format!("{p}.container (unit {i})");
+            crate::backend::docker::config::validate_container(&unit, &key, &mut found);
+        }
+        if let Err(e) =
+            crate::template::render_address(&b.address, i, b.port_base, Some("10.0.0.1"))
+        {
+            found.push(format!("{p}.address (unit {i}): {e}"));
+        }
+        if !found.is_empty() {
+            return found;
+        }
+    }
+    Vec::new()
 }
 
 /// Reads the secret files named in `auth`. An unreadable or empty secret file is an error
@@ -1308,6 +1337,11 @@ cloud_servers = ["c1"]
                     "services.a.burst: needs the service's haproxy section",
                     "services.a.burst: set container or ec2, not both",
                 ],
+            ),
+            (
+                // Unit 1 renders fine (8001:80); unit 100 would publish port 80100.
+                "auth: {insecure_no_auth: true}\nservices:\n  a:\n    failover_on: ['a=\"b\"']\n    docker: {containers: [{name: c, image: i}]}\n    haproxy: {runtime_api: ['/s'], backend: be, cloud_servers: [c]}\n    burst: {on: ['a=\"o\"'], max: 100, address: '127.0.0.1:{port}', port_base: 9000, haproxy: {server_prefix: b}, container: {name: u, image: i, ports: ['80{index}:80']}}\n",
+                &["services.a.burst.container (unit 100).ports[0]: \"80100:80\""],
             ),
             (
                 "auth: {insecure_no_auth: true}\nservices:\n  a:\n    failover_on: ['a=\"b\"']\n    haproxy: {runtime_api: ['/s'], backend: be, cloud_servers: [c]}\n    burst: {on: ['a=\"o\"'], max: 3, address: '{private_ip}:80', haproxy: {server_prefix: b}, ec2: {instance_ids: ['i-1']}}\n  b:\n    failover_on: ['a=\"b\"']\n    haproxy: {runtime_api: ['/s'], backend: be, cloud_servers: [b2]}\n",

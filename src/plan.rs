@@ -312,7 +312,7 @@ pub enum Step {
 }
 
 impl Step {
-    /// The backend that runs it: `docker`, `haproxy` or `ec2` (as in the `backend_up` metric).
+    /// The backend that runs it: `docker`, `haproxy` or `ec2` (the names `backend_up` uses).
     pub fn backend(&self) -> &'static str {
         match self {
             Step::StartContainer { .. }

@@ -178,7 +178,7 @@ pub async fn run_service(svc: ServiceRuntime, ctx: Context, shutdown: Cancellati
             .store
             .event(&svc.name, "resume", format!("previous run stopped during step {step:?}; observing and redoing what is missing"), vec![])
             .await;
-        finish_interrupted_stop(&svc, &step).await;
+        finish_interrupted_stop(&svc, &ctx, &step).await;
     }
     loop {
         let pass = async {
@@ -246,11 +246,15 @@ pub async fn run_service(svc: ServiceRuntime, ctx: Context, shutdown: Cancellati
 /// waits until it has exited; the pass after that starts it anew if the alerts say cloud.
 /// A stop goes after every server is closed; if one was opened while the responder was down (by
 /// hand), stopping now would cut what it serves, so the pass decides instead.
-async fn finish_interrupted_stop(svc: &ServiceRuntime, step: &str) {
+async fn finish_interrupted_stop(svc: &ServiceRuntime, ctx: &Context, step: &str) {
     // The step as recorded: `Step::StopContainer`'s Display, "stop <container>".
     let Some(name) = step.strip_prefix("stop ") else {
         return;
     };
+    // Only the leader acts; it finishes the stop through its passes if this node is not it.
+    if fenced(ctx).is_some() {
+        return;
+    }
     let closed = |o: &Observed| {
         o.servers
             .iter()

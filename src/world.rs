@@ -48,9 +48,10 @@ pub enum StepDone {
 pub type Superseded<'a> = &'a (dyn Fn() -> bool + Send + Sync);
 
 impl World {
-    /// The clients and container specs for `config`. Errors: a Runtime API address or a port
-    /// publication that does not parse (the config check refuses both at load, with their key
-    /// paths, so this names a bug: nothing is skipped silently).
+    /// The clients and container specs for `config`, built once when the responder starts.
+    /// Errors: a Runtime API address or a port publication that does not parse (the config
+    /// check refuses both at load, every burst unit included, with their key paths; so this
+    /// names a bug: nothing is skipped silently).
     pub fn new(config: &ServiceConfig) -> Result<World, String> {
         let mut haproxy = Vec::new();
         if let Some(h) = &config.haproxy {
@@ -221,7 +222,8 @@ impl World {
                 }],
             };
             let ip = instances.first().and_then(|i| i.private_ip.as_deref());
-            // Checked at load with a stand-in IP: only an IP not known yet fails here.
+            // Every unit's address is checked at load with a stand-in IP: only an instance's
+            // IP not known yet fails here (the plan says the unit waits for it).
             let address = burst::render_address(&b.address, n, b.port_base, ip).ok();
             units.push(UnitObs {
                 index: n,

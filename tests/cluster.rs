@@ -44,21 +44,30 @@ impl Etcd {
             .map(|(j, p)| format!("e{j}=http://127.0.0.1:{p}"))
             .collect();
         let (client, peer) = (self.client_ports[i], self.peer_ports[i]);
-        let log = std::fs::File::create(self.dir.with_extension(format!("{i}.log")))
-            .expect("etcd log");
+        let log =
+            std::fs::File::create(self.dir.with_extension(format!("{i}.log"))).expect("etcd log");
         let child = Command::new("etcd")
             .args(["--name", &format!("e{i}")])
             .arg("--data-dir")
             .arg(self.dir.join(format!("e{i}")))
-            .args(["--listen-client-urls", &format!("http://127.0.0.1:{client}")])
-            .args(["--advertise-client-urls", &format!("http://127.0.0.1:{client}")])
+            .args([
+                "--listen-client-urls",
+                &format!("http://127.0.0.1:{client}"),
+            ])
+            .args([
+                "--advertise-client-urls",
+                &format!("http://127.0.0.1:{client}"),
+            ])
             .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
-            .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{peer}")])
+            .args([
+                "--initial-advertise-peer-urls",
+                &format!("http://127.0.0.1:{peer}"),
+            ])
             .args(["--initial-cluster", &cluster.join(",")])
             .args(["--initial-cluster-state", "new"])
             .args(["--initial-cluster-token", "fr-test"])
-            // Fast elections, so a test about leases is not a test about etcd's own timers.
-            .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+            // Quick elections, yet steady on a loaded 2-core machine.
+            .args(["--heartbeat-interval", "100", "--election-timeout", "1000"])
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -71,13 +80,17 @@ impl Etcd {
 
     async fn wait_healthy(&self, i: usize) {
         let url = format!("http://127.0.0.1:{}/health", self.client_ports[i]);
-        eventually(&format!("etcd e{i} healthy"), Duration::from_secs(20), || {
-            let url = url.clone();
-            async move {
-                let body = get_text(&url).await?;
-                body.contains("\"true\"").then_some(())
-            }
-        })
+        eventually(
+            &format!("etcd e{i} healthy"),
+            Duration::from_secs(20),
+            || {
+                let url = url.clone();
+                async move {
+                    let body = get_text(&url).await?;
+                    body.contains("\"true\"").then_some(())
+                }
+            },
+        )
         .await;
     }
 
@@ -110,7 +123,12 @@ fn cluster_yaml(name: &str, etcd: &Etcd) -> String {
 /// Starts node `name` on `world` with its own storage; `env` adds a crash point.
 async fn node(world: &World, etcd: &Etcd, name: &str, env: &[(&str, &str)]) -> ResponderProc {
     let config = world.dir.path().join(format!("{name}.yaml"));
-    std::fs::write(&config, world.config(&cluster_yaml(name, etcd), "")).expect("config");
+    let yaml = world
+        .configure()
+        .top(&cluster_yaml(name, etcd))
+        .hold_down("0s")
+        .yaml();
+    std::fs::write(&config, yaml).expect("config");
     let storage = world.dir.path().join(format!("state-{name}"));
     ResponderProc::start(&config, &storage, env).await
 }
@@ -159,11 +177,16 @@ fn have_etcd() -> bool {
     require("etcd (Debian package etcd-server)", have_binary("etcd"))
 }
 
+/// One cluster test at a time: each runs three etcd members and two responders, and etcd's
+/// elections need the CPU they are timed for.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_leader_acts_and_the_follower_takes_over_when_it_dies() {
     if !have_etcd() {
         return;
     }
+    let _serial = SERIAL.lock().await;
     let Some(world) = World::start("cluster-takeover").await else {
         return;
     };
@@ -181,7 +204,7 @@ async fn only_the_leader_acts_and_the_follower_takes_over_when_it_dies() {
     // Both take the notification; only the leader acts.
     let started = chrono::Utc::now();
     for n in [&a, &b] {
-        assert_eq!(n.post_alerts(&down_body(started, None)).await, Some(200));
+        assert_eq!(n.post_alerts(&down_body(started, None)).await, Some(202));
     }
     eventually("cloud, by a", Duration::from_secs(30), || async {
         world.is("cloud").await.then_some(())
@@ -199,7 +222,7 @@ async fn only_the_leader_acts_and_the_follower_takes_over_when_it_dies() {
     a.kill9();
     wait_role(&b, "leader", Duration::from_secs(5)).await;
     let resolved = down_body(started, Some(chrono::Utc::now()));
-    assert_eq!(b.post_alerts(&resolved).await, Some(200));
+    assert_eq!(b.post_alerts(&resolved).await, Some(202));
     eventually("on-prem again, by b", Duration::from_secs(30), || async {
         world.assert_safe("failback by b").await;
         world.is("onprem").await.then_some(())
@@ -217,24 +240,26 @@ async fn a_leader_that_dies_mid_failover_is_finished_by_the_other_not_restarted(
     if !have_etcd() {
         return;
     }
+    let _serial = SERIAL.lock().await;
     let Some(world) = World::start("cluster-crash").await else {
         return;
     };
     let etcd = Etcd::start(world.dir.path(), 3).await;
     // a dies (as kill -9 would) right before opening the server: the container is up.
-    let crash = [(
-        "FAILOVER_RESPONDER_CRASH_BEFORE",
-        "server_ready",
-    )];
+    let crash = [("FAILOVER_RESPONDER_CRASH_BEFORE", "server_ready")];
     let mut a = node(&world, &etcd, "site-a", &crash).await;
     wait_role(&a, "leader", Duration::from_secs(10)).await;
     let b = node(&world, &etcd, "site-b", &[]).await;
     wait_role(&b, "follower", Duration::from_secs(10)).await;
     let body = down_body(chrono::Utc::now(), None);
     for n in [&a, &b] {
-        assert_eq!(n.post_alerts(&body).await, Some(200));
+        assert_eq!(n.post_alerts(&body).await, Some(202));
     }
-    a.wait_exit(Duration::from_secs(30)).await;
+    eventually("a dies at its crash point", Duration::from_secs(30), || {
+        let exited = a.proc.child.try_wait().ok().flatten().is_some();
+        async move { exited.then_some(()) }
+    })
+    .await;
     let started_at = container_started_at(&world).await;
     assert!(started_at.is_some(), "a started the container before dying");
 
@@ -261,6 +286,7 @@ async fn without_etcd_quorum_nobody_acts_and_with_it_back_the_leader_does() {
     if !have_etcd() {
         return;
     }
+    let _serial = SERIAL.lock().await;
     let Some(world) = World::start("cluster-quorum").await else {
         return;
     };
@@ -279,19 +305,29 @@ async fn without_etcd_quorum_nobody_acts_and_with_it_back_the_leader_does() {
         (c["role"] == "follower" && c["etcd_up"] == false && c["reason"].is_string()).then_some(())
     })
     .await;
-    let metrics = get_text(&format!("{}/metrics", a.url)).await.unwrap_or_default();
-    assert_eq!(metric(&metrics, "failover_responder_cluster_leader"), 0.0);
-    assert_eq!(metric(&metrics, "failover_responder_cluster_etcd_up"), 0.0);
+    // The series follow once the campaign task gives the lease up (status is fenced at once).
+    eventually("a's metrics say it", Duration::from_secs(5), || async {
+        let m = get_text(&format!("{}/metrics", a.url)).await?;
+        let leader = metric(&m, "failover_responder_cluster_leader");
+        let up = metric(&m, "failover_responder_cluster_etcd_up");
+        let changes = m.contains("failover_responder_cluster_leader_changes_total");
+        (leader == 0.0 && up == 0.0 && changes).then_some(())
+    })
+    .await;
 
     // A failover alert now: both take it, neither acts.
     let body = down_body(chrono::Utc::now(), None);
     for n in [&a, &b] {
-        assert_eq!(n.post_alerts(&body).await, Some(200));
+        assert_eq!(n.post_alerts(&body).await, Some(202));
     }
     // A bounded look, not a synchronisation: several reconcile periods (1 s) with nothing done.
     let until = std::time::Instant::now() + Duration::from_secs(4);
     while std::time::Instant::now() < until {
-        assert_ne!(world.container_running().await, Some(true), "someone acted without quorum");
+        assert_ne!(
+            world.container_running().await,
+            Some(true),
+            "someone acted without quorum"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(steps(&a).await.is_empty() && steps(&b).await.is_empty());
@@ -299,10 +335,14 @@ async fn without_etcd_quorum_nobody_acts_and_with_it_back_the_leader_does() {
     // Quorum back: one of them leads and fails over.
     etcd.restart(1);
     etcd.restart(2);
-    eventually("cloud once quorum is back", Duration::from_secs(30), || async {
-        world.assert_safe("quorum back").await;
-        world.is("cloud").await.then_some(())
-    })
+    eventually(
+        "cloud once quorum is back",
+        Duration::from_secs(30),
+        || async {
+            world.assert_safe("quorum back").await;
+            world.is("cloud").await.then_some(())
+        },
+    )
     .await;
     let (sa, sb) = (steps(&a).await, steps(&b).await);
     assert!(
@@ -315,7 +355,10 @@ async fn without_etcd_quorum_nobody_acts_and_with_it_back_the_leader_does() {
 async fn container_started_at(world: &World) -> Option<String> {
     let info = world
         .docker
-        .inspect_container(&world.container, None::<bollard::query_parameters::InspectContainerOptions>)
+        .inspect_container(
+            &world.container,
+            None::<bollard::query_parameters::InspectContainerOptions>,
+        )
         .await
         .ok()?;
     info.state?.started_at

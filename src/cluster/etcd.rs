@@ -6,7 +6,9 @@
 
 use std::time::{Duration, Instant};
 
-use etcd_client::{Client, ConnectOptions, LeaseKeepAliveStream, LeaseKeeper, ResignOptions};
+use etcd_client::{
+    Client, ConnectOptions, LeaderKey, LeaseKeepAliveStream, LeaseKeeper, ResignOptions,
+};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -41,7 +43,8 @@ impl Cluster {
     }
 
     /// One lease: campaign on it, lead while it is renewed, give it up on `stop`. Errors: why
-    /// the session ended (etcd unreachable, the lease lost or not renewed in time).
+    /// the session ended (etcd unreachable, the lease lost or not renewed in time, the leader
+    /// key gone).
     async fn session(&self, stop: &CancellationToken) -> Result<(), String> {
         let ttl = self.config.lease_ttl;
         let mut client = self.connect().await?;
@@ -54,16 +57,16 @@ impl Cluster {
             .await?
             .id();
         let mut renewed = sent;
-        let (mut keeper, mut stream) = self
-            .call("keep the lease alive", client.lease_keep_alive(lease))
-            .await?;
-        self.set_etcd(true, Some("campaigning".into()));
-        let mut campaign = {
+        self.set_etcd(true, None);
+        self.follow(None, "campaigning for the leader lease".into());
+        // Taken (set to None) once it has answered: a finished future is never polled again.
+        let mut campaign = Some({
             let mut c = client.clone();
             let (name, value) = (self.election(), self.config.name.clone());
             Box::pin(async move { c.campaign(name, value, lease).await })
-        };
+        });
         let mut leader_key = None;
+        let mut keep_alive = None;
         let mut tick = tokio::time::interval(ttl / 3);
         loop {
             tokio::select! {
@@ -71,24 +74,35 @@ impl Cluster {
                     self.give_up(&mut client, lease, leader_key).await;
                     return Ok(());
                 }
-                won = &mut campaign, if leader_key.is_none() => {
-                    let won = won.map_err(|e| format!("etcd: campaign: {e}"))?;
+                won = async {
+                    match campaign.as_mut() {
+                        Some(c) => c.await,
+                        None => std::future::pending().await,
+                    }
+                }, if campaign.is_some() => {
+                    campaign = None;
+                    let key = won
+                        .map_err(|e| format!("etcd: campaign: {e}"))?
+                        .take_leader()
+                        .ok_or("etcd: the campaign ended without the leader key")?;
                     let deadline = acting_deadline(renewed, ttl);
                     if Instant::now() >= deadline {
                         return Err("won the election after the lease could have expired".into());
                     }
-                    leader_key = won.leader().cloned();
+                    leader_key = Some(key);
                     info!(node = %self.config.name, "leader: acting");
                     self.lead(deadline);
                 }
                 _ = tick.tick() => {
                     let sent = Instant::now();
-                    match self.renew(&mut keeper, &mut stream).await {
+                    match self.renew(&mut client, lease, &mut keep_alive).await {
                         Ok(()) => {
                             renewed = sent;
+                            self.set_etcd(true, None);
                             self.renewed(acting_deadline(renewed, ttl));
-                            if leader_key.is_none() {
-                                self.look_up_leader(&mut client).await;
+                            match &leader_key {
+                                Some(key) => self.check_key(&mut client, key).await?,
+                                None => self.look_up_leader(&mut client).await,
                             }
                         }
                         Err(e) if Instant::now() >= acting_deadline(renewed, ttl) => {
@@ -104,9 +118,10 @@ impl Cluster {
 
     async fn connect(&self) -> Result<Client, String> {
         let e = &self.config.etcd;
+        // No per-request timeout on the channel: the campaign waits as long as another node
+        // leads. Every other call is bounded by `call`.
         let mut options = ConnectOptions::new()
             .with_connect_timeout(e.timeout)
-            .with_timeout(e.timeout)
             .with_keep_alive(e.timeout, e.timeout);
         if let (Some(user), Some(file)) = (&e.username, &e.password_file) {
             let password = std::fs::read_to_string(file)
@@ -133,20 +148,55 @@ impl Cluster {
         }
     }
 
-    /// One keep-alive round trip. Errors: no answer, or etcd says the lease is gone (TTL 0).
+    /// One keep-alive round trip on the lease's stream (opened when there is none). Errors: no
+    /// answer in time, or etcd says the lease is gone (TTL 0). After an error the stream is
+    /// dropped: a late answer to this request must never be read as the answer to the next
+    /// one, which would date that renewal from a later send than etcd saw.
     async fn renew(
         &self,
-        keeper: &mut LeaseKeeper,
-        stream: &mut LeaseKeepAliveStream,
+        client: &mut Client,
+        lease: i64,
+        keep_alive: &mut Option<(LeaseKeeper, LeaseKeepAliveStream)>,
     ) -> Result<(), String> {
+        if keep_alive.is_none() {
+            let opened = self
+                .call("keep the lease alive", client.lease_keep_alive(lease))
+                .await?;
+            *keep_alive = Some(opened);
+        }
+        let Some((keeper, stream)) = keep_alive.as_mut() else {
+            return Err("etcd: no keep-alive stream".into());
+        };
         let round_trip = async {
             keeper.keep_alive().await?;
             stream.message().await
         };
-        match self.call("renew the lease", round_trip).await? {
-            Some(r) if r.ttl() > 0 => Ok(()),
-            Some(_) => Err("etcd: the lease has expired".into()),
-            None => Err("etcd: the keep-alive stream ended".into()),
+        let answer = self.call("renew the lease", round_trip).await;
+        let result = match answer {
+            Ok(Some(r)) if r.ttl() > 0 => return Ok(()),
+            Ok(Some(_)) => Err("etcd: the lease has expired".to_string()),
+            Ok(None) => Err("etcd: the keep-alive stream ended".to_string()),
+            Err(e) => Err(e),
+        };
+        *keep_alive = None;
+        result
+    }
+
+    /// A leader checks that the election's key is still its own: a key deleted by hand, or a
+    /// lease revoked from elsewhere, hands leadership to another node while this one's
+    /// renewals may still succeed. Errors: the key is another's or gone (or etcd cannot say:
+    /// the next tick asks again, within the deadline).
+    async fn check_key(&self, client: &mut Client, ours: &LeaderKey) -> Result<(), String> {
+        let Ok(answer) = self.call("who leads", client.leader(self.election())).await else {
+            return Ok(());
+        };
+        match answer.kv() {
+            Some(kv) if kv.key() == ours.key() => Ok(()),
+            Some(kv) => Err(format!(
+                "the leader key is now {}'s",
+                kv.value_str().unwrap_or("another node")
+            )),
+            None => Err("the leader key is gone".into()),
         }
     }
 
@@ -168,12 +218,7 @@ impl Cluster {
     }
 
     /// Leaves the election at shutdown so another node takes over at once, not after the TTL.
-    async fn give_up(
-        &self,
-        client: &mut Client,
-        lease: i64,
-        leader_key: Option<etcd_client::LeaderKey>,
-    ) {
+    async fn give_up(&self, client: &mut Client, lease: i64, leader_key: Option<LeaderKey>) {
         self.follow(None, "stopping".into());
         if let Some(key) = leader_key {
             let resign = client.resign(Some(ResignOptions::new().with_leader(key)));

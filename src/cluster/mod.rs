@@ -7,11 +7,15 @@
 //! **Fencing.** A leader acts only while it is certain that its lease still holds: until
 //! [`acting_deadline`], counted from when its last successful renewal was *sent* (etcd counts
 //! the TTL from when it received it, which is later) minus a safety margin. The reconciler asks
-//! [`Cluster::may_act`] before every step and at every poll of a wait, so a step in flight when
-//! the deadline passes is abandoned at its next await point. A leader that cannot renew (etcd
-//! unreachable, no quorum) thus stops acting before its lease can expire and another node can
-//! win, and says so in status, metrics and the log; it then campaigns again as a follower.
-//! With etcd down nobody acts: never two actors.
+//! [`Cluster::may_act`] before every step, and races each step against [`Cluster::lost`], so a
+//! step in flight when the deadline passes is abandoned at its next await point. A call already
+//! sent (a Docker start, an HAProxy command) still completes on the far side: every step is
+//! idempotent and the next leader observes the world before it acts, so such a call is seen,
+//! not repeated blindly. A leader that cannot renew (etcd unreachable, no quorum) thus stops
+//! acting before its lease can expire and another node can win, and says so in status,
+//! metrics and the log; it then campaigns again as a follower. With etcd down nobody acts:
+//! never two actors. A leader also checks on every renewal that the election's key is still
+//! its own.
 
 pub mod config;
 mod etcd;
@@ -223,8 +227,10 @@ impl Cluster {
         self.metrics.etcd_up.set(i64::from(up));
         let mut v = self.lock();
         v.etcd_up = up;
-        if !up || v.role != Role::Leader {
+        if !up {
             v.reason = reason;
+        } else if v.role == Role::Leader {
+            v.reason = None;
         }
     }
 

@@ -241,7 +241,8 @@ pub fn parse_port(spec: &str) -> Result<PortSpec, String> {
 }
 
 /// A container as the responder creates it: its config with the port publications parsed.
-/// Built once when the config is loaded ([`ContainerSpec::new`]); every Docker call takes it.
+/// Built once when the responder starts ([`ContainerSpec::new`], from a config whose every
+/// publication was checked at load); every Docker call takes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContainerSpec {
     pub name: String,
