@@ -304,6 +304,67 @@ fn fenced(ctx: &Context) -> Option<String> {
     ctx.cluster.as_ref().and_then(Cluster::why_not)
 }
 
+/// Persists a service's state in the local store and, on a cluster's leader, in etcd (a txn
+/// guarded by its leader key). Returns why this node must not act on it when the shared write
+/// failed (not the leader any more, or etcd not answering); None when standalone, a follower
+/// (which keeps its view local) or written.
+async fn persist(
+    svc: &ServiceRuntime,
+    ctx: &Context,
+    state: ServiceState,
+) -> Result<Option<String>, crate::store::StoreError> {
+    ctx.store.set_service(&svc.name, state.clone()).await?;
+    let Some(c) = ctx.cluster.as_ref().filter(|c| c.may_act()) else {
+        return Ok(None);
+    };
+    let written = match serde_json::to_vec(&state) {
+        Ok(bytes) => c.put_state(&svc.name, bytes).await,
+        Err(e) => Err(e.to_string()),
+    };
+    Ok(written.err().map(|e| {
+        warn!(service = %svc.name, error = %e, "shared state not written: not acting");
+        format!("shared state not written ({e})")
+    }))
+}
+
+/// In a cluster: takes the service's shared state (the leader's) and the cluster's override
+/// from etcd into the local store, so every node decides from the same history (hold-down,
+/// the flap cap, the step in flight) and honours an override sent to any node. etcd not
+/// answering: the local copy stands (this node cannot act then anyway).
+async fn adopt_shared(svc: &ServiceRuntime, ctx: &Context) -> Result<(), crate::store::StoreError> {
+    let Some(c) = &ctx.cluster else {
+        return Ok(());
+    };
+    let Ok(shared) = c.shared(&svc.name).await else {
+        return Ok(());
+    };
+    let local = ctx.store.service(&svc.name);
+    let state = shared
+        .state
+        .as_deref()
+        .and_then(|b| serde_json::from_slice::<ServiceState>(b).ok());
+    if let Some(state) = state {
+        let same = local.as_ref().is_some_and(|l| {
+            // The override is compared on its own, below: the stored one is kept by set_service.
+            ServiceState {
+                override_: state.override_,
+                ..l.clone()
+            } == state
+        });
+        if !same {
+            ctx.store.set_service(&svc.name, state).await?;
+        }
+    }
+    let override_ = shared
+        .override_
+        .as_deref()
+        .and_then(|b| serde_json::from_slice::<crate::desired::Override>(b).ok());
+    if local.and_then(|l| l.override_) != override_ {
+        ctx.store.set_override(&svc.name, override_).await?;
+    }
+    Ok(())
+}
+
 /// The persisted state of a service, or a fresh one (on-prem) the first time.
 fn state_of(svc: &ServiceRuntime, ctx: &Context) -> ServiceState {
     ctx.store
@@ -327,6 +388,7 @@ fn superseded(svc: &ServiceRuntime, ctx: &Context, goal: Goal) -> bool {
 /// One pass: decide the mode and record it, observe, finish the pass (pure, [`pass`]), record,
 /// execute.
 pub async fn reconcile_once(svc: &ServiceRuntime, ctx: &Context) -> Result<PassOutcome, PassError> {
+    adopt_shared(svc, ctx).await?;
     let state = state_of(svc, ctx);
     if state.mode == Mode::Cloud {
         svc.probe_onprem().await;
@@ -366,7 +428,7 @@ pub async fn reconcile_once(svc: &ServiceRuntime, ctx: &Context) -> Result<PassO
     if plan.steps.is_empty() {
         if state.step_in_flight.is_some() {
             state.step_in_flight = None;
-            ctx.store.set_service(&svc.name, state).await?;
+            persist(svc, ctx, state).await?;
         }
         return Ok(match (plan.converged(), p.recheck_after) {
             (true, Some(after)) => PassOutcome::Held { after },
@@ -464,9 +526,18 @@ async fn run_steps(
                 after: ctx.settings.interval,
             });
         }
-        // Recorded before it runs, so a crash in the middle is known at restart.
+        // Recorded before it runs, so a crash in the middle is known at restart (and, in a
+        // cluster, by the next leader): nothing is executed unrecorded.
         state.step_in_flight = Some(step.to_string());
-        ctx.store.set_service(&svc.name, state.clone()).await?;
+        if let Some(why) = persist(svc, ctx, state.clone()).await? {
+            let message = format!("{why}: not running {step}");
+            ctx.store
+                .event(&svc.name, "fenced", message, vec![])
+                .await?;
+            return Ok(PassOutcome::Held {
+                after: ctx.settings.interval,
+            });
+        }
         if crash_before.as_deref() == Some(step.action()) {
             // Test-only: die as kill -9 would, with the step recorded and not done.
             std::process::abort();
@@ -515,7 +586,7 @@ async fn run_steps(
         }
     }
     state.step_in_flight = None;
-    ctx.store.set_service(&svc.name, state).await?;
+    persist(svc, ctx, state).await?;
     Ok(PassOutcome::Progress)
 }
 
@@ -549,9 +620,9 @@ async fn record_transition(
     // previous pass's "converged".
     ctx.status.mark_unconverged(&svc.name);
     if d.next_state != *before {
-        ctx.store
-            .set_service(&svc.name, d.next_state.clone())
-            .await?;
+        // In a cluster, a shared write that fails keeps this node from acting later (the
+        // step_in_flight write before each step is the gate): nothing more to do here.
+        persist(svc, ctx, d.next_state.clone()).await?;
     }
     let alerts = match to {
         Mode::Cloud => decision.failover_alerts.clone(),
@@ -581,9 +652,7 @@ async fn record_scale(
     firing: &[FiringAlert],
 ) -> Result<(), crate::store::StoreError> {
     if p.next_state != *before {
-        ctx.store
-            .set_service(&svc.name, p.next_state.clone())
-            .await?;
+        persist(svc, ctx, p.next_state.clone()).await?;
     }
     let (Some(sc), Some(b)) = (&p.desired.scale, &svc.config.burst) else {
         return Ok(());

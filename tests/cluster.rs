@@ -363,3 +363,84 @@ async fn container_started_at(world: &World) -> Option<String> {
         .ok()?;
     info.state?.started_at
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_state_and_an_override_sent_to_the_follower_are_the_clusters() {
+    if !have_etcd() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let Some(world) = World::start("cluster-shared").await else {
+        return;
+    };
+    let etcd = Etcd::start(world.dir.path(), 3).await;
+    let mut a = node(&world, &etcd, "site-a", &[]).await;
+    wait_role(&a, "leader", Duration::from_secs(10)).await;
+    let b = node(&world, &etcd, "site-b", &[]).await;
+    wait_role(&b, "follower", Duration::from_secs(10)).await;
+    let body = down_body(chrono::Utc::now(), None);
+    for n in [&a, &b] {
+        assert_eq!(n.post_alerts(&body).await, Some(202));
+    }
+    eventually("cloud, by a", Duration::from_secs(30), || async {
+        world.is("cloud").await.then_some(())
+    })
+    .await;
+    // The follower decides from the leader's history, not its own: same mode, since and
+    // transitions (what hold-down and the flap cap count).
+    let state = |n: &ResponderProc| {
+        let url = format!("{}/api/v1/status", n.url);
+        async move {
+            let s = json(&url).await?;
+            Some(s["services"]["onprem-api"]["state"].clone())
+        }
+    };
+    let shared = eventually("b holds a's state", Duration::from_secs(10), || async {
+        let (sa, sb) = (state(&a).await?, state(&b).await?);
+        (sa["mode"] == "cloud"
+            && sa["since"] == sb["since"]
+            && sa["transitions"] == sb["transitions"])
+            .then_some(sa)
+    })
+    .await;
+
+    // An override sent to the follower: the leader honours it.
+    let r = reqwest::Client::new()
+        .post(format!("{}/api/v1/services/onprem-api/failback", b.url))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("override");
+    assert_eq!(r.status().as_u16(), 200);
+    eventually(
+        "failed back by a on b's override",
+        Duration::from_secs(30),
+        || async {
+            world.assert_safe("override").await;
+            world.is("onprem").await.then_some(())
+        },
+    )
+    .await;
+    assert!(steps(&b).await.is_empty(), "the follower executed steps");
+
+    // The leader dies: b takes over with the override and the history, and stays on-prem
+    // though the failover alert still fires.
+    a.kill9();
+    wait_role(&b, "leader", Duration::from_secs(5)).await;
+    let after = eventually("b's state", Duration::from_secs(10), || async {
+        let s = state(&b).await?;
+        (s["override"] == "failback").then_some(s)
+    })
+    .await;
+    assert!(
+        after["transitions"].as_array().map_or(0, Vec::len)
+            > shared["transitions"].as_array().map_or(0, Vec::len),
+        "the failback's transition carried over: {after}"
+    );
+    // A bounded look: several passes of the new leader, the override holding.
+    let until = std::time::Instant::now() + Duration::from_secs(3);
+    while std::time::Instant::now() < until {
+        assert!(world.is("onprem").await, "b ignored the cluster's override");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

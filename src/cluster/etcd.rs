@@ -7,12 +7,13 @@
 use std::time::{Duration, Instant};
 
 use etcd_client::{
-    Client, ConnectOptions, LeaderKey, LeaseKeepAliveStream, LeaseKeeper, ResignOptions,
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, LeaderKey, LeaseKeepAliveStream,
+    LeaseKeeper, ResignOptions, Txn, TxnOp,
 };
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::{acting_deadline, Cluster};
+use super::{acting_deadline, Cluster, Shared};
 
 /// Between sessions: how long to wait before asking etcd again.
 const RETRY: Duration = Duration::from_secs(1);
@@ -26,6 +27,7 @@ impl Cluster {
             match self.session(&stop).await {
                 Ok(()) => return,
                 Err(why) => {
+                    self.lock().client = None;
                     warn!(node = %self.config.name, reason = %why, "not acting: {why}");
                     self.follow(None, why.clone());
                     self.set_etcd(false, Some(why));
@@ -57,6 +59,7 @@ impl Cluster {
             .await?
             .id();
         let mut renewed = sent;
+        self.lock().client = Some(client.clone());
         self.set_etcd(true, None);
         self.follow(None, "campaigning for the leader lease".into());
         // Taken (set to None) once it has answered: a finished future is never polled again.
@@ -89,9 +92,9 @@ impl Cluster {
                     if Instant::now() >= deadline {
                         return Err("won the election after the lease could have expired".into());
                     }
-                    leader_key = Some(key);
+                    leader_key = Some(key.clone());
                     info!(node = %self.config.name, "leader: acting");
-                    self.lead(deadline);
+                    self.lead(deadline, key);
                 }
                 _ = tick.tick() => {
                     let sent = Instant::now();
@@ -113,6 +116,85 @@ impl Cluster {
                     }
                 }
             }
+        }
+    }
+
+    /// `<prefix>services/<service>/<what>`: where a service's shared `state` and `override`
+    /// live.
+    fn service_key(&self, service: &str, what: &str) -> String {
+        format!("{}services/{service}/{what}", self.config.prefix)
+    }
+
+    fn client(&self) -> Result<Client, String> {
+        self.lock()
+            .client
+            .clone()
+            .ok_or_else(|| "etcd: not connected".to_string())
+    }
+
+    /// A service's shared state and override as etcd holds them (None: never written).
+    /// Errors: etcd could not be asked.
+    pub async fn shared(&self, service: &str) -> Result<Shared, String> {
+        let mut client = self.client()?;
+        let prefix = self.service_key(service, "");
+        let got = self
+            .call(
+                "read the shared state",
+                client.get(prefix.clone(), Some(GetOptions::new().with_prefix())),
+            )
+            .await?;
+        let mut out = Shared::default();
+        for kv in got.kvs() {
+            match kv.key().strip_prefix(prefix.as_bytes()) {
+                Some(b"state") => out.state = Some(kv.value().to_vec()),
+                Some(b"override") => out.override_ = Some(kv.value().to_vec()),
+                _ => {}
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes a service's state, only as the leader: one txn that puts it if and only if the
+    /// election key this node won still exists with the revision it was created at. Errors:
+    /// not the leader (any more), or etcd could not be asked; either way this node must not act.
+    pub async fn put_state(&self, service: &str, state: Vec<u8>) -> Result<(), String> {
+        let (mut client, key) = {
+            let v = self.lock();
+            match (&v.client, &v.key) {
+                (Some(c), Some(k)) => (c.clone(), k.clone()),
+                _ => return Err("not the leader".into()),
+            }
+        };
+        let txn = Txn::new()
+            .when([Compare::create_revision(
+                key.key(),
+                CompareOp::Equal,
+                key.rev(),
+            )])
+            .and_then([TxnOp::put(self.service_key(service, "state"), state, None)]);
+        let done = self.call("write the shared state", client.txn(txn)).await?;
+        if done.succeeded() {
+            Ok(())
+        } else {
+            Err("the leader key is no longer this node's: not written".into())
+        }
+    }
+
+    /// Sets (Some) or clears (None) a service's override for the whole cluster. Any node may:
+    /// it is an operator's instruction, and the leader reads it at its next pass. Errors:
+    /// etcd could not be asked (nothing changed then).
+    pub async fn put_override(&self, service: &str, value: Option<Vec<u8>>) -> Result<(), String> {
+        let mut client = self.client()?;
+        let key = self.service_key(service, "override");
+        match value {
+            Some(v) => self
+                .call("write the override", client.put(key, v, None))
+                .await
+                .map(|_| ()),
+            None => self
+                .call("clear the override", client.delete(key, None))
+                .await
+                .map(|_| ()),
         }
     }
 

@@ -85,6 +85,14 @@ impl ClusterStatus {
     }
 }
 
+/// A service's state as the cluster shares it in etcd: the leader's last `state` (JSON of the
+/// store's service state) and the operators' `override` (JSON), each None until written.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Shared {
+    pub state: Option<Vec<u8>>,
+    pub override_: Option<Vec<u8>>,
+}
+
 /// The cluster's series: `failover_responder_cluster_leader` (1 while this node may act),
 /// `..._cluster_leader_changes_total` (times this node gained or lost leadership) and
 /// `..._cluster_etcd_up` (1 when etcd answered the last call). Registered only with `cluster:`,
@@ -120,7 +128,7 @@ pub struct Cluster {
 }
 
 /// What this node knows now.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 struct View {
     role: Role,
     leader: Option<String>,
@@ -129,6 +137,10 @@ struct View {
     deadline: Option<Instant>,
     etcd_up: bool,
     reason: Option<String>,
+    /// The current session's client (None between sessions), for the shared state.
+    client: Option<etcd_client::Client>,
+    /// While leader: the election key whose creation revision guards every shared write.
+    key: Option<etcd_client::LeaderKey>,
 }
 
 impl Cluster {
@@ -143,6 +155,8 @@ impl Cluster {
                 deadline: None,
                 etcd_up: false,
                 reason: Some("not connected to etcd yet".into()),
+                client: None,
+                key: None,
             })),
             metrics,
             gained: Arc::default(),
@@ -234,9 +248,10 @@ impl Cluster {
         }
     }
 
-    /// Became leader: may act until `deadline`.
-    fn lead(&self, deadline: Instant) {
+    /// Became leader with `key`: may act until `deadline`.
+    fn lead(&self, deadline: Instant, key: etcd_client::LeaderKey) {
         let mut v = self.lock();
+        v.key = Some(key);
         if v.role != Role::Leader {
             self.metrics.leader_changes.inc();
             v.leader_since = Some(Utc::now());
@@ -268,6 +283,7 @@ impl Cluster {
         v.role = Role::Follower;
         v.leader = leader;
         v.deadline = None;
+        v.key = None;
         v.reason = Some(reason);
         self.metrics.leader.set(0);
     }
@@ -304,7 +320,10 @@ mod tests {
         let c = cluster();
         assert!(!c.may_act(), "a new node is a follower");
         assert!(c.why_not().unwrap().contains("etcd"));
-        c.lead(Instant::now() + Duration::from_secs(60));
+        c.lead(
+            Instant::now() + Duration::from_secs(60),
+            etcd_client::LeaderKey::new(),
+        );
         assert!(c.may_act());
         assert_eq!(c.status().role, Role::Leader);
         assert_eq!(c.metrics.leader.get(), 1);

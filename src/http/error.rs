@@ -22,6 +22,9 @@ pub enum ApiError {
     /// Logged with its cause; the client only learns that it should retry.
     #[error("internal error, retry later")]
     Internal(String),
+    /// A dependency the request needs (the cluster's etcd) did not answer; nothing changed.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl ApiError {
@@ -35,6 +38,7 @@ impl ApiError {
             ApiError::NotFound(_) => "not_found",
             ApiError::TooManyRequests { .. } => "rate_limited",
             ApiError::Internal(_) => "internal_error",
+            ApiError::Unavailable(_) => "unavailable",
         }
     }
 }
@@ -49,6 +53,7 @@ impl ResponseError for ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
