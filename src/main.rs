@@ -231,12 +231,23 @@ async fn ctl(
     Ok(())
 }
 
-/// One line per service: mode, converged, override, why held, last error.
+/// In a cluster, one line for this node (role, leader, etcd); then one line per service: mode,
+/// converged, override, why held, last error.
 fn print_status(st: &serde_json::Value, only: Option<&str>) {
     let Some(services) = st["services"].as_object() else {
         println!("{st:#}");
         return;
     };
+    let c = &st["cluster"];
+    if let (Some(name), Some(role)) = (c["name"].as_str(), c["role"].as_str()) {
+        let leader = c["leader"].as_str().unwrap_or("unknown");
+        let etcd = if c["etcd_up"] == true { "up" } else { "DOWN" };
+        let mut line = format!("cluster: {name} is {role} (leader: {leader}; etcd {etcd})");
+        if let Some(r) = c["reason"].as_str() {
+            line.push_str(&format!(": {r}"));
+        }
+        println!("{line}");
+    }
     for (name, s) in services {
         if only.is_some_and(|o| o != name) {
             continue;

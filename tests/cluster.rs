@@ -201,6 +201,18 @@ async fn only_the_leader_acts_and_the_follower_takes_over_when_it_dies() {
     })
     .await;
 
+    // `ctl status` says the role and who leads.
+    let out = Command::new(env!("CARGO_BIN_EXE_failover-responder"))
+        .args(["ctl", "--url", &b.url, "status"])
+        .output()
+        .expect("ctl status");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success()
+            && text.contains("cluster: site-b is follower (leader: site-a; etcd up)"),
+        "{text}"
+    );
+
     // Both take the notification; only the leader acts.
     let started = chrono::Utc::now();
     for n in [&a, &b] {
