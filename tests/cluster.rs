@@ -456,3 +456,128 @@ async fn the_state_and_an_override_sent_to_the_follower_are_the_clusters() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// A TCP proxy on loopback in front of one etcd member, that the test can cut (every open
+/// connection dropped, new ones refused) and restore.
+struct Proxy {
+    port: u16,
+    open: tokio::sync::watch::Sender<bool>,
+}
+
+impl Proxy {
+    async fn start(to: u16) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("proxy bind");
+        let port = listener.local_addr().expect("proxy addr").port();
+        let (open, watch) = tokio::sync::watch::channel(true);
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let mut watch = watch.clone();
+                if !*watch.borrow() {
+                    continue; // cut: refused (dropped at once)
+                }
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(("127.0.0.1", to)).await
+                    else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = watch.wait_for(|open| !*open) => {}
+                    }
+                });
+            }
+        });
+        Proxy { port, open }
+    }
+
+    fn set(&self, open: bool) {
+        self.open.send_replace(open);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_off_from_etcd_stops_acting_and_rejoins_as_follower() {
+    if !have_etcd() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let Some(world) = World::start("cluster-cut").await else {
+        return;
+    };
+    let etcd = Etcd::start(world.dir.path(), 3).await;
+    // a reaches etcd only through the proxies; b directly.
+    let mut proxies = Vec::new();
+    for p in &etcd.client_ports {
+        proxies.push(Proxy::start(*p).await);
+    }
+    let through: Vec<String> = proxies
+        .iter()
+        .map(|p| format!("'http://127.0.0.1:{}'", p.port))
+        .collect();
+    let config = world.dir.path().join("site-a.yaml");
+    let top = cluster_yaml("site-a", &etcd)
+        .replace(&etcd.endpoints(), &format!("[{}]", through.join(", ")));
+    let yaml = world.configure().top(&top).hold_down("0s").yaml();
+    std::fs::write(&config, yaml).expect("config");
+    let a = ResponderProc::start(&config, &world.dir.path().join("state-site-a"), &[]).await;
+    wait_role(&a, "leader", Duration::from_secs(10)).await;
+    let b = node(&world, &etcd, "site-b", &[]).await;
+    wait_role(&b, "follower", Duration::from_secs(10)).await;
+
+    // Cut: a fences itself within the lease (2 s) and says so; b takes over.
+    let cut = std::time::Instant::now();
+    proxies.iter().for_each(|p| p.set(false));
+    wait_role(&a, "follower", Duration::from_secs(3)).await;
+    let fenced_after = cut.elapsed();
+    assert!(
+        fenced_after < Duration::from_secs(2),
+        "a acted past its lease: {fenced_after:?}"
+    );
+    wait_role(&b, "leader", Duration::from_secs(10)).await;
+    let log = world.dir.path().join("state-site-a.log");
+    eventually(
+        "a logs why it does not act",
+        Duration::from_secs(5),
+        || async {
+            let text = std::fs::read_to_string(&log).ok()?;
+            text.contains("not acting").then_some(())
+        },
+    )
+    .await;
+
+    // A failover now: b acts, a (cut off) does not.
+    let started = chrono::Utc::now();
+    for n in [&a, &b] {
+        assert_eq!(n.post_alerts(&down_body(started, None)).await, Some(202));
+    }
+    eventually("cloud, by b", Duration::from_secs(30), || async {
+        world.is("cloud").await.then_some(())
+    })
+    .await;
+
+    // Restored: a rejoins as a follower of b and executes nothing, through a failback too.
+    proxies.iter().for_each(|p| p.set(true));
+    eventually("a follows b", Duration::from_secs(15), || async {
+        role(&a)
+            .await
+            .filter(|(r, l)| r == "follower" && l.as_deref() == Some("site-b"))
+    })
+    .await;
+    let resolved = down_body(started, Some(chrono::Utc::now()));
+    for n in [&a, &b] {
+        assert_eq!(n.post_alerts(&resolved).await, Some(202));
+    }
+    eventually("on-prem, by b", Duration::from_secs(30), || async {
+        world.assert_safe("failback by b").await;
+        world.is("onprem").await.then_some(())
+    })
+    .await;
+    assert!(
+        steps(&a).await.is_empty(),
+        "a executed steps: {:?}",
+        steps(&a).await
+    );
+    assert!(!steps(&b).await.is_empty());
+}
