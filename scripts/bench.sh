@@ -60,4 +60,6 @@ if [ "${SKIP_REACTION:-0}" != 1 ]; then
   echo
   echo "reaction (webhook -> HAProxy server ready), 20 runs against real HAProxy and Docker:"
   cargo bench --locked --bench reaction 2>/dev/null | grep -E '^(reaction|SKIPPED)' || true
+  echo "takeover of a responder cluster (kill -9 of the leader), 10 runs, three etcd members:"
+  cargo bench --locked --bench takeover 2>/dev/null | grep -E '^(takeover|SKIPPED)' || true
 fi

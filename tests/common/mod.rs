@@ -1118,3 +1118,106 @@ fn load_config(yaml: &str, dir: &Path) -> Config {
     Config::load_with_env(&write_config(yaml, dir), Default::default())
         .unwrap_or_else(|e| panic!("test config invalid: {e}\n{yaml}"))
 }
+
+/// etcd members on loopback (Debian's etcd-server), each with its own data dir under `dir`;
+/// `start` returns once every member says it is healthy.
+pub struct Etcd {
+    members: Vec<Option<Proc>>,
+    pub client_ports: Vec<u16>,
+    peer_ports: Vec<u16>,
+    dir: std::path::PathBuf,
+}
+
+impl Etcd {
+    pub async fn start(dir: &Path, n: usize) -> Etcd {
+        let mut e = Etcd {
+            members: Vec::new(),
+            client_ports: (0..n).map(|_| free_port()).collect(),
+            peer_ports: (0..n).map(|_| free_port()).collect(),
+            dir: dir.join("etcd"),
+        };
+        for i in 0..n {
+            let p = e.spawn(i);
+            e.members.push(Some(p));
+        }
+        for i in 0..n {
+            e.wait_healthy(i).await;
+        }
+        e
+    }
+
+    fn spawn(&self, i: usize) -> Proc {
+        let cluster: Vec<String> = self
+            .peer_ports
+            .iter()
+            .enumerate()
+            .map(|(j, p)| format!("e{j}=http://127.0.0.1:{p}"))
+            .collect();
+        let (client, peer) = (self.client_ports[i], self.peer_ports[i]);
+        let log =
+            std::fs::File::create(self.dir.with_extension(format!("{i}.log"))).expect("etcd log");
+        let child = Command::new("etcd")
+            .args(["--name", &format!("e{i}")])
+            .arg("--data-dir")
+            .arg(self.dir.join(format!("e{i}")))
+            .args([
+                "--listen-client-urls",
+                &format!("http://127.0.0.1:{client}"),
+            ])
+            .args([
+                "--advertise-client-urls",
+                &format!("http://127.0.0.1:{client}"),
+            ])
+            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
+            .args([
+                "--initial-advertise-peer-urls",
+                &format!("http://127.0.0.1:{peer}"),
+            ])
+            .args(["--initial-cluster", &cluster.join(",")])
+            .args(["--initial-cluster-state", "new"])
+            .args(["--initial-cluster-token", "fr-test"])
+            // Quick elections, yet steady on a loaded 2-core machine.
+            .args(["--heartbeat-interval", "100", "--election-timeout", "1000"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn etcd");
+        Proc {
+            child,
+            name: format!("etcd e{i}"),
+        }
+    }
+
+    async fn wait_healthy(&self, i: usize) {
+        let url = format!("http://127.0.0.1:{}/health", self.client_ports[i]);
+        eventually(
+            &format!("etcd e{i} healthy"),
+            Duration::from_secs(20),
+            || {
+                let url = url.clone();
+                async move {
+                    let body = get_text(&url).await?;
+                    body.contains("\"true\"").then_some(())
+                }
+            },
+        )
+        .await;
+    }
+
+    pub fn stop(&mut self, i: usize) {
+        self.members[i] = None;
+    }
+
+    pub fn restart(&mut self, i: usize) {
+        self.members[i] = Some(self.spawn(i));
+    }
+
+    pub fn endpoints(&self) -> String {
+        let urls: Vec<String> = self
+            .client_ports
+            .iter()
+            .map(|p| format!("'http://127.0.0.1:{p}'"))
+            .collect();
+        format!("[{}]", urls.join(", "))
+    }
+}
