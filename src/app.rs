@@ -66,40 +66,8 @@ pub async fn run(
         tracing::warn!("dry run: plans are recorded, no step is executed");
     }
     let stop = CancellationToken::new();
-    let mut tasks = Vec::new();
-    for svc in &services {
-        tasks.push(tokio::spawn(run_service(
-            svc.clone(),
-            ctx.clone(),
-            stop.clone(),
-        )));
-    }
-
     let services = Arc::new(services);
-    if let Some(c) = &cluster {
-        info!(
-            node = c.name(),
-            "cluster: campaigning for the leader lease in etcd; acting only while leader"
-        );
-        tasks.push(tokio::spawn(c.clone().run(stop.clone())));
-        tasks.push(tokio::spawn(wake_on_leadership(
-            c.clone(),
-            services.clone(),
-            stop.clone(),
-        )));
-    }
-    if let Some(am) = &config.alertmanager {
-        let resync = Resync::new(
-            am.clone(),
-            store.clone(),
-            status.clone(),
-            metrics.clone(),
-            services.clone(),
-        );
-        tasks.push(tokio::spawn(resync.run(stop.clone())));
-    } else {
-        tracing::warn!("alertmanager.url is not set: a lost or stale notification is repaired only by the next one (see the incarnation rules in the README)");
-    }
+    let mut tasks = spawn_tasks(&config, &ctx, &services, &stop);
     let state = AppState {
         store: store.clone(),
         status,
@@ -170,6 +138,50 @@ fn http_server(
     }
     .run();
     Ok(server)
+}
+
+/// Starts what runs beside the HTTP server until `stop`: one reconciler per service, the
+/// cluster's campaign (and the wake-up of the reconcilers when it wins), the resync from
+/// Alertmanager.
+fn spawn_tasks(
+    config: &Config,
+    ctx: &Context,
+    services: &Arc<Vec<ServiceRuntime>>,
+    stop: &CancellationToken,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    for svc in services.iter() {
+        tasks.push(tokio::spawn(run_service(
+            svc.clone(),
+            ctx.clone(),
+            stop.clone(),
+        )));
+    }
+    if let Some(c) = &ctx.cluster {
+        info!(
+            node = c.name(),
+            "cluster: campaigning for the leader lease in etcd; acting only while leader"
+        );
+        tasks.push(tokio::spawn(c.clone().run(stop.clone())));
+        tasks.push(tokio::spawn(wake_on_leadership(
+            c.clone(),
+            services.clone(),
+            stop.clone(),
+        )));
+    }
+    if let Some(am) = &config.alertmanager {
+        let resync = Resync::new(
+            am.clone(),
+            ctx.store.clone(),
+            ctx.status.clone(),
+            ctx.metrics.clone(),
+            services.clone(),
+        );
+        tasks.push(tokio::spawn(resync.run(stop.clone())));
+    } else {
+        tracing::warn!("alertmanager.url is not set: a lost or stale notification is repaired only by the next one (see the incarnation rules in the README)");
+    }
+    tasks
 }
 
 /// Wakes every service's reconciler when this node becomes leader: a takeover acts at once,

@@ -518,47 +518,21 @@ async fn run_steps(
             return Ok(PassOutcome::Superseded);
         }
         if let Some(why) = fenced(ctx) {
-            let message = format!("{why}: not running {step}");
-            ctx.store
-                .event(&svc.name, "fenced", message, vec![])
-                .await?;
-            return Ok(PassOutcome::Held {
-                after: ctx.settings.interval,
-            });
+            return hold_fenced(svc, ctx, &why, step).await;
         }
         // Recorded before it runs, so a crash in the middle is known at restart (and, in a
         // cluster, by the next leader): nothing is executed unrecorded.
         state.step_in_flight = Some(step.to_string());
         if let Some(why) = persist(svc, ctx, state.clone()).await? {
-            let message = format!("{why}: not running {step}");
-            ctx.store
-                .event(&svc.name, "fenced", message, vec![])
-                .await?;
-            return Ok(PassOutcome::Held {
-                after: ctx.settings.interval,
-            });
+            return hold_fenced(svc, ctx, &why, step).await;
         }
         if crash_before.as_deref() == Some(step.action()) {
             // Test-only: die as kill -9 would, with the step recorded and not done.
             std::process::abort();
         }
-        let span = info_span!("step", service = %svc.name, backend = step.backend(), action = step.action(), target = %step);
         let started = Instant::now();
         // Steps after `burst_from` act on burst units (their EC2 steps go to the burst pool).
-        let moved_on = || superseded(svc, ctx, goal);
-        let run = svc
-            .world
-            .run(&svc.name, &svc.config, step, i >= p.burst_from, &moved_on)
-            .instrument(span);
-        // Fencing: a step still running when the lease could expire is abandoned at its next
-        // await point; the new leader observes and finishes it.
-        let result = match &ctx.cluster {
-            Some(c) => tokio::select! {
-                r = run => Some(r),
-                () = c.lost() => None,
-            },
-            None => Some(run.await),
-        };
+        let result = run_one(svc, ctx, step, i >= p.burst_from, goal).await;
         let elapsed = started.elapsed();
         let (outcome, error) = match &result {
             Some(Ok(StepDone::Done)) => ("success", None),
@@ -588,6 +562,48 @@ async fn run_steps(
     state.step_in_flight = None;
     persist(svc, ctx, state).await?;
     Ok(PassOutcome::Progress)
+}
+
+/// Runs one step on the world. None: abandoned because this node's lease could lapse (in a
+/// cluster, a step still running then is dropped at its next await point; the next leader
+/// observes and finishes it).
+async fn run_one(
+    svc: &ServiceRuntime,
+    ctx: &Context,
+    step: &Step,
+    burst: bool,
+    goal: Goal,
+) -> Option<Result<StepDone, BackendError>> {
+    let span = info_span!("step", service = %svc.name, backend = step.backend(), action = step.action(), target = %step);
+    let moved_on = || superseded(svc, ctx, goal);
+    let run = svc
+        .world
+        .run(&svc.name, &svc.config, step, burst, &moved_on)
+        .instrument(span);
+    match &ctx.cluster {
+        Some(c) => tokio::select! {
+            r = run => Some(r),
+            () = c.lost() => None,
+        },
+        None => Some(run.await),
+    }
+}
+
+/// Says that this node does not run `step` (`why`: a follower, or a leader whose lease or
+/// shared write failed) and holds the pass.
+async fn hold_fenced(
+    svc: &ServiceRuntime,
+    ctx: &Context,
+    why: &str,
+    step: &Step,
+) -> Result<PassOutcome, PassError> {
+    let message = format!("{why}: not running {step}");
+    ctx.store
+        .event(&svc.name, "fenced", message, vec![])
+        .await?;
+    Ok(PassOutcome::Held {
+        after: ctx.settings.interval,
+    })
 }
 
 /// Persists a mode change and says it, once: the event, the log line, the metric; and says once
