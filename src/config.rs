@@ -902,6 +902,8 @@ fn known_keys(parent: &[KeySeg<'_>]) -> Option<&'static [&'static str]> {
         [K("reconcile")] => fields_of::<ReconcileConfig>(),
         [K("storage")] => fields_of::<StorageConfig>(),
         [K("alertmanager")] => fields_of::<AlertmanagerConfig>(),
+        [K("cluster")] => fields_of::<crate::cluster::ClusterConfig>(),
+        [K("cluster"), K("etcd")] => fields_of::<crate::cluster::EtcdConfig>(),
         [K("services"), K(_), service @ ..] => match service {
             [] => fields_of::<ServiceConfig>(),
             [K("docker")] => fields_of::<DockerConfig>(),
@@ -1393,6 +1395,11 @@ cloud_servers = ["c1"]
                     "services.a.docker.containers[0]: missing configuration field",
                 ],
             ),
+            // The cluster's etcd: a typo is named with its path and the key meant.
+            (
+                "auth: {insecure_no_auth: true}\ncluster: {name: a, etcd: {endpoint: ['http://127.0.0.1:2379']}}\nservices:\n  a:\n    failover_on: ['a=\"b\"']\n    haproxy: {runtime_api: ['/s'], backend: b, cloud_servers: [c]}\n".to_string(),
+                &["cluster.etcd.endpoint: unknown key (did you mean `endpoints`?)"],
+            ),
             // HAProxy level, a different case counts as a typo too.
             (
                 "auth: {insecure_no_auth: true}\nservices:\n  a:\n    failover_on: ['a=\"b\"']\n    haproxy: {runtime_api: ['/s'], backend: b, cloud_servers: [c], Command_Timeout: 5s}\n".to_string(),
@@ -1425,6 +1432,8 @@ cloud_servers = ["c1"]
             (&[K("tls")], "cert_file"),
             (&[K("reconcile")], "interval"),
             (&[K("storage")], "path"),
+            (&[K("cluster")], "lease_ttl"),
+            (&[K("cluster"), K("etcd")], "endpoints"),
             (&[K("alertmanager")], "url"),
             (&[K("services"), K("a")], "failover_on"),
             (&[K("services"), K("a"), K("docker")], "containers"),

@@ -8,7 +8,6 @@ use serde::Deserialize;
 
 /// Two or more responders sharing one leader lease in etcd.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ClusterConfig {
     /// Unique per responder (`site-a`); shown in status, events and logs, and stored as the
     /// leader key's value.
@@ -25,7 +24,6 @@ pub struct ClusterConfig {
 
 /// How to reach etcd.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct EtcdConfig {
     /// Client URLs of the etcd members, `http://host:2379`.
     pub endpoints: Vec<String>,
