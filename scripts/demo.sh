@@ -9,12 +9,16 @@
 # onprem_overloaded rule fire (simulate_onprem_overload.sh), the responder adds burst containers
 # in server-template slots one step at a time, and removes them after the load stops.
 #
-# Usage: scripts/demo.sh [--burst]   (installs what is missing, builds, runs; about a minute,
-#                                     about two more with --burst)
+# With --ha instead: two responders on an etcd lease, the leader killed in the middle of a
+# failover and the other finishing it (scripts/demo-ha.sh).
+#
+# Usage: scripts/demo.sh [--burst | --ha]   (installs what is missing, builds, runs; about a
+#                                           minute, about two more with --burst)
 # Env:   DEMO_RELEASE=1 builds the release binary; DEMO_KEEP=1 keeps the work directory.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
+[ "${1:-}" = "--ha" ] && exec scripts/demo-ha.sh
 
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/failover-responder/target}
 ONPREM_PORT=15000      # on-prem API
