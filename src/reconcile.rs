@@ -304,19 +304,24 @@ fn fenced(ctx: &Context) -> Option<String> {
     ctx.cluster.as_ref().and_then(Cluster::why_not)
 }
 
-/// Persists a service's state in the local store and, on a cluster's leader, in etcd (a txn
-/// guarded by its leader key). Returns why this node must not act on it when the shared write
-/// failed (not the leader any more, or etcd not answering); None when standalone, a follower
-/// (which keeps its view local) or written.
+/// Persists a service's state: standalone, in the local store; on a cluster's leader, there
+/// and in etcd (a txn guarded by its leader key). Returns why this node must not act on it
+/// (None: written): a follower writes nothing (its state is the leader's, taken at every
+/// pass), and a leader whose shared write failed (not the leader any more, etcd not
+/// answering) must not act either.
 async fn persist(
     svc: &ServiceRuntime,
     ctx: &Context,
     state: ServiceState,
 ) -> Result<Option<String>, crate::store::StoreError> {
-    ctx.store.set_service(&svc.name, state.clone()).await?;
-    let Some(c) = ctx.cluster.as_ref().filter(|c| c.may_act()) else {
+    let Some(c) = &ctx.cluster else {
+        ctx.store.set_service(&svc.name, state).await?;
         return Ok(None);
     };
+    if !c.may_act() {
+        return Ok(Some("not the leader".into()));
+    }
+    ctx.store.set_service(&svc.name, state.clone()).await?;
     let written = match serde_json::to_vec(&state) {
         Ok(bytes) => c.put_state(&svc.name, bytes).await,
         Err(e) => Err(e.to_string()),
@@ -329,8 +334,9 @@ async fn persist(
 
 /// In a cluster: takes the service's shared state (the leader's) and the cluster's override
 /// from etcd into the local store, so every node decides from the same history (hold-down,
-/// the flap cap, the step in flight) and honours an override sent to any node. etcd not
-/// answering: the local copy stands (this node cannot act then anyway).
+/// the flap cap, the step in flight) and honours an override sent to any node. The only
+/// writer of a clustered node's override. etcd not answering: the local copy stands (this
+/// node cannot act then anyway); an override never set in etcd leaves the local one.
 async fn adopt_shared(svc: &ServiceRuntime, ctx: &Context) -> Result<(), crate::store::StoreError> {
     let Some(c) = &ctx.cluster else {
         return Ok(());
@@ -355,12 +361,20 @@ async fn adopt_shared(svc: &ServiceRuntime, ctx: &Context) -> Result<(), crate::
             ctx.store.set_service(&svc.name, state).await?;
         }
     }
-    let override_ = shared
-        .override_
-        .as_deref()
-        .and_then(|b| serde_json::from_slice::<crate::desired::Override>(b).ok());
-    if local.and_then(|l| l.override_) != override_ {
-        ctx.store.set_override(&svc.name, override_).await?;
+    let Some(raw) = shared.override_ else {
+        return Ok(());
+    };
+    let Ok(wanted) = serde_json::from_slice::<Option<crate::desired::Override>>(&raw) else {
+        warn!(service = %svc.name, "the cluster's override does not parse; keeping this node's");
+        return Ok(());
+    };
+    let held = local.and_then(|l| l.override_);
+    if held != wanted {
+        ctx.store.set_override(&svc.name, wanted).await?;
+        let message = format!("from the cluster: override {held:?} -> {wanted:?}");
+        ctx.store
+            .event(&svc.name, "override", message, vec![])
+            .await?;
     }
     Ok(())
 }
@@ -449,7 +463,12 @@ pub async fn reconcile_once(svc: &ServiceRuntime, ctx: &Context) -> Result<PassO
             (_, true, _) => "dry run".to_string(),
             (_, _, why) => why.unwrap_or_default(),
         };
-        info!(service = %svc.name, mode = eff.mode.as_str(), steps = %steps_text, "{why}: not executing");
+        // A follower holds every pass while a plan is pending: debug, not info, for it.
+        if ctx.cluster.is_some() && !eff.paused && !ctx.dry_run {
+            tracing::debug!(service = %svc.name, mode = eff.mode.as_str(), steps = %steps_text, "{why}: not executing");
+        } else {
+            info!(service = %svc.name, mode = eff.mode.as_str(), steps = %steps_text, "{why}: not executing");
+        }
         return Ok(PassOutcome::Held {
             after: ctx.settings.interval,
         });
@@ -581,9 +600,12 @@ async fn run_one(
         .run(&svc.name, &svc.config, step, burst, &moved_on)
         .instrument(span);
     match &ctx.cluster {
+        // Biased, the fence first: a step is never polled (never sends a request) once the
+        // deadline has passed.
         Some(c) => tokio::select! {
-            r = run => Some(r),
+            biased;
             () = c.lost() => None,
+            r = run => Some(r),
         },
         None => Some(run.await),
     }
@@ -615,6 +637,11 @@ async fn record_transition(
     before: &ServiceState,
     d: &pass::Decided,
 ) -> Result<(), crate::store::StoreError> {
+    // A follower's decisions are what it would do; the leader's are the cluster's record (a
+    // follower would otherwise record a change every pass that the leader's state undoes).
+    if fenced(ctx).is_some() {
+        return Ok(());
+    }
     let (decision, eff) = (&d.decision, &d.effective);
     let was_capped = m.transitions_capped.get() != 0;
     m.transitions_capped.set(i64::from(eff.capped));
@@ -667,8 +694,9 @@ async fn record_scale(
     p: &Pass,
     firing: &[FiringAlert],
 ) -> Result<(), crate::store::StoreError> {
-    if p.next_state != *before {
-        persist(svc, ctx, p.next_state.clone()).await?;
+    if p.next_state != *before && persist(svc, ctx, p.next_state.clone()).await?.is_some() {
+        // Not this node's to record (a follower, or a leader that lost its lease).
+        return Ok(());
     }
     let (Some(sc), Some(b)) = (&p.desired.scale, &svc.config.burst) else {
         return Ok(());

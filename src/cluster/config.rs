@@ -90,8 +90,13 @@ impl ClusterConfig {
         if self.etcd.username.is_some() != self.etcd.password_file.is_some() {
             errors.push("cluster.etcd: set username and password_file together".into());
         }
-        if self.etcd.timeout.is_zero() {
-            errors.push("cluster.etcd.timeout: must be greater than 0".into());
+        // A leader acts until 3/4 of the TTL after its last renewal; a call allowed longer than
+        // a quarter of it leaves one slow answer able to fence a healthy leader.
+        if self.etcd.timeout.is_zero() || self.etcd.timeout > self.lease_ttl / 4 {
+            errors.push(format!(
+                "cluster.etcd.timeout: must be greater than 0 and at most lease_ttl / 4 ({})",
+                humantime::format_duration(self.lease_ttl / 4)
+            ));
         }
     }
 }

@@ -23,12 +23,17 @@ impl Cluster {
     /// this node leads on a lease certain to hold. Never returns an error: etcd being away is
     /// a state (shown in status and metrics), not a failure of the responder.
     pub async fn run(self, stop: CancellationToken) {
+        let mut said = String::new();
         loop {
             match self.session(&stop).await {
                 Ok(()) => return,
                 Err(why) => {
                     self.lock().client = None;
-                    warn!(node = %self.config.name, reason = %why, "not acting: {why}");
+                    // Once per reason, not once per retry while etcd stays away.
+                    if why != said {
+                        warn!(node = %self.config.name, reason = %why, "not acting: {why}");
+                        said.clone_from(&why);
+                    }
                     self.follow(None, why.clone());
                     self.set_etcd(false, Some(why));
                 }
@@ -50,6 +55,12 @@ impl Cluster {
     async fn session(&self, stop: &CancellationToken) -> Result<(), String> {
         let ttl = self.config.lease_ttl;
         let mut client = self.connect().await?;
+        let stale = self.lock().stale_lease.take();
+        if let Some(old) = stale {
+            let _ = self
+                .call("revoke the last lease", client.lease_revoke(old))
+                .await;
+        }
         let sent = Instant::now();
         let lease = self
             .call(
@@ -58,6 +69,8 @@ impl Cluster {
             )
             .await?
             .id();
+        // Until this session gives it up cleanly, it is the next session's to revoke.
+        self.lock().stale_lease = Some(lease);
         let mut renewed = sent;
         self.lock().client = Some(client.clone());
         self.set_etcd(true, None);
@@ -180,22 +193,16 @@ impl Cluster {
         }
     }
 
-    /// Sets (Some) or clears (None) a service's override for the whole cluster. Any node may:
-    /// it is an operator's instruction, and the leader reads it at its next pass. Errors:
-    /// etcd could not be asked (nothing changed then).
-    pub async fn put_override(&self, service: &str, value: Option<Vec<u8>>) -> Result<(), String> {
+    /// Sets a service's override for the whole cluster (`value`: its JSON, `null` for none:
+    /// a resume is written, not deleted, so a missing key means "never set" and a node keeps
+    /// its own). Any node may: it is an operator's instruction, which every node takes at its
+    /// next pass. Errors: etcd could not be asked (nothing changed then).
+    pub async fn put_override(&self, service: &str, value: Vec<u8>) -> Result<(), String> {
         let mut client = self.client()?;
         let key = self.service_key(service, "override");
-        match value {
-            Some(v) => self
-                .call("write the override", client.put(key, v, None))
-                .await
-                .map(|_| ()),
-            None => self
-                .call("clear the override", client.delete(key, None))
-                .await
-                .map(|_| ()),
-        }
+        self.call("write the override", client.put(key, value, None))
+            .await
+            .map(|_| ())
     }
 
     async fn connect(&self) -> Result<Client, String> {

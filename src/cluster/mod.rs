@@ -125,6 +125,9 @@ pub struct Cluster {
     metrics: ClusterMetrics,
     /// Notified when this node becomes leader, so the reconcilers look at once.
     gained: Arc<tokio::sync::Notify>,
+    /// Notified when this node stops leading before its deadline (the key is another's, the
+    /// session ended), so a step in flight is abandoned at once, not at the old deadline.
+    ended: Arc<tokio::sync::Notify>,
 }
 
 /// What this node knows now.
@@ -141,6 +144,9 @@ struct View {
     client: Option<etcd_client::Client>,
     /// While leader: the election key whose creation revision guards every shared write.
     key: Option<etcd_client::LeaderKey>,
+    /// The lease of the session that ended, revoked by the next one (best effort) so its
+    /// election key does not hold leadership for a whole TTL after an error.
+    stale_lease: Option<i64>,
 }
 
 impl Cluster {
@@ -157,9 +163,11 @@ impl Cluster {
                 reason: Some("not connected to etcd yet".into()),
                 client: None,
                 key: None,
+                stale_lease: None,
             })),
             metrics,
             gained: Arc::default(),
+            ended: Arc::default(),
         }
     }
 
@@ -175,10 +183,13 @@ impl Cluster {
         v.role == Role::Leader && v.deadline.is_some_and(|d| Instant::now() < d)
     }
 
-    /// Resolves once this node may no longer act (at once when it may not now). A step raced
-    /// against it is abandoned at its next await point when the deadline passes.
+    /// Resolves once this node may no longer act (at once when it may not now): at its
+    /// deadline, or as soon as it stops leading. A step raced against it is abandoned at its
+    /// next await point.
     pub async fn lost(&self) {
         loop {
+            // Registered before the check, so a `follow` in between is not missed.
+            let ended = self.ended.notified();
             let deadline = {
                 let v = self.lock();
                 match (v.role, v.deadline) {
@@ -190,7 +201,10 @@ impl Cluster {
                 return;
             }
             // The deadline may have moved on (a renewal) by the time this wakes: look again.
-            tokio::time::sleep_until(deadline.into()).await;
+            tokio::select! {
+                () = tokio::time::sleep_until(deadline.into()) => {}
+                () = ended => {}
+            }
         }
     }
 
@@ -279,6 +293,7 @@ impl Cluster {
         if v.role == Role::Leader {
             self.metrics.leader_changes.inc();
             v.leader_since = None;
+            self.ended.notify_waiters();
         }
         v.role = Role::Follower;
         v.leader = leader;

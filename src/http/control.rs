@@ -36,22 +36,24 @@ pub async fn set_override(
         }
     };
     let store_err = |e: crate::store::StoreError| ApiError::Internal(e.to_string());
-    // In a cluster the override is the cluster's: written to etcd first (the leader reads it
-    // at its next pass), so a node that cannot reach etcd changes nothing and says so.
-    if let Some(c) = &state.cluster {
-        let value = new
-            .map(|o| serde_json::to_vec(&o))
-            .transpose()
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
-        c.put_override(&name, value).await.map_err(|e| {
-            ApiError::Unavailable(format!("the override was not applied to the cluster: {e}"))
-        })?;
-    }
-    let old = state
-        .store
-        .set_override(&name, new)
-        .await
-        .map_err(store_err)?;
+    let old = match &state.cluster {
+        // In a cluster the override is the cluster's: written to etcd only, and every node
+        // (this one at the pass woken below) takes it from there; a node that cannot reach
+        // etcd changes nothing and says so.
+        Some(c) => {
+            let old = state.store.service(&name).and_then(|s| s.override_);
+            let value = serde_json::to_vec(&new).map_err(|e| ApiError::Internal(e.to_string()))?;
+            c.put_override(&name, value).await.map_err(|e| {
+                ApiError::Unavailable(format!("the override was not applied to the cluster: {e}"))
+            })?;
+            old
+        }
+        None => state
+            .store
+            .set_override(&name, new)
+            .await
+            .map_err(store_err)?,
+    };
     state
         .store
         .event(
