@@ -62,4 +62,6 @@ if [ "${SKIP_REACTION:-0}" != 1 ]; then
   cargo bench --locked --bench reaction 2>/dev/null | grep -E '^(reaction|SKIPPED)' || true
   echo "takeover of a responder cluster (kill -9 of the leader), 10 runs, three etcd members:"
   cargo bench --locked --bench takeover 2>/dev/null | grep -E '^(takeover|SKIPPED)' || true
+  echo "scale: 100 services x 2 HAProxy, one notification, standalone and with cluster:"
+  cargo bench --locked --bench scale 2>/dev/null | grep -E '^(scale|SKIPPED)' || true
 fi

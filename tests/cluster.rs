@@ -78,19 +78,44 @@ fn have_etcd() -> bool {
 /// elections need the CPU they are timed for.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// One cluster test's stage: its turn (one at a time), the world, three etcd members.
+struct Stage {
+    _serial: tokio::sync::MutexGuard<'static, ()>,
+    world: World,
+    etcd: Etcd,
+}
+
+/// None (after a loud skip) when a component is missing.
+async fn stage(test: &str) -> Option<Stage> {
+    if !have_etcd() {
+        return None;
+    }
+    let serial = SERIAL.lock().await;
+    let world = World::start(test).await?;
+    let etcd = Etcd::start(world.dir.path(), 3).await;
+    Some(Stage {
+        _serial: serial,
+        world,
+        etcd,
+    })
+}
+
+/// Starts site-a (with `a_env`) and waits until it leads, then site-b until it follows.
+async fn pair(s: &Stage, a_env: &[(&str, &str)]) -> (ResponderProc, ResponderProc) {
+    let a = node(&s.world, &s.etcd, "site-a", a_env).await;
+    wait_role(&a, "leader", Duration::from_secs(10)).await;
+    let b = node(&s.world, &s.etcd, "site-b", &[]).await;
+    wait_role(&b, "follower", Duration::from_secs(10)).await;
+    (a, b)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_leader_acts_and_the_follower_takes_over_when_it_dies() {
-    if !have_etcd() {
-        return;
-    }
-    let _serial = SERIAL.lock().await;
-    let Some(world) = World::start("cluster-takeover").await else {
+    let Some(s) = stage("cluster-takeover").await else {
         return;
     };
-    let etcd = Etcd::start(world.dir.path(), 3).await;
-    let mut a = node(&world, &etcd, "site-a", &[]).await;
-    wait_role(&a, "leader", Duration::from_secs(10)).await;
-    let b = node(&world, &etcd, "site-b", &[]).await;
+    let world = &s.world;
+    let (mut a, b) = pair(&s, &[]).await;
     eventually("b follows a", Duration::from_secs(10), || async {
         role(&b)
             .await
@@ -146,20 +171,13 @@ async fn only_the_leader_acts_and_the_follower_takes_over_when_it_dies() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_that_dies_mid_failover_is_finished_by_the_other_not_restarted() {
-    if !have_etcd() {
-        return;
-    }
-    let _serial = SERIAL.lock().await;
-    let Some(world) = World::start("cluster-crash").await else {
+    let Some(s) = stage("cluster-crash").await else {
         return;
     };
-    let etcd = Etcd::start(world.dir.path(), 3).await;
+    let world = &s.world;
     // a dies (as kill -9 would) right before opening the server: the container is up.
     let crash = [("FAILOVER_RESPONDER_CRASH_BEFORE", "server_ready")];
-    let mut a = node(&world, &etcd, "site-a", &crash).await;
-    wait_role(&a, "leader", Duration::from_secs(10)).await;
-    let b = node(&world, &etcd, "site-b", &[]).await;
-    wait_role(&b, "follower", Duration::from_secs(10)).await;
+    let (mut a, b) = pair(&s, &crash).await;
     let body = down_body(chrono::Utc::now(), None);
     for n in [&a, &b] {
         assert_eq!(n.post_alerts(&body).await, Some(202));
@@ -169,7 +187,7 @@ async fn a_leader_that_dies_mid_failover_is_finished_by_the_other_not_restarted(
         async move { exited.then_some(()) }
     })
     .await;
-    let started_at = container_started_at(&world).await;
+    let started_at = container_started_at(world).await;
     assert!(started_at.is_some(), "a started the container before dying");
 
     eventually("cloud, finished by b", Duration::from_secs(20), || async {
@@ -178,7 +196,7 @@ async fn a_leader_that_dies_mid_failover_is_finished_by_the_other_not_restarted(
     })
     .await;
     assert_eq!(
-        container_started_at(&world).await,
+        container_started_at(world).await,
         started_at,
         "b restarted the container a had started"
     );
@@ -192,21 +210,14 @@ async fn a_leader_that_dies_mid_failover_is_finished_by_the_other_not_restarted(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_etcd_quorum_nobody_acts_and_with_it_back_the_leader_does() {
-    if !have_etcd() {
-        return;
-    }
-    let _serial = SERIAL.lock().await;
-    let Some(world) = World::start("cluster-quorum").await else {
+    let Some(mut s) = stage("cluster-quorum").await else {
         return;
     };
-    let mut etcd = Etcd::start(world.dir.path(), 3).await;
-    let a = node(&world, &etcd, "site-a", &[]).await;
-    wait_role(&a, "leader", Duration::from_secs(10)).await;
-    let b = node(&world, &etcd, "site-b", &[]).await;
-    wait_role(&b, "follower", Duration::from_secs(10)).await;
+    let (a, b) = pair(&s, &[]).await;
+    let world = &s.world;
 
-    etcd.stop(1);
-    etcd.stop(2);
+    s.etcd.stop(1);
+    s.etcd.stop(2);
     // Within the lease, the leader fences itself and says why.
     eventually("a fenced", Duration::from_secs(5), || async {
         let s = json(&format!("{}/api/v1/status", a.url)).await?;
@@ -242,8 +253,8 @@ async fn without_etcd_quorum_nobody_acts_and_with_it_back_the_leader_does() {
     assert!(steps(&a).await.is_empty() && steps(&b).await.is_empty());
 
     // Quorum back: one of them leads and fails over.
-    etcd.restart(1);
-    etcd.restart(2);
+    s.etcd.restart(1);
+    s.etcd.restart(2);
     eventually(
         "cloud once quorum is back",
         Duration::from_secs(30),
@@ -275,18 +286,11 @@ async fn container_started_at(world: &World) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_state_and_an_override_sent_to_the_follower_are_the_clusters() {
-    if !have_etcd() {
-        return;
-    }
-    let _serial = SERIAL.lock().await;
-    let Some(world) = World::start("cluster-shared").await else {
+    let Some(s) = stage("cluster-shared").await else {
         return;
     };
-    let etcd = Etcd::start(world.dir.path(), 3).await;
-    let mut a = node(&world, &etcd, "site-a", &[]).await;
-    wait_role(&a, "leader", Duration::from_secs(10)).await;
-    let b = node(&world, &etcd, "site-b", &[]).await;
-    wait_role(&b, "follower", Duration::from_secs(10)).await;
+    let world = &s.world;
+    let (mut a, b) = pair(&s, &[]).await;
     let body = down_body(chrono::Utc::now(), None);
     for n in [&a, &b] {
         assert_eq!(n.post_alerts(&body).await, Some(202));
@@ -396,14 +400,10 @@ impl Proxy {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_cut_off_from_etcd_stops_acting_and_rejoins_as_follower() {
-    if !have_etcd() {
-        return;
-    }
-    let _serial = SERIAL.lock().await;
-    let Some(world) = World::start("cluster-cut").await else {
+    let Some(s) = stage("cluster-cut").await else {
         return;
     };
-    let etcd = Etcd::start(world.dir.path(), 3).await;
+    let (world, etcd) = (&s.world, &s.etcd);
     // a reaches etcd only through the proxies; b directly.
     let mut proxies = Vec::new();
     for p in &etcd.client_ports {
@@ -414,13 +414,13 @@ async fn a_leader_cut_off_from_etcd_stops_acting_and_rejoins_as_follower() {
         .map(|p| format!("'http://127.0.0.1:{}'", p.port))
         .collect();
     let config = world.dir.path().join("site-a.yaml");
-    let top = cluster_yaml("site-a", &etcd)
+    let top = cluster_yaml("site-a", etcd)
         .replace(&etcd.endpoints(), &format!("[{}]", through.join(", ")));
     let yaml = world.configure().top(&top).hold_down("0s").yaml();
     std::fs::write(&config, yaml).expect("config");
     let a = ResponderProc::start(&config, &world.dir.path().join("state-site-a"), &[]).await;
     wait_role(&a, "leader", Duration::from_secs(10)).await;
-    let b = node(&world, &etcd, "site-b", &[]).await;
+    let b = node(world, etcd, "site-b", &[]).await;
     wait_role(&b, "follower", Duration::from_secs(10)).await;
 
     // Cut: a fences itself within the lease (2 s) and says so; b takes over.
