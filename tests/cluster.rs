@@ -9,24 +9,35 @@ use std::time::Duration;
 
 use common::*;
 
-/// The `cluster:` block for node `name`.
-fn cluster_yaml(name: &str, etcd: &Etcd) -> String {
+/// The `cluster:` block for node `name`; `run` keeps each run's etcd keys apart.
+fn cluster_yaml(name: &str, etcd: &Etcd, run: usize) -> String {
     format!(
-        "cluster:\n  name: {name}\n  lease_ttl: 2s\n  prefix: /fr-test/\n  etcd: {{endpoints: {}, timeout: 500ms}}\n",
+        "cluster:\n  name: {name}\n  lease_ttl: 2s\n  prefix: /fr-test-{run}/\n  etcd: {{endpoints: {}, timeout: 500ms}}\n",
         etcd.endpoints()
     )
 }
 
 /// Starts node `name` on `world` with its own storage; `env` adds a crash point.
 async fn node(world: &World, etcd: &Etcd, name: &str, env: &[(&str, &str)]) -> ResponderProc {
-    let config = world.dir.path().join(format!("{name}.yaml"));
+    node_in(world, etcd, name, 0, env).await
+}
+
+/// [`node`] for run `run` of a test that runs the cluster several times.
+async fn node_in(
+    world: &World,
+    etcd: &Etcd,
+    name: &str,
+    run: usize,
+    env: &[(&str, &str)],
+) -> ResponderProc {
+    let config = world.dir.path().join(format!("{name}-{run}.yaml"));
     let yaml = world
         .configure()
-        .top(&cluster_yaml(name, etcd))
+        .top(&cluster_yaml(name, etcd, run))
         .hold_down("0s")
         .yaml();
     std::fs::write(&config, yaml).expect("config");
-    let storage = world.dir.path().join(format!("state-{name}"));
+    let storage = world.dir.path().join(format!("state-{name}-{run}"));
     ResponderProc::start(&config, &storage, env).await
 }
 
@@ -169,43 +180,83 @@ async fn only_the_leader_acts_and_the_follower_takes_over_when_it_dies() {
     );
 }
 
+const FAILOVER_STEPS: [&str; 3] = ["start_container", "wait_healthy", "server_ready"];
+const FAILBACK_STEPS: [&str; 4] = [
+    "server_drain",
+    "wait_drained",
+    "server_maint",
+    "stop_container",
+];
+
+/// The leader dies (a crash point: it aborts as kill -9 would, the step recorded and not done)
+/// before each step of failover and of failback in turn; the follower takes over and finishes,
+/// never restarting a container the leader had started, and the safety invariant holds on
+/// every look.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_leader_that_dies_mid_failover_is_finished_by_the_other_not_restarted() {
+async fn a_leader_that_dies_before_any_step_is_finished_by_the_other() {
     let Some(s) = stage("cluster-crash").await else {
         return;
     };
     let world = &s.world;
-    // a dies (as kill -9 would) right before opening the server: the container is up.
-    let crash = [("FAILOVER_RESPONDER_CRASH_BEFORE", "server_ready")];
-    let (mut a, b) = pair(&s, &crash).await;
-    let body = down_body(chrono::Utc::now(), None);
-    for n in [&a, &b] {
-        assert_eq!(n.post_alerts(&body).await, Some(202));
+    let steps_in_order = FAILOVER_STEPS.iter().chain(&FAILBACK_STEPS);
+    for (run, step) in steps_in_order.enumerate() {
+        let failback = FAILBACK_STEPS.contains(step);
+        // On-prem, cloud server closed, container absent.
+        drop(ContainerGuard(world.container.clone()));
+        world.haproxy.cmd("set server api/cloud1 state maint").await;
+        let crash = [("FAILOVER_RESPONDER_CRASH_BEFORE", *step)];
+        let mut a = node_in(world, &s.etcd, "site-a", run, &crash).await;
+        wait_role(&a, "leader", Duration::from_secs(10)).await;
+        let b = node_in(world, &s.etcd, "site-b", run, &[]).await;
+        wait_role(&b, "follower", Duration::from_secs(10)).await;
+        let started = chrono::Utc::now();
+        let down = down_body(started, None);
+        for n in [&a, &b] {
+            assert_eq!(n.post_alerts(&down).await, Some(202));
+        }
+        if failback {
+            eventually("cloud, by a", Duration::from_secs(30), || async {
+                world.is("cloud").await.then_some(())
+            })
+            .await;
+            let resolved = down_body(started, Some(chrono::Utc::now()));
+            for n in [&a, &b] {
+                assert_eq!(n.post_alerts(&resolved).await, Some(202));
+            }
+        }
+        eventually(
+            &format!("a dies before {step}"),
+            Duration::from_secs(30),
+            || {
+                let exited = a.proc.child.try_wait().ok().flatten().is_some();
+                async move { exited.then_some(()) }
+            },
+        )
+        .await;
+        let at_death = container_started_at(world).await;
+        let want = if failback { "onprem" } else { "cloud" };
+        eventually(
+            &format!("{want}, finished by b (a died before {step})"),
+            Duration::from_secs(30),
+            || async {
+                world.assert_safe(step).await;
+                world.is(want).await.then_some(())
+            },
+        )
+        .await;
+        if !failback && at_death.is_some() {
+            assert_eq!(
+                container_started_at(world).await,
+                at_death,
+                "{step}: b restarted the container a had started"
+            );
+        }
+        let by_b = steps(&b).await;
+        assert!(
+            !by_b.is_empty() && by_b.iter().all(|(_, n)| n == "site-b"),
+            "{step}: {by_b:?}"
+        );
     }
-    eventually("a dies at its crash point", Duration::from_secs(30), || {
-        let exited = a.proc.child.try_wait().ok().flatten().is_some();
-        async move { exited.then_some(()) }
-    })
-    .await;
-    let started_at = container_started_at(world).await;
-    assert!(started_at.is_some(), "a started the container before dying");
-
-    eventually("cloud, finished by b", Duration::from_secs(20), || async {
-        world.assert_safe("takeover").await;
-        world.is("cloud").await.then_some(())
-    })
-    .await;
-    assert_eq!(
-        container_started_at(world).await,
-        started_at,
-        "b restarted the container a had started"
-    );
-    let by_b = steps(&b).await;
-    assert!(
-        by_b.iter().any(|(m, _)| m.starts_with("ready "))
-            && !by_b.iter().any(|(m, _)| m.starts_with("start ")),
-        "b only opened the server: {by_b:?}"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -414,7 +465,7 @@ async fn a_leader_cut_off_from_etcd_stops_acting_and_rejoins_as_follower() {
         .map(|p| format!("'http://127.0.0.1:{}'", p.port))
         .collect();
     let config = world.dir.path().join("site-a.yaml");
-    let top = cluster_yaml("site-a", etcd)
+    let top = cluster_yaml("site-a", etcd, 0)
         .replace(&etcd.endpoints(), &format!("[{}]", through.join(", ")));
     let yaml = world.configure().top(&top).hold_down("0s").yaml();
     std::fs::write(&config, yaml).expect("config");
