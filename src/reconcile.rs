@@ -275,15 +275,30 @@ async fn finish_interrupted_stop(svc: &ServiceRuntime, ctx: &Context, step: &str
     let stop = Step::StopContainer {
         container: name.to_string(),
     };
-    match svc
-        .world
-        .run(&svc.name, &svc.config, &stop, false, &|| false)
-        .await
-    {
-        Ok(_) => info!(service = %svc.name, container = name, "finished the interrupted stop"),
+    let goal = pass::Goal {
+        mode: Mode::Onprem,
+        burst: None,
+    };
+    // Raced against the lease like any step: `run_one` (no wait in a stop to supersede); and
+    // recorded like one (event, metric, status).
+    let started = Instant::now();
+    let result = run_one(svc, ctx, &stop, false, goal).await;
+    let (outcome, error) = match &result {
+        Some(Ok(_)) => ("success", None),
+        Some(Err(e)) => ("failure", Some(e.to_string())),
+        None => ("fenced", None),
+    };
+    let _ = record_step(svc, ctx, &stop, outcome, started.elapsed(), error).await;
+    match result {
+        Some(Ok(_)) => {
+            info!(service = %svc.name, container = name, "finished the interrupted stop")
+        }
         // The pass repairs what is left; the error shows there too.
-        Err(e) => {
+        Some(Err(e)) => {
             warn!(service = %svc.name, container = name, error = %e, "could not finish the interrupted stop")
+        }
+        None => {
+            warn!(service = %svc.name, container = name, "leadership could lapse: the interrupted stop is left to the next leader")
         }
     }
 }
@@ -404,6 +419,11 @@ fn superseded(svc: &ServiceRuntime, ctx: &Context, goal: Goal) -> bool {
 pub async fn reconcile_once(svc: &ServiceRuntime, ctx: &Context) -> Result<PassOutcome, PassError> {
     adopt_shared(svc, ctx).await?;
     let state = state_of(svc, ctx);
+    // A leader that takes over a stop the last one died in finishes it first, as a restarted
+    // standalone responder does (see `finish_interrupted_stop`).
+    if let (Some(_), None, Some(step)) = (&ctx.cluster, fenced(ctx), &state.step_in_flight) {
+        finish_interrupted_stop(svc, ctx, step).await;
+    }
     if state.mode == Mode::Cloud {
         svc.probe_onprem().await;
     }
