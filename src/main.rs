@@ -125,6 +125,15 @@ fn check_config(path: &std::path::Path) -> ExitCode {
     match Config::load(path) {
         Ok(cfg) => {
             println!("{}: OK, {} service(s)", path.display(), cfg.services.len());
+            if let Some(c) = &cfg.cluster {
+                println!(
+                    "  cluster: node {}, lease {}, {} etcd endpoint(s) under {}",
+                    c.name,
+                    humantime::format_duration(c.lease_ttl),
+                    c.etcd.endpoints.len(),
+                    c.prefix
+                );
+            }
             for (name, s) in &cfg.services {
                 let containers = s.docker.as_ref().map_or(0, |d| d.containers.len());
                 let (apis, servers) = s

@@ -134,6 +134,20 @@ async fn only_the_leader_acts_and_the_follower_takes_over_when_it_dies() {
     })
     .await;
 
+    // `check-config` names the node and its etcd.
+    let out = Command::new(env!("CARGO_BIN_EXE_failover-responder"))
+        .args(["check-config", "--config.file"])
+        .arg(world.dir.path().join("site-a-0.yaml"))
+        .output()
+        .expect("check-config");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success()
+            && text
+                .contains("cluster: node site-a, lease 2s, 3 etcd endpoint(s) under /fr-test-0/"),
+        "{text}"
+    );
+
     // `ctl status` says the role and who leads.
     let out = Command::new(env!("CARGO_BIN_EXE_failover-responder"))
         .args(["ctl", "--url", &b.url, "status"])
