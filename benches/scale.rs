@@ -17,11 +17,6 @@ use common::*;
 const SERVICES: usize = 100;
 const ROUNDS: usize = 5;
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
 /// An HAProxy with `SERVICES` cloud servers in maint; returns it and its socket path.
 fn haproxy(dir: &std::path::Path, n: usize) -> (Proc, String) {
     let sock = dir.join(format!("h{n}.sock"));

@@ -15,11 +15,6 @@ use common::*;
 
 const RUNS: usize = 10;
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
 async fn node(w: &World, etcd: &Etcd, name: &str, run: usize) -> ResponderProc {
     let top = format!(
         "cluster:\n  name: {name}\n  lease_ttl: 2s\n  prefix: /bench-{run}/\n  etcd: {{endpoints: {}, timeout: 500ms}}\n",

@@ -194,14 +194,6 @@ async fn only_the_leader_acts_and_the_follower_takes_over_when_it_dies() {
     );
 }
 
-const FAILOVER_STEPS: [&str; 3] = ["start_container", "wait_healthy", "server_ready"];
-const FAILBACK_STEPS: [&str; 4] = [
-    "server_drain",
-    "wait_drained",
-    "server_maint",
-    "stop_container",
-];
-
 /// The leader dies (a crash point: it aborts as kill -9 would, the step recorded and not done)
 /// before each step of failover and of failback in turn; the follower takes over and finishes,
 /// never restarting a container the leader had started, and the safety invariant holds on

@@ -11,14 +11,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-const FAILOVER_STEPS: [&str; 3] = ["start_container", "wait_healthy", "server_ready"];
-const FAILBACK_STEPS: [&str; 4] = [
-    "server_drain",
-    "wait_drained",
-    "server_maint",
-    "stop_container",
-];
-
 /// Polls until the world is fully in `mode`, checking the safety invariant on every look.
 /// Returns how long it took and how many looks checked it.
 async fn converge(w: &World, mode: &str, when: &str) -> (Duration, u32) {

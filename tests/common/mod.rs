@@ -1221,3 +1221,20 @@ impl Etcd {
         format!("[{}]", urls.join(", "))
     }
 }
+
+/// The crash points of a failover and of a failback, in the order the steps run (the
+/// `FAILOVER_RESPONDER_CRASH_BEFORE` values the crash tests use).
+pub const FAILOVER_STEPS: [&str; 3] = ["start_container", "wait_healthy", "server_ready"];
+pub const FAILBACK_STEPS: [&str; 4] = [
+    "server_drain",
+    "wait_drained",
+    "server_maint",
+    "stop_container",
+];
+
+/// The `p` quantile (0..=1) of `sorted`, nearest rank, for the benchmarks' figures. `sorted`
+/// must not be empty.
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
