@@ -292,6 +292,24 @@ async fn without_etcd_quorum_nobody_acts_and_with_it_back_the_leader_does() {
     })
     .await;
 
+    // An override now cannot reach the cluster: 503 naming why, and nothing changes.
+    let r = reqwest::Client::new()
+        .post(format!("{}/api/v1/services/onprem-api/pause", b.url))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("override");
+    assert_eq!(r.status().as_u16(), 503);
+    let body = r.text().await.unwrap_or_default();
+    assert!(body.contains("not applied to the cluster"), "{body}");
+    let st = json(&format!("{}/api/v1/status", b.url))
+        .await
+        .expect("status");
+    assert!(
+        st["services"]["onprem-api"]["state"]["override"].is_null(),
+        "the refused override was applied: {st}"
+    );
+
     // A failover alert now: both take it, neither acts.
     let body = down_body(chrono::Utc::now(), None);
     for n in [&a, &b] {
