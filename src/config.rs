@@ -596,6 +596,12 @@ impl Config {
             .map_err(|e| ConfigErrors(vec![format!("config.file {}: {e}", path.display())]))?;
         let mut cfg = Self::build(&text, Format::from_path(path), Some(env))?;
         cfg.auth.credentials = read_credentials(&cfg.auth).map_err(ConfigErrors)?;
+        if let Some(c) = &cfg.cluster {
+            let errors = c.check_files();
+            if !errors.is_empty() {
+                return Err(ConfigErrors(errors));
+            }
+        }
         if let Some(t) = &cfg.tls {
             cfg.tls_loaded =
                 Some(crate::tls::Tls::load(t).map_err(|e| ConfigErrors(vec![e.to_string()]))?);
@@ -904,6 +910,7 @@ fn known_keys(parent: &[KeySeg<'_>]) -> Option<&'static [&'static str]> {
         [K("alertmanager")] => fields_of::<AlertmanagerConfig>(),
         [K("cluster")] => fields_of::<crate::cluster::ClusterConfig>(),
         [K("cluster"), K("etcd")] => fields_of::<crate::cluster::EtcdConfig>(),
+        [K("cluster"), K("etcd"), K("tls")] => fields_of::<crate::cluster::EtcdTls>(),
         [K("services"), K(_), service @ ..] => match service {
             [] => fields_of::<ServiceConfig>(),
             [K("docker")] => fields_of::<DockerConfig>(),
@@ -1434,6 +1441,7 @@ cloud_servers = ["c1"]
             (&[K("storage")], "path"),
             (&[K("cluster")], "lease_ttl"),
             (&[K("cluster"), K("etcd")], "endpoints"),
+            (&[K("cluster"), K("etcd"), K("tls")], "ca_file"),
             (&[K("alertmanager")], "url"),
             (&[K("services"), K("a")], "failover_on"),
             (&[K("services"), K("a"), K("docker")], "containers"),

@@ -553,3 +553,193 @@ async fn a_leader_cut_off_from_etcd_stops_acting_and_rejoins_as_follower() {
     );
     assert!(!steps(&b).await.is_empty());
 }
+
+/// etcd serving clients over TLS only, with client certificates required (`--client-cert-auth`):
+/// a node with the cluster's CA and a client certificate leads and acts; a node that does not
+/// trust etcd's certificate, and one without a client certificate, never lead, say why, and
+/// execute nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls_only_a_node_with_the_clusters_ca_and_a_client_certificate_leads() {
+    if !have_etcd() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let Some(world) = World::start("cluster-tls").await else {
+        return;
+    };
+    let dir = world.dir.path();
+    let foreign = EtcdPki::generate(&dir.join("foreign-pki"));
+    let etcd = Etcd::start_tls(dir, 1, EtcdPki::generate(&dir.join("pki"))).await;
+    let pki = etcd.tls.as_ref().expect("tls etcd");
+    let start = |name: &'static str, tls: String| {
+        let config = dir.join(format!("{name}.yaml"));
+        let top = format!(
+            "cluster:\n  name: {name}\n  lease_ttl: 2s\n  prefix: /fr-test-tls/\n  etcd: {{endpoints: {}, timeout: 500ms, tls: {tls}}}\n",
+            etcd.endpoints()
+        );
+        let yaml = world.configure().top(&top).hold_down("0s").yaml();
+        std::fs::write(&config, yaml).expect("config");
+        let storage = dir.join(format!("state-{name}"));
+        async move { ResponderProc::start(&config, &storage, &[]).await }
+    };
+    let tls = |ca: &std::path::Path, client: bool| {
+        let mut t = format!("{{ca_file: '{}'", ca.display());
+        if client {
+            t += &format!(
+                ", cert_file: '{}', key_file: '{}'",
+                pki.client_cert.display(),
+                pki.client_key.display()
+            );
+        }
+        t + "}"
+    };
+    let cluster = |n: &ResponderProc| {
+        let url = format!("{}/api/v1/status", n.url);
+        async move { Some(json(&url).await?["cluster"].clone()) }
+    };
+    // Nodes that cannot reach etcd as the cluster: each says why, in terms of certificates.
+    let untrusting = start("untrusting", tls(&foreign.ca, true)).await;
+    let anonymous = start("anonymous", tls(&pki.ca, false)).await;
+    for n in [&untrusting, &anonymous] {
+        let c = eventually(
+            "says why it cannot reach etcd",
+            Duration::from_secs(10),
+            || async {
+                let c = cluster(n).await?;
+                (c["etcd_up"] == false && c["reason"].as_str().is_some_and(|r| r.contains("etcd")))
+                    .then_some(c)
+            },
+        )
+        .await;
+        assert_eq!(c["role"], "follower", "{c}");
+    }
+    let why = cluster(&untrusting).await.expect("status");
+    assert!(
+        why["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("certificate")),
+        "the reason names the certificate problem: {why}"
+    );
+
+    // The node with the cluster's CA and a client certificate leads, over TLS, and acts.
+    let a = start("site-a", tls(&pki.ca, true)).await;
+    wait_role(&a, "leader", Duration::from_secs(10)).await;
+    let down = down_body(chrono::Utc::now(), None);
+    for n in [&untrusting, &anonymous, &a] {
+        assert_eq!(n.post_alerts(&down).await, Some(202));
+    }
+    eventually("cloud, by site-a", Duration::from_secs(30), || async {
+        world.is("cloud").await.then_some(())
+    })
+    .await;
+    // Its state went to etcd over TLS: a second node with the same credentials follows it
+    // and holds that state.
+    let b = start("site-b", tls(&pki.ca, true)).await;
+    eventually(
+        "site-b follows with site-a's state",
+        Duration::from_secs(10),
+        || async {
+            let s = json(&format!("{}/api/v1/status", b.url)).await?;
+            (s["cluster"]["role"] == "follower"
+                && s["cluster"]["leader"] == "site-a"
+                && s["services"]["onprem-api"]["state"]["mode"] == "cloud")
+                .then_some(())
+        },
+    )
+    .await;
+    for n in [&untrusting, &anonymous, &b] {
+        assert!(steps(n).await.is_empty(), "{} executed steps", n.url);
+    }
+    for n in [&untrusting, &anonymous] {
+        assert_eq!(cluster(n).await.expect("status")["etcd_up"], false);
+    }
+    assert!(steps(&a).await.iter().all(|(_, node)| node == "site-a"));
+}
+
+/// Hold-down counts from the failover, whoever made it: a new leader that takes over during
+/// the hold-down the old leader started keeps the cloud until it ends, though the failover
+/// alert has resolved, and then fails back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hold_down_carries_across_a_leader_change() {
+    let Some(s) = stage("cluster-hold-down").await else {
+        return;
+    };
+    let (world, etcd) = (&s.world, &s.etcd);
+    let hold = Duration::from_secs(8);
+    let start = |name: &'static str| {
+        let config = world.dir.path().join(format!("{name}.yaml"));
+        let yaml = world
+            .configure()
+            .top(&cluster_yaml(name, etcd, 0))
+            .hold_down("8s")
+            .yaml();
+        std::fs::write(&config, yaml).expect("config");
+        let storage = world.dir.path().join(format!("state-{name}"));
+        async move { ResponderProc::start(&config, &storage, &[]).await }
+    };
+    let mut a = start("site-a").await;
+    wait_role(&a, "leader", Duration::from_secs(10)).await;
+    let b = start("site-b").await;
+    wait_role(&b, "follower", Duration::from_secs(10)).await;
+
+    let fired = chrono::Utc::now();
+    for n in [&a, &b] {
+        assert_eq!(n.post_alerts(&down_body(fired, None)).await, Some(202));
+    }
+    eventually("cloud, by a", Duration::from_secs(30), || async {
+        world.is("cloud").await.then_some(())
+    })
+    .await;
+    let since = eventually("a's failover time", Duration::from_secs(5), || async {
+        let s = json(&format!("{}/api/v1/status", a.url)).await?;
+        let since = s["services"]["onprem-api"]["state"]["since"].as_str()?;
+        chrono::DateTime::parse_from_rfc3339(since).ok()
+    })
+    .await;
+
+    // a dies; b leads and is told the alert resolved, well inside the hold-down.
+    a.kill9();
+    wait_role(&b, "leader", Duration::from_secs(5)).await;
+    assert_eq!(
+        b.post_alerts(&down_body(fired, Some(chrono::Utc::now())))
+            .await,
+        Some(202)
+    );
+    let reason = eventually("b holds, saying why", Duration::from_secs(5), || async {
+        let s = json(&format!("{}/api/v1/status", b.url)).await?;
+        let r = s["services"]["onprem-api"]["held"].as_str()?;
+        r.contains("hold_down").then(|| r.to_string())
+    })
+    .await;
+    let held_until = since + chrono::Duration::from_std(hold).expect("hold");
+    let not_before = reason
+        .split("failback not before ")
+        .nth(1)
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t.trim()).ok());
+    assert_eq!(
+        not_before,
+        Some(held_until),
+        "b counts from a's failover ({since}), not from its own takeover: {reason}"
+    );
+    // It fails back only once a's hold-down has run out.
+    eventually("on-prem again, by b", Duration::from_secs(30), || async {
+        world.assert_safe("failback after hold-down").await;
+        world.is("onprem").await.then_some(())
+    })
+    .await;
+    let drained = json(&format!("{}/api/v1/events?kind=step", b.url))
+        .await
+        .and_then(|e| {
+            e["events"].as_array()?.iter().find_map(|e| {
+                let m = e["message"].as_str()?;
+                m.starts_with("drain ")
+                    .then(|| e["at"].as_str().map(String::from))?
+            })
+        })
+        .expect("b's drain step");
+    let drained = chrono::DateTime::parse_from_rfc3339(&drained).expect("event time");
+    assert!(
+        drained >= held_until,
+        "b drained at {drained}, before a's hold-down ended at {held_until}"
+    );
+}

@@ -25,8 +25,11 @@ pub struct ClusterConfig {
 /// How to reach etcd.
 #[derive(Debug, Clone, Deserialize)]
 pub struct EtcdConfig {
-    /// Client URLs of the etcd members, `http://host:2379`.
+    /// Client URLs of the etcd members: all `http://host:2379`, or all `https://` with `tls`.
     pub endpoints: Vec<String>,
+    /// TLS to etcd (`https://` endpoints): the CA that signed etcd's server certificate, and
+    /// this node's client certificate when etcd asks for one (`--client-cert-auth`).
+    pub tls: Option<EtcdTls>,
     /// etcd user (with `password_file`), when etcd has authentication on.
     pub username: Option<String>,
     /// File holding that user's password (read when connecting; never logged).
@@ -34,6 +37,63 @@ pub struct EtcdConfig {
     /// How long one etcd call may take before etcd counts as unreachable.
     #[serde(default = "default_timeout", with = "humantime_serde")]
     pub timeout: Duration,
+}
+
+/// `cluster.etcd.tls`. The files are read at start (so `check-config` finds a bad one) and
+/// again at every new etcd session, so a renewed certificate is used without a restart.
+#[derive(Debug, Clone, Deserialize)]
+pub struct EtcdTls {
+    /// PEM CA certificate(s) that etcd's server certificate must chain to.
+    pub ca_file: PathBuf,
+    /// PEM client certificate chain, leaf first (with `key_file`).
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of `cert_file` (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: Option<PathBuf>,
+    /// The name etcd's certificate must carry, when it is not the endpoints' host (for example
+    /// endpoints given as IP addresses, a certificate for `etcd.internal`).
+    pub server_name: Option<String>,
+}
+
+impl EtcdTls {
+    /// Reads and checks the PEM files. Errors name the key and the file, never key material.
+    pub fn read(&self) -> Result<etcd_client::TlsOptions, String> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+        let read = |key: &str, path: &PathBuf| {
+            std::fs::read(path)
+                .map_err(|e| format!("cluster.etcd.tls.{key} {}: {e}", path.display()))
+        };
+        let certs = |key: &str, path: &PathBuf, pem: &[u8]| {
+            let n = CertificateDer::pem_slice_iter(pem)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("cluster.etcd.tls.{key} {}: {e}", path.display()))?
+                .len();
+            if n == 0 {
+                return Err(format!(
+                    "cluster.etcd.tls.{key} {}: no PEM certificate in it",
+                    path.display()
+                ));
+            }
+            Ok(())
+        };
+        let ca = read("ca_file", &self.ca_file)?;
+        certs("ca_file", &self.ca_file, &ca)?;
+        let mut options =
+            etcd_client::TlsOptions::new().ca_certificate(etcd_client::Certificate::from_pem(ca));
+        if let (Some(cert_file), Some(key_file)) = (&self.cert_file, &self.key_file) {
+            let cert = read("cert_file", cert_file)?;
+            certs("cert_file", cert_file, &cert)?;
+            let key = read("key_file", key_file)?;
+            PrivateKeyDer::from_pem_slice(&key)
+                .map_err(|e| format!("cluster.etcd.tls.key_file {}: {e}", key_file.display()))?;
+            options = options.identity(etcd_client::Identity::from_pem(cert, key));
+        }
+        if let Some(name) = &self.server_name {
+            options = options.domain_name(name);
+        }
+        Ok(options)
+    }
 }
 
 fn default_lease_ttl() -> Duration {
@@ -49,6 +109,25 @@ fn default_timeout() -> Duration {
 }
 
 impl ClusterConfig {
+    /// Reads what the etcd connection will read (the password file, the TLS files), so that a
+    /// missing or malformed one stops the start and `check-config` instead of showing up as
+    /// "etcd unreachable" later. One message per problem.
+    pub fn check_files(&self) -> Vec<String> {
+        let mut errors = Vec::new();
+        if let Some(file) = &self.etcd.password_file {
+            if let Err(e) = std::fs::read_to_string(file) {
+                errors.push(format!(
+                    "cluster.etcd.password_file {}: {e}",
+                    file.display()
+                ));
+            }
+        }
+        if let Some(Err(e)) = self.etcd.tls.as_ref().map(EtcdTls::read) {
+            errors.push(e);
+        }
+        errors
+    }
+
     /// Checks `cluster:`, one message per problem, with its key path.
     pub fn validate(&self, errors: &mut Vec<String>) {
         let name_ok = !self.name.is_empty()
@@ -76,19 +155,33 @@ impl ClusterConfig {
         if self.etcd.endpoints.is_empty() {
             errors.push("cluster.etcd.endpoints: at least one".into());
         }
+        // One scheme for all: the client holds one channel configuration for every member.
+        let want = if self.etcd.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         for (i, e) in self.etcd.endpoints.iter().enumerate() {
             match reqwest::Url::parse(e) {
-                Ok(u) if u.scheme() == "http" && u.host().is_some() => {}
+                Ok(u) if u.scheme() == want && u.host().is_some() => {}
                 Ok(u) if u.scheme() == "https" => errors.push(format!(
-                    "cluster.etcd.endpoints[{i}]: {e:?}: TLS to etcd is not supported yet; use http:// on a private network"
+                    "cluster.etcd.endpoints[{i}]: {e:?} is https://: set cluster.etcd.tls.ca_file (the CA that signed etcd's server certificate)"
+                )),
+                Ok(u) if u.scheme() == "http" => errors.push(format!(
+                    "cluster.etcd.endpoints[{i}]: {e:?} is http:// while cluster.etcd.tls is set; use https://"
                 )),
                 _ => errors.push(format!(
-                    "cluster.etcd.endpoints[{i}]: {e:?} is not an http://host:port URL"
+                    "cluster.etcd.endpoints[{i}]: {e:?} is not an {want}://host:port URL"
                 )),
             }
         }
         if self.etcd.username.is_some() != self.etcd.password_file.is_some() {
             errors.push("cluster.etcd: set username and password_file together".into());
+        }
+        if let Some(t) = &self.etcd.tls {
+            if t.cert_file.is_some() != t.key_file.is_some() {
+                errors.push("cluster.etcd.tls: set cert_file and key_file together".into());
+            }
         }
         // A leader acts until 3/4 of the TTL after its last renewal; a call allowed longer than
         // a quarter of it leaves one slow answer able to fence a healthy leader.

@@ -217,6 +217,9 @@ impl Cluster {
                 .map_err(|err| format!("cluster.etcd.password_file {}: {err}", file.display()))?;
             options = options.with_user(user, password.trim_end());
         }
+        if let Some(tls) = &e.tls {
+            options = options.with_tls(tls.read()?);
+        }
         self.call("connect", Client::connect(&e.endpoints, Some(options)))
             .await
     }
@@ -229,7 +232,7 @@ impl Cluster {
     ) -> Result<T, String> {
         match tokio::time::timeout(self.config.etcd.timeout, f).await {
             Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(format!("etcd: {what}: {e}")),
+            Ok(Err(e)) => Err(format!("etcd: {what}: {}", with_causes(&e))),
             Err(_) => Err(format!(
                 "etcd: {what}: no answer within {}",
                 humantime::format_duration(self.config.etcd.timeout)
@@ -318,4 +321,22 @@ impl Cluster {
             .await;
         info!(node = %self.config.name, "left the election");
     }
+}
+
+/// `e` and every cause under it, `: `-joined. tonic's transport error says only "transport
+/// error"; the cause an operator needs (a refused connection, an unknown certificate issuer) is
+/// further down the chain.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        // Some layers repeat their cause in their own message.
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
 }

@@ -28,7 +28,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use serde::{Deserialize, Serialize};
 
-pub use config::{ClusterConfig, EtcdConfig};
+pub use config::{ClusterConfig, EtcdConfig, EtcdTls};
 
 /// This node's part in the cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -379,5 +379,68 @@ mod tests {
                 "{want} not in {errors:?}"
             );
         }
+    }
+
+    #[test]
+    fn tls_to_etcd_needs_https_a_readable_ca_and_a_key_with_its_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        let cert = rcgen::generate_simple_self_signed(vec!["etcd".into()]).unwrap();
+        std::fs::write(&ca, cert.cert.pem()).unwrap();
+        let not_pem = dir.path().join("junk.pem");
+        std::fs::write(&not_pem, "not a certificate").unwrap();
+        let cfg = |endpoint: &str, tls: serde_json::Value| -> ClusterConfig {
+            serde_json::from_value(serde_json::json!({
+                "name": "a", "lease_ttl": "10s",
+                "etcd": {"endpoints": [endpoint], "tls": tls},
+            }))
+            .unwrap()
+        };
+        let problems = |c: &ClusterConfig| {
+            let mut errors = Vec::new();
+            c.validate(&mut errors);
+            errors.extend(c.check_files());
+            errors
+        };
+        let good = cfg("https://127.0.0.1:2379", serde_json::json!({"ca_file": ca}));
+        assert_eq!(problems(&good), Vec::<String>::new());
+        let http = cfg("http://127.0.0.1:2379", serde_json::json!({"ca_file": ca}));
+        assert!(problems(&http)[0].contains("is http:// while cluster.etcd.tls is set"));
+        let half = cfg(
+            "https://127.0.0.1:2379",
+            serde_json::json!({"ca_file": ca, "cert_file": ca}),
+        );
+        assert_eq!(
+            problems(&half),
+            ["cluster.etcd.tls: set cert_file and key_file together"]
+        );
+        let junk = cfg(
+            "https://127.0.0.1:2379",
+            serde_json::json!({"ca_file": not_pem}),
+        );
+        let p = problems(&junk);
+        assert!(
+            p.len() == 1
+                && p[0].starts_with("cluster.etcd.tls.ca_file ")
+                && p[0].contains("junk.pem"),
+            "{p:?}"
+        );
+        let missing = cfg(
+            "https://127.0.0.1:2379",
+            serde_json::json!({"ca_file": dir.path().join("nope.pem")}),
+        );
+        assert!(problems(&missing)[0].contains("nope.pem"));
+        // The key file's content never shows in a message, only its path.
+        let bad_key = dir.path().join("key.pem");
+        std::fs::write(&bad_key, "SECRET-NOT-A-KEY").unwrap();
+        let with_key = cfg(
+            "https://127.0.0.1:2379",
+            serde_json::json!({"ca_file": ca, "cert_file": ca, "key_file": bad_key}),
+        );
+        let p = problems(&with_key);
+        assert!(
+            p.len() == 1 && p[0].contains("key_file") && !p[0].contains("SECRET"),
+            "{p:?}"
+        );
     }
 }

@@ -1126,15 +1126,78 @@ pub struct Etcd {
     pub client_ports: Vec<u16>,
     peer_ports: Vec<u16>,
     dir: std::path::PathBuf,
+    /// Set: clients reach etcd over TLS only, with a certificate this PKI signed.
+    pub tls: Option<EtcdPki>,
+}
+
+/// A CA, etcd's server certificate for 127.0.0.1 and a client certificate, all signed by that
+/// CA (rcgen), as PEM files in one folder.
+pub struct EtcdPki {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+impl EtcdPki {
+    pub fn generate(dir: &Path) -> EtcdPki {
+        use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyPair};
+        std::fs::create_dir_all(dir).expect("pki dir");
+        let write = |name: &str, pem: String| {
+            let p = dir.join(name);
+            std::fs::write(&p, pem).expect("write pem");
+            p
+        };
+        let ca_key = KeyPair::generate().expect("ca key");
+        let mut ca_params = CertificateParams::new(Vec::new()).expect("ca params");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_cert = ca_params.self_signed(&ca_key).expect("ca cert");
+        let leaf = |names: Vec<String>, usage: ExtendedKeyUsagePurpose| {
+            let key = KeyPair::generate().expect("leaf key");
+            let mut params = CertificateParams::new(names).expect("leaf params");
+            params.extended_key_usages = vec![usage];
+            let cert = params
+                .signed_by(&key, &ca_cert, &ca_key)
+                .expect("leaf cert");
+            (cert.pem(), key.serialize_pem())
+        };
+        let (server_cert, server_key) = leaf(
+            vec!["127.0.0.1".into(), "localhost".into()],
+            ExtendedKeyUsagePurpose::ServerAuth,
+        );
+        let (client_cert, client_key) = leaf(
+            vec!["responder".into()],
+            ExtendedKeyUsagePurpose::ClientAuth,
+        );
+        EtcdPki {
+            ca: write("ca.pem", ca_cert.pem()),
+            server_cert: write("server.pem", server_cert),
+            server_key: write("server-key.pem", server_key),
+            client_cert: write("client.pem", client_cert),
+            client_key: write("client-key.pem", client_key),
+        }
+    }
 }
 
 impl Etcd {
     pub async fn start(dir: &Path, n: usize) -> Etcd {
+        Self::start_with(dir, n, None).await
+    }
+
+    /// `n` members that serve clients over TLS only and require a client certificate signed
+    /// by `pki`'s CA (`--client-cert-auth`).
+    pub async fn start_tls(dir: &Path, n: usize, pki: EtcdPki) -> Etcd {
+        Self::start_with(dir, n, Some(pki)).await
+    }
+
+    async fn start_with(dir: &Path, n: usize, tls: Option<EtcdPki>) -> Etcd {
         let mut e = Etcd {
             members: Vec::new(),
             client_ports: (0..n).map(|_| free_port()).collect(),
             peer_ports: (0..n).map(|_| free_port()).collect(),
             dir: dir.join("etcd"),
+            tls,
         };
         for i in 0..n {
             let p = e.spawn(i);
@@ -1154,19 +1217,30 @@ impl Etcd {
             .map(|(j, p)| format!("e{j}=http://127.0.0.1:{p}"))
             .collect();
         let (client, peer) = (self.client_ports[i], self.peer_ports[i]);
+        let scheme = self.scheme();
         let log =
             std::fs::File::create(self.dir.with_extension(format!("{i}.log"))).expect("etcd log");
-        let child = Command::new("etcd")
+        let mut etcd = Command::new("etcd");
+        if let Some(pki) = &self.tls {
+            etcd.arg("--cert-file")
+                .arg(&pki.server_cert)
+                .arg("--key-file")
+                .arg(&pki.server_key)
+                .arg("--trusted-ca-file")
+                .arg(&pki.ca)
+                .arg("--client-cert-auth");
+        }
+        let child = etcd
             .args(["--name", &format!("e{i}")])
             .arg("--data-dir")
             .arg(self.dir.join(format!("e{i}")))
             .args([
                 "--listen-client-urls",
-                &format!("http://127.0.0.1:{client}"),
+                &format!("{scheme}://127.0.0.1:{client}"),
             ])
             .args([
                 "--advertise-client-urls",
-                &format!("http://127.0.0.1:{client}"),
+                &format!("{scheme}://127.0.0.1:{client}"),
             ])
             .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
             .args([
@@ -1188,15 +1262,39 @@ impl Etcd {
         }
     }
 
+    fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
     async fn wait_healthy(&self, i: usize) {
-        let url = format!("http://127.0.0.1:{}/health", self.client_ports[i]);
+        let url = format!(
+            "{}://127.0.0.1:{}/health",
+            self.scheme(),
+            self.client_ports[i]
+        );
+        let mut client = reqwest::Client::builder().timeout(Duration::from_secs(2));
+        if let Some(pki) = &self.tls {
+            let read = |p: &PathBuf| std::fs::read(p).expect("read pem");
+            let mut identity = read(&pki.client_cert);
+            identity.extend(read(&pki.client_key));
+            client = client
+                .add_root_certificate(
+                    reqwest::Certificate::from_pem(&read(&pki.ca)).expect("ca pem"),
+                )
+                .identity(reqwest::Identity::from_pem(&identity).expect("client identity"));
+        }
+        let client = client.build().expect("health client");
         eventually(
             &format!("etcd e{i} healthy"),
             Duration::from_secs(20),
             || {
-                let url = url.clone();
+                let (client, url) = (client.clone(), url.clone());
                 async move {
-                    let body = get_text(&url).await?;
+                    let body = client.get(&url).send().await.ok()?.text().await.ok()?;
                     body.contains("\"true\"").then_some(())
                 }
             },
@@ -1216,7 +1314,7 @@ impl Etcd {
         let urls: Vec<String> = self
             .client_ports
             .iter()
-            .map(|p| format!("'http://127.0.0.1:{p}'"))
+            .map(|p| format!("'{}://127.0.0.1:{p}'", self.scheme()))
             .collect();
         format!("[{}]", urls.join(", "))
     }
