@@ -743,3 +743,100 @@ async fn hold_down_carries_across_a_leader_change() {
         "b drained at {drained}, before a's hold-down ended at {held_until}"
     );
 }
+
+/// etcd with authentication on (a user whose role may use only the cluster's prefix): the node
+/// with the user's password leads and fails over; one with a wrong password never leads, says
+/// why, and neither the password nor the wrong one appears in status or logs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_etcd_authentication_only_the_node_with_the_password_leads() {
+    let Some(s) = stage("cluster-auth").await else {
+        return;
+    };
+    let (world, etcd) = (&s.world, &s.etcd);
+    let dir = world.dir.path();
+    let (password, wrong) = ("s3cret-etcd-pw", "not-the-pw");
+    let mut root = etcd_client::Client::connect(
+        etcd.client_ports
+            .iter()
+            .map(|p| format!("http://127.0.0.1:{p}"))
+            .collect::<Vec<_>>(),
+        None,
+    )
+    .await
+    .expect("etcd client");
+    root.user_add("root", "root-pw", None).await.expect("root");
+    root.user_grant_role("root", "root")
+        .await
+        .expect("root role");
+    root.role_add("responder").await.expect("role");
+    root.role_grant_permission(
+        "responder",
+        etcd_client::Permission::read_write("/fr-test-0/").with_prefix(),
+    )
+    .await
+    .expect("permission");
+    root.user_add("failover-responder", password, None)
+        .await
+        .expect("user");
+    root.user_grant_role("failover-responder", "responder")
+        .await
+        .expect("grant");
+    root.auth_enable().await.expect("auth enable");
+
+    let start = |name: &'static str, pw: &str| {
+        let pw_file = dir.join(format!("{name}.pw"));
+        std::fs::write(&pw_file, format!("{pw}\n")).expect("password file");
+        let top = cluster_yaml(name, etcd, 0).replace(
+            "timeout: 500ms}",
+            &format!(
+                "timeout: 500ms, username: failover-responder, password_file: '{}'}}",
+                pw_file.display()
+            ),
+        );
+        let config = dir.join(format!("{name}.yaml"));
+        let yaml = world.configure().top(&top).hold_down("0s").yaml();
+        std::fs::write(&config, yaml).expect("config");
+        let storage = dir.join(format!("state-{name}"));
+        async move { ResponderProc::start(&config, &storage, &[]).await }
+    };
+    let intruder = start("intruder", wrong).await;
+    let status = |n: &ResponderProc| {
+        let url = format!("{}/api/v1/status", n.url);
+        async move { json(&url).await }
+    };
+    let why = eventually("the intruder says why", Duration::from_secs(10), || async {
+        let s = status(&intruder).await?;
+        let r = s["cluster"]["reason"].as_str()?.to_string();
+        r.contains("authentication failed").then_some(r)
+    })
+    .await;
+    assert!(!why.contains(wrong), "{why}");
+
+    let a = start("site-a", password).await;
+    wait_role(&a, "leader", Duration::from_secs(10)).await;
+    let down = down_body(chrono::Utc::now(), None);
+    for n in [&intruder, &a] {
+        assert_eq!(n.post_alerts(&down).await, Some(202));
+    }
+    eventually("cloud, by site-a", Duration::from_secs(30), || async {
+        world.is("cloud").await.then_some(())
+    })
+    .await;
+    assert!(
+        steps(&intruder).await.is_empty(),
+        "the intruder executed steps"
+    );
+    assert_eq!(
+        role(&intruder).await.map(|(r, _)| r).as_deref(),
+        Some("follower")
+    );
+    for n in ["intruder", "site-a"] {
+        let log = std::fs::read_to_string(dir.join(format!("state-{n}.log"))).expect("log");
+        assert!(
+            log.contains("listening") && !log.contains(password) && !log.contains(wrong),
+            "{n}'s log shows a password"
+        );
+    }
+    let shown = format!("{:?}{:?}", status(&a).await, status(&intruder).await);
+    assert!(!shown.contains(password) && !shown.contains(wrong));
+}

@@ -215,7 +215,11 @@ impl Cluster {
         if let (Some(user), Some(file)) = (&e.username, &e.password_file) {
             let password = std::fs::read_to_string(file)
                 .map_err(|err| format!("cluster.etcd.password_file {}: {err}", file.display()))?;
-            options = options.with_user(user, password.trim_end());
+            // etcd's tokens end (a TTL, or a member restart forgets simple tokens): take a
+            // new one and retry the call, rather than lose the session and the lead over it.
+            options = options
+                .with_user(user, password.trim_end())
+                .with_auto_token_refresh(true);
         }
         if let Some(tls) = &e.tls {
             options = options.with_tls(tls.read()?);
