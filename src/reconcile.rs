@@ -360,10 +360,26 @@ async fn adopt_shared(svc: &ServiceRuntime, ctx: &Context) -> Result<(), crate::
         return Ok(());
     };
     let local = ctx.store.service(&svc.name);
-    let state = shared
-        .state
-        .as_deref()
-        .and_then(|b| serde_json::from_slice::<ServiceState>(b).ok());
+    if shared.state.is_none() && c.may_act() {
+        // Nothing recorded yet (a new cluster, or one made of standalone responders): the
+        // first leader's state becomes the cluster's, so that a node with an older local
+        // history never decides from it after a takeover.
+        if let Ok(bytes) = serde_json::to_vec(&state_of(svc, ctx)) {
+            match c.put_state(&svc.name, bytes).await {
+                Ok(()) => {
+                    info!(service = %svc.name, "the cluster had no state for this service: wrote this node's")
+                }
+                Err(e) => {
+                    warn!(service = %svc.name, error = %e, "could not write this node's state to the cluster")
+                }
+            }
+        }
+    }
+    let state = shared.state.as_deref().and_then(|b| {
+        serde_json::from_slice::<ServiceState>(b)
+            .map_err(|e| warn!(service = %svc.name, error = %e, "the cluster's state does not parse; keeping this node's"))
+            .ok()
+    });
     if let Some(state) = state {
         let same = local.as_ref().is_some_and(|l| {
             // The override is compared on its own, below: the stored one is kept by set_service.

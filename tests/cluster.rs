@@ -134,6 +134,28 @@ async fn only_the_leader_acts_and_the_follower_takes_over_when_it_dies() {
     })
     .await;
 
+    // The first leader seeds the cluster's state from its own (nothing was recorded yet), so
+    // that no node's older local history is ever decided from.
+    let client = etcd_client::Client::connect(
+        [format!("http://127.0.0.1:{}", s.etcd.client_ports[0])],
+        None,
+    )
+    .await
+    .expect("etcd client");
+    let seeded = eventually("a seeds the state", Duration::from_secs(10), || {
+        let mut client = client.clone();
+        async move {
+            let got = client
+                .get("/fr-test-0/services/onprem-api/state", None)
+                .await
+                .ok()?;
+            let kv = got.kvs().first()?;
+            serde_json::from_slice::<serde_json::Value>(kv.value()).ok()
+        }
+    })
+    .await;
+    assert_eq!(seeded["mode"], "onprem", "{seeded}");
+
     // `check-config` names the node and its etcd.
     let out = Command::new(env!("CARGO_BIN_EXE_failover-responder"))
         .args(["check-config", "--config.file"])
