@@ -141,8 +141,8 @@ fn http_server(
 }
 
 /// Starts what runs beside the HTTP server until `stop`: one reconciler per service, the
-/// cluster's campaign (and the wake-up of the reconcilers when it wins), the resync from
-/// Alertmanager.
+/// readiness check of each, the cluster's campaign (and the wake-up of the reconcilers when it
+/// wins), the resync from Alertmanager.
 fn spawn_tasks(
     config: &Config,
     ctx: &Context,
@@ -152,6 +152,11 @@ fn spawn_tasks(
     let mut tasks = Vec::new();
     for svc in services.iter() {
         tasks.push(tokio::spawn(run_service(
+            svc.clone(),
+            ctx.clone(),
+            stop.clone(),
+        )));
+        tasks.push(tokio::spawn(crate::readiness::run(
             svc.clone(),
             ctx.clone(),
             stop.clone(),

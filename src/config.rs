@@ -369,6 +369,9 @@ pub struct ServiceConfig {
     /// Cost guard and estimate for the cloud units this service runs.
     #[serde(default)]
     pub cost: CostConfig,
+    /// How often the readiness check asks whether a failover would work now.
+    #[serde(default)]
+    pub readiness: ReadinessConfig,
     /// `failover_on`, parsed.
     #[serde(skip)]
     pub failover_matchers: Vec<Matcher>,
@@ -472,6 +475,27 @@ fn default_cooldown() -> Duration {
 }
 fn default_weight() -> u32 {
     100
+}
+
+/// `readiness:` in a service's config.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ReadinessConfig {
+    /// Between two readiness checks (also one at start); `0s` turns the schedule off (the
+    /// check still runs on `POST /api/v1/services/{name}/check`).
+    #[serde(default = "default_readiness_interval", with = "humantime_serde")]
+    pub interval: Duration,
+}
+
+impl Default for ReadinessConfig {
+    fn default() -> Self {
+        ReadinessConfig {
+            interval: default_readiness_interval(),
+        }
+    }
+}
+
+fn default_readiness_interval() -> Duration {
+    Duration::from_secs(300)
 }
 
 /// How long each phase may take.
@@ -922,6 +946,7 @@ fn known_keys(parent: &[KeySeg<'_>]) -> Option<&'static [&'static str]> {
             [K("ec2"), K("tag")] | [K("burst"), K("ec2"), K("tag")] => fields_of::<TagFilter>(),
             [K("timeouts")] => fields_of::<Timeouts>(),
             [K("cost")] => fields_of::<CostConfig>(),
+            [K("readiness")] => fields_of::<ReadinessConfig>(),
             [K("burst")] => fields_of::<BurstConfig>(),
             [K("burst"), K("haproxy")] => fields_of::<BurstHaproxy>(),
             _ => return None,

@@ -35,6 +35,7 @@ pub mod matcher;
 pub mod metrics;
 pub mod pass;
 pub mod plan;
+pub mod readiness;
 pub mod reconcile;
 pub mod resync;
 pub mod status;

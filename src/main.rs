@@ -49,7 +49,8 @@ enum Command {
         #[arg(long = "dry-run")]
         dry_run: bool,
     },
-    /// Talk to a running responder: status, or pause/resume/failover/failback a service.
+    /// Talk to a running responder: status, pause/resume/failover/failback a service, or
+    /// check whether its failover would work now (exit 1 when not).
     Ctl {
         /// The responder's base URL.
         #[arg(long, default_value = "http://127.0.0.1:9095")]
@@ -76,6 +77,8 @@ enum CtlAction {
     Resume,
     Failover,
     Failback,
+    /// Run the service's readiness check now; exit 1 when it found problems.
+    Check,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -216,6 +219,7 @@ async fn ctl(
             .context("no --token-file and FAILOVER_RESPONDER_TOKEN is not set")?,
     };
     let verb = match action {
+        CtlAction::Check => "check",
         CtlAction::Pause => "pause",
         CtlAction::Resume => "resume",
         CtlAction::Failover => "failover",
@@ -236,8 +240,32 @@ async fn ctl(
             body["error"].as_str().unwrap_or("no message")
         );
     }
+    if action == CtlAction::Check {
+        return print_readiness(service, &body);
+    }
     println!("{service}: override {}", body["override"]);
     Ok(())
+}
+
+/// `SERVICE: ready`, or one line per problem and an error (exit 1).
+fn print_readiness(service: &str, r: &serde_json::Value) -> anyhow::Result<()> {
+    let problems = r["problems"].as_array().cloned().unwrap_or_default();
+    if r["ready"] == true {
+        println!(
+            "{service}: ready (a failover would work as far as can be checked without acting)"
+        );
+        return Ok(());
+    }
+    println!("{service}: NOT READY");
+    for p in &problems {
+        println!(
+            "  {} {}: {}",
+            p["check"].as_str().unwrap_or("?"),
+            p["target"].as_str().unwrap_or("?"),
+            p["message"].as_str().unwrap_or("")
+        );
+    }
+    anyhow::bail!("{service}: {} readiness problem(s)", problems.len())
 }
 
 /// In a cluster, one line for this node (role, leader, etcd); then one line per service: mode,
@@ -276,6 +304,13 @@ fn print_status(st: &serde_json::Value, only: Option<&str>) {
         }
         if let Some(e) = s["last_error"].as_str() {
             line.push_str(&format!(", last error: {e}"));
+        }
+        match s["readiness"]["problems"].as_array().map(Vec::len) {
+            Some(0) => line.push_str(", standby ready"),
+            Some(n) => line.push_str(&format!(
+                ", standby NOT READY ({n} problems: ctl check {name})"
+            )),
+            None => {}
         }
         println!("{line}");
     }

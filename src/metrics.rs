@@ -109,6 +109,40 @@ pub struct Metrics {
     pub cost_per_hour: Family<ServiceLabels, FloatGauge>,
     /// Instance-hours used today (UTC).
     pub instance_hours_today: Family<ServiceLabels, FloatGauge>,
+    /// Readiness checks, drills and verification (see [`crate::readiness`]).
+    pub readiness: ReadinessMetrics,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CheckLabels {
+    pub service: String,
+    pub check: String,
+}
+
+/// The series of [`crate::readiness`]: whether a failover would work now, and why not.
+#[derive(Default)]
+pub struct ReadinessMetrics {
+    /// 1 when the last readiness check found no problem.
+    pub standby_ready: Family<ServiceLabels, Gauge>,
+    /// Problems the last check found, per check (0 for a check that found none).
+    pub problems: Family<CheckLabels, Gauge>,
+}
+
+impl ReadinessMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let m = ReadinessMetrics::default();
+        registry.register(
+            "standby_ready",
+            "1 when the last readiness check found nothing that would stop a failover",
+            m.standby_ready.clone(),
+        );
+        registry.register(
+            "readiness_problems",
+            "Problems the last readiness check found, by check",
+            m.problems.clone(),
+        );
+        m
+    }
 }
 
 impl Metrics {
@@ -278,7 +312,9 @@ impl Metrics {
             "EC2 instance-hours used today (UTC)",
             instance_hours_today.clone(),
         );
+        let readiness = ReadinessMetrics::register(&mut registry);
         Metrics {
+            readiness,
             registry,
             burst_desired,
             burst_open,

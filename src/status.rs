@@ -51,6 +51,8 @@ pub struct ServiceStatus {
     pub burst: Option<BurstStatus>,
     /// Cloud units running now, since when, and what they cost.
     pub cost: CostStatus,
+    /// The last readiness check: would a failover work now? None before the first.
+    pub readiness: Option<crate::readiness::Readiness>,
 }
 
 /// The burst part of a service's status.
@@ -155,6 +157,15 @@ impl StatusBoard {
         let s = g.services.entry(service.to_string()).or_default();
         s.burst = burst;
         s.cost = cost;
+    }
+
+    /// Records a service's last readiness check.
+    pub fn set_readiness(&self, service: &str, r: crate::readiness::Readiness) {
+        self.write()
+            .services
+            .entry(service.to_string())
+            .or_default()
+            .readiness = Some(r);
     }
 
     /// Records a step outcome in the status; a failure also sets `last_error`.

@@ -11,7 +11,7 @@ use tracing::warn;
 use crate::backend::docker::{ContainerSpec, DockerBackend};
 use crate::backend::ec2::{self, Ec2Backend};
 use crate::backend::haproxy::{self, RuntimeApi};
-use crate::backend::BackendError;
+use crate::backend::{BackendError, Problem};
 use crate::burst;
 use crate::config::ServiceConfig;
 use crate::plan::{ContainerObs, ContainerState, Health, InstanceObs, InstanceState, Observed};
@@ -102,6 +102,54 @@ impl World {
             haproxy::apply_levels(&levels, &mut u.observed);
         }
         (observed, units)
+    }
+
+    /// What would keep a failover (and bursting) from working now, on every backend, checked
+    /// concurrently and changing nothing (each backend's `readiness`); empty when nothing
+    /// would. The containers of a cold standby are not checked while none of its instances
+    /// runs: their engine runs on those instances.
+    pub async fn readiness(&self, service: &str, config: &ServiceConfig) -> Vec<Problem> {
+        let ec2 = async {
+            let mut out = Vec::new();
+            if let (Some(e), Some(cfg)) = (&self.ec2, &config.ec2) {
+                out.extend(ec2::readiness(e, cfg).await);
+            }
+            let burst = config.burst.as_ref().and_then(|b| b.ec2.as_ref());
+            if let (Some(e), Some(cfg)) = (&self.burst_ec2, burst) {
+                out.extend(ec2::readiness(e, cfg).await);
+            }
+            out
+        };
+        let docker = async {
+            let Some(d) = &self.docker else {
+                return Vec::new();
+            };
+            if let (Some(e), Some(cfg)) = (&self.ec2, &config.ec2) {
+                let pool = ec2::observe_pool(e, cfg).await.unwrap_or_default();
+                if !pool.iter().any(|i| i.state == InstanceState::Running) {
+                    return Vec::new();
+                }
+            }
+            let specs: Vec<ContainerSpec> =
+                self.containers.iter().chain(&self.units).cloned().collect();
+            d.readiness(service, &specs).await
+        };
+        let haproxy = async {
+            let Some(h) = &config.haproxy else {
+                return Vec::new();
+            };
+            let backend = burst_backend(config);
+            let slots = config.burst.as_ref().map(|b| haproxy::Slots {
+                backend: &backend,
+                prefix: &b.haproxy.server_prefix,
+                max: b.max,
+            });
+            haproxy::readiness(&self.haproxy, &h.backend, &h.cloud_servers, slots).await
+        };
+        let (mut problems, d, h) = tokio::join!(ec2, docker, haproxy);
+        problems.extend(d);
+        problems.extend(h);
+        problems
     }
 
     /// Whether each backend observed answered: `(backend, target, up)` per observation, for

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_ec2::types::{ResourceType, Tag, TagSpecification};
 use common::*;
-use failover_responder::backend::ec2::Ec2Backend;
+use failover_responder::backend::ec2::{self, Ec2Backend};
 use failover_responder::backend::BackendError;
 use failover_responder::config::{Ec2Config, TagFilter};
 use failover_responder::plan::InstanceState;
@@ -638,4 +638,125 @@ async fn burst_instance_units_grow_within_the_cost_guard_and_stop_after() {
         t.elapsed()
     );
     r.shutdown().await;
+}
+
+/// An EC2 endpoint in front of moto that answers `StartInstances` with `DryRun` as EC2 does
+/// for credentials without `ec2:StartInstances` (403, `UnauthorizedOperation` in EC2's XML),
+/// and forwards everything else to moto.
+async fn denying_proxy(moto: &str) -> String {
+    use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+    async fn forward(req: HttpRequest, body: web::Bytes, moto: web::Data<String>) -> HttpResponse {
+        let form = String::from_utf8_lossy(&body);
+        if form.contains("Action=StartInstances") && form.contains("DryRun=true") {
+            return HttpResponse::Forbidden().content_type("text/xml").body(
+                "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error>\
+                 <Code>UnauthorizedOperation</Code><Message>You are not authorized to \
+                 perform this operation.</Message></Error></Errors>\
+                 <RequestID>fr-test</RequestID></Response>",
+            );
+        }
+        let mut out = reqwest::Client::new().post(format!("{}{}", moto.as_str(), req.uri()));
+        for (k, v) in req.headers() {
+            if k != "host" && k != "content-length" {
+                out = out.header(k.as_str(), v.as_bytes());
+            }
+        }
+        match out.body(body.to_vec()).send().await {
+            Ok(r) => {
+                let status = r.status().as_u16();
+                let bytes = r.bytes().await.unwrap_or_default();
+                HttpResponse::build(
+                    actix_web::http::StatusCode::from_u16(status)
+                        .unwrap_or(actix_web::http::StatusCode::BAD_GATEWAY),
+                )
+                .content_type("text/xml")
+                .body(bytes)
+            }
+            Err(e) => HttpResponse::BadGateway().body(e.to_string()),
+        }
+    }
+    let moto = web::Data::new(moto.to_string());
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(moto.clone())
+            .default_service(web::to(forward))
+    })
+    .workers(1)
+    .bind("127.0.0.1:0")
+    .expect("bind proxy");
+    let port = server.addrs()[0].port();
+    tokio::spawn(server.run());
+    format!("http://127.0.0.1:{port}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_names_unknown_and_terminated_instances_and_a_denied_start() {
+    let Some(m) = moto().await else { return };
+    let ids = launch(&m.url, 2, ("failover-responder", "onprem-api")).await;
+    let c = sdk(&m.url).await;
+    let before = states(
+        &Ec2Backend::new(cfg(&m.url, ids.clone(), None))
+            .observe()
+            .await
+            .expect("observe"),
+    );
+
+    // Stopped instances the credentials may start and stop: ready (moto answers the DryRun
+    // with DryRunOperation, as EC2 does).
+    let ok = cfg(&m.url, ids.clone(), None);
+    let problems = ec2::readiness(&Ec2Backend::new(ok.clone()), &ok).await;
+    assert_eq!(problems, Vec::new());
+
+    // An id EC2 does not know.
+    let unknown = cfg(&m.url, vec!["i-0123456789abcdef0".into()], None);
+    let problems = ec2::readiness(&Ec2Backend::new(unknown.clone()), &unknown).await;
+    assert!(
+        problems.len() == 1
+            && problems[0].check == "ec2_instance"
+            && problems[0].message.contains("i-0123456789abcdef0"),
+        "{problems:?}"
+    );
+
+    // A tag no instance carries.
+    let untagged = cfg(&m.url, vec![], Some(("failover-responder", "nobody")));
+    let problems = ec2::readiness(&Ec2Backend::new(untagged.clone()), &untagged).await;
+    assert!(
+        problems.len() == 1 && problems[0].check == "ec2_instance",
+        "{problems:?}"
+    );
+
+    // Credentials without ec2:StartInstances: named, with the action and the ids.
+    let proxy = denying_proxy(&m.url).await;
+    let denied = cfg(&proxy, ids.clone(), None);
+    let problems = ec2::readiness(&Ec2Backend::new(denied.clone()), &denied).await;
+    assert!(
+        problems.len() == 1
+            && problems[0].check == "ec2_permission"
+            && problems[0].message.contains("ec2:StartInstances")
+            && problems[0].message.contains("UnauthorizedOperation")
+            && problems[0].target == ids.join(","),
+        "{problems:?}"
+    );
+
+    // Nothing was started or stopped by any check.
+    let after = states(
+        &Ec2Backend::new(ok.clone())
+            .observe()
+            .await
+            .expect("observe"),
+    );
+    assert_eq!(before, after);
+    assert_eq!(after, vec![InstanceState::Stopped; 2]);
+
+    // One instance terminated: it can never start again.
+    c.terminate_instances()
+        .instance_ids(ids[0].clone())
+        .send()
+        .await
+        .expect("terminate");
+    let problems = ec2::readiness(&Ec2Backend::new(ok.clone()), &ok).await;
+    assert!(
+        problems.len() == 1 && problems[0].check == "ec2_instance" && problems[0].target == ids[0],
+        "{problems:?}"
+    );
 }

@@ -8,6 +8,8 @@
 
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
+
 pub mod docker;
 pub mod ec2;
 pub mod haproxy;
@@ -36,6 +38,47 @@ impl BackendError {
         match self {
             BackendError::Unreachable { .. } | BackendError::Timeout { .. } => true,
             BackendError::Rejected { retryable, .. } => *retryable,
+        }
+    }
+}
+
+/// One reason a failover would not work now, found by a readiness check (which changes
+/// nothing). Shown in status and `POST /api/v1/services/{name}/check`, counted per `check` in
+/// `failover_responder_readiness_problems`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Problem {
+    /// Which check found it: `docker_engine`, `docker_image`, `docker_container`,
+    /// `docker_port`, `haproxy_runtime_api`, `haproxy_level`, `haproxy_backend`,
+    /// `haproxy_server`, `haproxy_slots`, `ec2_api`, `ec2_instance`, `ec2_permission`.
+    pub check: String,
+    /// What it is about: `docker <host>`, a container, `haproxy <runtime api>`, an instance.
+    pub target: String,
+    /// What is wrong and what to do about it.
+    pub message: String,
+}
+
+/// Every `check` a [`Problem`] can name, for the per-check metric (0 where none).
+pub const CHECKS: &[&str] = &[
+    "docker_engine",
+    "docker_image",
+    "docker_container",
+    "docker_port",
+    "haproxy_runtime_api",
+    "haproxy_level",
+    "haproxy_backend",
+    "haproxy_server",
+    "haproxy_slots",
+    "ec2_api",
+    "ec2_instance",
+    "ec2_permission",
+];
+
+impl Problem {
+    pub fn new(check: &str, target: impl Into<String>, message: impl Into<String>) -> Problem {
+        Problem {
+            check: check.to_string(),
+            target: target.into(),
+            message: message.into(),
         }
     }
 }

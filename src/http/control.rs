@@ -69,6 +69,23 @@ pub async fn set_override(
     Ok(HttpResponse::Ok().json(json!({ "service": name, "override": new, "previous": old })))
 }
 
+/// Runs the service's readiness check now and answers it (`{ready, checked_at, problems}`);
+/// changes nothing in the world. Also recorded as the service's readiness in status and
+/// metrics. Errors: 401 without credentials, 404 for an unknown service.
+pub async fn check(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    state.auth.check(&req)?;
+    let name = path.into_inner();
+    let Some(svc) = state.service(&name) else {
+        return Err(ApiError::NotFound(format!("no service named {name:?}")));
+    };
+    let r = crate::readiness::check(svc, &state.status, &state.metrics, &state.store).await;
+    Ok(HttpResponse::Ok().json(r))
+}
+
 /// A webhook body in, the steps it would cause out; nothing is recorded or changed. Plans
 /// against the last observed state of each service.
 pub async fn plan(

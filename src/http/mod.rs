@@ -89,6 +89,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/api/v1/events", web::get().to(api::events))
         .route("/api/v1/plan", web::post().to(control::plan))
         .route(
+            "/api/v1/services/{name}/check",
+            web::post().to(control::check),
+        )
+        .route(
             "/api/v1/services/{name}/{action}",
             web::post().to(control::set_override),
         )

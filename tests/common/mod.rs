@@ -211,6 +211,8 @@ pub fn start_httpd(dir: &Path, port: u16, body: &str) -> Proc {
 pub struct Haproxy {
     pub proc: Proc,
     pub socket: PathBuf,
+    /// A second Runtime API at `level operator` (it may not `set server`).
+    pub operator_socket: PathBuf,
     pub frontend_port: u16,
     pub config: PathBuf,
 }
@@ -218,10 +220,12 @@ pub struct Haproxy {
 impl Haproxy {
     pub async fn start(dir: &Path, onprem_port: u16, cloud_port: u16) -> Haproxy {
         let socket = dir.join("admin.sock");
+        let operator_socket = dir.join("operator.sock");
         let frontend_port = free_port();
         let config = dir.join("haproxy.cfg");
         let cfg = format!(
-            "global\n  stats socket {sock} mode 600 level admin\n  stats timeout 10s\n\n\
+            "global\n  stats socket {sock} mode 600 level admin\n  \
+             stats socket {op} mode 600 level operator\n  stats timeout 10s\n\n\
              defaults\n  mode http\n  timeout connect 1s\n  timeout client 10s\n  timeout server 10s\n  \
              retries 1\n  option redispatch\n\n\
              frontend fe\n  bind 127.0.0.1:{frontend_port}\n  default_backend api\n\n\
@@ -229,7 +233,8 @@ impl Haproxy {
              server onprem 127.0.0.1:{onprem_port} check\n  \
              server cloud1 127.0.0.1:{cloud_port} check backup disabled\n  \
              server-template burst 1-4 127.0.0.1:9 check disabled\n",
-            sock = socket.display()
+            sock = socket.display(),
+            op = operator_socket.display()
         );
         std::fs::write(&config, cfg).expect("write haproxy.cfg");
         let child = spawn_haproxy(&config);
@@ -239,6 +244,7 @@ impl Haproxy {
                 name: "haproxy".into(),
             },
             socket,
+            operator_socket,
             frontend_port,
             config,
         };
@@ -250,6 +256,7 @@ impl Haproxy {
     pub async fn restart(&mut self) {
         self.proc.kill();
         let _ = std::fs::remove_file(&self.socket);
+        let _ = std::fs::remove_file(&self.operator_socket);
         let child = spawn_haproxy(&self.config);
         self.proc.child = child;
         self.wait_answering().await;
@@ -291,6 +298,16 @@ impl Haproxy {
     /// One column of a server's line in `show servers state api` (srv_addr, srv_port,
     /// srv_uweight, ...).
     pub async fn server_field(&self, server: &str, column: &str) -> String {
+        self.servers(&["srv_name", column])
+            .await
+            .into_iter()
+            .find(|row| row[0] == server)
+            .map(|mut row| row.remove(1))
+            .unwrap_or_else(|| panic!("server {server} not in backend api"))
+    }
+
+    /// The `columns` of every server of backend `api` (`show servers state api`), in order.
+    pub async fn servers(&self, columns: &[&str]) -> Vec<Vec<String>> {
         let out = self.cmd("show servers state api").await;
         let header: Vec<&str> = out
             .lines()
@@ -298,19 +315,21 @@ impl Haproxy {
             .expect("header")
             .split_whitespace()
             .collect();
-        let name_col = header
+        let cols: Vec<usize> = columns
             .iter()
-            .position(|c| *c == "srv_name")
-            .expect("srv_name");
-        let col = header
-            .iter()
-            .position(|c| *c == column)
-            .unwrap_or_else(|| panic!("no column {column} in:\n{out}"));
+            .map(|c| {
+                header
+                    .iter()
+                    .position(|h| h == c)
+                    .unwrap_or_else(|| panic!("no column {c} in:\n{out}"))
+            })
+            .collect();
         out.lines()
+            .filter(|l| !l.starts_with('#'))
             .map(|l| l.split_whitespace().collect::<Vec<_>>())
-            .find(|f| f.get(name_col) == Some(&server))
-            .and_then(|f| f.get(col).map(|v| v.to_string()))
-            .unwrap_or_else(|| panic!("server {server} not in:\n{out}"))
+            .filter(|f| f.len() == header.len())
+            .map(|f| cols.iter().map(|&i| f[i].to_string()).collect())
+            .collect()
     }
 
     pub fn frontend(&self) -> String {

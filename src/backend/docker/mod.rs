@@ -24,6 +24,7 @@ use tracing::warn;
 
 use super::BackendError;
 pub mod config;
+mod readiness;
 
 use self::config::{ContainerConfig, Recreate};
 use crate::plan::{ContainerState, Health};

@@ -165,6 +165,41 @@ impl Ec2Backend {
             })
     }
 
+    /// Asks EC2, with `DryRun` (nothing starts or stops), whether these credentials may
+    /// `StartInstances` and `StopInstances` on `ids`: per action, None when EC2 answers
+    /// `DryRunOperation` (it would have succeeded), else its error code and message
+    /// (`UnauthorizedOperation: ...`, or why EC2 could not be asked).
+    pub async fn dry_run(&self, ids: &[String]) -> [(&'static str, Option<String>); 2] {
+        let c = self.client().await;
+        let verdict = |r: Result<(), BackendError>| match r {
+            Ok(()) => Some("answered without DryRunOperation".to_string()),
+            Err(BackendError::Rejected { message, .. }) if message.contains("DryRunOperation") => {
+                None
+            }
+            Err(e) => Some(e.to_string()),
+        };
+        let start = c
+            .start_instances()
+            .set_instance_ids(Some(ids.to_vec()))
+            .dry_run(true)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| self.classify("StartInstances (dry run)", e));
+        let stop = c
+            .stop_instances()
+            .set_instance_ids(Some(ids.to_vec()))
+            .dry_run(true)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| self.classify("StopInstances (dry run)", e));
+        [
+            ("StartInstances", verdict(start)),
+            ("StopInstances", verdict(stop)),
+        ]
+    }
+
     /// Stops the instances.
     pub async fn stop(&self, ids: &[String]) -> Result<(), BackendError> {
         self.client()

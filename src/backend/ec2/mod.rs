@@ -4,6 +4,8 @@
 //! validation already refuses an `ec2:` section in such a build, saying why).
 
 pub mod config;
+mod readiness;
+pub use readiness::readiness;
 
 use crate::backend::BackendError;
 use crate::plan::{InstanceObs, InstanceState};
@@ -92,6 +94,10 @@ mod disabled {
         }
         pub async fn stop(&self, _ids: &[String]) -> Result<(), BackendError> {
             Err(refused())
+        }
+        pub async fn dry_run(&self, _ids: &[String]) -> [(&'static str, Option<String>); 2] {
+            let why = Some(refused().to_string());
+            [("StartInstances", why.clone()), ("StopInstances", why)]
         }
     }
 }

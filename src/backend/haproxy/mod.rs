@@ -13,6 +13,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 
 pub mod config;
+mod readiness;
+pub use readiness::{readiness, Slots};
 
 use super::BackendError;
 use crate::plan::{AdminState, Endpoint, Observed, ServerObs, ServerRef, ServerState};

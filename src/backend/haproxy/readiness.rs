@@ -1,0 +1,122 @@
+//! Readiness of the HAProxy side of a failover, checked on every Runtime API without changing
+//! anything (`show cli level`, `show servers state`): reachable, at level `admin`, the backend
+//! and every cloud server there and openable, and enough `server-template` slots for
+//! `burst.max`.
+
+use super::{blocker, level_blocker, parse_servers_state, RuntimeApi, ServerInfo};
+use crate::backend::Problem;
+use std::collections::BTreeMap;
+
+/// The burst slots a service needs: `<prefix>1` .. `<prefix><max>` in `backend`.
+#[derive(Debug, Clone, Copy)]
+pub struct Slots<'a> {
+    pub backend: &'a str,
+    pub prefix: &'a str,
+    pub max: u32,
+}
+
+/// What would keep a failover (and bursting, with `slots`) from working through any of `apis`;
+/// empty when nothing would. Asks every Runtime API concurrently.
+pub async fn readiness(
+    apis: &[RuntimeApi],
+    backend: &str,
+    servers: &[String],
+    slots: Option<Slots<'_>>,
+) -> Vec<Problem> {
+    let each = apis
+        .iter()
+        .map(|api| api_readiness(api, backend, servers, slots));
+    futures_util::future::join_all(each)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
+async fn api_readiness(
+    api: &RuntimeApi,
+    backend: &str,
+    servers: &[String],
+    slots: Option<Slots<'_>>,
+) -> Vec<Problem> {
+    let target = format!("haproxy {}", api.label);
+    let problem = |check: &str, message: String| Problem::new(check, &target, message);
+    match api.cli_level().await {
+        Err(e) => {
+            return vec![problem(
+                "haproxy_runtime_api",
+                format!(
+                    "{e}: check that HAProxy runs and that its stats socket is at this address"
+                ),
+            )]
+        }
+        Ok(Some(level)) => {
+            if let Some(why) = level_blocker(&api.label, &level) {
+                return vec![problem("haproxy_level", why)];
+            }
+        }
+        // HAProxy before 2.0 cannot say; its refusals show as step errors.
+        Ok(None) => {}
+    }
+    let mut problems = Vec::new();
+    match backend_servers(api, backend).await {
+        Err(message) => problems.push(problem("haproxy_backend", message)),
+        Ok(states) => {
+            for s in servers {
+                match states.get(s) {
+                    None => problems.push(problem(
+                        "haproxy_server",
+                        format!("server {backend}/{s} does not exist: add `server {s} <cloud address> check backup` to backend {backend} in haproxy.cfg"),
+                    )),
+                    Some(info) => {
+                        if let Some(why) = blocker(info.admin_flags) {
+                            problems.push(problem(
+                                "haproxy_server",
+                                format!("server {backend}/{s} is {why}"),
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if let Some(sl) = slots {
+        match backend_servers(api, sl.backend).await {
+            Err(message) => problems.push(problem("haproxy_backend", message)),
+            Ok(states) => {
+                let have = (1..=sl.max)
+                    .filter(|i| states.contains_key(&crate::template::slot_name(sl.prefix, *i)))
+                    .count();
+                if have < sl.max as usize {
+                    problems.push(problem(
+                        "haproxy_slots",
+                        format!(
+                            "backend {} has {have} of the {} slots burst.max needs ({p}1..{p}{}): declare `server-template {p} 1-{} <address> check disabled` there",
+                            sl.backend, sl.max, sl.max, sl.max, p = sl.prefix
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    problems
+}
+
+/// The servers of `backend` on `api`. Errors: the backend does not exist, or the answer
+/// could not be read; the message says which and what to do.
+async fn backend_servers(
+    api: &RuntimeApi,
+    backend: &str,
+) -> Result<BTreeMap<String, ServerInfo>, String> {
+    let out = api
+        .command(&format!("show servers state {backend}"))
+        .await
+        .map_err(|e| e.to_string())?;
+    let first = out.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+    if first.contains("Can't find backend") || first.contains("No such backend") {
+        return Err(format!(
+            "backend {backend} does not exist: add it to haproxy.cfg, or fix haproxy.backend"
+        ));
+    }
+    parse_servers_state(&out, backend)
+}

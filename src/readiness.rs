@@ -1,0 +1,109 @@
+//! Readiness: would a failover work now? Each backend checks its part without changing
+//! anything ([`crate::world::World::readiness`]); this module runs the check once at start,
+//! then every `readiness.interval`, and on `POST /api/v1/services/{name}/check`, and records
+//! the answer in status, metrics and (when it changes) an event.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::backend::{Problem, CHECKS};
+use crate::metrics::{CheckLabels, Metrics, ServiceLabels};
+use crate::reconcile::{Context, ServiceRuntime};
+use crate::status::StatusBoard;
+use crate::store::Store;
+
+/// One readiness check's answer, as status and the check endpoint show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Readiness {
+    /// No problem found: as far as can be checked without acting, a failover would work.
+    pub ready: bool,
+    pub checked_at: DateTime<Utc>,
+    pub problems: Vec<Problem>,
+}
+
+/// Runs the readiness check of `svc` now and records it: status, metrics, and an event (kind
+/// `readiness`) when the set of problems differs from the last check's. Never fails: what
+/// cannot be asked is itself a problem.
+pub async fn check(
+    svc: &ServiceRuntime,
+    status: &StatusBoard,
+    metrics: &Metrics,
+    store: &Store,
+) -> Readiness {
+    let problems = svc.world.readiness(&svc.name, &svc.config).await;
+    let r = Readiness {
+        ready: problems.is_empty(),
+        checked_at: Utc::now(),
+        problems,
+    };
+    let before = status
+        .service_status()
+        .get(&svc.name)
+        .and_then(|s| s.readiness.clone());
+    status.set_readiness(&svc.name, r.clone());
+    record_metrics(metrics, &svc.name, &r.problems);
+    if before.map(|b| b.problems) != Some(r.problems.clone()) {
+        let message = summary(&r);
+        if r.ready {
+            info!(service = %svc.name, "readiness: {message}");
+        } else {
+            warn!(service = %svc.name, "readiness: {message}");
+        }
+        if let Err(e) = store.event(&svc.name, "readiness", message, vec![]).await {
+            warn!(service = %svc.name, error = %e, "could not record the readiness event");
+        }
+    }
+    r
+}
+
+/// Checks `svc` once now, then every `readiness.interval` (never, when it is 0) until `stop`.
+pub async fn run(svc: ServiceRuntime, ctx: Context, stop: CancellationToken) {
+    let interval = svc.config.readiness.interval;
+    loop {
+        tokio::select! {
+            _ = check(&svc, &ctx.status, &ctx.metrics, &ctx.store) => {}
+            () = stop.cancelled() => return,
+        }
+        if interval.is_zero() {
+            return;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            () = stop.cancelled() => return,
+        }
+    }
+}
+
+fn record_metrics(metrics: &Metrics, service: &str, problems: &[Problem]) {
+    let m = &metrics.readiness;
+    let labels = ServiceLabels {
+        service: service.to_string(),
+    };
+    m.standby_ready
+        .get_or_create(&labels)
+        .set(i64::from(problems.is_empty()));
+    for check in CHECKS {
+        let n = problems.iter().filter(|p| p.check == *check).count();
+        m.problems
+            .get_or_create(&CheckLabels {
+                service: service.to_string(),
+                check: (*check).to_string(),
+            })
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+}
+
+/// `ready` or `not ready: <check> <target>: <message>; ...`, for the event and the log.
+pub fn summary(r: &Readiness) -> String {
+    if r.ready {
+        return "ready: a failover would work as far as can be checked without acting".into();
+    }
+    let problems: Vec<String> = r
+        .problems
+        .iter()
+        .map(|p| format!("{} {}: {}", p.check, p.target, p.message))
+        .collect();
+    format!("not ready: {}", problems.join("; "))
+}
