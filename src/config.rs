@@ -510,6 +510,14 @@ pub struct Timeouts {
     /// Grace period between SIGTERM and SIGKILL when a container is stopped.
     #[serde(default = "default_stop", with = "humantime_serde")]
     pub stop: Duration,
+    /// After a failover opened the cloud servers, how long HAProxy's own health check has to
+    /// report every one UP before the failover counts as not verified.
+    #[serde(default = "default_verify", with = "humantime_serde")]
+    pub verify: Duration,
+}
+
+fn default_verify() -> Duration {
+    Duration::from_secs(30)
 }
 
 impl Default for Timeouts {
@@ -518,6 +526,7 @@ impl Default for Timeouts {
             healthy: default_healthy(),
             drain: default_drain(),
             stop: default_stop(),
+            verify: default_verify(),
         }
     }
 }

@@ -42,4 +42,5 @@ pub mod status;
 pub mod store;
 pub mod template;
 pub mod tls;
+pub mod verify;
 pub mod world;

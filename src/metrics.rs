@@ -126,6 +126,9 @@ pub struct ReadinessMetrics {
     pub standby_ready: Family<ServiceLabels, Gauge>,
     /// Problems the last check found, per check (0 for a check that found none).
     pub problems: Family<CheckLabels, Gauge>,
+    /// 0 when HAProxy's own check did not see the cloud servers UP within `timeouts.verify`
+    /// of a failover; 1 otherwise (verified, waiting, or not in cloud).
+    pub failover_verified: Family<ServiceLabels, Gauge>,
 }
 
 impl ReadinessMetrics {
@@ -140,6 +143,11 @@ impl ReadinessMetrics {
             "readiness_problems",
             "Problems the last readiness check found, by check",
             m.problems.clone(),
+        );
+        registry.register(
+            "failover_verified",
+            "0 when HAProxy's own health check did not report the cloud servers UP within timeouts.verify of a failover",
+            m.failover_verified.clone(),
         );
         m
     }

@@ -351,6 +351,7 @@ services:
                 state: ServerState::Maint,
                 addr: None,
                 weight: None,
+                op_state: None,
                 blocked: None,
                 refuses_changes: false,
             }],

@@ -103,6 +103,30 @@ pub enum ServerState {
     Maint,
 }
 
+/// What HAProxy's own health check makes of a server (`srv_op_state`), apart from the admin
+/// state the responder sets: whether HAProxy would send it traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OpState {
+    Down,
+    Starting,
+    Up,
+    Stopping,
+}
+
+impl OpState {
+    /// HAProxy's SRV_ST_* value (0 stopped, 1 starting, 2 running, 3 stopping).
+    pub fn from_haproxy(v: u32) -> Option<OpState> {
+        match v {
+            0 => Some(OpState::Down),
+            1 => Some(OpState::Starting),
+            2 => Some(OpState::Up),
+            3 => Some(OpState::Stopping),
+            _ => None,
+        }
+    }
+}
+
 /// Admin states the responder sets through `set server <b>/<s> state <x>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -202,6 +226,9 @@ pub struct ServerObs {
     /// The server's user weight (observed for burst slots only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub weight: Option<u32>,
+    /// What HAProxy's own health check says (None: not reported, or not asked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub op_state: Option<OpState>,
     /// Why the Runtime API cannot open this server (a socket below level admin, a maintenance
     /// `state ready` cannot lift): planned as a blocker for a human, never as a step that
     /// "succeeds" without effect.
@@ -969,6 +996,7 @@ mod tests {
                 state: s.clone(),
                 addr: None,
                 weight: None,
+                op_state: None,
                 blocked: None,
                 refuses_changes: false,
             }],
@@ -1219,6 +1247,7 @@ mod tests {
                         state: s2.clone(),
                         addr: None,
                         weight: None,
+                        op_state: None,
                         blocked: None,
                         refuses_changes: false,
                     });
@@ -1907,6 +1936,7 @@ mod tests {
                     state: s.clone(),
                     addr: addr.and_then(|a| a.parse().ok()),
                     weight: Some(if addr.is_some() { 100 } else { 1 }),
+                    op_state: None,
                     blocked: None,
                     refuses_changes: false,
                 }],

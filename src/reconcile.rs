@@ -27,6 +27,7 @@ use crate::pass::{self, Goal, Pass};
 use crate::plan::{self, Observed, ServerState, Step};
 use crate::status::{BurstStatus, CostStatus, StatusBoard, StepRecord};
 use crate::store::{ServiceState, Store};
+use crate::verify;
 use crate::world::{StepDone, World};
 
 /// Test-only crash points: `FAILOVER_RESPONDER_CRASH_BEFORE=<action>` aborts the process (as
@@ -48,6 +49,9 @@ pub struct ServiceRuntime {
     pub wake: Arc<Notify>,
     /// Since when the on-prem probe has answered without a failure.
     onprem_healthy_since: Arc<std::sync::Mutex<Option<DateTime<Utc>>>>,
+    /// When the current failover first converged (every cloud server open), for its
+    /// verification; None while on-prem.
+    cloud_opened_at: Arc<std::sync::Mutex<Option<DateTime<Utc>>>>,
     probe: reqwest::Client,
 }
 
@@ -60,6 +64,7 @@ impl ServiceRuntime {
             config,
             wake: Arc::new(Notify::new()),
             onprem_healthy_since: Arc::default(),
+            cloud_opened_at: Arc::default(),
             probe: reqwest::Client::builder()
                 .timeout(Duration::from_secs(2))
                 .build()
@@ -471,6 +476,7 @@ pub async fn reconcile_once(svc: &ServiceRuntime, ctx: &Context) -> Result<PassO
     record_pass(svc, ctx, &m, &p.desired, &observed, &p.plan);
     record_burst(svc, ctx, &m, &p, &firing, now);
     record_blocked(svc, ctx, &blocked_before, &p.plan.blocked).await?;
+    let verify_after = record_verification(svc, ctx, &p, &observed, now).await?;
 
     let plan = &p.plan;
     let eff = &p.desired.effective;
@@ -480,7 +486,11 @@ pub async fn reconcile_once(svc: &ServiceRuntime, ctx: &Context) -> Result<PassO
             state.step_in_flight = None;
             persist(svc, ctx, state).await?;
         }
-        return Ok(match (plan.converged(), p.recheck_after) {
+        let recheck = match (p.recheck_after, verify_after) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        return Ok(match (plan.converged(), recheck) {
             (true, Some(after)) => PassOutcome::Held { after },
             (true, None) => PassOutcome::Converged,
             (false, _) => PassOutcome::Waiting,
@@ -857,6 +867,82 @@ fn record_burst(
             max_instance_hours_per_day: cost.max_instance_hours_per_day,
         },
     );
+}
+
+/// After a failover converged, whether HAProxy's own check sees the cloud servers UP within
+/// `timeouts.verify` ([`verify::verdict`]): status, the `failover_verified` metric, and an
+/// event and a log line when the verdict is reached or changes. The servers stay open either
+/// way: on-prem is down. Returns when to look again while the verdict is pending.
+async fn record_verification(
+    svc: &ServiceRuntime,
+    ctx: &Context,
+    p: &Pass,
+    observed: &Observed,
+    now: DateTime<Utc>,
+) -> Result<Option<Duration>, crate::store::StoreError> {
+    let in_cloud = p.desired.effective.mode == Mode::Cloud;
+    let opened = {
+        let mut at = svc
+            .cloud_opened_at
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        match (in_cloud, p.plan.converged()) {
+            (false, _) => *at = None,
+            (true, true) => *at = Some(at.unwrap_or(now)),
+            (true, false) => {}
+        }
+        *at
+    };
+    // A family's series is a lock guard: set it and let go, never across an await.
+    let set_metric = |v: bool| {
+        ctx.metrics
+            .readiness
+            .failover_verified
+            .get_or_create(&crate::metrics::ServiceLabels {
+                service: svc.name.clone(),
+            })
+            .set(i64::from(v));
+    };
+    let Some(opened) = opened else {
+        set_metric(true);
+        ctx.status.set_verification(&svc.name, None);
+        return Ok(None);
+    };
+    let limit = svc.config.timeouts.verify;
+    let v = verify::verdict(&observed.servers, opened, now, limit);
+    let before = ctx
+        .status
+        .service_status()
+        .get(&svc.name)
+        .and_then(|s| s.verification.as_ref())
+        .and_then(|v| v.verified);
+    set_metric(v.verified != Some(false));
+    if v.verified.is_some() && v.verified != before {
+        if v.verified == Some(false) {
+            warn!(service = %svc.name, "failover not verified: {}", v.message);
+        } else {
+            info!(service = %svc.name, "failover verified: {}", v.message);
+        }
+        let message = format!(
+            "failover {}: {}",
+            if v.verified == Some(true) {
+                "verified"
+            } else {
+                "NOT verified"
+            },
+            v.message
+        );
+        ctx.store
+            .event(&svc.name, "verify", message, vec![])
+            .await?;
+    }
+    // Pending: look again soon, and at the limit at the latest.
+    let recheck = v.verified.is_none().then(|| {
+        let waited = (now - opened).to_std().unwrap_or_default();
+        limit.saturating_sub(waited).min(Duration::from_secs(1))
+    });
+    ctx.status.set_verification(&svc.name, Some(v));
+    Ok(recheck)
 }
 
 /// The pass's status (decision, observation, plan) and its metrics.

@@ -53,6 +53,9 @@ pub struct ServiceStatus {
     pub cost: CostStatus,
     /// The last readiness check: would a failover work now? None before the first.
     pub readiness: Option<crate::readiness::Readiness>,
+    /// In cloud: whether HAProxy's own check sees the opened cloud servers UP.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verification: Option<crate::verify::Verification>,
 }
 
 /// The burst part of a service's status.
@@ -157,6 +160,15 @@ impl StatusBoard {
         let s = g.services.entry(service.to_string()).or_default();
         s.burst = burst;
         s.cost = cost;
+    }
+
+    /// Records the verification of a service's failover (None: not in cloud).
+    pub fn set_verification(&self, service: &str, v: Option<crate::verify::Verification>) {
+        self.write()
+            .services
+            .entry(service.to_string())
+            .or_default()
+            .verification = v;
     }
 
     /// Records a service's last readiness check.

@@ -62,11 +62,16 @@ async fn wait_role(n: &ResponderProc, want: &str, within: Duration) {
     .await;
 }
 
-/// Steps this node executed: (step text, outcome).
+/// Steps this node executed: (step text, node). The node must answer (within 10 s): a
+/// request that fails under load must not read as "no steps".
 async fn steps(n: &ResponderProc) -> Vec<(String, String)> {
-    let Some(events) = json(&format!("{}/api/v1/events?kind=step", n.url)).await else {
-        return Vec::new();
-    };
+    let url = format!("{}/api/v1/events?kind=step", n.url);
+    let events = eventually(
+        &format!("{} answers its events", n.url),
+        Duration::from_secs(10),
+        || json(&url),
+    )
+    .await;
     events["events"]
         .as_array()
         .or(events.as_array())

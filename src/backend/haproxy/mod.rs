@@ -17,7 +17,7 @@ mod readiness;
 pub use readiness::{readiness, Slots};
 
 use super::BackendError;
-use crate::plan::{AdminState, Endpoint, Observed, ServerObs, ServerRef, ServerState};
+use crate::plan::{AdminState, Endpoint, Observed, OpState, ServerObs, ServerRef, ServerState};
 
 /// Where a Runtime API listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -157,6 +157,7 @@ impl RuntimeApi {
                     admin_flags: 0,
                     addr: None,
                     weight: None,
+                    op_state: None,
                 });
                 (s.clone(), info)
             })
@@ -352,6 +353,7 @@ pub fn server_obs(
             admin_flags: 0,
             addr: None,
             weight: None,
+            op_state: None,
         }),
     };
     let info = info.unwrap_or(ServerInfo {
@@ -359,6 +361,7 @@ pub fn server_obs(
         admin_flags: 0,
         addr: None,
         weight: None,
+        op_state: None,
     });
     ServerObs {
         target: ServerRef {
@@ -369,6 +372,7 @@ pub fn server_obs(
         state: info.state,
         addr: if slot { info.addr } else { None },
         weight: if slot { info.weight } else { None },
+        op_state: info.op_state,
         blocked: if slot {
             None
         } else {
@@ -412,6 +416,8 @@ pub struct ServerInfo {
     pub addr: Option<Endpoint>,
     /// `srv_uweight`.
     pub weight: Option<u32>,
+    /// `srv_op_state`: what HAProxy's own health check says.
+    pub op_state: Option<OpState>,
 }
 
 /// Parses `show servers state <backend>` output (format version 1): a version line, a `# `
@@ -444,10 +450,11 @@ pub fn parse_servers_state(
     let (be_col, name_col, admin_col) =
         (col("be_name")?, col("srv_name")?, col("srv_admin_state")?);
     // Optional columns: address, port and weight matter only for burst slots.
-    let (addr_col, port_col, weight_col) = (
+    let (addr_col, port_col, weight_col, op_col) = (
         col("srv_addr").ok(),
         col("srv_port").ok(),
         col("srv_uweight").ok(),
+        col("srv_op_state").ok(),
     );
     let mut states = BTreeMap::new();
     for line in lines {
@@ -480,6 +487,9 @@ pub fn parse_servers_state(
                 admin_flags: flags,
                 addr,
                 weight: get(weight_col).and_then(|w| w.parse().ok()),
+                op_state: get(op_col)
+                    .and_then(|v| v.parse().ok())
+                    .and_then(OpState::from_haproxy),
             },
         );
     }
