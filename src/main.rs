@@ -129,8 +129,18 @@ fn check_config(path: &std::path::Path) -> ExitCode {
         Ok(cfg) => {
             println!("{}: OK, {} service(s)", path.display(), cfg.services.len());
             if let Some(c) = &cfg.cluster {
+                let transport = match &c.etcd.tls {
+                    Some(t) if t.cert_file.is_some() => "over TLS with a client certificate",
+                    Some(_) => "over TLS",
+                    None => "over plain http",
+                };
+                let user = c
+                    .etcd
+                    .username
+                    .as_ref()
+                    .map_or(String::new(), |u| format!(", as etcd user {u}"));
                 println!(
-                    "  cluster: node {}, lease {}, {} etcd endpoint(s) under {}",
+                    "  cluster: node {}, lease {}, {} etcd endpoint(s) under {}, {transport}{user}",
                     c.name,
                     humantime::format_duration(c.lease_ttl),
                     c.etcd.endpoints.len(),

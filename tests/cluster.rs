@@ -171,7 +171,7 @@ async fn only_the_leader_acts_and_the_follower_takes_over_when_it_dies() {
     assert!(
         out.status.success()
             && text
-                .contains("cluster: node site-a, lease 2s, 3 etcd endpoint(s) under /fr-test-0/"),
+                .contains("cluster: node site-a, lease 2s, 3 etcd endpoint(s) under /fr-test-0/, over plain http"),
         "{text}"
     );
 
@@ -650,6 +650,16 @@ async fn over_tls_only_a_node_with_the_clusters_ca_and_a_client_certificate_lead
 
     // The node with the cluster's CA and a client certificate leads, over TLS, and acts.
     let a = start("site-a", tls(&pki.ca, true)).await;
+    let out = Command::new(env!("CARGO_BIN_EXE_failover-responder"))
+        .args(["check-config", "--config.file"])
+        .arg(dir.join("site-a.yaml"))
+        .output()
+        .expect("check-config");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("over TLS with a client certificate"),
+        "{text}"
+    );
     wait_role(&a, "leader", Duration::from_secs(10)).await;
     let down = down_body(chrono::Utc::now(), None);
     for n in [&untrusting, &anonymous, &a] {

@@ -1,7 +1,7 @@
 //! `cluster:` in the config: this responder's name, the leader lease and the etcd it lives in.
 //! Absent: the responder is standalone and acts alone, as without any of this.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -57,36 +57,15 @@ pub struct EtcdTls {
 impl EtcdTls {
     /// Reads and checks the PEM files. Errors name the key and the file, never key material.
     pub fn read(&self) -> Result<etcd_client::TlsOptions, String> {
-        use rustls::pki_types::pem::PemObject;
-        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-
-        let read = |key: &str, path: &PathBuf| {
-            std::fs::read(path)
-                .map_err(|e| format!("cluster.etcd.tls.{key} {}: {e}", path.display()))
-        };
-        let certs = |key: &str, path: &PathBuf, pem: &[u8]| {
-            let n = CertificateDer::pem_slice_iter(pem)
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| format!("cluster.etcd.tls.{key} {}: {e}", path.display()))?
-                .len();
-            if n == 0 {
-                return Err(format!(
-                    "cluster.etcd.tls.{key} {}: no PEM certificate in it",
-                    path.display()
-                ));
-            }
-            Ok(())
-        };
-        let ca = read("ca_file", &self.ca_file)?;
-        certs("ca_file", &self.ca_file, &ca)?;
+        let ca = read_pem("ca_file", &self.ca_file)?;
+        pem_certs("ca_file", &self.ca_file, &ca)?;
         let mut options =
             etcd_client::TlsOptions::new().ca_certificate(etcd_client::Certificate::from_pem(ca));
         if let (Some(cert_file), Some(key_file)) = (&self.cert_file, &self.key_file) {
-            let cert = read("cert_file", cert_file)?;
-            certs("cert_file", cert_file, &cert)?;
-            let key = read("key_file", key_file)?;
-            PrivateKeyDer::from_pem_slice(&key)
-                .map_err(|e| format!("cluster.etcd.tls.key_file {}: {e}", key_file.display()))?;
+            let cert = read_pem("cert_file", cert_file)?;
+            let chain = pem_certs("cert_file", cert_file, &cert)?;
+            let key = read_pem("key_file", key_file)?;
+            check_key_fits(&chain, &key, key_file)?;
             options = options.identity(etcd_client::Identity::from_pem(cert, key));
         }
         if let Some(name) = &self.server_name {
@@ -94,6 +73,50 @@ impl EtcdTls {
         }
         Ok(options)
     }
+}
+
+fn read_pem(key: &str, path: &PathBuf) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("cluster.etcd.tls.{key} {}: {e}", path.display()))
+}
+
+/// The certificates of a PEM file; an error when there is none.
+fn pem_certs(
+    key: &str,
+    path: &Path,
+    pem: &[u8],
+) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, String> {
+    use rustls::pki_types::{pem::PemObject, CertificateDer};
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("cluster.etcd.tls.{key} {}: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "cluster.etcd.tls.{key} {}: no PEM certificate in it",
+            path.display()
+        ));
+    }
+    Ok(certs)
+}
+
+/// That `key` is a PEM private key and the one of `chain`'s first certificate: a mismatch
+/// would otherwise show only as a failed handshake with etcd.
+fn check_key_fits(
+    chain: &[rustls::pki_types::CertificateDer<'static>],
+    key: &[u8],
+    path: &Path,
+) -> Result<(), String> {
+    use rustls::pki_types::{pem::PemObject, PrivateKeyDer};
+    let at = || format!("cluster.etcd.tls.key_file {}", path.display());
+    let key = PrivateKeyDer::from_pem_slice(key).map_err(|_| {
+        format!(
+            "{}: no PEM private key in it (PKCS#8, PKCS#1 or SEC1)",
+            at()
+        )
+    })?;
+    let provider = rustls::crypto::aws_lc_rs::default_provider();
+    rustls::sign::CertifiedKey::from_der(chain.to_vec(), key, &provider)
+        .map(|_| ())
+        .map_err(|e| format!("{}: does not fit cert_file's certificate: {e}", at()))
 }
 
 fn default_lease_ttl() -> Duration {
@@ -171,7 +194,7 @@ impl ClusterConfig {
                     "cluster.etcd.endpoints[{i}]: {e:?} is http:// while cluster.etcd.tls is set; use https://"
                 )),
                 _ => errors.push(format!(
-                    "cluster.etcd.endpoints[{i}]: {e:?} is not an {want}://host:port URL"
+                    "cluster.etcd.endpoints[{i}]: {e:?} is not an http://host:port or https://host:port URL"
                 )),
             }
         }
@@ -179,8 +202,21 @@ impl ClusterConfig {
             errors.push("cluster.etcd: set username and password_file together".into());
         }
         if let Some(t) = &self.etcd.tls {
-            if t.cert_file.is_some() != t.key_file.is_some() {
-                errors.push("cluster.etcd.tls: set cert_file and key_file together".into());
+            match (&t.cert_file, &t.key_file) {
+                (Some(_), None) => errors.push(
+                    "cluster.etcd.tls.key_file: missing: cert_file needs its private key".into(),
+                ),
+                (None, Some(_)) => errors.push(
+                    "cluster.etcd.tls.cert_file: missing: key_file needs its certificate".into(),
+                ),
+                _ => {}
+            }
+            if let Some(name) = &t.server_name {
+                if rustls::pki_types::ServerName::try_from(name.as_str()).is_err() {
+                    errors.push(format!(
+                        "cluster.etcd.tls.server_name: {name:?} is not a DNS name or IP address"
+                    ));
+                }
             }
         }
         // A leader acts until 3/4 of the TTL after its last renewal; a call allowed longer than

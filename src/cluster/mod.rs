@@ -412,8 +412,25 @@ mod tests {
         );
         assert_eq!(
             problems(&half),
-            ["cluster.etcd.tls: set cert_file and key_file together"]
+            ["cluster.etcd.tls.key_file: missing: cert_file needs its private key"]
         );
+        // A private key that is not the certificate's: refused at load, not at the handshake.
+        let other_key = dir.path().join("other-key.pem");
+        let other = rcgen::generate_simple_self_signed(vec!["other".into()]).unwrap();
+        std::fs::write(&other_key, other.key_pair.serialize_pem()).unwrap();
+        let mismatched = cfg(
+            "https://127.0.0.1:2379",
+            serde_json::json!({"ca_file": ca, "cert_file": ca, "key_file": other_key}),
+        );
+        let p = problems(&mismatched);
+        assert!(p.len() == 1 && p[0].contains("does not fit"), "{p:?}");
+        let own_key = dir.path().join("own-key.pem");
+        std::fs::write(&own_key, cert.key_pair.serialize_pem()).unwrap();
+        let matched = cfg(
+            "https://127.0.0.1:2379",
+            serde_json::json!({"ca_file": ca, "cert_file": ca, "key_file": own_key}),
+        );
+        assert_eq!(problems(&matched), Vec::<String>::new());
         let junk = cfg(
             "https://127.0.0.1:2379",
             serde_json::json!({"ca_file": not_pem}),
@@ -439,7 +456,7 @@ mod tests {
         );
         let p = problems(&with_key);
         assert!(
-            p.len() == 1 && p[0].contains("key_file") && !p[0].contains("SECRET"),
+            p.len() == 1 && p[0].contains("no PEM private key") && !p[0].contains("SECRET"),
             "{p:?}"
         );
     }
