@@ -372,6 +372,9 @@ pub struct ServiceConfig {
     /// How often the readiness check asks whether a failover would work now.
     #[serde(default)]
     pub readiness: ReadinessConfig,
+    /// Scheduled drills (`POST .../drill` runs one at any time).
+    #[serde(default)]
+    pub drill: DrillConfig,
     /// `failover_on`, parsed.
     #[serde(skip)]
     pub failover_matchers: Vec<Matcher>,
@@ -475,6 +478,15 @@ fn default_cooldown() -> Duration {
 }
 fn default_weight() -> u32 {
     100
+}
+
+/// `drill:` in a service's config.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct DrillConfig {
+    /// Run a drill this often (from the last one's start, or from the responder's start);
+    /// absent: only on request.
+    #[serde(default, with = "humantime_serde")]
+    pub every: Option<Duration>,
 }
 
 /// `readiness:` in a service's config.
@@ -956,6 +968,7 @@ fn known_keys(parent: &[KeySeg<'_>]) -> Option<&'static [&'static str]> {
             [K("timeouts")] => fields_of::<Timeouts>(),
             [K("cost")] => fields_of::<CostConfig>(),
             [K("readiness")] => fields_of::<ReadinessConfig>(),
+            [K("drill")] => fields_of::<DrillConfig>(),
             [K("burst")] => fields_of::<BurstConfig>(),
             [K("burst"), K("haproxy")] => fields_of::<BurstHaproxy>(),
             _ => return None,

@@ -79,6 +79,8 @@ enum CtlAction {
     Failback,
     /// Run the service's readiness check now; exit 1 when it found problems.
     Check,
+    /// Rehearse a failover while on-prem serves, wait for the report; exit 1 unless ok.
+    Drill,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -230,6 +232,7 @@ async fn ctl(
     };
     let verb = match action {
         CtlAction::Check => "check",
+        CtlAction::Drill => "drill",
         CtlAction::Pause => "pause",
         CtlAction::Resume => "resume",
         CtlAction::Failover => "failover",
@@ -253,8 +256,66 @@ async fn ctl(
     if action == CtlAction::Check {
         return print_readiness(service, &body);
     }
+    if action == CtlAction::Drill {
+        let since = body["requested_at"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        return follow_drill(&client, base, service, &since).await;
+    }
     println!("{service}: override {}", body["override"]);
     Ok(())
+}
+
+/// Polls the status until the drill asked for at `since` (RFC 3339) has finished, printing
+/// each step as it completes, then the verdict. Errors: the drill did not end ok.
+async fn follow_drill(
+    client: &reqwest::Client,
+    base: &str,
+    service: &str,
+    since: &str,
+) -> anyhow::Result<()> {
+    let since = chrono::DateTime::parse_from_rfc3339(since).context("the drill's start time")?;
+    let mut printed = 0;
+    // A cold standby's instances may take minutes; give up well after any timeout.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30 * 60);
+    loop {
+        let st: serde_json::Value = client
+            .get(format!("{base}/api/v1/status"))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        let d = &st["services"][service]["last_drill"];
+        let started = d["started_at"]
+            .as_str()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
+        // The drill's clock reading is taken after the request's: one second of slack.
+        if started.is_some_and(|t| t >= since - chrono::Duration::seconds(1)) {
+            let steps = d["steps"].as_array().cloned().unwrap_or_default();
+            for s in steps.iter().skip(printed) {
+                println!(
+                    "  {:<40} {:<10} {:>7} ms",
+                    s["step"].as_str().unwrap_or("?"),
+                    s["outcome"].as_str().unwrap_or("?"),
+                    s["duration_ms"]
+                );
+            }
+            printed = steps.len();
+            if !d["finished_at"].is_null() {
+                println!("{service}: drill {}", d["message"].as_str().unwrap_or(""));
+                if d["ok"] == true {
+                    return Ok(());
+                }
+                anyhow::bail!("{service}: the drill did not end ok");
+            }
+        }
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!("{service}: no drill report after 30 minutes; see GET /api/v1/status");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
 }
 
 /// `SERVICE: ready`, or one line per problem and an error (exit 1).

@@ -129,6 +129,12 @@ pub struct ReadinessMetrics {
     /// 0 when HAProxy's own check did not see the cloud servers UP within `timeouts.verify`
     /// of a failover; 1 otherwise (verified, waiting, or not in cloud).
     pub failover_verified: Family<ServiceLabels, Gauge>,
+    /// Unix time of the last drill that ended ok.
+    pub drill_last_success: Family<ServiceLabels, Gauge>,
+    /// The last drill's time from start to every cloud server UP (seconds).
+    pub drill_time_to_ready: Family<ServiceLabels, FloatGauge>,
+    /// `drill.every` in seconds; 0 when drills are not scheduled.
+    pub drill_interval: Family<ServiceLabels, Gauge>,
 }
 
 impl ReadinessMetrics {
@@ -148,6 +154,21 @@ impl ReadinessMetrics {
             "failover_verified",
             "0 when HAProxy's own health check did not report the cloud servers UP within timeouts.verify of a failover",
             m.failover_verified.clone(),
+        );
+        registry.register(
+            "drill_last_success_timestamp_seconds",
+            "Unix time of the last drill that ended ok",
+            m.drill_last_success.clone(),
+        );
+        registry.register(
+            "drill_time_to_ready_seconds",
+            "The last drill's time from its start to every cloud server UP by HAProxy's check: what a failover would have taken",
+            m.drill_time_to_ready.clone(),
+        );
+        registry.register(
+            "drill_interval_seconds",
+            "drill.every of each service in seconds; 0 when drills are not scheduled",
+            m.drill_interval.clone(),
         );
         m
     }

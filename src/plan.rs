@@ -103,23 +103,41 @@ pub enum ServerState {
     Maint,
 }
 
-/// What HAProxy's own health check makes of a server (`srv_op_state`), apart from the admin
-/// state the responder sets: whether HAProxy would send it traffic.
+/// What HAProxy's own health check makes of a server, apart from the admin state the
+/// responder sets: whether HAProxy would send it traffic, and on what evidence.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OpState {
     Down,
+    /// Coming up; or said UP by HAProxy before any check has passed (it assumes a server
+    /// leaving maintenance UP until its checks fail `fall` times).
     Starting,
+    /// UP, and its last health check passed (or it has no check).
     Up,
     Stopping,
 }
 
+// `srv_check_state` bit: a health check is configured for the server (CHK_ST_CONFIGURED).
+const CHECK_CONFIGURED: u32 = 0x2;
+
 impl OpState {
-    /// HAProxy's SRV_ST_* value (0 stopped, 1 starting, 2 running, 3 stopping).
-    pub fn from_haproxy(v: u32) -> Option<OpState> {
-        match v {
+    /// From `show servers state`: `srv_op_state` (SRV_ST_*: 0 stopped, 1 starting, 2 running,
+    /// 3 stopping), and when the server has a check (`srv_check_state`), the status of its
+    /// last finished check (`srv_check_status`, HCHK_STATUS_*). Running counts as [`Up`] only
+    /// once a check has passed: L4OK (6), L6OK (9), L7OKD (15), L7OKCD (16), PROCOK (20).
+    ///
+    /// [`Up`]: OpState::Up
+    pub fn from_haproxy(
+        op: u32,
+        check_state: Option<u32>,
+        check_status: Option<u32>,
+    ) -> Option<OpState> {
+        let checked = check_state.is_some_and(|s| s & CHECK_CONFIGURED != 0);
+        let passed = matches!(check_status, Some(6 | 9 | 15 | 16 | 20));
+        match op {
             0 => Some(OpState::Down),
             1 => Some(OpState::Starting),
+            2 if checked && !passed => Some(OpState::Starting),
             2 => Some(OpState::Up),
             3 => Some(OpState::Stopping),
             _ => None,

@@ -52,10 +52,31 @@ pub struct ServiceRuntime {
     /// When the current failover first converged (every cloud server open), for its
     /// verification; None while on-prem.
     cloud_opened_at: Arc<std::sync::Mutex<Option<DateTime<Utc>>>>,
+    /// A drill was asked for (`POST .../drill`); the reconciler runs it between passes.
+    drill_requested: Arc<std::sync::atomic::AtomicBool>,
+    /// When this runtime was made (the responder's start): scheduled drills count from it
+    /// until the first.
+    created: DateTime<Utc>,
     probe: reqwest::Client,
 }
 
 impl ServiceRuntime {
+    /// Asks the reconciler to run a drill between passes, and wakes it.
+    pub fn request_drill(&self) {
+        self.drill_requested
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.wake.notify_one();
+    }
+
+    /// Takes a drill request (Some(true)), or a scheduled drill that is due (Some(false)).
+    fn drill_wanted(&self, last: Option<&crate::drill::DrillReport>) -> Option<bool> {
+        let asked = self
+            .drill_requested
+            .swap(false, std::sync::atomic::Ordering::SeqCst);
+        let due = crate::drill::due(self.config.drill.every, last, self.created, Utc::now());
+        (asked || due).then_some(asked)
+    }
+
     /// Errors: a backend client that cannot be built from the config (see [`World::new`]).
     pub fn new(name: &str, config: Arc<ServiceConfig>) -> Result<Self, String> {
         Ok(ServiceRuntime {
@@ -65,6 +86,8 @@ impl ServiceRuntime {
             wake: Arc::new(Notify::new()),
             onprem_healthy_since: Arc::default(),
             cloud_opened_at: Arc::default(),
+            drill_requested: Arc::default(),
+            created: Utc::now(),
             probe: reqwest::Client::builder()
                 .timeout(Duration::from_secs(2))
                 .build()
@@ -185,7 +208,37 @@ pub async fn run_service(svc: ServiceRuntime, ctx: Context, shutdown: Cancellati
             .await;
         finish_interrupted_stop(&svc, &ctx, &step).await;
     }
+    let last_drill = ctx.store.service(&svc.name).and_then(|s| s.last_drill);
+    if svc.config.drill.every.is_some() {
+        // Scheduled: the series exists from the start (0 until a drill succeeds), so that
+        // FailoverDrillStale sees a service that never drilled.
+        ctx.metrics
+            .readiness
+            .drill_last_success
+            .get_or_create(&ServiceLabels {
+                service: svc.name.clone(),
+            })
+            .set(0);
+    }
+    if let Some(d) = &last_drill {
+        crate::drill::record_metrics(&ctx, &svc.name, d);
+    }
+    ctx.status.set_drill(&svc.name, last_drill);
+    ctx.metrics
+        .readiness
+        .drill_interval
+        .get_or_create(&ServiceLabels {
+            service: svc.name.clone(),
+        })
+        .set(svc.config.drill.every.map_or(0, |d| d.as_secs() as i64));
     loop {
+        let last = ctx.store.service(&svc.name).and_then(|s| s.last_drill);
+        if let Some(asked) = svc.drill_wanted(last.as_ref()) {
+            tokio::select! {
+                _ = crate::drill::run(&svc, &ctx, asked) => {}
+                () = shutdown.cancelled() => return,
+            }
+        }
         let pass = async {
             tokio::select! {
                 r = reconcile_once(&svc, &ctx) => Some(r),
@@ -320,7 +373,7 @@ pub fn backoff(s: &ReconcileConfig, failures: u32, retryable: bool) -> Duration 
 
 /// Why this node may not execute steps now: a follower, or a leader no longer certain of its
 /// lease. None: standalone, or the leader.
-fn fenced(ctx: &Context) -> Option<String> {
+pub(crate) fn fenced(ctx: &Context) -> Option<String> {
     ctx.cluster.as_ref().and_then(Cluster::why_not)
 }
 
@@ -350,6 +403,33 @@ async fn persist(
         warn!(service = %svc.name, error = %e, "shared state not written: not acting");
         format!("shared state not written ({e})")
     }))
+}
+
+/// [`persist`] for the drill: None when written, else why this node must not act (a store
+/// error included).
+pub(crate) async fn persist_state(
+    svc: &ServiceRuntime,
+    ctx: &Context,
+    state: ServiceState,
+) -> Option<String> {
+    match persist(svc, ctx, state).await {
+        Ok(why) => why,
+        Err(e) => Some(format!("state not stored: {e}")),
+    }
+}
+
+/// [`record_step`] for the drill: a store error is logged, the drill goes on.
+pub(crate) async fn record_step_outcome(
+    svc: &ServiceRuntime,
+    ctx: &Context,
+    step: &Step,
+    outcome: &'static str,
+    elapsed: Duration,
+    error: Option<String>,
+) {
+    if let Err(e) = record_step(svc, ctx, step, outcome, elapsed, error).await {
+        warn!(service = %svc.name, error = %e, "could not record the step");
+    }
 }
 
 /// In a cluster: takes the service's shared state (the leader's) and the cluster's override
@@ -416,7 +496,7 @@ async fn adopt_shared(svc: &ServiceRuntime, ctx: &Context) -> Result<(), crate::
 }
 
 /// The persisted state of a service, or a fresh one (on-prem) the first time.
-fn state_of(svc: &ServiceRuntime, ctx: &Context) -> ServiceState {
+pub(crate) fn state_of(svc: &ServiceRuntime, ctx: &Context) -> ServiceState {
     ctx.store
         .service(&svc.name)
         .unwrap_or_else(|| ServiceState::new(Utc::now()))
@@ -599,13 +679,7 @@ async fn run_steps(
         // Steps after `burst_from` act on burst units (their EC2 steps go to the burst pool).
         let result = run_one(svc, ctx, step, i >= p.burst_from, goal).await;
         let elapsed = started.elapsed();
-        let (outcome, error) = match &result {
-            Some(Ok(StepDone::Done)) => ("success", None),
-            Some(Ok(StepDone::DrainTimedOut)) => ("drain_timeout", None),
-            Some(Ok(StepDone::Superseded)) => ("superseded", None),
-            Some(Err(e)) => ("failure", Some(e.to_string())),
-            None => ("fenced", None),
-        };
+        let (outcome, error) = outcome_of(&result);
         record_step(svc, ctx, step, outcome, elapsed, error).await?;
         match result {
             Some(Ok(StepDone::Done | StepDone::DrainTimedOut)) => {}
@@ -629,10 +703,24 @@ async fn run_steps(
     Ok(PassOutcome::Progress)
 }
 
+/// A step's outcome label (for the metric, the event and status) and its error, from what
+/// [`run_one`] returned.
+pub(crate) fn outcome_of(
+    result: &Option<Result<StepDone, BackendError>>,
+) -> (&'static str, Option<String>) {
+    match result {
+        Some(Ok(StepDone::Done)) => ("success", None),
+        Some(Ok(StepDone::DrainTimedOut)) => ("drain_timeout", None),
+        Some(Ok(StepDone::Superseded)) => ("superseded", None),
+        Some(Err(e)) => ("failure", Some(e.to_string())),
+        None => ("fenced", None),
+    }
+}
+
 /// Runs one step on the world. None: abandoned because this node's lease could lapse (in a
 /// cluster, a step still running then is dropped at its next await point; the next leader
 /// observes and finishes it).
-async fn run_one(
+pub(crate) async fn run_one(
     svc: &ServiceRuntime,
     ctx: &Context,
     step: &Step,

@@ -53,6 +53,9 @@ pub struct ServiceStatus {
     pub cost: CostStatus,
     /// The last readiness check: would a failover work now? None before the first.
     pub readiness: Option<crate::readiness::Readiness>,
+    /// The drill running now, or the last one (see [`crate::drill`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_drill: Option<crate::drill::DrillReport>,
     /// In cloud: whether HAProxy's own check sees the opened cloud servers UP.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub verification: Option<crate::verify::Verification>,
@@ -169,6 +172,15 @@ impl StatusBoard {
             .entry(service.to_string())
             .or_default()
             .verification = v;
+    }
+
+    /// Records the drill running now, or the last one.
+    pub fn set_drill(&self, service: &str, d: Option<crate::drill::DrillReport>) {
+        self.write()
+            .services
+            .entry(service.to_string())
+            .or_default()
+            .last_drill = d;
     }
 
     /// Records a service's last readiness check.

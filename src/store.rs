@@ -126,6 +126,9 @@ pub struct ServiceState {
     /// Cloud units running and today's instance-hours, for the cost guard and estimate.
     #[serde(default)]
     pub usage: crate::burst::Usage,
+    /// The last drill (absent before the first, and in state written before drills existed).
+    #[serde(default)]
+    pub last_drill: Option<crate::drill::DrillReport>,
 }
 
 impl ServiceState {
@@ -138,6 +141,7 @@ impl ServiceState {
             step_in_flight: None,
             burst: crate::burst::BurstState::default(),
             usage: crate::burst::Usage::default(),
+            last_drill: None,
         }
     }
 }

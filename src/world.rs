@@ -152,6 +152,34 @@ impl World {
         problems
     }
 
+    /// The cloud servers that are not `backup` servers on some HAProxy (or that HAProxy could
+    /// not say), each with why: opening such a server while on-prem serves would give it live
+    /// traffic, so a drill is refused. Empty when every one is a backup server.
+    pub async fn not_backup(&self, config: &ServiceConfig) -> Vec<String> {
+        let Some(h) = &config.haproxy else {
+            return Vec::new();
+        };
+        let answers = futures_util::future::join_all(
+            self.haproxy
+                .iter()
+                .map(|api| api.backup_servers(&h.backend, &h.cloud_servers)),
+        )
+        .await;
+        let mut out = Vec::new();
+        for (api, answer) in self.haproxy.iter().zip(answers) {
+            for server in &h.cloud_servers {
+                let at = format!("{}/{server} on {}", h.backend, api.label);
+                match answer.as_ref().map(|m| m.get(server)) {
+                    Ok(Some(true)) => {}
+                    Ok(Some(false)) => out.push(format!("{at} is not a backup server")),
+                    Ok(None) => out.push(format!("{at} does not exist")),
+                    Err(e) => out.push(format!("{at}: HAProxy could not say: {e}")),
+                }
+            }
+        }
+        out
+    }
+
     /// Whether each backend observed answered: `(backend, target, up)` per observation, for
     /// the `backend_up` metric.
     pub fn answered(&self, observed: &Observed) -> Vec<(&'static str, String, bool)> {

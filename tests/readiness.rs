@@ -8,10 +8,9 @@ use std::collections::HashMap;
 
 use bollard::models::{ContainerCreateBody, HostConfig, PortBinding};
 use bollard::query_parameters::{
-    CreateContainerOptions, EventsOptions, RemoveContainerOptions, StartContainerOptions,
+    CreateContainerOptions, RemoveContainerOptions, StartContainerOptions,
 };
 use common::*;
-use futures_util::StreamExt;
 
 /// `POST /api/v1/services/onprem-api/check`: (HTTP status, body).
 async fn check(r: &Responder) -> (u16, serde_json::Value) {
@@ -96,28 +95,20 @@ async fn remove(w: &World, name: &str) {
 }
 
 /// The engine's events about a container the responder made for this test (named after the
-/// world's, with the responder's label), and any image pull, between `since` and now (Unix
-/// s): what a readiness check must never cause.
+/// world's, with the responder's label), and any image pull, since `since` (Unix s): what a
+/// readiness check must never cause.
 async fn responder_events(w: &World, since: i64) -> Vec<String> {
-    let until = chrono::Utc::now().timestamp() + 1;
-    let opts = EventsOptions {
-        since: Some(since.to_string()),
-        until: Some(until.to_string()),
-        ..Default::default()
-    };
-    let mut stream = w.docker.events(Some(opts));
-    let mut out = Vec::new();
-    while let Some(Ok(e)) = stream.next().await {
-        let actor = e.actor.and_then(|a| a.attributes).unwrap_or_default();
-        let action = e.action.unwrap_or_default();
-        let this_test = actor
-            .get("name")
-            .is_some_and(|n| n.starts_with(&w.container));
-        if (this_test && actor.contains_key("io.failover-responder.service")) || action == "pull" {
-            out.push(format!("{action} {actor:?}"));
-        }
-    }
-    out
+    docker_events(&w.docker, since)
+        .await
+        .into_iter()
+        .filter(|(action, actor)| {
+            let this_test = actor
+                .get("name")
+                .is_some_and(|n| n.starts_with(&w.container));
+            (this_test && actor.contains_key("io.failover-responder.service")) || action == "pull"
+        })
+        .map(|(action, actor)| format!("{action} {actor:?}"))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,5 +1,6 @@
-//! Manual control (`POST /api/v1/services/{name}/{action}`) and the plan preview
-//! (`POST /api/v1/plan`). Both need the webhook's credentials.
+//! Manual control (`POST /api/v1/services/{name}/{action}`), the readiness check and drills
+//! (`.../check`, `.../drill`) and the plan preview (`POST /api/v1/plan`). All need the
+//! webhook's credentials.
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::Utc;
@@ -77,13 +78,45 @@ pub async fn check(
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    state.auth.check(&req)?;
-    let name = path.into_inner();
-    let Some(svc) = state.service(&name) else {
-        return Err(ApiError::NotFound(format!("no service named {name:?}")));
-    };
+    let svc = authorized_service(&req, &path, &state)?;
     let r = crate::readiness::check(svc, &state.status, &state.metrics, &state.store).await;
     Ok(HttpResponse::Ok().json(r))
+}
+
+/// Starts a drill (see [`crate::drill`]): 202 once the service's reconciler has been asked
+/// to run it; its progress and report are in status (`last_drill`). Errors: 401, 404, and 409
+/// with the reason when the service may not drill now (not on-prem, a failover alert firing,
+/// an override, not the leader, a cloud server that is not `backup`).
+pub async fn drill(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let svc = authorized_service(&req, &path, &state)?;
+    let name = &svc.name;
+    if let Some(r) = crate::drill::check(svc, &state.store, state.cluster.as_ref()).await {
+        return Err(ApiError::Conflict(format!("no drill: {r}")));
+    }
+    svc.request_drill();
+    info!(service = %name, "drill requested");
+    Ok(HttpResponse::Accepted().json(json!({
+        "service": name,
+        "drill": "started",
+        "requested_at": Utc::now(),
+    })))
+}
+
+/// The service the path names, once the request's credentials are checked. Errors: 401,
+/// then 404 for an unknown service.
+fn authorized_service<'a>(
+    req: &HttpRequest,
+    name: &str,
+    state: &'a AppState,
+) -> Result<&'a crate::reconcile::ServiceRuntime, ApiError> {
+    state.auth.check(req)?;
+    state
+        .service(name)
+        .ok_or_else(|| ApiError::NotFound(format!("no service named {name:?}")))
 }
 
 /// A webhook body in, the steps it would cause out; nothing is recorded or changed. Plans

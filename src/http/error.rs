@@ -25,6 +25,9 @@ pub enum ApiError {
     /// A dependency the request needs (the cluster's etcd) did not answer; nothing changed.
     #[error("{0}")]
     Unavailable(String),
+    /// The request conflicts with the service's state now (a drill while it is in cloud).
+    #[error("{0}")]
+    Conflict(String),
 }
 
 impl ApiError {
@@ -39,6 +42,7 @@ impl ApiError {
             ApiError::TooManyRequests { .. } => "rate_limited",
             ApiError::Internal(_) => "internal_error",
             ApiError::Unavailable(_) => "unavailable",
+            ApiError::Conflict(_) => "conflict",
         }
     }
 }
@@ -54,6 +58,7 @@ impl ResponseError for ApiError {
             ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
         }
     }
 

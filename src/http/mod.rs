@@ -93,6 +93,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             web::post().to(control::check),
         )
         .route(
+            "/api/v1/services/{name}/drill",
+            web::post().to(control::drill),
+        )
+        .route(
             "/api/v1/services/{name}/{action}",
             web::post().to(control::set_override),
         )

@@ -1355,3 +1355,69 @@ pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i.min(sorted.len() - 1)]
 }
+
+/// Steady requests to one URL, one every `every`, each answer's body kept ("" for a request
+/// that failed): what users of the service saw while something happened.
+pub struct Traffic {
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Traffic {
+    pub fn start(url: String, every: Duration) -> Traffic {
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let kept = log.clone();
+        let task = tokio::spawn(async move {
+            let client = reqwest::Client::builder()
+                .timeout(Duration::from_secs(2))
+                .build()
+                .expect("client");
+            loop {
+                let body = match client.get(&url).send().await {
+                    Ok(r) if r.status().is_success() => r.text().await.unwrap_or_default(),
+                    _ => String::new(),
+                };
+                kept.lock()
+                    .expect("traffic log")
+                    .push(body.trim().to_string());
+                tokio::select! {
+                    _ = stopped.wait_for(|s| *s) => return,
+                    () = tokio::time::sleep(every) => {}
+                }
+            }
+        });
+        Traffic { log, stop, task }
+    }
+
+    /// Stops and returns every answer's body, in order.
+    pub async fn stop(self) -> Vec<String> {
+        self.stop.send_replace(true);
+        let _ = self.task.await;
+        let log = self.log.lock().expect("traffic log");
+        log.clone()
+    }
+}
+
+/// The Docker engine's events from `since` (Unix s) until now: each action (`create`,
+/// `start`, `die`, `pull`...) with its actor's attributes (name, labels, image).
+pub async fn docker_events(
+    docker: &bollard::Docker,
+    since: i64,
+) -> Vec<(String, std::collections::HashMap<String, String>)> {
+    use futures_util::StreamExt;
+    let until = chrono::Utc::now().timestamp() + 1;
+    let opts = bollard::query_parameters::EventsOptions {
+        since: Some(since.to_string()),
+        until: Some(until.to_string()),
+        ..Default::default()
+    };
+    let mut stream = docker.events(Some(opts));
+    let mut out = Vec::new();
+    while let Some(Ok(e)) = stream.next().await {
+        let actor = e.actor.and_then(|a| a.attributes).unwrap_or_default();
+        out.push((e.action.unwrap_or_default(), actor));
+    }
+    out
+}

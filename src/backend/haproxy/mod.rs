@@ -270,6 +270,18 @@ impl RuntimeApi {
         parse_stat_sessions(&out, backend, server).map_err(|m| self.rejected(m, true))
     }
 
+    /// Whether each of `servers` in `backend` is a `backup` server (the `bck` column of
+    /// `show stat`): a backup server takes traffic only while every normal server is down.
+    /// A server not in the backend is absent from the answer.
+    pub async fn backup_servers(
+        &self,
+        backend: &str,
+        servers: &[String],
+    ) -> Result<BTreeMap<String, bool>, BackendError> {
+        let out = self.command(&format!("show stat {backend} 4 -1")).await?;
+        parse_stat_backup(&out, backend, servers).map_err(|m| self.rejected(m, true))
+    }
+
     /// Cheap reachability check.
     pub async fn ping(&self) -> Result<(), BackendError> {
         self.command("show info").await.map(|_| ())
@@ -450,11 +462,15 @@ pub fn parse_servers_state(
     let (be_col, name_col, admin_col) =
         (col("be_name")?, col("srv_name")?, col("srv_admin_state")?);
     // Optional columns: address, port and weight matter only for burst slots.
-    let (addr_col, port_col, weight_col, op_col) = (
+    let (addr_col, port_col, weight_col) = (
         col("srv_addr").ok(),
         col("srv_port").ok(),
         col("srv_uweight").ok(),
+    );
+    let (op_col, check_state_col, check_status_col) = (
         col("srv_op_state").ok(),
+        col("srv_check_state").ok(),
+        col("srv_check_status").ok(),
     );
     let mut states = BTreeMap::new();
     for line in lines {
@@ -487,9 +503,10 @@ pub fn parse_servers_state(
                 admin_flags: flags,
                 addr,
                 weight: get(weight_col).and_then(|w| w.parse().ok()),
-                op_state: get(op_col)
-                    .and_then(|v| v.parse().ok())
-                    .and_then(OpState::from_haproxy),
+                op_state: get(op_col).and_then(|v| v.parse().ok()).and_then(|op| {
+                    let num = |c| get(c).and_then(|v| v.parse().ok());
+                    OpState::from_haproxy(op, num(check_state_col), num(check_status_col))
+                }),
             },
         );
     }
@@ -520,9 +537,51 @@ pub fn parse_stat_sessions(out: &str, backend: &str, server: &str) -> Result<u64
     Err(format!("show stat: server {backend}/{server} not found"))
 }
 
+/// Parses `show stat` CSV: for each of `servers` found in `backend`, its `bck` flag.
+pub fn parse_stat_backup(
+    out: &str,
+    backend: &str,
+    servers: &[String],
+) -> Result<BTreeMap<String, bool>, String> {
+    let mut lines = out.lines();
+    let header = lines
+        .next()
+        .and_then(|h| h.strip_prefix("# "))
+        .ok_or_else(|| format!("unexpected answer to show stat: {:?}", out.trim()))?;
+    let cols: Vec<&str> = header.split(',').collect();
+    let col = |name: &str| {
+        cols.iter()
+            .position(|c| *c == name)
+            .ok_or(format!("show stat: no {name} column"))
+    };
+    let (px, sv, bck) = (col("pxname")?, col("svname")?, col("bck")?);
+    let mut found = BTreeMap::new();
+    for line in lines {
+        let f: Vec<&str> = line.split(',').collect();
+        let (Some(p), Some(s)) = (f.get(px), f.get(sv)) else {
+            continue;
+        };
+        if *p == backend && servers.iter().any(|x| x == s) {
+            found.insert((*s).to_string(), f.get(bck) == Some(&"1"));
+        }
+    }
+    Ok(found)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backup_flag_from_show_stat() {
+        let out = "# pxname,svname,qcur,bck,status\napi,onprem,0,0,UP\napi,cloud1,0,1,MAINT\napi,burst1,0,0,MAINT\nother,cloud1,0,0,UP\n";
+        let want = |names: &[&str]| names.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let got = parse_stat_backup(out, "api", &want(&["cloud1", "burst1", "cloud9"])).unwrap();
+        assert_eq!(got.get("cloud1"), Some(&true));
+        assert_eq!(got.get("burst1"), Some(&false));
+        assert_eq!(got.get("cloud9"), None);
+        assert!(parse_stat_backup("Unknown command", "api", &[]).is_err());
+    }
 
     #[test]
     fn addresses() {
@@ -611,6 +670,31 @@ mod tests {
         }
         assert_eq!(level_blocker("s", "admin"), None);
         assert!(level_blocker("s", "operator").is_some_and(|m| m.contains("level operator")));
+    }
+
+    #[test]
+    fn up_by_the_check_only_once_a_check_has_passed() {
+        // Lines HAProxy 2.6 printed for a server with `check` right after `state ready`
+        // (UP before any check: status INI), after its first check (L7OKD), at a closed port
+        // (L4CON), and for a server without `check`.
+        let header = "1\n# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_uweight srv_iweight srv_time_since_last_change srv_check_status srv_check_result srv_check_health srv_check_state srv_agent_state\n";
+        let line = |name: &str, op: u32, status: u32, check_state: u32| {
+            format!("2 api 1 {name} 127.0.0.1 {op} 4 1 1 0 {status} 0 1 {check_state} 0\n")
+        };
+        let out = [
+            header.to_string(),
+            line("assumed", 2, 1, 6),
+            line("checked", 2, 15, 6),
+            line("refused", 0, 8, 6),
+            line("unchecked", 2, 1, 8),
+        ]
+        .concat();
+        let s = parse_servers_state(&out, "api").expect("parses");
+        let op = |n: &str| s[n].op_state;
+        assert_eq!(op("assumed"), Some(OpState::Starting));
+        assert_eq!(op("checked"), Some(OpState::Up));
+        assert_eq!(op("refused"), Some(OpState::Down));
+        assert_eq!(op("unchecked"), Some(OpState::Up));
     }
 
     #[test]
