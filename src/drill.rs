@@ -163,10 +163,7 @@ pub async fn run(svc: &ServiceRuntime, ctx: &Context, asked: bool) -> DrillRepor
         mode: Mode::Onprem,
         burst: None,
     };
-    let standby = svc.config.standby;
-    let (observed, _) = svc.world.observe(&svc.name, &svc.config).await;
-    let up = plan::plan(Mode::Cloud, &observed, standby).steps;
-    let outcome = match steps(svc, ctx, &up, goal, &mut report).await {
+    let outcome = match converge(svc, ctx, Mode::Cloud, goal, &mut report).await {
         Err(why) => Err(why),
         Ok(()) => match all_up(svc, ctx, goal).await {
             Ok(()) => {
@@ -182,9 +179,7 @@ pub async fn run(svc: &ServiceRuntime, ctx: &Context, asked: bool) -> DrillRepor
     let back = if interrupted {
         Err("interrupted: the service must fail over for real; the next pass does it from where the drill stands".to_string())
     } else {
-        let (observed, _) = svc.world.observe(&svc.name, &svc.config).await;
-        let down = plan::plan(Mode::Onprem, &observed, standby).steps;
-        steps(svc, ctx, &down, goal, &mut report).await
+        converge(svc, ctx, Mode::Onprem, goal, &mut report).await
     };
     report.ok = Some(outcome.is_ok() && back.is_ok());
     report.finished_at = Some(Utc::now());
@@ -213,6 +208,47 @@ fn superseded(svc: &ServiceRuntime, ctx: &Context, goal: Goal) -> bool {
         Utc::now(),
     );
     d.effective.mode != goal.mode || d.effective.paused
+}
+
+/// How many plans a drill runs towards one mode: a cold standby takes two (its instances
+/// first; their Docker engine can only be observed once they run).
+const MAX_PLANS: usize = 4;
+
+/// Observes, plans towards `mode` and runs the plan, again until the world is there (as the
+/// reconciler's passes would). Errors: a step failed or was interrupted, or the world is
+/// still not there after [`MAX_PLANS`] plans.
+async fn converge(
+    svc: &ServiceRuntime,
+    ctx: &Context,
+    mode: Mode,
+    goal: Goal,
+    report: &mut DrillReport,
+) -> Result<(), String> {
+    for _ in 0..MAX_PLANS {
+        let (observed, _) = svc.world.observe(&svc.name, &svc.config).await;
+        let p = plan::plan(mode, &observed, svc.config.standby);
+        if p.steps.is_empty() {
+            return if p.converged() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "cannot reach {} mode: {}",
+                    mode.as_str(),
+                    p.blocked
+                        .iter()
+                        .chain(&p.waiting)
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                ))
+            };
+        }
+        steps(svc, ctx, &p.steps, goal, report).await?;
+    }
+    Err(format!(
+        "not in {} mode after {MAX_PLANS} plans",
+        mode.as_str()
+    ))
 }
 
 /// Runs `list` as the reconciler runs a plan (each step recorded before it runs, raced

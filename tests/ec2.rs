@@ -760,3 +760,73 @@ async fn readiness_names_unknown_and_terminated_instances_and_a_denied_start() {
         "{problems:?}"
     );
 }
+
+/// A drill of a cold standby: the instance is started, the container started on it and opened,
+/// HAProxy's check sees it UP, and everything goes back: server in maint, container and instance
+/// stopped (moto's instance, the real HAProxy and Docker engine).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drill_of_a_cold_standby_starts_and_stops_its_instance() {
+    let Some(m) = moto().await else { return };
+    let Some(w) = World::start("cold-drill").await else {
+        return;
+    };
+    let ids = launch(&m.url, 1, ("failover-responder", "onprem-api")).await;
+    let config = w.configure().key(&format!(
+        "ec2: {{region: us-east-1, endpoint_url: '{}', instance_ids: [{}], running_timeout: 60s}}",
+        m.url, ids[0]
+    ));
+    let r = Responder::start(&config.yaml(), w.dir.path()).await;
+    let ec2 = Ec2Backend::new(cfg(&m.url, ids.clone(), None));
+
+    let resp = r
+        .client
+        .post(format!("{}/api/v1/services/onprem-api/drill", r.url))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("drill");
+    assert_eq!(resp.status().as_u16(), 202);
+    let d = eventually("the drill's report", Duration::from_secs(90), || async {
+        r.service_view("onprem-api")
+            .await
+            .status
+            .last_drill
+            .filter(|d| d.finished_at.is_some())
+    })
+    .await;
+    assert_eq!(d.ok, Some(true), "{d:?}");
+    let actions: Vec<&str> = d
+        .steps
+        .iter()
+        .map(|s| s.step.split_whitespace().next().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "start-instances",
+            "wait-running",
+            "wait-docker",
+            "start",
+            "wait-healthy",
+            "ready",
+            "drain",
+            "wait-drained",
+            "maint",
+            "stop",
+            "stop-instances"
+        ],
+        "{d:?}"
+    );
+    println!(
+        "cold drill: time to ready {:.2} s",
+        d.time_to_ready_seconds.unwrap_or_default()
+    );
+    assert!(w.is("onprem").await);
+    let after = states(&ec2.observe().await.expect("observe"));
+    assert!(
+        after
+            .iter()
+            .all(|s| matches!(s, InstanceState::Stopped | InstanceState::Stopping)),
+        "{after:?}"
+    );
+}
