@@ -3,7 +3,9 @@
 # probing it with the rules in prometheus/rules/, Alertmanager routing to the responder, the
 # responder starting a cloud container and opening it in HAProxy. A client requests the frontend
 # all along; the on-prem API is really stopped and started again (simulate_onprem_*.sh).
-# Prints a timeline with the measured RTO and failed requests. Cleans up on exit and Ctrl-C.
+# Before the outage, the readiness check and a drill prove the failover works (the client keeps
+# getting on-prem). Prints a timeline with the measured RTO and failed requests. Cleans up on
+# exit and Ctrl-C.
 #
 # Then, with --burst (or DEMO_BURST=1), cloud bursting: real requests at 200/s make the
 # onprem_overloaded rule fire (simulate_onprem_overload.sh), the responder adds burst containers
@@ -247,6 +249,17 @@ for _ in $(seq 1 100); do
 done
 sleep 2
 
+# Before the outage, prove the failover: the readiness check, then a drill (the real failover
+# steps while on-prem serves; cloud1 is a backup server, so the client keeps getting on-prem).
+say "before the outage: would a failover work? (readiness check, then a drill while on-prem serves)"
+ctl() { "$bin" ctl --url "http://127.0.0.1:$RESPONDER_PORT" --token-file "$DEMO_DIR/token" "$@"; }
+ctl check onprem-api | sed 's/^/  /'
+t_drill=$(now_ms)
+ctl drill onprem-api | sed 's/^/  /' || { say "the drill failed; logs kept in $DEMO_DIR"; DEMO_KEEP=1; exit 1; }
+t_drilled=$(now_ms)
+awk -v a="$t_drill" -v b="$t_drilled" '$1 >= a && $1 <= b { n++; if ($2 != "onprem" || $3 != "200") bad++ }
+  END { printf "  during the drill: %d requests, %d not answered by on-prem\n", n, bad }' "$DEMO_DIR/client.log"
+
 say "simulating the outage"
 t_outage=$(now_ms)
 scripts/simulate_onprem_down.sh
@@ -302,8 +315,9 @@ def first(pred, seq):
     return next((x for x in seq if pred(x)), None)
 webhook = first(lambda n: "onprem_down" in n["group_key"] and n["status"] == "firing", notes)
 resolved = first(lambda n: n["received_at"] and ts(n["received_at"]) > t_rec and ("onprem_down" in n["group_key"] or "onprem_recovered" in n["group_key"]), notes)
-healthy = first(lambda s: s["action"] == "wait_healthy" and s["outcome"] == "success", steps)
-ready = first(lambda s: s["action"] == "server_ready" and s["outcome"] == "success", steps)
+# The failover's steps, not the drill's before the outage.
+healthy = first(lambda s: s["action"] == "wait_healthy" and s["outcome"] == "success" and ts(s["at"]) > t_out, steps)
+ready = first(lambda s: s["action"] == "server_ready" and s["outcome"] == "success" and ts(s["at"]) > t_out, steps)
 first_cloud = first(lambda c: c[0] > t_out and c[2] == "cloud" and c[1] == "200", client)
 drain = first(lambda s: s["action"] == "server_drain" and ts(s["at"]) > t_rec, steps)
 stop = first(lambda s: s["action"] == "stop_container" and ts(s["at"]) > t_rec, steps)

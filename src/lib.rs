@@ -28,7 +28,6 @@ pub mod burst;
 pub mod cluster;
 pub mod config;
 pub mod desired;
-pub mod drill;
 pub mod firing;
 pub mod http;
 pub mod incarnation;

@@ -109,7 +109,7 @@ pub struct Metrics {
     pub cost_per_hour: Family<ServiceLabels, FloatGauge>,
     /// Instance-hours used today (UTC).
     pub instance_hours_today: Family<ServiceLabels, FloatGauge>,
-    /// Readiness checks, drills and verification (see [`crate::readiness`]).
+    /// Readiness checks, drills and verification.
     pub readiness: ReadinessMetrics,
 }
 
@@ -119,7 +119,8 @@ pub struct CheckLabels {
     pub check: String,
 }
 
-/// The series of [`crate::readiness`]: whether a failover would work now, and why not.
+/// The series of the readiness checks, drills and verification: whether a failover would
+/// work now, and why not.
 #[derive(Default)]
 pub struct ReadinessMetrics {
     /// 1 when the last readiness check found no problem.

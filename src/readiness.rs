@@ -3,25 +3,15 @@
 //! then every `readiness.interval`, and on `POST /api/v1/services/{name}/check`, and records
 //! the answer in status, metrics and (when it changes) an event.
 
-use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::backend::{Problem, CHECKS};
 use crate::metrics::{CheckLabels, Metrics, ServiceLabels};
 use crate::reconcile::{Context, ServiceRuntime};
-use crate::status::StatusBoard;
+use crate::status::{Readiness, StatusBoard};
 use crate::store::Store;
-
-/// One readiness check's answer, as status and the check endpoint show it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Readiness {
-    /// No problem found: as far as can be checked without acting, a failover would work.
-    pub ready: bool,
-    pub checked_at: DateTime<Utc>,
-    pub problems: Vec<Problem>,
-}
 
 /// Runs the readiness check of `svc` now and records it: status, metrics, and an event (kind
 /// `readiness`) when the set of problems differs from the last check's. Never fails: what

@@ -28,6 +28,8 @@ use crate::plan::{self, Observed, ServerState, Step};
 use crate::status::{BurstStatus, CostStatus, StatusBoard, StepRecord};
 use crate::store::{ServiceState, Store};
 use crate::verify;
+
+pub mod drill;
 use crate::world::{StepDone, World};
 
 /// Test-only crash points: `FAILOVER_RESPONDER_CRASH_BEFORE=<action>` aborts the process (as
@@ -69,11 +71,11 @@ impl ServiceRuntime {
     }
 
     /// Takes a drill request (Some(true)), or a scheduled drill that is due (Some(false)).
-    fn drill_wanted(&self, last: Option<&crate::drill::DrillReport>) -> Option<bool> {
+    fn drill_wanted(&self, last: Option<&crate::store::DrillReport>) -> Option<bool> {
         let asked = self
             .drill_requested
             .swap(false, std::sync::atomic::Ordering::SeqCst);
-        let due = crate::drill::due(self.config.drill.every, last, self.created, Utc::now());
+        let due = drill::due(self.config.drill.every, last, self.created, Utc::now());
         (asked || due).then_some(asked)
     }
 
@@ -221,7 +223,7 @@ pub async fn run_service(svc: ServiceRuntime, ctx: Context, shutdown: Cancellati
             .set(0);
     }
     if let Some(d) = &last_drill {
-        crate::drill::record_metrics(&ctx, &svc.name, d);
+        drill::record_metrics(&ctx, &svc.name, d);
     }
     ctx.status.set_drill(&svc.name, last_drill);
     ctx.metrics
@@ -235,7 +237,7 @@ pub async fn run_service(svc: ServiceRuntime, ctx: Context, shutdown: Cancellati
         let last = ctx.store.service(&svc.name).and_then(|s| s.last_drill);
         if let Some(asked) = svc.drill_wanted(last.as_ref()) {
             tokio::select! {
-                _ = crate::drill::run(&svc, &ctx, asked) => {}
+                _ = drill::run(&svc, &ctx, asked) => {}
                 () = shutdown.cancelled() => return,
             }
         }
@@ -373,7 +375,7 @@ pub fn backoff(s: &ReconcileConfig, failures: u32, retryable: bool) -> Duration 
 
 /// Why this node may not execute steps now: a follower, or a leader no longer certain of its
 /// lease. None: standalone, or the leader.
-pub(crate) fn fenced(ctx: &Context) -> Option<String> {
+fn fenced(ctx: &Context) -> Option<String> {
     ctx.cluster.as_ref().and_then(Cluster::why_not)
 }
 
@@ -407,7 +409,7 @@ async fn persist(
 
 /// [`persist`] for the drill: None when written, else why this node must not act (a store
 /// error included).
-pub(crate) async fn persist_state(
+async fn persist_state(
     svc: &ServiceRuntime,
     ctx: &Context,
     state: ServiceState,
@@ -419,7 +421,7 @@ pub(crate) async fn persist_state(
 }
 
 /// [`record_step`] for the drill: a store error is logged, the drill goes on.
-pub(crate) async fn record_step_outcome(
+async fn record_step_outcome(
     svc: &ServiceRuntime,
     ctx: &Context,
     step: &Step,
@@ -496,7 +498,7 @@ async fn adopt_shared(svc: &ServiceRuntime, ctx: &Context) -> Result<(), crate::
 }
 
 /// The persisted state of a service, or a fresh one (on-prem) the first time.
-pub(crate) fn state_of(svc: &ServiceRuntime, ctx: &Context) -> ServiceState {
+fn state_of(svc: &ServiceRuntime, ctx: &Context) -> ServiceState {
     ctx.store
         .service(&svc.name)
         .unwrap_or_else(|| ServiceState::new(Utc::now()))
@@ -705,7 +707,7 @@ async fn run_steps(
 
 /// A step's outcome label (for the metric, the event and status) and its error, from what
 /// [`run_one`] returned.
-pub(crate) fn outcome_of(
+fn outcome_of(
     result: &Option<Result<StepDone, BackendError>>,
 ) -> (&'static str, Option<String>) {
     match result {
@@ -720,7 +722,7 @@ pub(crate) fn outcome_of(
 /// Runs one step on the world. None: abandoned because this node's lease could lapse (in a
 /// cluster, a step still running then is dropped at its next await point; the next leader
 /// observes and finishes it).
-pub(crate) async fn run_one(
+async fn run_one(
     svc: &ServiceRuntime,
     ctx: &Context,
     step: &Step,

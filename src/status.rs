@@ -52,13 +52,22 @@ pub struct ServiceStatus {
     /// Cloud units running now, since when, and what they cost.
     pub cost: CostStatus,
     /// The last readiness check: would a failover work now? None before the first.
-    pub readiness: Option<crate::readiness::Readiness>,
-    /// The drill running now, or the last one (see [`crate::drill`]).
+    pub readiness: Option<Readiness>,
+    /// The drill running now, or the last one (see `reconcile::drill`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub last_drill: Option<crate::drill::DrillReport>,
+    pub last_drill: Option<crate::store::DrillReport>,
     /// In cloud: whether HAProxy's own check sees the opened cloud servers UP.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub verification: Option<crate::verify::Verification>,
+}
+
+/// One readiness check's answer (see `readiness`), as status and the check endpoint show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Readiness {
+    /// No problem found: as far as can be checked without acting, a failover would work.
+    pub ready: bool,
+    pub checked_at: DateTime<Utc>,
+    pub problems: Vec<crate::backend::Problem>,
 }
 
 /// The burst part of a service's status.
@@ -175,7 +184,7 @@ impl StatusBoard {
     }
 
     /// Records the drill running now, or the last one.
-    pub fn set_drill(&self, service: &str, d: Option<crate::drill::DrillReport>) {
+    pub fn set_drill(&self, service: &str, d: Option<crate::store::DrillReport>) {
         self.write()
             .services
             .entry(service.to_string())
@@ -184,7 +193,7 @@ impl StatusBoard {
     }
 
     /// Records a service's last readiness check.
-    pub fn set_readiness(&self, service: &str, r: crate::readiness::Readiness) {
+    pub fn set_readiness(&self, service: &str, r: Readiness) {
         self.write()
             .services
             .entry(service.to_string())

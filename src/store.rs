@@ -128,7 +128,7 @@ pub struct ServiceState {
     pub usage: crate::burst::Usage,
     /// The last drill (absent before the first, and in state written before drills existed).
     #[serde(default)]
-    pub last_drill: Option<crate::drill::DrillReport>,
+    pub last_drill: Option<DrillReport>,
 }
 
 impl ServiceState {
@@ -144,6 +144,32 @@ impl ServiceState {
             last_drill: None,
         }
     }
+}
+
+/// One drill (see `reconcile::drill`), as status shows it (`last_drill`) and the store keeps it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DrillReport {
+    pub started_at: DateTime<Utc>,
+    /// None while it runs.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Every step succeeded and HAProxy's check saw every cloud server UP. None while it runs.
+    pub ok: Option<bool>,
+    /// From the start to every cloud server UP by HAProxy's check: what a failover would
+    /// have taken (seconds).
+    pub time_to_ready_seconds: Option<f64>,
+    pub steps: Vec<DrillStep>,
+    /// How it ended, or why it was refused or interrupted.
+    pub message: String,
+}
+
+/// One step a drill ran.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DrillStep {
+    pub step: String,
+    pub outcome: String,
+    pub duration_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// A decision or step, for the event history.

@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use failover_responder::drill::DrillReport;
+use failover_responder::store::DrillReport;
 
 /// `POST /api/v1/services/{service}/drill` with the token (or without): (status, body).
 async fn drill(r: &Responder, service: &str, token: bool) -> (u16, serde_json::Value) {

@@ -83,7 +83,7 @@ pub async fn check(
     Ok(HttpResponse::Ok().json(r))
 }
 
-/// Starts a drill (see [`crate::drill`]): 202 once the service's reconciler has been asked
+/// Starts a drill (see `reconcile::drill`): 202 once the service's reconciler has been asked
 /// to run it; its progress and report are in status (`last_drill`). Errors: 401, 404, and 409
 /// with the reason when the service may not drill now (not on-prem, a failover alert firing,
 /// an override, not the leader, a cloud server that is not `backup`).
@@ -94,7 +94,8 @@ pub async fn drill(
 ) -> Result<HttpResponse, ApiError> {
     let svc = authorized_service(&req, &path, &state)?;
     let name = &svc.name;
-    if let Some(r) = crate::drill::check(svc, &state.store, state.cluster.as_ref()).await {
+    if let Some(r) = crate::reconcile::drill::check(svc, &state.store, state.cluster.as_ref()).await
+    {
         return Err(ApiError::Conflict(format!("no drill: {r}")));
     }
     svc.request_drill();

@@ -11,43 +11,16 @@
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
+use super::{self as reconcile, Context, ServiceRuntime};
 use crate::cluster::Cluster;
 use crate::desired::Mode;
 use crate::metrics::ServiceLabels;
 use crate::pass::{self, Goal};
 use crate::plan::{self, OpState, Step};
-use crate::reconcile::{self, Context, ServiceRuntime};
-use crate::store::{ServiceState, Store};
+use crate::store::{DrillReport, DrillStep, ServiceState, Store};
 use crate::world::StepDone;
-
-/// One drill, as status shows it (`last_drill`) and the store keeps it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DrillReport {
-    pub started_at: DateTime<Utc>,
-    /// None while it runs.
-    pub finished_at: Option<DateTime<Utc>>,
-    /// Every step succeeded and HAProxy's check saw every cloud server UP. None while it runs.
-    pub ok: Option<bool>,
-    /// From the start to every cloud server UP by HAProxy's check: what a failover would
-    /// have taken (seconds).
-    pub time_to_ready_seconds: Option<f64>,
-    pub steps: Vec<DrillStep>,
-    /// How it ended, or why it was refused or interrupted.
-    pub message: String,
-}
-
-/// One step a drill ran.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DrillStep {
-    pub step: String,
-    pub outcome: String,
-    pub duration_ms: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
 
 /// Why a drill may not run now.
 #[derive(Debug, Clone, PartialEq, Eq)]
