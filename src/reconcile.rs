@@ -409,11 +409,7 @@ async fn persist(
 
 /// [`persist`] for the drill: None when written, else why this node must not act (a store
 /// error included).
-async fn persist_state(
-    svc: &ServiceRuntime,
-    ctx: &Context,
-    state: ServiceState,
-) -> Option<String> {
+async fn persist_state(svc: &ServiceRuntime, ctx: &Context, state: ServiceState) -> Option<String> {
     match persist(svc, ctx, state).await {
         Ok(why) => why,
         Err(e) => Some(format!("state not stored: {e}")),
@@ -707,9 +703,7 @@ async fn run_steps(
 
 /// A step's outcome label (for the metric, the event and status) and its error, from what
 /// [`run_one`] returned.
-fn outcome_of(
-    result: &Option<Result<StepDone, BackendError>>,
-) -> (&'static str, Option<String>) {
+fn outcome_of(result: &Option<Result<StepDone, BackendError>>) -> (&'static str, Option<String>) {
     match result {
         Some(Ok(StepDone::Done)) => ("success", None),
         Some(Ok(StepDone::DrainTimedOut)) => ("drain_timeout", None),

@@ -53,7 +53,17 @@ async fn a_drill_under_load_starts_opens_verifies_and_fails_back_without_touchin
         return;
     };
     let since = chrono::Utc::now().timestamp() - 1;
-    let r = Responder::start_with(w.configure().load(w.dir.path())).await;
+    // The service bursts too (no overload now): the drill leaves its burst count alone.
+    let cfg = w.configure().burst(
+        2,
+        ["1s", "1s", "1s"],
+        free_port_range(2),
+        &format!(
+            "haproxy: {{server_prefix: burst}}\ncontainer: {{name: '{}-b', image: {IMAGE}, ports: ['127.0.0.1:{{port}}:8080']}}",
+            w.container
+        ),
+    );
+    let r = Responder::start_with(cfg.load(w.dir.path())).await;
     eventually("on-prem serves", Duration::from_secs(10), || async {
         get_text(&w.haproxy.frontend())
             .await

@@ -130,11 +130,11 @@ pub async fn run(svc: &ServiceRuntime, ctx: &Context, asked: bool) -> DrillRepor
         "started: the failover steps run while on-prem serves".into(),
     )
     .await;
-    // While on-prem serves, the goal stays on-prem: a failover alert or an override changes
-    // it, which ends the drill.
+    // While on-prem serves, the goal stays on-prem (with the burst count it has now): a
+    // failover alert, an override or a burst step changes it, which ends the drill.
     let goal = Goal {
         mode: Mode::Onprem,
-        burst: None,
+        burst: desired_now(svc, ctx).goal().burst,
     };
     let outcome = match converge(svc, ctx, Mode::Cloud, goal, &mut report).await {
         Err(why) => Err(why),
@@ -172,15 +172,19 @@ pub async fn run(svc: &ServiceRuntime, ctx: &Context, asked: bool) -> DrillRepor
 /// Whether the drill must stop: the service's goal is no longer on-prem (a failover alert, an
 /// override).
 fn superseded(svc: &ServiceRuntime, ctx: &Context, goal: Goal) -> bool {
-    let state = reconcile::state_of(svc, ctx);
-    let d = pass::desired(
+    let d = desired_now(svc, ctx);
+    d.effective.mode != goal.mode || d.effective.paused
+}
+
+/// What the service's pass would decide now.
+fn desired_now(svc: &ServiceRuntime, ctx: &Context) -> pass::Desired {
+    pass::desired(
         &svc.config,
-        &state,
+        &reconcile::state_of(svc, ctx),
         &ctx.store.firing(),
         svc.healthy_since(),
         Utc::now(),
-    );
-    d.effective.mode != goal.mode || d.effective.paused
+    )
 }
 
 /// How many plans a drill runs towards one mode: a cold standby takes two (its instances
