@@ -299,7 +299,7 @@ async fn follow_drill(
                     "  {:<40} {:<10} {:>7} ms",
                     s["step"].as_str().unwrap_or("?"),
                     s["outcome"].as_str().unwrap_or("?"),
-                    s["duration_ms"]
+                    s["duration_ms"].as_u64().unwrap_or_default()
                 );
             }
             printed = steps.len();
