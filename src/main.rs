@@ -49,8 +49,8 @@ enum Command {
         #[arg(long = "dry-run")]
         dry_run: bool,
     },
-    /// Talk to a running responder: status, pause/resume/failover/failback a service, or
-    /// check whether its failover would work now (exit 1 when not).
+    /// Talk to a running responder: status, pause/resume/failover/failback a service, check
+    /// whether its failover would work now, or drill it (both exit 1 when not ok).
     Ctl {
         /// The responder's base URL.
         #[arg(long, default_value = "http://127.0.0.1:9095")]
@@ -378,10 +378,23 @@ fn print_status(st: &serde_json::Value, only: Option<&str>) {
         }
         match s["readiness"]["problems"].as_array().map(Vec::len) {
             Some(0) => line.push_str(", standby ready"),
-            Some(n) => line.push_str(&format!(
-                ", standby NOT READY ({n} problems: ctl check {name})"
-            )),
+            Some(n) => {
+                let problems = if n == 1 { "problem" } else { "problems" };
+                line.push_str(&format!(
+                    ", standby NOT READY ({n} {problems}: ctl check {name})"
+                ));
+            }
             None => {}
+        }
+        match s["verification"]["verified"].as_bool() {
+            Some(true) => line.push_str(", failover verified"),
+            Some(false) => line.push_str(", failover NOT VERIFIED (see status verification)"),
+            None => {}
+        }
+        if let Some(ok) = s["last_drill"]["ok"].as_bool() {
+            let at = s["last_drill"]["started_at"].as_str().unwrap_or("?");
+            let verdict = if ok { "ok" } else { "FAILED" };
+            line.push_str(&format!(", last drill {verdict} ({at})"));
         }
         println!("{line}");
     }

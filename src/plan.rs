@@ -121,10 +121,25 @@ pub enum OpState {
 const CHECK_CONFIGURED: u32 = 0x2;
 
 impl OpState {
+    /// From the `status` column of `show stat`, HAProxy's own summary: `UP` (checks passed,
+    /// health at the top) and `no check` are Up; `UP x/y` (going down, or assumed up right
+    /// after maintenance before any check) is Stopping; `DOWN x/y` (coming up) Starting;
+    /// `DOWN`, `MAINT`, `DRAIN`, `NOLB` and anything else Down.
+    pub fn from_stat_status(status: &str) -> OpState {
+        match status.trim() {
+            "UP" | "no check" => OpState::Up,
+            s if s.starts_with("UP ") => OpState::Stopping,
+            s if s.starts_with("DOWN ") => OpState::Starting,
+            _ => OpState::Down,
+        }
+    }
+
     /// From `show servers state`: `srv_op_state` (SRV_ST_*: 0 stopped, 1 starting, 2 running,
     /// 3 stopping), and when the server has a check (`srv_check_state`), the status of its
     /// last finished check (`srv_check_status`, HCHK_STATUS_*). Running counts as [`Up`] only
     /// once a check has passed: L4OK (6), L6OK (9), L7OKD (15), L7OKCD (16), PROCOK (20).
+    /// Right after maintenance that status can be the one from before it, so verification
+    /// asks `show stat` instead ([`OpState::from_stat_status`]).
     ///
     /// [`Up`]: OpState::Up
     pub fn from_haproxy(

@@ -48,16 +48,17 @@ pub async fn check(
     r
 }
 
-/// Checks `svc` once now, then every `readiness.interval` (never, when it is 0) until `stop`.
+/// Checks `svc` once now, then every `readiness.interval`, until `stop`. An interval of 0
+/// turns the schedule off, the check at start included (`POST .../check` still runs it).
 pub async fn run(svc: ServiceRuntime, ctx: Context, stop: CancellationToken) {
     let interval = svc.config.readiness.interval;
+    if interval.is_zero() {
+        return;
+    }
     loop {
         tokio::select! {
             _ = check(&svc, &ctx.status, &ctx.metrics, &ctx.store) => {}
             () = stop.cancelled() => return,
-        }
-        if interval.is_zero() {
-            return;
         }
         tokio::select! {
             () = tokio::time::sleep(interval) => {}

@@ -554,7 +554,7 @@ pub async fn reconcile_once(svc: &ServiceRuntime, ctx: &Context) -> Result<PassO
     record_pass(svc, ctx, &m, &p.desired, &observed, &p.plan);
     record_burst(svc, ctx, &m, &p, &firing, now);
     record_blocked(svc, ctx, &blocked_before, &p.plan.blocked).await?;
-    let verify_after = record_verification(svc, ctx, &p, &observed, now).await?;
+    let verify_after = record_verification(svc, ctx, &p, now).await?;
 
     let plan = &p.plan;
     let eff = &p.desired.effective;
@@ -954,14 +954,13 @@ fn record_burst(
 }
 
 /// After a failover converged, whether HAProxy's own check sees the cloud servers UP within
-/// `timeouts.verify` ([`verify::verdict`]): status, the `failover_verified` metric, and an
-/// event and a log line when the verdict is reached or changes. The servers stay open either
-/// way: on-prem is down. Returns when to look again while the verdict is pending.
+/// `timeouts.verify` ([`verify::verdict`], asked with `show stat` while pending): status, the
+/// `failover_verified` metric, and an event and a log line when the verdict is reached. The
+/// servers stay open either way: on-prem is down. Returns when to look again while pending.
 async fn record_verification(
     svc: &ServiceRuntime,
     ctx: &Context,
     p: &Pass,
-    observed: &Observed,
     now: DateTime<Utc>,
 ) -> Result<Option<Duration>, crate::store::StoreError> {
     let in_cloud = p.desired.effective.mode == Mode::Cloud;
@@ -993,13 +992,21 @@ async fn record_verification(
         return Ok(None);
     };
     let limit = svc.config.timeouts.verify;
-    let v = verify::verdict(&observed.servers, opened, now, limit);
     let before = ctx
         .status
         .service_status()
         .get(&svc.name)
-        .and_then(|s| s.verification.as_ref())
-        .and_then(|v| v.verified);
+        .and_then(|s| s.verification.clone())
+        .filter(|v| v.opened_at == opened);
+    // A verdict reached stands until the next failover: verification is of the failover, and
+    // HAProxy's own metrics watch the servers after it.
+    if let Some(v) = before.as_ref().filter(|v| v.verified.is_some()) {
+        set_metric(v.verified != Some(false));
+        return Ok(None);
+    }
+    let checked = svc.world.checked(&svc.config).await;
+    let v = verify::verdict(&checked, opened, now, limit);
+    let before = before.and_then(|v| v.verified);
     set_metric(v.verified != Some(false));
     if v.verified.is_some() && v.verified != before {
         if v.verified == Some(false) {

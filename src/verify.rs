@@ -1,5 +1,6 @@
 //! Verification after a real failover: the responder opened the cloud servers, but does HAProxy
-//! itself send them traffic? Only its own health check says so (`srv_op_state` UP). A server
+//! itself send them traffic? Only its own health check says so (`show stat` status `UP`, not
+//! the `UP 1/3` it assumes right after maintenance before any check has run). A server
 //! opened while its check fails (a wrong address, a firewall, the service listening elsewhere)
 //! takes no traffic, and the failover only looks done. Pure: the reconciler passes what it
 //! observed and when the servers were opened.
@@ -9,7 +10,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::plan::{OpState, ServerObs};
+use crate::plan::{OpState, ServerRef};
 
 /// The verdict on one failover, shown in status as `verification`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -22,25 +23,23 @@ pub struct Verification {
     pub message: String,
 }
 
-/// The verdict for `servers` (the failover's cloud servers on every HAProxy), opened at
-/// `opened_at`, at `now`, allowing `limit` for HAProxy's check to see them UP.
+/// The verdict for `servers` (the failover's cloud servers on every HAProxy, each with what
+/// HAProxy's check says: None when it could not be asked), opened at `opened_at`, at `now`,
+/// allowing `limit` for HAProxy's check to see them UP.
 pub fn verdict(
-    servers: &[ServerObs],
+    servers: &[(ServerRef, Option<OpState>)],
     opened_at: DateTime<Utc>,
     now: DateTime<Utc>,
     limit: Duration,
 ) -> Verification {
     let not_up: Vec<String> = servers
         .iter()
-        .filter(|s| s.op_state != Some(OpState::Up))
-        .map(|s| {
-            let state = s.op_state.map_or("not reported".to_string(), |o| {
+        .filter(|(_, op)| *op != Some(OpState::Up))
+        .map(|(t, op)| {
+            let state = op.map_or("not reported".to_string(), |o| {
                 format!("{o:?}").to_lowercase()
             });
-            format!(
-                "{}/{} on {}: {state}",
-                s.target.backend, s.target.server, s.target.api
-            )
+            format!("{}/{} on {}: {state}", t.backend, t.server, t.api)
         })
         .collect();
     let waited = (now - opened_at).to_std().unwrap_or_default();
@@ -74,22 +73,13 @@ pub fn verdict(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::{ServerRef, ServerState};
-
-    fn server(api: &str, op: Option<OpState>) -> ServerObs {
-        ServerObs {
-            target: ServerRef {
-                api: api.into(),
-                backend: "api".into(),
-                server: "cloud1".into(),
-            },
-            state: ServerState::Ready,
-            addr: None,
-            weight: None,
-            op_state: op,
-            blocked: None,
-            refuses_changes: false,
-        }
+    fn server(api: &str, op: Option<OpState>) -> (ServerRef, Option<OpState>) {
+        let target = ServerRef {
+            api: api.into(),
+            backend: "api".into(),
+            server: "cloud1".into(),
+        };
+        (target, op)
     }
 
     #[test]

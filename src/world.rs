@@ -15,7 +15,7 @@ use crate::backend::{BackendError, Problem};
 use crate::burst;
 use crate::config::ServiceConfig;
 use crate::plan::{ContainerObs, ContainerState, Health, InstanceObs, InstanceState, Observed};
-use crate::plan::{ServerRef, Step, UnitObs};
+use crate::plan::{OpState, ServerRef, Step, UnitObs};
 
 /// How often waits re-check the world.
 const POLL: Duration = Duration::from_millis(200);
@@ -150,6 +150,34 @@ impl World {
         problems.extend(d);
         problems.extend(h);
         problems
+    }
+
+    /// HAProxy's own verdict on every cloud server, on every HAProxy
+    /// ([`RuntimeApi::checked_states`]): Up only once its checks passed. None: that HAProxy
+    /// could not be asked, or does not have the server. For verifying a failover and a drill.
+    pub async fn checked(&self, config: &ServiceConfig) -> Vec<(ServerRef, Option<OpState>)> {
+        let Some(h) = &config.haproxy else {
+            return Vec::new();
+        };
+        let answers = futures_util::future::join_all(
+            self.haproxy
+                .iter()
+                .map(|api| api.checked_states(&h.backend, &h.cloud_servers)),
+        )
+        .await;
+        let mut out = Vec::new();
+        for (api, answer) in self.haproxy.iter().zip(answers) {
+            for server in &h.cloud_servers {
+                let target = ServerRef {
+                    api: api.label.clone(),
+                    backend: h.backend.clone(),
+                    server: server.clone(),
+                };
+                let state = answer.as_ref().ok().and_then(|m| m.get(server)).copied();
+                out.push((target, state));
+            }
+        }
+        out
     }
 
     /// The cloud servers that are not `backup` servers on some HAProxy (or that HAProxy could

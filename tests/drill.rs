@@ -63,6 +63,7 @@ async fn a_drill_under_load_starts_opens_verifies_and_fails_back_without_touchin
             w.container
         ),
     );
+    let cfg = cfg.key("timeouts: {healthy: 30s, drain: 2s, stop: 1s, verify: 3s}");
     let r = Responder::start_with(cfg.load(w.dir.path())).await;
     eventually("on-prem serves", Duration::from_secs(10), || async {
         get_text(&w.haproxy.frontend())
@@ -148,6 +149,34 @@ async fn a_drill_under_load_starts_opens_verifies_and_fails_back_without_touchin
             .any(|e| e["message"].as_str().is_some_and(|m| m.starts_with("ok:"))),
         "{events:?}"
     );
+
+    // cloud1's check now goes to a closed port. HAProxy still says UP right after `state
+    // ready` (it assumes so until its checks fail): the drill must not take that for a pass.
+    let closed = free_port();
+    w.haproxy
+        .cmd(&format!(
+            "set server api/cloud1 addr 127.0.0.1 port {closed}"
+        ))
+        .await;
+    assert_eq!(drill(&r, "onprem-api", true).await.0, 202);
+    let second = eventually(
+        "the second drill's report",
+        Duration::from_secs(60),
+        || async {
+            last_drill(&r)
+                .await
+                .filter(|x| x.started_at > d.started_at && x.finished_at.is_some())
+        },
+    )
+    .await;
+    assert_eq!(second.ok, Some(false), "{second:?}");
+    assert!(
+        second.message.contains("not UP by HAProxy's own check")
+            && second.time_to_ready_seconds.is_none(),
+        "{second:?}"
+    );
+    assert!(!w.cloud_open().await, "failed back all the same");
+    assert_ne!(w.container_running().await, Some(true));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

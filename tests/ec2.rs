@@ -734,7 +734,11 @@ async fn readiness_names_unknown_and_terminated_instances_and_a_denied_start() {
             && problems[0].check == "ec2_permission"
             && problems[0].message.contains("ec2:StartInstances")
             && problems[0].message.contains("UnauthorizedOperation")
-            && problems[0].target == ids.join(","),
+            && problems[0].target == {
+                let mut sorted = ids.clone();
+                sorted.sort();
+                sorted.join(",")
+            },
         "{problems:?}"
     );
 

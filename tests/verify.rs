@@ -58,8 +58,16 @@ async fn a_cloud_server_haproxy_never_sees_up_leaves_the_failover_not_verified()
     assert!(out.contains("changed"), "{out}");
     let again = chrono::Utc::now();
     assert_eq!(r.post_alerts(&down_body(again, None)).await.status(), 202);
+    // Never verified on the way: right after `state ready` HAProxy assumes the server UP
+    // (`UP 1/3`) until its checks fail; that is not a check that passed.
     let v = eventually("not verified", Duration::from_secs(30), || async {
-        verification(&r).await.filter(|v| v.verified == Some(false))
+        let v = verification(&r).await;
+        assert_ne!(
+            v.as_ref().and_then(|v| v.verified),
+            Some(true),
+            "verified a server whose check cannot pass: {v:?}"
+        );
+        v.filter(|v| v.verified == Some(false))
     })
     .await;
     assert!(

@@ -280,23 +280,18 @@ async fn steps(
     }
 }
 
-/// Polls until HAProxy's own health check reports every cloud server UP on every HAProxy,
-/// for at most `timeouts.verify`. Errors: which servers were not UP.
+/// Polls until HAProxy's own health check reports every cloud server UP on every HAProxy
+/// (`show stat` status `UP`: checked since it was opened, not assumed), for at most
+/// `timeouts.verify`. Errors: which servers were not UP.
 async fn all_up(svc: &ServiceRuntime, ctx: &Context, goal: Goal) -> Result<(), String> {
     let limit = svc.config.timeouts.verify;
     let deadline = Instant::now() + limit;
     loop {
-        let (observed, _) = svc.world.observe(&svc.name, &svc.config).await;
-        let not_up: Vec<String> = observed
-            .servers
+        let checked = svc.world.checked(&svc.config).await;
+        let not_up: Vec<String> = checked
             .iter()
-            .filter(|s| s.op_state != Some(OpState::Up))
-            .map(|s| {
-                format!(
-                    "{}/{} on {}",
-                    s.target.backend, s.target.server, s.target.api
-                )
-            })
+            .filter(|(_, op)| *op != Some(OpState::Up))
+            .map(|(t, _)| format!("{}/{} on {}", t.backend, t.server, t.api))
             .collect();
         if not_up.is_empty() {
             return Ok(());

@@ -279,7 +279,28 @@ impl RuntimeApi {
         servers: &[String],
     ) -> Result<BTreeMap<String, bool>, BackendError> {
         let out = self.command(&format!("show stat {backend} 4 -1")).await?;
-        parse_stat_backup(&out, backend, servers).map_err(|m| self.rejected(m, true))
+        let bck =
+            parse_stat_column(&out, backend, servers, "bck").map_err(|m| self.rejected(m, true))?;
+        Ok(bck.into_iter().map(|(s, v)| (s, v == "1")).collect())
+    }
+
+    /// HAProxy's own verdict on each of `servers` in `backend` (the `status` column of `show
+    /// stat`): [`OpState::Up`] only for `UP` (its health at the top: checks passed since it
+    /// last changed) or `no check`. Right after leaving maintenance HAProxy says `UP 1/3`
+    /// (assumed up, not yet checked), which is not Up: `srv_op_state` alone says 2 then,
+    /// even for a server whose check can only fail. A server not in the backend is absent.
+    pub async fn checked_states(
+        &self,
+        backend: &str,
+        servers: &[String],
+    ) -> Result<BTreeMap<String, OpState>, BackendError> {
+        let out = self.command(&format!("show stat {backend} 4 -1")).await?;
+        let status = parse_stat_column(&out, backend, servers, "status")
+            .map_err(|m| self.rejected(m, true))?;
+        Ok(status
+            .into_iter()
+            .map(|(s, v)| (s, OpState::from_stat_status(&v)))
+            .collect())
     }
 
     /// Cheap reachability check.
@@ -537,12 +558,14 @@ pub fn parse_stat_sessions(out: &str, backend: &str, server: &str) -> Result<u64
     Err(format!("show stat: server {backend}/{server} not found"))
 }
 
-/// Parses `show stat` CSV: for each of `servers` found in `backend`, its `bck` flag.
-pub fn parse_stat_backup(
+/// Parses `show stat` CSV: for each of `servers` found in `backend`, the value of `column`
+/// (`bck`, `status`...). Errors: not a `show stat` answer, or no such column.
+pub fn parse_stat_column(
     out: &str,
     backend: &str,
     servers: &[String],
-) -> Result<BTreeMap<String, bool>, String> {
+    column: &str,
+) -> Result<BTreeMap<String, String>, String> {
     let mut lines = out.lines();
     let header = lines
         .next()
@@ -554,7 +577,7 @@ pub fn parse_stat_backup(
             .position(|c| *c == name)
             .ok_or(format!("show stat: no {name} column"))
     };
-    let (px, sv, bck) = (col("pxname")?, col("svname")?, col("bck")?);
+    let (px, sv, wanted) = (col("pxname")?, col("svname")?, col(column)?);
     let mut found = BTreeMap::new();
     for line in lines {
         let f: Vec<&str> = line.split(',').collect();
@@ -562,7 +585,7 @@ pub fn parse_stat_backup(
             continue;
         };
         if *p == backend && servers.iter().any(|x| x == s) {
-            found.insert((*s).to_string(), f.get(bck) == Some(&"1"));
+            found.insert((*s).to_string(), f.get(wanted).unwrap_or(&"").to_string());
         }
     }
     Ok(found)
@@ -573,14 +596,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backup_flag_from_show_stat() {
-        let out = "# pxname,svname,qcur,bck,status\napi,onprem,0,0,UP\napi,cloud1,0,1,MAINT\napi,burst1,0,0,MAINT\nother,cloud1,0,0,UP\n";
+    fn a_column_of_show_stat() {
+        let out = "# pxname,svname,qcur,bck,status\napi,onprem,0,0,UP\napi,cloud1,0,1,MAINT\napi,burst1,0,0,UP 1/3\nother,cloud1,0,0,UP\n";
         let want = |names: &[&str]| names.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        let got = parse_stat_backup(out, "api", &want(&["cloud1", "burst1", "cloud9"])).unwrap();
-        assert_eq!(got.get("cloud1"), Some(&true));
-        assert_eq!(got.get("burst1"), Some(&false));
-        assert_eq!(got.get("cloud9"), None);
-        assert!(parse_stat_backup("Unknown command", "api", &[]).is_err());
+        let names = want(&["cloud1", "burst1", "cloud9"]);
+        let bck = parse_stat_column(out, "api", &names, "bck").unwrap();
+        assert_eq!(bck.get("cloud1").map(String::as_str), Some("1"));
+        assert_eq!(bck.get("burst1").map(String::as_str), Some("0"));
+        assert_eq!(bck.get("cloud9"), None);
+        let status = parse_stat_column(out, "api", &names, "status").unwrap();
+        assert_eq!(status.get("burst1").map(String::as_str), Some("UP 1/3"));
+        assert!(parse_stat_column("Unknown command", "api", &[], "bck").is_err());
+        assert!(parse_stat_column(out, "api", &[], "nope").is_err());
     }
 
     #[test]
