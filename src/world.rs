@@ -152,17 +152,50 @@ impl World {
         problems
     }
 
-    /// HAProxy's own verdict on every cloud server, on every HAProxy
-    /// ([`RuntimeApi::checked_states`]): Up only once its checks passed. None: that HAProxy
-    /// could not be asked, or does not have the server. For verifying a failover and a drill.
+    /// HAProxy's own verdict on every cloud server, on every HAProxy (the `status` column of
+    /// `show stat`, [`OpState::from_stat_status`]): Up only for `UP`, checked since it last
+    /// changed, not the `UP 1/3` HAProxy assumes right after maintenance, when `srv_op_state`
+    /// already says 2 even for a server whose check can only fail. None: that HAProxy could
+    /// not be asked, or does not have the server. For verifying a failover and a drill.
     pub async fn checked(&self, config: &ServiceConfig) -> Vec<(ServerRef, Option<OpState>)> {
+        self.cloud_stat(config, "status")
+            .await
+            .into_iter()
+            .map(|(t, v)| (t, v.ok().flatten().map(|s| OpState::from_stat_status(&s))))
+            .collect()
+    }
+
+    /// The cloud servers that are not `backup` servers on some HAProxy (or that HAProxy could
+    /// not say), each with why: opening such a server while on-prem serves would give it live
+    /// traffic, so a drill is refused. Empty when every one is a backup server.
+    pub async fn not_backup(&self, config: &ServiceConfig) -> Vec<String> {
+        let mut out = Vec::new();
+        for (t, bck) in self.cloud_stat(config, "bck").await {
+            let at = format!("{}/{} on {}", t.backend, t.server, t.api);
+            match bck.as_ref().map(Option::as_deref) {
+                Ok(Some("1")) => {}
+                Ok(Some(_)) => out.push(format!("{at} is not a backup server")),
+                Ok(None) => out.push(format!("{at} does not exist")),
+                Err(e) => out.push(format!("{at}: HAProxy could not say: {e}")),
+            }
+        }
+        out
+    }
+
+    /// `column` of `show stat` for every cloud server on every HAProxy, asked concurrently:
+    /// its value (None: not in the backend), or why that HAProxy could not be asked.
+    async fn cloud_stat(
+        &self,
+        config: &ServiceConfig,
+        column: &str,
+    ) -> Vec<(ServerRef, Result<Option<String>, String>)> {
         let Some(h) = &config.haproxy else {
             return Vec::new();
         };
         let answers = futures_util::future::join_all(
             self.haproxy
                 .iter()
-                .map(|api| api.checked_states(&h.backend, &h.cloud_servers)),
+                .map(|api| api.stat_column(&h.backend, &h.cloud_servers, column)),
         )
         .await;
         let mut out = Vec::new();
@@ -173,36 +206,11 @@ impl World {
                     backend: h.backend.clone(),
                     server: server.clone(),
                 };
-                let state = answer.as_ref().ok().and_then(|m| m.get(server)).copied();
-                out.push((target, state));
-            }
-        }
-        out
-    }
-
-    /// The cloud servers that are not `backup` servers on some HAProxy (or that HAProxy could
-    /// not say), each with why: opening such a server while on-prem serves would give it live
-    /// traffic, so a drill is refused. Empty when every one is a backup server.
-    pub async fn not_backup(&self, config: &ServiceConfig) -> Vec<String> {
-        let Some(h) = &config.haproxy else {
-            return Vec::new();
-        };
-        let answers = futures_util::future::join_all(
-            self.haproxy
-                .iter()
-                .map(|api| api.backup_servers(&h.backend, &h.cloud_servers)),
-        )
-        .await;
-        let mut out = Vec::new();
-        for (api, answer) in self.haproxy.iter().zip(answers) {
-            for server in &h.cloud_servers {
-                let at = format!("{}/{server} on {}", h.backend, api.label);
-                match answer.as_ref().map(|m| m.get(server)) {
-                    Ok(Some(true)) => {}
-                    Ok(Some(false)) => out.push(format!("{at} is not a backup server")),
-                    Ok(None) => out.push(format!("{at} does not exist")),
-                    Err(e) => out.push(format!("{at}: HAProxy could not say: {e}")),
-                }
+                let value = match &answer {
+                    Ok(m) => Ok(m.get(server).cloned()),
+                    Err(e) => Err(e.to_string()),
+                };
+                out.push((target, value));
             }
         }
         out

@@ -270,37 +270,16 @@ impl RuntimeApi {
         parse_stat_sessions(&out, backend, server).map_err(|m| self.rejected(m, true))
     }
 
-    /// Whether each of `servers` in `backend` is a `backup` server (the `bck` column of
-    /// `show stat`): a backup server takes traffic only while every normal server is down.
-    /// A server not in the backend is absent from the answer.
-    pub async fn backup_servers(
+    /// One column of `show stat` (`bck`, `status`...) for each of `servers` in `backend`; a
+    /// server not in the backend is absent from the answer.
+    pub async fn stat_column(
         &self,
         backend: &str,
         servers: &[String],
-    ) -> Result<BTreeMap<String, bool>, BackendError> {
+        column: &str,
+    ) -> Result<BTreeMap<String, String>, BackendError> {
         let out = self.command(&format!("show stat {backend} 4 -1")).await?;
-        let bck =
-            parse_stat_column(&out, backend, servers, "bck").map_err(|m| self.rejected(m, true))?;
-        Ok(bck.into_iter().map(|(s, v)| (s, v == "1")).collect())
-    }
-
-    /// HAProxy's own verdict on each of `servers` in `backend` (the `status` column of `show
-    /// stat`): [`OpState::Up`] only for `UP` (its health at the top: checks passed since it
-    /// last changed) or `no check`. Right after leaving maintenance HAProxy says `UP 1/3`
-    /// (assumed up, not yet checked), which is not Up: `srv_op_state` alone says 2 then,
-    /// even for a server whose check can only fail. A server not in the backend is absent.
-    pub async fn checked_states(
-        &self,
-        backend: &str,
-        servers: &[String],
-    ) -> Result<BTreeMap<String, OpState>, BackendError> {
-        let out = self.command(&format!("show stat {backend} 4 -1")).await?;
-        let status = parse_stat_column(&out, backend, servers, "status")
-            .map_err(|m| self.rejected(m, true))?;
-        Ok(status
-            .into_iter()
-            .map(|(s, v)| (s, OpState::from_stat_status(&v)))
-            .collect())
+        parse_stat_column(&out, backend, servers, column).map_err(|m| self.rejected(m, true))
     }
 
     /// Cheap reachability check.
@@ -534,28 +513,59 @@ pub fn parse_servers_state(
     Ok(states)
 }
 
-/// Parses `show stat` CSV and returns scur + qcur of one server.
-pub fn parse_stat_sessions(out: &str, backend: &str, server: &str) -> Result<u64, String> {
-    let mut lines = out.lines();
-    let header = lines
-        .next()
-        .and_then(|h| h.strip_prefix("# "))
-        .ok_or_else(|| format!("unexpected answer to show stat: {:?}", out.trim()))?;
-    let cols: Vec<&str> = header.split(',').collect();
-    let col = |name: &str| {
-        cols.iter()
+/// `show stat` CSV: its column names (from the `# ` header line) and its rows, split at
+/// commas.
+struct StatCsv<'a> {
+    cols: Vec<&'a str>,
+    rows: Vec<Vec<&'a str>>,
+}
+
+impl<'a> StatCsv<'a> {
+    /// Errors: not a `show stat` answer (an error message from HAProxy, say).
+    fn parse(out: &'a str) -> Result<Self, String> {
+        let mut lines = out.lines();
+        let header = lines
+            .next()
+            .and_then(|h| h.strip_prefix("# "))
+            .ok_or_else(|| format!("unexpected answer to show stat: {:?}", out.trim()))?;
+        Ok(StatCsv {
+            cols: header.split(',').collect(),
+            rows: lines.map(|l| l.split(',').collect()).collect(),
+        })
+    }
+
+    fn col(&self, name: &str) -> Result<usize, String> {
+        self.cols
+            .iter()
             .position(|c| *c == name)
             .ok_or(format!("show stat: no {name} column"))
-    };
-    let (px, sv, scur, qcur) = (col("pxname")?, col("svname")?, col("scur")?, col("qcur")?);
-    for line in lines {
-        let f: Vec<&str> = line.split(',').collect();
-        if f.get(px) == Some(&backend) && f.get(sv) == Some(&server) {
-            let num = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-            return Ok(num(scur) + num(qcur));
-        }
     }
-    Err(format!("show stat: server {backend}/{server} not found"))
+
+    /// The rows of servers of `backend` named in `servers`, with their names.
+    fn servers<'s>(
+        &'s self,
+        backend: &'s str,
+        servers: &'s [String],
+    ) -> Result<impl Iterator<Item = (&'a str, &'s Vec<&'a str>)> + 's, String> {
+        let (px, sv) = (self.col("pxname")?, self.col("svname")?);
+        Ok(self.rows.iter().filter_map(move |f| {
+            let (p, s) = (*f.get(px)?, *f.get(sv)?);
+            (p == backend && servers.iter().any(|x| x == s)).then_some((s, f))
+        }))
+    }
+}
+
+/// Parses `show stat` CSV and returns scur + qcur of one server.
+pub fn parse_stat_sessions(out: &str, backend: &str, server: &str) -> Result<u64, String> {
+    let csv = StatCsv::parse(out)?;
+    let (scur, qcur) = (csv.col("scur")?, csv.col("qcur")?);
+    let wanted = [server.to_string()];
+    let mut rows = csv.servers(backend, &wanted)?;
+    let (_, f) = rows
+        .next()
+        .ok_or_else(|| format!("show stat: server {backend}/{server} not found"))?;
+    let num = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    Ok(num(scur) + num(qcur))
 }
 
 /// Parses `show stat` CSV: for each of `servers` found in `backend`, the value of `column`
@@ -566,28 +576,12 @@ pub fn parse_stat_column(
     servers: &[String],
     column: &str,
 ) -> Result<BTreeMap<String, String>, String> {
-    let mut lines = out.lines();
-    let header = lines
-        .next()
-        .and_then(|h| h.strip_prefix("# "))
-        .ok_or_else(|| format!("unexpected answer to show stat: {:?}", out.trim()))?;
-    let cols: Vec<&str> = header.split(',').collect();
-    let col = |name: &str| {
-        cols.iter()
-            .position(|c| *c == name)
-            .ok_or(format!("show stat: no {name} column"))
-    };
-    let (px, sv, wanted) = (col("pxname")?, col("svname")?, col(column)?);
-    let mut found = BTreeMap::new();
-    for line in lines {
-        let f: Vec<&str> = line.split(',').collect();
-        let (Some(p), Some(s)) = (f.get(px), f.get(sv)) else {
-            continue;
-        };
-        if *p == backend && servers.iter().any(|x| x == s) {
-            found.insert((*s).to_string(), f.get(wanted).unwrap_or(&"").to_string());
-        }
-    }
+    let csv = StatCsv::parse(out)?;
+    let wanted = csv.col(column)?;
+    let found = csv
+        .servers(backend, servers)?
+        .map(|(s, f)| (s.to_string(), f.get(wanted).unwrap_or(&"").to_string()))
+        .collect();
     Ok(found)
 }
 
