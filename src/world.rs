@@ -104,35 +104,34 @@ impl World {
         (observed, units)
     }
 
-    /// What would keep a failover (and bursting) from working now, on every backend, checked
-    /// concurrently and changing nothing (each backend's `readiness`); empty when nothing
-    /// would. The containers of a cold standby are not checked while none of its instances
+    /// What would keep a failover (and bursting) from working now, on every backend (HAProxy
+    /// beside the cloud side), changing nothing (each backend's `readiness`); empty when
+    /// nothing would. The containers of a cold standby are not checked while none of its instances
     /// runs: their engine runs on those instances.
     pub async fn readiness(&self, service: &str, config: &ServiceConfig) -> Vec<Problem> {
-        let ec2 = async {
-            let mut out = Vec::new();
+        // EC2 first: a failover pool observed once tells both its own problems and whether
+        // the Docker engine on it can be asked.
+        let cloud = async {
+            let mut problems = Vec::new();
+            let mut engine_reachable = true;
             if let (Some(e), Some(cfg)) = (&self.ec2, &config.ec2) {
-                out.extend(ec2::readiness(e, cfg).await);
+                let pool = ec2::observe_pool(e, cfg).await;
+                engine_reachable = pool
+                    .as_ref()
+                    .is_ok_and(|p| p.iter().any(|i| i.state == InstanceState::Running));
+                problems.extend(ec2::readiness(e, cfg, pool).await);
             }
             let burst = config.burst.as_ref().and_then(|b| b.ec2.as_ref());
             if let (Some(e), Some(cfg)) = (&self.burst_ec2, burst) {
-                out.extend(ec2::readiness(e, cfg).await);
+                let pool = ec2::observe_pool(e, cfg).await;
+                problems.extend(ec2::readiness(e, cfg, pool).await);
             }
-            out
-        };
-        let docker = async {
-            let Some(d) = &self.docker else {
-                return Vec::new();
-            };
-            if let (Some(e), Some(cfg)) = (&self.ec2, &config.ec2) {
-                let pool = ec2::observe_pool(e, cfg).await.unwrap_or_default();
-                if !pool.iter().any(|i| i.state == InstanceState::Running) {
-                    return Vec::new();
-                }
+            if let (Some(d), true) = (&self.docker, engine_reachable) {
+                let specs: Vec<ContainerSpec> =
+                    self.containers.iter().chain(&self.units).cloned().collect();
+                problems.extend(d.readiness(service, &specs).await);
             }
-            let specs: Vec<ContainerSpec> =
-                self.containers.iter().chain(&self.units).cloned().collect();
-            d.readiness(service, &specs).await
+            problems
         };
         let haproxy = async {
             let Some(h) = &config.haproxy else {
@@ -146,8 +145,7 @@ impl World {
             });
             haproxy::readiness(&self.haproxy, &h.backend, &h.cloud_servers, slots).await
         };
-        let (mut problems, d, h) = tokio::join!(ec2, docker, haproxy);
-        problems.extend(d);
+        let (mut problems, h) = tokio::join!(cloud, haproxy);
         problems.extend(h);
         problems
     }

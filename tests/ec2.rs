@@ -640,6 +640,13 @@ async fn burst_instance_units_grow_within_the_cost_guard_and_stop_after() {
     r.shutdown().await;
 }
 
+/// The readiness problems of the pool `cfg` configures, as the responder finds them.
+async fn readiness_of(cfg: &Ec2Config) -> Vec<failover_responder::backend::Problem> {
+    let backend = Ec2Backend::new(cfg.clone());
+    let pool = ec2::observe_pool(&backend, cfg).await;
+    ec2::readiness(&backend, cfg, pool).await
+}
+
 /// An EC2 endpoint in front of moto that answers `StartInstances` with `DryRun` as EC2 does
 /// for credentials without `ec2:StartInstances` (403, `UnauthorizedOperation` in EC2's XML),
 /// and forwards everything else to moto.
@@ -704,12 +711,12 @@ async fn readiness_names_unknown_and_terminated_instances_and_a_denied_start() {
     // Stopped instances the credentials may start and stop: ready (moto answers the DryRun
     // with DryRunOperation, as EC2 does).
     let ok = cfg(&m.url, ids.clone(), None);
-    let problems = ec2::readiness(&Ec2Backend::new(ok.clone()), &ok).await;
+    let problems = readiness_of(&ok).await;
     assert_eq!(problems, Vec::new());
 
     // An id EC2 does not know.
     let unknown = cfg(&m.url, vec!["i-0123456789abcdef0".into()], None);
-    let problems = ec2::readiness(&Ec2Backend::new(unknown.clone()), &unknown).await;
+    let problems = readiness_of(&unknown).await;
     assert!(
         problems.len() == 1
             && problems[0].check == "ec2_instance"
@@ -719,7 +726,7 @@ async fn readiness_names_unknown_and_terminated_instances_and_a_denied_start() {
 
     // A tag no instance carries.
     let untagged = cfg(&m.url, vec![], Some(("failover-responder", "nobody")));
-    let problems = ec2::readiness(&Ec2Backend::new(untagged.clone()), &untagged).await;
+    let problems = readiness_of(&untagged).await;
     assert!(
         problems.len() == 1 && problems[0].check == "ec2_instance",
         "{problems:?}"
@@ -728,7 +735,7 @@ async fn readiness_names_unknown_and_terminated_instances_and_a_denied_start() {
     // Credentials without ec2:StartInstances: named, with the action and the ids.
     let proxy = denying_proxy(&m.url).await;
     let denied = cfg(&proxy, ids.clone(), None);
-    let problems = ec2::readiness(&Ec2Backend::new(denied.clone()), &denied).await;
+    let problems = readiness_of(&denied).await;
     assert!(
         problems.len() == 1
             && problems[0].check == "ec2_permission"
@@ -758,7 +765,7 @@ async fn readiness_names_unknown_and_terminated_instances_and_a_denied_start() {
         .send()
         .await
         .expect("terminate");
-    let problems = ec2::readiness(&Ec2Backend::new(ok.clone()), &ok).await;
+    let problems = readiness_of(&ok).await;
     assert!(
         problems.len() == 1 && problems[0].check == "ec2_instance" && problems[0].target == ids[0],
         "{problems:?}"

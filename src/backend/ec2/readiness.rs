@@ -3,14 +3,20 @@
 //! `DryRunOperation` when the call would have succeeded, `UnauthorizedOperation` when not).
 
 use super::config::Ec2Config;
-use super::{observe_pool, Ec2Backend};
-use crate::backend::Problem;
-use crate::plan::InstanceState;
+#[cfg(doc)]
+use super::observe_pool;
+use super::Ec2Backend;
+use crate::backend::{BackendError, Problem};
+use crate::plan::{InstanceObs, InstanceState};
 
-/// What would keep `ec2` (configured by `cfg`) from starting its instances now; empty when
-/// nothing would.
-pub async fn readiness(ec2: &Ec2Backend, cfg: &Ec2Config) -> Vec<Problem> {
-    let pool = match observe_pool(ec2, cfg).await {
+/// What would keep `ec2` (configured by `cfg`) from starting its instances now, given its
+/// `pool` as [`observe_pool`] found it; empty when nothing would.
+pub async fn readiness(
+    ec2: &Ec2Backend,
+    cfg: &Ec2Config,
+    pool: Result<Vec<InstanceObs>, BackendError>,
+) -> Vec<Problem> {
+    let pool = match pool {
         Ok(p) => p,
         Err(e) => {
             // An unknown id fails the whole DescribeInstances; EC2's message names it.
