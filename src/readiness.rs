@@ -28,11 +28,7 @@ pub async fn check(
         checked_at: Utc::now(),
         problems,
     };
-    let before = status
-        .service_status()
-        .get(&svc.name)
-        .and_then(|s| s.readiness.clone());
-    status.set_readiness(&svc.name, r.clone());
+    let before = status.set_readiness(&svc.name, r.clone());
     record_metrics(metrics, &svc.name, &r.problems);
     if before.map(|b| b.problems) != Some(r.problems.clone()) {
         let message = summary(&r);

@@ -994,9 +994,8 @@ async fn record_verification(
     let limit = svc.config.timeouts.verify;
     let before = ctx
         .status
-        .service_status()
-        .get(&svc.name)
-        .and_then(|s| s.verification.clone())
+        .get(&svc.name, |s| s.verification.clone())
+        .flatten()
         .filter(|v| v.opened_at == opened);
     // A verdict reached stands until the next failover: verification is of the failover, and
     // HAProxy's own metrics watch the servers after it.

@@ -159,76 +159,74 @@ impl StatusBoard {
 
     /// What blocked the service's plan at its last pass.
     pub fn blocked(&self, service: &str) -> Vec<String> {
-        self.read()
-            .services
-            .get(service)
-            .map(|s| s.blocked.clone())
-            .unwrap_or_default()
+        self.get(service, |s| s.blocked.clone()).unwrap_or_default()
     }
 
     /// Records the burst and cost part of a service's status (memory only).
     pub fn set_burst_status(&self, service: &str, burst: Option<BurstStatus>, cost: CostStatus) {
-        let mut g = self.write();
-        let s = g.services.entry(service.to_string()).or_default();
-        s.burst = burst;
-        s.cost = cost;
+        self.update(service, |s| {
+            s.burst = burst;
+            s.cost = cost;
+        });
+    }
+
+    /// Changes one service's status in place (created empty the first time).
+    fn update<T>(&self, service: &str, f: impl FnOnce(&mut ServiceStatus) -> T) -> T {
+        f(self
+            .write()
+            .services
+            .entry(service.to_string())
+            .or_default())
+    }
+
+    /// One part of one service's status, read without copying the board (None before its
+    /// first pass).
+    pub fn get<T>(&self, service: &str, f: impl FnOnce(&ServiceStatus) -> T) -> Option<T> {
+        self.read().services.get(service).map(f)
     }
 
     /// Records the verification of a service's failover (None: not in cloud).
     pub fn set_verification(&self, service: &str, v: Option<crate::verify::Verification>) {
-        self.write()
-            .services
-            .entry(service.to_string())
-            .or_default()
-            .verification = v;
+        self.update(service, |s| s.verification = v);
     }
 
     /// Records the drill running now, or the last one.
     pub fn set_drill(&self, service: &str, d: Option<crate::store::DrillReport>) {
-        self.write()
-            .services
-            .entry(service.to_string())
-            .or_default()
-            .last_drill = d;
+        self.update(service, |s| s.last_drill = d);
     }
 
-    /// Records a service's last readiness check.
-    pub fn set_readiness(&self, service: &str, r: Readiness) {
-        self.write()
-            .services
-            .entry(service.to_string())
-            .or_default()
-            .readiness = Some(r);
+    /// Records a service's last readiness check; returns the one before it.
+    pub fn set_readiness(&self, service: &str, r: Readiness) -> Option<Readiness> {
+        self.update(service, |s| s.readiness.replace(r))
     }
 
     /// Records a step outcome in the status; a failure also sets `last_error`.
     pub fn record_step(&self, service: &str, record: StepRecord) {
-        let mut g = self.write();
-        let s = g.services.entry(service.to_string()).or_default();
-        if let Some(e) = &record.error {
-            s.last_error = Some(format!("{}: {e}", record.step));
-        }
-        s.last_steps.push_back(record);
-        while s.last_steps.len() > MAX_STEPS {
-            s.last_steps.pop_front();
-        }
+        self.update(service, |s| {
+            if let Some(e) = &record.error {
+                s.last_error = Some(format!("{}: {e}", record.step));
+            }
+            s.last_steps.push_back(record);
+            while s.last_steps.len() > MAX_STEPS {
+                s.last_steps.pop_front();
+            }
+        });
     }
 
     /// Marks a service not converged until its next pass has looked: called when its mode
     /// changes, so the status never pairs the new mode with the old pass's "converged".
     pub fn mark_unconverged(&self, service: &str) {
-        let mut g = self.write();
-        g.services.entry(service.to_string()).or_default().converged = false;
+        self.update(service, |s| s.converged = false);
     }
 
     /// Sets the failure count after a pass (0 clears `last_error`).
     pub fn set_failures(&self, service: &str, failures: u32) {
-        let mut g = self.write();
-        let s = g.services.entry(service.to_string()).or_default();
-        s.consecutive_failures = failures;
-        if failures == 0 {
-            s.last_error = None;
-        }
+        self.update(service, |s| {
+            s.consecutive_failures = failures;
+            if failures == 0 {
+                s.last_error = None;
+            }
+        });
     }
 
     /// Every service's status, by name; a service absent has had no pass yet.
