@@ -500,16 +500,20 @@ fn state_of(svc: &ServiceRuntime, ctx: &Context) -> ServiceState {
         .unwrap_or_else(|| ServiceState::new(Utc::now()))
 }
 
-/// Whether a wait or the next step should stop because the goal has changed.
-fn superseded(svc: &ServiceRuntime, ctx: &Context, goal: Goal) -> bool {
-    let state = state_of(svc, ctx);
-    let d = pass::desired(
+/// What the service's pass would decide now, from its persisted state and the alerts firing.
+fn desired_now(svc: &ServiceRuntime, ctx: &Context) -> pass::Desired {
+    pass::desired(
         &svc.config,
-        &state,
+        &state_of(svc, ctx),
         &ctx.store.firing(),
         svc.healthy_since(),
         Utc::now(),
-    );
+    )
+}
+
+/// Whether a wait or the next step should stop because the goal has changed.
+fn superseded(svc: &ServiceRuntime, ctx: &Context, goal: Goal) -> bool {
+    let d = desired_now(svc, ctx);
     d.effective.mode != goal.mode || d.effective.paused || d.goal().burst != goal.burst
 }
 

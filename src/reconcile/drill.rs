@@ -134,7 +134,7 @@ pub async fn run(svc: &ServiceRuntime, ctx: &Context, asked: bool) -> DrillRepor
     // failover alert, an override or a burst step changes it, which ends the drill.
     let goal = Goal {
         mode: Mode::Onprem,
-        burst: desired_now(svc, ctx).goal().burst,
+        burst: reconcile::desired_now(svc, ctx).goal().burst,
     };
     let outcome = match converge(svc, ctx, Mode::Cloud, goal, &mut report).await {
         Err(why) => Err(why),
@@ -172,19 +172,8 @@ pub async fn run(svc: &ServiceRuntime, ctx: &Context, asked: bool) -> DrillRepor
 /// Whether the drill must stop: the service's goal is no longer on-prem (a failover alert, an
 /// override).
 fn superseded(svc: &ServiceRuntime, ctx: &Context, goal: Goal) -> bool {
-    let d = desired_now(svc, ctx);
+    let d = reconcile::desired_now(svc, ctx);
     d.effective.mode != goal.mode || d.effective.paused
-}
-
-/// What the service's pass would decide now.
-fn desired_now(svc: &ServiceRuntime, ctx: &Context) -> pass::Desired {
-    pass::desired(
-        &svc.config,
-        &reconcile::state_of(svc, ctx),
-        &ctx.store.firing(),
-        svc.healthy_since(),
-        Utc::now(),
-    )
 }
 
 /// How many plans a drill runs towards one mode: a cold standby takes two (its instances
