@@ -30,14 +30,23 @@ async fn node_in(
     run: usize,
     env: &[(&str, &str)],
 ) -> ResponderProc {
-    let config = world.dir.path().join(format!("{name}-{run}.yaml"));
-    let yaml = world
-        .configure()
-        .top(&cluster_yaml(name, etcd, run))
-        .hold_down("0s")
-        .yaml();
+    let top = cluster_yaml(name, etcd, run);
+    start_node(world, &format!("{name}-{run}"), &top, "0s", env).await
+}
+
+/// Starts a responder on `world` with `top` (its `cluster:` block) and `hold_down`: its config
+/// at `<stem>.yaml`, its storage at `state-<stem>` (and its log beside it).
+async fn start_node(
+    world: &World,
+    stem: &str,
+    top: &str,
+    hold_down: &str,
+    env: &[(&str, &str)],
+) -> ResponderProc {
+    let config = world.dir.path().join(format!("{stem}.yaml"));
+    let yaml = world.configure().top(top).hold_down(hold_down).yaml();
     std::fs::write(&config, yaml).expect("config");
-    let storage = world.dir.path().join(format!("state-{name}-{run}"));
+    let storage = world.dir.path().join(format!("state-{stem}"));
     ResponderProc::start(&config, &storage, env).await
 }
 
@@ -515,12 +524,9 @@ async fn a_leader_cut_off_from_etcd_stops_acting_and_rejoins_as_follower() {
         .iter()
         .map(|p| format!("'http://127.0.0.1:{}'", p.port))
         .collect();
-    let config = world.dir.path().join("site-a.yaml");
     let top = cluster_yaml("site-a", etcd, 0)
         .replace(&etcd.endpoints(), &format!("[{}]", through.join(", ")));
-    let yaml = world.configure().top(&top).hold_down("0s").yaml();
-    std::fs::write(&config, yaml).expect("config");
-    let a = ResponderProc::start(&config, &world.dir.path().join("state-site-a"), &[]).await;
+    let a = start_node(world, "site-a", &top, "0s", &[]).await;
     wait_role(&a, "leader", Duration::from_secs(10)).await;
     let b = node(world, etcd, "site-b", &[]).await;
     wait_role(&b, "follower", Duration::from_secs(10)).await;
@@ -599,15 +605,12 @@ async fn over_tls_only_a_node_with_the_clusters_ca_and_a_client_certificate_lead
     let etcd = Etcd::start_tls(dir, 1, EtcdPki::generate(&dir.join("pki"))).await;
     let pki = etcd.tls.as_ref().expect("tls etcd");
     let start = |name: &'static str, tls: String| {
-        let config = dir.join(format!("{name}.yaml"));
         let top = format!(
             "cluster:\n  name: {name}\n  lease_ttl: 2s\n  prefix: /fr-test-tls/\n  etcd: {{endpoints: {}, timeout: 500ms, tls: {tls}}}\n",
             etcd.endpoints()
         );
-        let yaml = world.configure().top(&top).hold_down("0s").yaml();
-        std::fs::write(&config, yaml).expect("config");
-        let storage = dir.join(format!("state-{name}"));
-        async move { ResponderProc::start(&config, &storage, &[]).await }
+        let world = &world;
+        async move { start_node(world, name, &top, "0s", &[]).await }
     };
     let tls = |ca: &std::path::Path, client: bool| {
         let mut t = format!("{{ca_file: '{}'", ca.display());
@@ -703,16 +706,8 @@ async fn hold_down_carries_across_a_leader_change() {
     };
     let (world, etcd) = (&s.world, &s.etcd);
     let hold = Duration::from_secs(8);
-    let start = |name: &'static str| {
-        let config = world.dir.path().join(format!("{name}.yaml"));
-        let yaml = world
-            .configure()
-            .top(&cluster_yaml(name, etcd, 0))
-            .hold_down("8s")
-            .yaml();
-        std::fs::write(&config, yaml).expect("config");
-        let storage = world.dir.path().join(format!("state-{name}"));
-        async move { ResponderProc::start(&config, &storage, &[]).await }
+    let start = |name: &'static str| async move {
+        start_node(world, name, &cluster_yaml(name, etcd, 0), "8s", &[]).await
     };
     let mut a = start("site-a").await;
     wait_role(&a, "leader", Duration::from_secs(10)).await;
@@ -830,11 +825,7 @@ async fn with_etcd_authentication_only_the_node_with_the_password_leads() {
                 pw_file.display()
             ),
         );
-        let config = dir.join(format!("{name}.yaml"));
-        let yaml = world.configure().top(&top).hold_down("0s").yaml();
-        std::fs::write(&config, yaml).expect("config");
-        let storage = dir.join(format!("state-{name}"));
-        async move { ResponderProc::start(&config, &storage, &[]).await }
+        async move { start_node(world, name, &top, "0s", &[]).await }
     };
     let intruder = start("intruder", wrong).await;
     let status = |n: &ResponderProc| {

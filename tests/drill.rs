@@ -153,11 +153,7 @@ async fn a_drill_under_load_starts_opens_verifies_and_fails_back_without_touchin
     // cloud1's check now goes to a closed port. HAProxy still says UP right after `state
     // ready` (it assumes so until its checks fail): the drill must not take that for a pass.
     let closed = free_port();
-    w.haproxy
-        .cmd(&format!(
-            "set server api/cloud1 addr 127.0.0.1 port {closed}"
-        ))
-        .await;
+    w.haproxy.set_addr("cloud1", closed).await;
     assert_eq!(drill(&r, "onprem-api", true).await.0, 202);
     let second = eventually(
         "the second drill's report",
@@ -237,11 +233,7 @@ async fn a_failover_alert_during_a_drill_wins_and_fails_over_from_where_it_stand
     let r = Responder::start_with(cfg).await;
     // cloud1's check fails for now, so the drill waits for HAProxy to see it UP.
     let closed = free_port();
-    w.haproxy
-        .cmd(&format!(
-            "set server api/cloud1 addr 127.0.0.1 port {closed}"
-        ))
-        .await;
+    w.haproxy.set_addr("cloud1", closed).await;
     assert_eq!(drill(&r, "onprem-api", true).await.0, 202);
     eventually(
         "the drill waits for HAProxy's check",
@@ -262,12 +254,7 @@ async fn a_failover_alert_during_a_drill_wins_and_fails_over_from_where_it_stand
             .status(),
         202
     );
-    w.haproxy
-        .cmd(&format!(
-            "set server api/cloud1 addr 127.0.0.1 port {}",
-            w.cloud_port
-        ))
-        .await;
+    w.haproxy.set_addr("cloud1", w.cloud_port).await;
     let d = finished(&r, Duration::from_secs(30)).await;
     assert_eq!(d.ok, Some(false), "{d:?}");
     assert!(d.message.contains("interrupted"), "{d:?}");

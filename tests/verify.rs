@@ -49,12 +49,7 @@ async fn a_cloud_server_haproxy_never_sees_up_leaves_the_failover_not_verified()
 
     // cloud1's health check now goes to a closed port: HAProxy will never see it UP.
     let closed = free_port();
-    let out = w
-        .haproxy
-        .cmd(&format!(
-            "set server api/cloud1 addr 127.0.0.1 port {closed}"
-        ))
-        .await;
+    let out = w.haproxy.set_addr("cloud1", closed).await;
     assert!(out.contains("changed"), "{out}");
     let again = chrono::Utc::now();
     assert_eq!(r.post_alerts(&down_body(again, None)).await.status(), 202);

@@ -332,6 +332,15 @@ impl Haproxy {
             .collect()
     }
 
+    /// `set server api/<server> addr 127.0.0.1 port <port>`: where HAProxy sends the server's
+    /// traffic and its health check. HAProxy's answer.
+    pub async fn set_addr(&self, server: &str, port: u16) -> String {
+        self.cmd(&format!(
+            "set server api/{server} addr 127.0.0.1 port {port}"
+        ))
+        .await
+    }
+
     pub fn frontend(&self) -> String {
         format!("http://127.0.0.1:{}/", self.frontend_port)
     }
