@@ -161,6 +161,25 @@ fn spawn_tasks(
             ctx.clone(),
             stop.clone(),
         )));
+        if let (Some(watch), Some(f), Some(h)) =
+            (&svc.fast_path, &svc.config.fast_path, &svc.config.haproxy)
+        {
+            // The series exist from the start (0), so rules see a service that never triggered.
+            let l = crate::metrics::ServiceLabels {
+                service: svc.name.clone(),
+            };
+            let _ = ctx.metrics.fast_path.triggers.get_or_create(&l);
+            let _ = ctx.metrics.fast_path.unconfirmed.get_or_create(&l);
+            tasks.push(tokio::spawn(crate::fastpath::watch::run(
+                svc.name.clone(),
+                f.clone(),
+                svc.world.haproxy().to_vec(),
+                h.backend.clone(),
+                watch.clone(),
+                svc.wake.clone(),
+                stop.clone(),
+            )));
+        }
     }
     if let Some(c) = &ctx.cluster {
         info!(

@@ -375,6 +375,8 @@ pub struct ServiceConfig {
     /// Scheduled drills (`POST .../drill` runs one at any time).
     #[serde(default)]
     pub drill: DrillConfig,
+    /// Fail over on HAProxy's own health checks of on-prem, before the alert (see `fastpath`).
+    pub fast_path: Option<crate::fastpath::FastPathConfig>,
     /// `failover_on`, parsed.
     #[serde(skip)]
     pub failover_matchers: Vec<Matcher>,
@@ -826,6 +828,10 @@ fn validate_service(name: &str, svc: &mut ServiceConfig, errors: &mut Vec<String
     if let Some(h) = &svc.haproxy {
         crate::backend::haproxy::config::validate(h, &format!("{p}.haproxy"), errors);
     }
+    if let Some(f) = &svc.fast_path {
+        let cloud = svc.haproxy.as_ref().map(|h| h.cloud_servers.as_slice());
+        f.validate(&format!("{p}.fast_path"), cloud, errors);
+    }
 }
 
 /// Two services driving the same container or server would fight each other forever.
@@ -969,6 +975,7 @@ fn known_keys(parent: &[KeySeg<'_>]) -> Option<&'static [&'static str]> {
             [K("cost")] => fields_of::<CostConfig>(),
             [K("readiness")] => fields_of::<ReadinessConfig>(),
             [K("drill")] => fields_of::<DrillConfig>(),
+            [K("fast_path")] => fields_of::<crate::fastpath::FastPathConfig>(),
             [K("burst")] => fields_of::<BurstConfig>(),
             [K("burst"), K("haproxy")] => fields_of::<BurstHaproxy>(),
             _ => return None,

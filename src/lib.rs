@@ -28,6 +28,7 @@ pub mod burst;
 pub mod cluster;
 pub mod config;
 pub mod desired;
+pub mod fastpath;
 pub mod firing;
 pub mod http;
 pub mod incarnation;

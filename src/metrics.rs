@@ -111,6 +111,34 @@ pub struct Metrics {
     pub instance_hours_today: Family<ServiceLabels, FloatGauge>,
     /// Readiness checks, drills and verification.
     pub readiness: ReadinessMetrics,
+    /// The fast path's failovers, and those no alert confirmed.
+    pub fast_path: FastPathMetrics,
+}
+
+/// The fast path's series (see `fastpath`).
+#[derive(Default)]
+pub struct FastPathMetrics {
+    /// Failovers the fast path made (HAProxy saw on-prem DOWN before any alert fired).
+    pub triggers: Family<ServiceLabels, Counter>,
+    /// Of those, failed back with no failover alert within `confirm_within`.
+    pub unconfirmed: Family<ServiceLabels, Counter>,
+}
+
+impl FastPathMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let m = FastPathMetrics::default();
+        registry.register(
+            "fast_path_triggers",
+            "Failovers made on HAProxy's own health checks before any failover alert fired",
+            m.triggers.clone(),
+        );
+        registry.register(
+            "fast_path_unconfirmed",
+            "Fast-path failovers failed back because no failover alert fired within confirm_within",
+            m.unconfirmed.clone(),
+        );
+        m
+    }
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -343,8 +371,10 @@ impl Metrics {
             instance_hours_today.clone(),
         );
         let readiness = ReadinessMetrics::register(&mut registry);
+        let fast_path = FastPathMetrics::register(&mut registry);
         Metrics {
             readiness,
+            fast_path,
             registry,
             burst_desired,
             burst_open,

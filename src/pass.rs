@@ -14,6 +14,7 @@ use crate::alert::Labels;
 use crate::burst::{self, Scale, UnitKind, BURST_KEY};
 use crate::config::{BurstConfig, ServiceConfig};
 use crate::desired::{self, Current, Damping, Decision, Effective, FiringAlert, Mode, Rules};
+use crate::fastpath;
 use crate::matcher::matches_all;
 use crate::plan::{self, ContainerState, InstanceObs, InstanceState, Observed, Plan, UnitObs};
 use crate::store::ServiceState;
@@ -48,6 +49,15 @@ impl Desired {
     }
 }
 
+/// What the responder observes of on-prem itself, beside the alerts.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Signals {
+    /// Since when the on-prem probe has answered continuously.
+    pub onprem_healthy_since: Option<DateTime<Utc>>,
+    /// What HAProxy's own checks say of on-prem (the fast path's poller; default without one).
+    pub fast_path: fastpath::View,
+}
+
 /// Everything a pass decides from.
 #[derive(Debug, Clone, Copy)]
 pub struct Input<'a> {
@@ -58,8 +68,7 @@ pub struct Input<'a> {
     pub observed: &'a Observed,
     /// Burst units, when the service bursts.
     pub units: &'a [UnitObs],
-    /// Since when the on-prem probe has answered continuously.
-    pub onprem_healthy_since: Option<DateTime<Utc>>,
+    pub signals: Signals,
     pub now: DateTime<Utc>,
 }
 
@@ -86,10 +95,10 @@ pub fn desired(
     config: &ServiceConfig,
     state: &ServiceState,
     firing: &[FiringAlert],
-    onprem_healthy_since: Option<DateTime<Utc>>,
+    signals: Signals,
     now: DateTime<Utc>,
 ) -> Desired {
-    let d = decide(config, state, firing, onprem_healthy_since, now);
+    let d = decide(config, state, firing, signals, now);
     let scale = config.burst.as_ref().map(|b| {
         let guard = burst::guard(&config.cost, b.ec2.is_some(), &state.usage, now);
         burst::next(b.into(), overloaded(b, firing), &state.burst, guard, now)
@@ -110,19 +119,33 @@ pub struct Decided {
     pub effective: Effective,
     /// The mode change: (from, to).
     pub transition: Option<(Mode, Mode)>,
-    /// `state` with the mode, since and transitions moved.
+    /// `state` with the mode, since and transitions moved, and the fast path's episode.
     pub next_state: ServiceState,
+    /// What this pass did to the fast path's episode.
+    pub fast_path: Option<fastpath::Change>,
+    /// When the fast path's confirmation window ends: look again then.
+    pub recheck_after: Option<Duration>,
 }
 
-/// Decides the mode for `state` with these alerts at `now`.
+/// Decides the mode for `state` with these alerts and signals at `now`: the alerts' decision,
+/// the fast path applied to it, then overrides and damping.
 pub fn decide(
     config: &ServiceConfig,
     state: &ServiceState,
     firing: &[FiringAlert],
-    onprem_healthy_since: Option<DateTime<Utc>>,
+    signals: Signals,
     now: DateTime<Utc>,
 ) -> Decided {
-    let decision = desired::decide(rules(config), firing);
+    let fast = fastpath::apply(
+        config.fast_path.as_ref(),
+        state.mode,
+        state.fast_path.as_ref(),
+        desired::decide(rules(config), firing),
+        &signals.fast_path,
+        now,
+    );
+    let decision = fast.decision;
+    let onprem_healthy_since = signals.onprem_healthy_since;
     let effective = desired::effective(
         &decision,
         Current {
@@ -136,6 +159,7 @@ pub fn decide(
         now,
     );
     let mut next = state.clone();
+    next.fast_path = fast.episode;
     let transition = (effective.mode != next.mode).then_some((next.mode, effective.mode));
     if transition.is_some() {
         next.mode = effective.mode;
@@ -149,19 +173,15 @@ pub fn decide(
         effective,
         transition,
         next_state: next,
+        fast_path: fast.change,
+        recheck_after: fast.recheck_after,
     }
 }
 
 /// One whole pass on a snapshot: [`decide`], then [`finish`] with what was observed. The plan
 /// preview runs this; the reconciler runs the two halves with the observation between them.
 pub fn pass(config: &ServiceConfig, input: Input<'_>) -> Pass {
-    let decided = decide(
-        config,
-        input.state,
-        input.firing,
-        input.onprem_healthy_since,
-        input.now,
-    );
+    let decided = decide(config, input.state, input.firing, input.signals, input.now);
     finish(config, decided, &input)
 }
 
@@ -199,13 +219,14 @@ pub fn finish(config: &ServiceConfig, decided: Decided, input: &Input<'_>) -> Pa
         explain_missing_instances(b, n, &mut units);
         plan.extend(plan::plan_burst(n, &units, b.haproxy.weight));
     }
-    let recheck_after = match (
+    let recheck_after = [
         desired.effective.recheck_after,
         desired.scale.as_ref().and_then(|s| s.recheck_after),
-    ) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    };
+        decided.recheck_after,
+    ]
+    .into_iter()
+    .flatten()
+    .min();
     Pass {
         desired,
         transition: decided.transition,
@@ -372,7 +393,7 @@ services:
                 firing,
                 observed: &closed_server(),
                 units: &[],
-                onprem_healthy_since: None,
+                signals: Signals::default(),
                 now,
             },
         )

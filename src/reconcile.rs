@@ -60,6 +60,9 @@ pub struct ServiceRuntime {
     /// until the first.
     created: DateTime<Utc>,
     probe: reqwest::Client,
+    /// What HAProxy's checks say of on-prem, when `fast_path` is configured (its poller,
+    /// `fastpath::watch::run`, is started beside the reconciler).
+    pub fast_path: Option<crate::fastpath::watch::Watch>,
 }
 
 impl ServiceRuntime {
@@ -82,6 +85,7 @@ impl ServiceRuntime {
     /// Errors: a backend client that cannot be built from the config (see [`World::new`]).
     pub fn new(name: &str, config: Arc<ServiceConfig>) -> Result<Self, String> {
         Ok(ServiceRuntime {
+            fast_path: config.fast_path.as_ref().map(|_| Default::default()),
             name: name.to_string(),
             world: World::new(&config).map_err(|e| format!("service {name}: {e}"))?,
             config,
@@ -118,6 +122,18 @@ impl ServiceRuntime {
             .onprem_healthy_since
             .lock()
             .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// What the responder observes of on-prem itself now: the probe and the fast path.
+    pub fn signals(&self) -> pass::Signals {
+        pass::Signals {
+            onprem_healthy_since: self.healthy_since(),
+            fast_path: self
+                .fast_path
+                .as_ref()
+                .map(crate::fastpath::watch::Watch::view)
+                .unwrap_or_default(),
+        }
     }
 
     /// Probes `onprem_health_url` and updates since when it has answered.
@@ -506,7 +522,7 @@ fn desired_now(svc: &ServiceRuntime, ctx: &Context) -> pass::Desired {
         &svc.config,
         &state_of(svc, ctx),
         &ctx.store.firing(),
-        svc.healthy_since(),
+        svc.signals(),
         Utc::now(),
     )
 }
@@ -533,7 +549,8 @@ pub async fn reconcile_once(svc: &ServiceRuntime, ctx: &Context) -> Result<PassO
     let firing = ctx.store.firing();
     // The pass's one clock reading.
     let now = Utc::now();
-    let decided = pass::decide(&svc.config, &state, &firing, svc.healthy_since(), now);
+    let signals = svc.signals();
+    let decided = pass::decide(&svc.config, &state, &firing, signals, now);
     // Recorded before observing: a slow backend must not delay a failover's record (nor the
     // hold-down that counts from it).
     // This service's series, resolved once for the pass.
@@ -549,7 +566,7 @@ pub async fn reconcile_once(svc: &ServiceRuntime, ctx: &Context) -> Result<PassO
             firing: &firing,
             observed: &observed,
             units: &units,
-            onprem_healthy_since: svc.healthy_since(),
+            signals,
             now,
         },
     );
@@ -790,17 +807,21 @@ async fn record_transition(
             )
             .await?;
     }
+    // Unconverged first, then the new mode: the status never pairs the new mode with the
+    // previous pass's "converged".
+    if d.transition.is_some() {
+        ctx.status.mark_unconverged(&svc.name);
+    }
+    if d.next_state != *before {
+        // The mode, or the fast path's episode without a mode change. In a cluster, a shared
+        // write that fails keeps this node from acting later (the step_in_flight write before
+        // each step is the gate): nothing more to do here.
+        persist(svc, ctx, d.next_state.clone()).await?;
+    }
+    record_fast_path(svc, ctx, d).await?;
     let Some((from, to)) = d.transition else {
         return Ok(());
     };
-    // Unconverged first, then the new mode: the status never pairs the new mode with the
-    // previous pass's "converged".
-    ctx.status.mark_unconverged(&svc.name);
-    if d.next_state != *before {
-        // In a cluster, a shared write that fails keeps this node from acting later (the
-        // step_in_flight write before each step is the gate): nothing more to do here.
-        persist(svc, ctx, d.next_state.clone()).await?;
-    }
     let alerts = match to {
         Mode::Cloud => decision.failover_alerts.clone(),
         Mode::Onprem => decision.failback_alerts.clone(),
@@ -817,6 +838,60 @@ async fn record_transition(
         .await?;
     ctx.metrics.transition(&svc.name, to);
     Ok(())
+}
+
+/// Says what the pass did to the fast path's episode: an event, a log line and a metric.
+async fn record_fast_path(
+    svc: &ServiceRuntime,
+    ctx: &Context,
+    d: &pass::Decided,
+) -> Result<(), crate::store::StoreError> {
+    use crate::fastpath::Change;
+    let Some(change) = d.fast_path else {
+        return Ok(());
+    };
+    let labels = ServiceLabels {
+        service: svc.name.clone(),
+    };
+    let reason = &d.decision.reason;
+    let message = match change {
+        Change::Triggered => {
+            ctx.metrics.fast_path.triggers.get_or_create(&labels).inc();
+            warn!(service = %svc.name, reason = %reason, "fast path: failing over before the alert");
+            format!(
+                "triggered: {}",
+                reason.strip_prefix("fast path: ").unwrap_or(reason)
+            )
+        }
+        Change::Confirmed { after } => {
+            let after = humantime::format_duration(Duration::from_secs(after.as_secs()));
+            info!(service = %svc.name, after = %after, "fast path confirmed by the failover alert");
+            format!("confirmed: the failover alert fired {after} after the trigger")
+        }
+        Change::Unconfirmed => {
+            ctx.metrics
+                .fast_path
+                .unconfirmed
+                .get_or_create(&labels)
+                .inc();
+            warn!(service = %svc.name, reason = %reason, "fast path unconfirmed: failing back");
+            format!(
+                "unconfirmed: {}",
+                reason
+                    .strip_prefix("fast path unconfirmed: ")
+                    .unwrap_or(reason)
+            )
+        }
+    };
+    ctx.store
+        .event(
+            &svc.name,
+            "fast_path",
+            message,
+            d.decision.failover_alerts.clone(),
+        )
+        .await
+        .map(|_| ())
 }
 
 /// Persists what observing moved (units running, the burst count) and says once each when the

@@ -129,6 +129,9 @@ pub struct ServiceState {
     /// The last drill (absent before the first, and in state written before drills existed).
     #[serde(default)]
     pub last_drill: Option<DrillReport>,
+    /// A failover the fast path made that no alert has confirmed yet (see `fastpath`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fast_path: Option<crate::fastpath::Episode>,
 }
 
 impl ServiceState {
@@ -142,6 +145,7 @@ impl ServiceState {
             burst: crate::burst::BurstState::default(),
             usage: crate::burst::Usage::default(),
             last_drill: None,
+            fast_path: None,
         }
     }
 }

@@ -88,6 +88,11 @@ impl World {
         })
     }
 
+    /// The Runtime APIs of every HAProxy, in config order.
+    pub fn haproxy(&self) -> &[RuntimeApi] {
+        &self.haproxy
+    }
+
     /// Observes everything `config` names, concurrently: the failover capacity (containers,
     /// instances, cloud servers on every HAProxy) and every burst unit `1..=burst.max`. Never
     /// fails: what cannot be asked is observed as unknown, with the reason.
@@ -143,7 +148,16 @@ impl World {
                 prefix: &b.haproxy.server_prefix,
                 max: b.max,
             });
-            haproxy::readiness(&self.haproxy, &h.backend, &h.cloud_servers, slots).await
+            let onprem = config
+                .fast_path
+                .as_ref()
+                .map_or(&[][..], |f| f.onprem_servers.as_slice());
+            let servers = haproxy::Servers {
+                backend: &h.backend,
+                cloud: &h.cloud_servers,
+                onprem,
+            };
+            haproxy::readiness(&self.haproxy, servers, slots).await
         };
         let (mut problems, h) = tokio::join!(cloud, haproxy);
         problems.extend(h);

@@ -8,47 +8,17 @@
 mod common;
 
 use std::net::TcpListener;
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
-
-fn start(cmd: &str, args: &[String]) -> Proc {
-    let child = Command::new(cmd)
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn {cmd}: {e}"));
-    Proc {
-        child,
-        name: cmd.into(),
-    }
-}
-
-async fn ready(what: &str, url: String) {
-    eventually(&format!("{what} ready"), Duration::from_secs(30), || {
-        get_text(&url)
-    })
-    .await;
-}
 
 /// One request outcome: when, and the body ("" when it failed).
 type Log = Arc<Mutex<Vec<(Instant, String)>>>;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_outage_fails_over_and_back_without_failed_requests() {
-    if !require_world()
-        || !require(
-            "prometheus (Debian package prometheus)",
-            have_binary("prometheus"),
-        )
-        || !require(
-            "prometheus-alertmanager (Debian package prometheus-alertmanager)",
-            have_binary("prometheus-alertmanager"),
-        )
-    {
+    if !require_world() || !require_alert_stack() {
         return;
     }
     let Some(mut w) = World::start("e2e").await else {
@@ -56,58 +26,16 @@ async fn real_outage_fails_over_and_back_without_failed_requests() {
     };
     let dir = w.dir.path().to_path_buf();
     let onprem_port = w.haproxy_onprem_port();
-    std::fs::write(
-        dir.join(format!("www-{onprem_port}/metrics")),
-        "onprem_api_info 1\n",
-    )
-    .expect("metrics page");
 
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let responder_port = listener.local_addr().expect("addr").port();
-    let (am_port, prom_port) = (free_port(), free_port());
-
-    std::fs::write(
-        dir.join("am.yml"),
-        format!(
-            "route: {{receiver: responder, group_by: [alertname, service], group_wait: 0s, group_interval: 1s, repeat_interval: 1m}}\n\
-             receivers:\n  - name: responder\n    webhook_configs:\n      - url: http://127.0.0.1:{responder_port}/api/v1/alerts\n        send_resolved: true\n        \
-             http_config: {{authorization: {{type: Bearer, credentials_file: {}}}}}\n",
-            w.token.display()
-        ),
-    )
-    .expect("am.yml");
-    let _am = start(
-        "prometheus-alertmanager",
-        &[
-            format!("--config.file={}/am.yml", dir.display()),
-            format!("--storage.path={}/am", dir.display()),
-            format!("--web.listen-address=127.0.0.1:{am_port}"),
-            "--cluster.listen-address=".into(),
-        ],
-    );
     let rules = format!("{}/prometheus/rules/*.yml", env!("CARGO_MANIFEST_DIR"));
-    std::fs::write(
-        dir.join("prometheus.yml"),
-        format!(
-            "global: {{scrape_interval: 1s, evaluation_interval: 1s, scrape_timeout: 900ms}}\n\
-             rule_files: ['{rules}']\n\
-             alerting: {{alertmanagers: [{{static_configs: [{{targets: ['127.0.0.1:{am_port}']}}]}}]}}\n\
-             scrape_configs:\n  - job_name: onprem-api\n    static_configs: [{{targets: ['127.0.0.1:{onprem_port}']}}]\n"
-        ),
-    )
-    .expect("prometheus.yml");
-    let _prom = start(
-        "prometheus",
-        &[
-            format!("--config.file={}/prometheus.yml", dir.display()),
-            format!("--storage.tsdb.path={}/prom", dir.display()),
-            format!("--web.listen-address=127.0.0.1:{prom_port}"),
-        ],
-    );
+    let stack = AlertStack::start(&dir, onprem_port, responder_port, &w.token, &rules).await;
+    let prom_port = stack.prometheus_port;
     let config = w
         .configure()
         .storage(&dir.join("data"))
-        .alertmanager(am_port, "resync_interval: 5s")
+        .alertmanager(stack.alertmanager_port, "resync_interval: 5s")
         .hold_down("5s")
         .key(&format!(
             "onprem_health_url: http://127.0.0.1:{onprem_port}/health"
@@ -115,16 +43,6 @@ async fn real_outage_fails_over_and_back_without_failed_requests() {
         .key("healthy_for: 2s")
         .load(&dir);
     let r = Responder::start_on(config, listener).await;
-    ready(
-        "alertmanager",
-        format!("http://127.0.0.1:{am_port}/-/ready"),
-    )
-    .await;
-    ready(
-        "prometheus",
-        format!("http://127.0.0.1:{prom_port}/-/ready"),
-    )
-    .await;
     // Prometheus has seen on-prem up, so the outage is a real transition.
     let q =
         format!("http://127.0.0.1:{prom_port}/api/v1/query?query=up%7Bjob%3D%22onprem-api%22%7D");

@@ -68,6 +68,7 @@ pub const CHECKS: &[&str] = &[
     "haproxy_backend",
     "haproxy_server",
     "haproxy_slots",
+    "haproxy_onprem_check",
     "ec2_api",
     "ec2_instance",
     "ec2_permission",

@@ -33,6 +33,9 @@ pub struct ServiceView {
     pub firing_alerts: Vec<StoredAlert>,
     /// The persisted state; absent until the first pass persisted one.
     pub state: Option<ServiceState>,
+    /// What HAProxy's own checks say of on-prem now, when `fast_path` is configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fast_path: Option<crate::fastpath::watch::FastPathStatus>,
 }
 
 /// Per service: the mode it is driven towards and since when, any override, the alerts'
@@ -53,6 +56,10 @@ pub async fn status(state: web::Data<AppState>) -> HttpResponse {
                     .cloned()
                     .collect(),
                 state: state.store.service(&svc.name),
+                fast_path: svc
+                    .fast_path
+                    .as_ref()
+                    .map(crate::fastpath::watch::Watch::status),
             };
             (svc.name.clone(), view)
         })

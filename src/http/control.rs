@@ -151,7 +151,7 @@ pub async fn plan(
                 firing: &firing,
                 observed: &observed,
                 units: &units,
-                onprem_healthy_since: svc.healthy_since(),
+                signals: svc.signals(),
                 now,
             },
         );

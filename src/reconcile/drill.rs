@@ -49,8 +49,14 @@ pub fn refusal(
     fenced: Option<String>,
 ) -> Option<Refusal> {
     let busy = |why: String| Some(Refusal::Busy(why));
-    if state.mode != Mode::Onprem || desired.effective.mode != Mode::Onprem {
+    if state.mode != Mode::Onprem {
         return busy("the service is not in on-prem mode".into());
+    }
+    if desired.effective.mode != Mode::Onprem {
+        return busy(format!(
+            "the service is to fail over: {}",
+            desired.decision.reason
+        ));
     }
     if !desired.decision.failover_alerts.is_empty() {
         return busy(format!(
@@ -87,7 +93,7 @@ pub async fn check(
         &svc.config,
         &state,
         &store.firing(),
-        svc.healthy_since(),
+        svc.signals(),
         Utc::now(),
     );
     let not_backup = svc.world.not_backup(&svc.config).await;

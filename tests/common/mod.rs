@@ -799,6 +799,112 @@ pub fn metric(text: &str, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Prometheus and Alertmanager, both present, or a loud skip (a failure under CI).
+pub fn require_alert_stack() -> bool {
+    require(
+        "prometheus (Debian package prometheus)",
+        have_binary("prometheus"),
+    ) && require(
+        "prometheus-alertmanager (Debian package prometheus-alertmanager)",
+        have_binary("prometheus-alertmanager"),
+    )
+}
+
+/// A real Prometheus and Alertmanager on loopback, as the demo runs them: Prometheus scrapes
+/// the on-prem API every second with `rule_files` and alerts the Alertmanager, which posts to
+/// the responder's webhook with its bearer token (group_wait 0s).
+pub struct AlertStack {
+    _alertmanager: Proc,
+    _prometheus: Proc,
+    pub prometheus_port: u16,
+    pub alertmanager_port: u16,
+}
+
+impl AlertStack {
+    /// Starts both in `dir` (with the on-prem API's metrics page, served by [`start_httpd`] from
+    /// there) and waits until they are ready. `responder_port` need not answer
+    /// yet (Alertmanager retries).
+    pub async fn start(
+        dir: &Path,
+        onprem_port: u16,
+        responder_port: u16,
+        token: &Path,
+        rule_files: &str,
+    ) -> AlertStack {
+        let (am_port, prom_port) = (free_port(), free_port());
+        // What Prometheus scrapes: the on-prem API's /metrics (start_httpd serves www-<port>).
+        std::fs::write(
+            dir.join(format!("www-{onprem_port}/metrics")),
+            "onprem_api_info 1\n",
+        )
+        .expect("metrics page");
+        std::fs::write(
+            dir.join("am.yml"),
+            format!(
+                "route: {{receiver: responder, group_by: [alertname, service], group_wait: 0s, group_interval: 1s, repeat_interval: 1m}}\n\
+                 receivers:\n  - name: responder\n    webhook_configs:\n      - url: http://127.0.0.1:{responder_port}/api/v1/alerts\n        send_resolved: true\n        \
+                 http_config: {{authorization: {{type: Bearer, credentials_file: {}}}}}\n",
+                token.display()
+            ),
+        )
+        .expect("am.yml");
+        let alertmanager = spawn_quiet(
+            "prometheus-alertmanager",
+            &[
+                format!("--config.file={}/am.yml", dir.display()),
+                format!("--storage.path={}/am", dir.display()),
+                format!("--web.listen-address=127.0.0.1:{am_port}"),
+                "--cluster.listen-address=".into(),
+            ],
+        );
+        std::fs::write(
+            dir.join("prometheus.yml"),
+            format!(
+                "global: {{scrape_interval: 1s, evaluation_interval: 1s, scrape_timeout: 900ms}}\n\
+                 rule_files: ['{rule_files}']\n\
+                 alerting: {{alertmanagers: [{{static_configs: [{{targets: ['127.0.0.1:{am_port}']}}]}}]}}\n\
+                 scrape_configs:\n  - job_name: onprem-api\n    static_configs: [{{targets: ['127.0.0.1:{onprem_port}']}}]\n"
+            ),
+        )
+        .expect("prometheus.yml");
+        let prometheus = spawn_quiet(
+            "prometheus",
+            &[
+                format!("--config.file={}/prometheus.yml", dir.display()),
+                format!("--storage.tsdb.path={}/prom", dir.display()),
+                format!("--web.listen-address=127.0.0.1:{prom_port}"),
+            ],
+        );
+        for (what, port) in [("alertmanager", am_port), ("prometheus", prom_port)] {
+            let url = format!("http://127.0.0.1:{port}/-/ready");
+            eventually(&format!("{what} ready"), Duration::from_secs(30), || {
+                get_text(&url)
+            })
+            .await;
+        }
+        AlertStack {
+            _alertmanager: alertmanager,
+            _prometheus: prometheus,
+            prometheus_port: prom_port,
+            alertmanager_port: am_port,
+        }
+    }
+}
+
+/// Spawns `cmd` with its output discarded, killed on drop.
+pub fn spawn_quiet(cmd: &str, args: &[String]) -> Proc {
+    let child = Command::new(cmd)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {cmd}: {e}"));
+    Proc {
+        child,
+        name: cmd.into(),
+    }
+}
+
 /// Every real component present, or a loud skip (a failure under CI).
 pub fn require_world() -> bool {
     require("haproxy (Debian package haproxy)", have_binary("haproxy"))
@@ -1398,6 +1504,11 @@ impl Traffic {
             }
         });
         Traffic { log, stop, task }
+    }
+
+    /// How many answers (or failures) so far.
+    pub fn answers(&self) -> usize {
+        self.log.lock().expect("traffic log").len()
     }
 
     /// Stops and returns every answer's body, in order.

@@ -14,7 +14,9 @@ use tokio::net::{TcpStream, UnixStream};
 
 pub mod config;
 mod readiness;
-pub use readiness::{readiness, Slots};
+mod session;
+pub use readiness::{readiness, Servers, Slots};
+pub use session::Session;
 
 use super::BackendError;
 use crate::plan::{AdminState, Endpoint, Observed, OpState, ServerObs, ServerRef, ServerState};

@@ -1,7 +1,7 @@
 //! Readiness of the HAProxy side of a failover, checked on every Runtime API without changing
 //! anything (`show cli level`, `show servers state`): reachable, at level `admin`, the backend
-//! and every cloud server there and openable, and enough `server-template` slots for
-//! `burst.max`.
+//! and every cloud server there and openable, every on-prem server the fast path watches there
+//! and health-checked, and enough `server-template` slots for `burst.max`.
 
 use super::{blocker, level_blocker, parse_servers_state, RuntimeApi, ServerInfo};
 use crate::backend::Problem;
@@ -15,17 +15,24 @@ pub struct Slots<'a> {
     pub max: u32,
 }
 
-/// What would keep a failover (and bursting, with `slots`) from working through any of `apis`;
-/// empty when nothing would. Asks every Runtime API concurrently.
+/// The servers of a service's backend: the cloud ones it opens, the on-prem ones the fast path
+/// watches (empty without one).
+#[derive(Debug, Clone, Copy)]
+pub struct Servers<'a> {
+    pub backend: &'a str,
+    pub cloud: &'a [String],
+    pub onprem: &'a [String],
+}
+
+/// What would keep a failover (and bursting, with `slots`; the fast path, with on-prem
+/// servers) from working through any of `apis`; empty when nothing would. Asks every Runtime
+/// API concurrently.
 pub async fn readiness(
     apis: &[RuntimeApi],
-    backend: &str,
-    servers: &[String],
+    servers: Servers<'_>,
     slots: Option<Slots<'_>>,
 ) -> Vec<Problem> {
-    let each = apis
-        .iter()
-        .map(|api| api_readiness(api, backend, servers, slots));
+    let each = apis.iter().map(|api| api_readiness(api, servers, slots));
     futures_util::future::join_all(each)
         .await
         .into_iter()
@@ -35,10 +42,10 @@ pub async fn readiness(
 
 async fn api_readiness(
     api: &RuntimeApi,
-    backend: &str,
-    servers: &[String],
+    servers: Servers<'_>,
     slots: Option<Slots<'_>>,
 ) -> Vec<Problem> {
+    let backend = servers.backend;
     let target = format!("haproxy {}", api.label);
     let problem = |check: &str, message: String| Problem::new(check, &target, message);
     match api.cli_level().await {
@@ -62,7 +69,7 @@ async fn api_readiness(
     match backend_servers(api, backend).await {
         Err(message) => problems.push(problem("haproxy_backend", message)),
         Ok(states) => {
-            for s in servers {
+            for s in servers.cloud {
                 match states.get(s) {
                     None => problems.push(problem(
                         "haproxy_server",
@@ -79,6 +86,9 @@ async fn api_readiness(
                 }
             }
         }
+    }
+    if !servers.onprem.is_empty() {
+        problems.extend(onprem_checked(api, backend, servers.onprem).await);
     }
     if let Some(sl) = slots {
         match backend_servers(api, sl.backend).await {
@@ -100,6 +110,26 @@ async fn api_readiness(
         }
     }
     problems
+}
+
+/// The fast path sees on-prem DOWN only through HAProxy's checks of these servers: each must
+/// exist and have a `check`. (A missing backend is said once, by the caller.)
+async fn onprem_checked(api: &RuntimeApi, backend: &str, onprem: &[String]) -> Vec<Problem> {
+    let target = format!("haproxy {}", api.label);
+    let Ok(status) = api.stat_column(backend, onprem, "status").await else {
+        return Vec::new();
+    };
+    onprem
+        .iter()
+        .filter_map(|s| {
+            let message = match status.get(s).map(String::as_str) {
+                None => format!("server {backend}/{s} (fast_path.onprem_servers) does not exist: name the on-prem servers of backend {backend} in haproxy.cfg"),
+                Some("no check") => format!("server {backend}/{s} (fast_path.onprem_servers) has no health check, so the fast path can never see it DOWN: add `check` to its line in haproxy.cfg"),
+                Some(_) => return None,
+            };
+            Some(Problem::new("haproxy_onprem_check", &target, message))
+        })
+        .collect()
 }
 
 /// The servers of `backend` on `api`. Errors: the backend does not exist, or the answer
