@@ -2,7 +2,8 @@
 # Prints the responder's ingest figures on this machine: notifications/s and p50/p99 ack latency
 # for the real Alertmanager fixture bodies at 1, 16 and 64 connections, journaling on (every
 # 202 is on disk), and RSS idle and after the load. Then, when HAProxy and Docker are here,
-# the reaction time (webhook -> HAProxy server ready) from `cargo bench --bench reaction`.
+# the reaction time (webhook -> HAProxy server ready) from `cargo bench --bench reaction`, the
+# cluster takeover, the scale run, and the fast path (kill -> first cloud answer, with and without).
 #
 # Targets (issue 6): >= 30,000 notifications/s with journaling, p99 ack <= 5 ms at 16
 # connections, RSS <= 20 MB idle and <= 50 MB under load.
@@ -64,4 +65,6 @@ if [ "${SKIP_REACTION:-0}" != 1 ]; then
   cargo bench --locked --bench takeover 2>/dev/null | grep -E '^(takeover|SKIPPED)' || true
   echo "scale: 100 services x 2 HAProxy, one notification, standalone and with cluster:"
   cargo bench --locked --bench scale 2>/dev/null | grep -E '^(scale|SKIPPED)' || true
+  echo "fast path: on-prem killed -> first answer from the cloud, 10 runs each with and without it, and its polling cost:"
+  cargo bench --locked --bench fastpath 2>/dev/null | grep -E '^(fastpath|run|SKIPPED)' || true
 fi

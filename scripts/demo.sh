@@ -153,6 +153,10 @@ services:
     hold_down: 5s
     onprem_health_url: http://127.0.0.1:$ONPREM_PORT/health
     healthy_for: 3s
+    # The fast path: HAProxy checks on-prem every 500 ms (fall 2), so it sees the outage about
+    # a second in, before the alert can; onprem_down then confirms the failover and, as the
+    # authority, decides the failback.
+    fast_path: {onprem_servers: [onprem], down_for: 0s, poll: 200ms, confirm_within: 2m}
     # Bursting (demo timings): one unit as soon as onprem_overloaded fires, a second 3 s later;
     # removed one by one once the alert has been gone for 5 s.
     burst:
@@ -292,6 +296,7 @@ sleep 1
 kill "${pids[-1]}" 2>/dev/null || true
 
 status >"$DEMO_DIR/status.json"
+curl -fsS "http://127.0.0.1:$RESPONDER_PORT/api/v1/events?service=onprem-api&limit=1000" >"$DEMO_DIR/events.json"
 curl -fsS "http://127.0.0.1:$ALERTMANAGER_PORT/api/v2/alerts" >"$DEMO_DIR/am-alerts.json" || echo '[]' >"$DEMO_DIR/am-alerts.json"
 
 python3 - "$DEMO_DIR" "$t_outage" "$t_recover" "$t_failback" <<'EOF'
@@ -308,6 +313,8 @@ for line in open(f"{d}/client.log"):
     if len(parts) >= 2:
         client.append((int(parts[0]), parts[-1], parts[1] if len(parts) == 3 else ""))
 st = json.load(open(f"{d}/status.json"))
+events = json.load(open(f"{d}/events.json"))
+events = events.get("events", events) if isinstance(events, dict) else events
 svc = st["services"]["onprem-api"]
 steps = svc["last_steps"]
 notes = st["notifications"]
@@ -321,11 +328,16 @@ ready = first(lambda s: s["action"] == "server_ready" and s["outcome"] == "succe
 first_cloud = first(lambda c: c[0] > t_out and c[2] == "cloud" and c[1] == "200", client)
 drain = first(lambda s: s["action"] == "server_drain" and ts(s["at"]) > t_rec, steps)
 stop = first(lambda s: s["action"] == "stop_container" and ts(s["at"]) > t_rec, steps)
+# Which signal failed over: the fast path (HAProxy's checks) or the alert.
+triggered = first(lambda e: e["kind"] == "fast_path" and e["message"].startswith("triggered") and ts(e["at"]) > t_out, events)
+confirmed = first(lambda e: e["kind"] == "fast_path" and e["message"].startswith("confirmed") and ts(e["at"]) > t_out, events)
 failed_out = sum(1 for c in client if t_out <= c[0] < t_rec and c[1] != "200")
 failed_back = sum(1 for c in client if c[0] >= t_rec and c[1] != "200")
 rows = [
     ("on-prem API stopped (outage)", t_out),
+    ("fast path: HAProxy sees on-prem DOWN, failing over", ts(triggered["at"]) if triggered else None),
     ("webhook onprem_down received", ts(webhook["received_at"]) if webhook else None),
+    ("fast path confirmed by onprem_down", ts(confirmed["at"]) if confirmed else None),
     ("cloud container healthy", ts(healthy["at"]) if healthy else None),
     ("HAProxy cloud1 ready", ts(ready["at"]) if ready else None),
     ("first answer from the cloud", first_cloud[0] if first_cloud else None),
@@ -336,10 +348,16 @@ rows = [
     ("responder reports on-prem mode converged", t_fb),
 ]
 print("\n  timeline (seconds after the outage)")
-for name, t in rows:
+# In time order; a row that did not happen is left out.
+for name, t in sorted((r for r in rows if r[1] is not None), key=lambda r: r[1]):
     print(f"  {'   -   ' if t is None else f'{(t - t_out) / 1000:7.2f}'}  {name}")
 rto = (first_cloud[0] - t_out) / 1000 if first_cloud else float("nan")
 print(f"\n  RTO (outage -> first answer from the cloud): {rto:.2f} s")
+if triggered:
+    print("  signal that acted: the fast path (HAProxy's own health checks), "
+          + ("confirmed by the alert" if confirmed else "not confirmed by the alert"))
+else:
+    print("  signal that acted: the alert (onprem_down through Alertmanager)")
 print(f"  requests: {len(client)} in all; failed during the outage: {failed_out}; failed during failback: {failed_back}")
 EOF
 

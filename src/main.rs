@@ -160,6 +160,15 @@ fn check_config(path: &std::path::Path) -> ExitCode {
                     s.failover_matchers.len(),
                     s.failback_matchers.len()
                 );
+                if let Some(f) = &s.fast_path {
+                    println!(
+                        "    fast path: {} DOWN for {} on every HAProxy (polled every {}); the alert must confirm within {}",
+                        f.onprem_servers.join(", "),
+                        humantime::format_duration(f.down_for),
+                        humantime::format_duration(f.poll),
+                        humantime::format_duration(f.confirm_within)
+                    );
+                }
             }
             ExitCode::SUCCESS
         }
@@ -390,6 +399,14 @@ fn print_status(st: &serde_json::Value, only: Option<&str>) {
             Some(true) => line.push_str(", failover verified"),
             Some(false) => line.push_str(", failover NOT VERIFIED (see status verification)"),
             None => {}
+        }
+        match s["fast_path"]["verdict"].as_str() {
+            Some("down") => line.push_str(", HAProxy sees on-prem DOWN"),
+            Some("unclear") => line.push_str(", HAProxy's view of on-prem unclear"),
+            _ => {}
+        }
+        if s["state"]["fast_path"].is_object() {
+            line.push_str(", in cloud on the fast path (no alert yet)");
         }
         if let Some(ok) = s["last_drill"]["ok"].as_bool() {
             let at = s["last_drill"]["started_at"].as_str().unwrap_or("?");

@@ -507,4 +507,68 @@ services:
             .iter()
             .all(|s| !matches!(s, Step::StartContainer { .. })));
     }
+
+    /// The fast path through whole passes: it fails over with the alerts quiet, persists its
+    /// episode, keeps the pass coming back when the confirmation window ends, and its
+    /// unconfirmed failback still waits for the hold-down.
+    #[test]
+    fn a_fast_path_episode_through_passes() {
+        let cfg =
+            config("    fast_path: {onprem_servers: [onprem], down_for: 1s, confirm_within: 5m}\n");
+        let down = Signals {
+            fast_path: fastpath::View {
+                down_since: Some(t(0)),
+                up: false,
+            },
+            ..Signals::default()
+        };
+        let up = Signals {
+            fast_path: fastpath::View {
+                down_since: None,
+                up: true,
+            },
+            ..Signals::default()
+        };
+        let at = |state: &ServiceState, signals: Signals, now: DateTime<Utc>| {
+            pass(
+                &cfg,
+                Input {
+                    state,
+                    firing: &[],
+                    observed: &closed_server(),
+                    units: &[],
+                    signals,
+                    now,
+                },
+            )
+        };
+        let p = at(&ServiceState::new(t(-100)), down, t(1));
+        assert_eq!(p.transition, Some((Mode::Onprem, Mode::Cloud)));
+        assert_eq!(p.desired.decision.failover_alerts, Vec::<String>::new());
+        assert_eq!(
+            p.next_state.fast_path.as_ref().map(|e| e.triggered_at),
+            Some(t(1))
+        );
+        assert!(!p.plan.steps.is_empty(), "failover steps planned");
+        // UP again at once: the window holds the cloud, and says when to look again.
+        let p = at(&p.next_state, up, t(10));
+        assert_eq!(p.next_state.mode, Mode::Cloud);
+        assert_eq!(p.recheck_after, Some(Duration::from_secs(291)));
+        // Past the window: unconfirmed, the alerts' on-prem... held by the 10m hold-down.
+        let p = at(&p.next_state, up, t(302));
+        assert_eq!(p.next_state.mode, Mode::Cloud);
+        assert_eq!(p.next_state.fast_path, None, "the episode is closed");
+        assert!(
+            p.desired
+                .effective
+                .held
+                .as_deref()
+                .is_some_and(|h| h.contains("hold")),
+            "{:?}",
+            p.desired.effective
+        );
+        // After the hold-down: back on-prem.
+        let p = at(&p.next_state, up, t(602));
+        assert_eq!(p.transition, Some((Mode::Cloud, Mode::Onprem)));
+    }
 }

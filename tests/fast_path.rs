@@ -243,6 +243,18 @@ async fn the_alert_confirms_the_fast_paths_failover_and_then_owns_the_failback()
         || async { (verdict(&r).await.0 == "up").then_some(()) },
     )
     .await;
+    // HAProxy restarts: the kept-open connection breaks, the poller connects again.
+    w.haproxy.restart().await;
+    eventually(
+        "a new connection after HAProxy's restart",
+        Duration::from_secs(10),
+        || async {
+            let st = r.status().await;
+            let f = &st["services"]["onprem-api"]["fast_path"];
+            (f["connects"] == 2 && f["verdict"] == "up").then_some(())
+        },
+    )
+    .await;
     w.onprem.kill();
     w.settled(&r, Mode::Cloud, Duration::from_secs(60)).await;
     // The alert fires (as Alertmanager would post it): the episode is confirmed and closed.

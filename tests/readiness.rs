@@ -262,3 +262,51 @@ async fn admin_states(w: &World) -> Vec<Vec<String>> {
     ];
     w.haproxy.servers(&cols).await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fast_path_needs_each_onprem_server_in_the_backend_and_health_checked() {
+    let Some(mut w) = World::start("rdyfast").await else {
+        return;
+    };
+    let config = w
+        .configure()
+        .key("fast_path: {onprem_servers: [onprem, onprem2]}")
+        .load(w.dir.path());
+    let r = Responder::start_with(config).await;
+    let target = format!("haproxy unix:{}", w.haproxy.socket.display());
+    let (code, body) = check(&r).await;
+    assert_eq!(code, 200);
+    let message = only(&body, "haproxy_onprem_check", &target);
+    assert!(
+        message.contains("server api/onprem2 (fast_path.onprem_servers) does not exist"),
+        "{message}"
+    );
+
+    // The on-prem server loses its `check`: HAProxy could never see it DOWN.
+    let cfg = std::fs::read_to_string(&w.haproxy.config).expect("haproxy.cfg");
+    let port = w.haproxy_onprem_port();
+    let unchecked = cfg.replace(
+        &format!("server onprem 127.0.0.1:{port} check"),
+        &format!("server onprem 127.0.0.1:{port}"),
+    );
+    assert_ne!(cfg, unchecked, "the on-prem server line was not found");
+    std::fs::write(&w.haproxy.config, unchecked).expect("write haproxy.cfg");
+    w.haproxy.restart().await;
+    let (_, body) = check(&r).await;
+    let found = problems(&body);
+    assert_eq!(found.len(), 2, "{found:?}");
+    assert!(
+        found.iter().any(|(c, t, m)| c == "haproxy_onprem_check"
+            && *t == target
+            && m.contains("server api/onprem (fast_path.onprem_servers) has no health check")),
+        "{found:?}"
+    );
+    assert_eq!(
+        metric(
+            &r.metrics().await,
+            "failover_responder_readiness_problems{service=\"onprem-api\",check=\"haproxy_onprem_check\"}"
+        ),
+        2.0
+    );
+    r.shutdown().await;
+}

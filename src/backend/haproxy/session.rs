@@ -1,8 +1,9 @@
 //! A Runtime API connection kept open in interactive mode (`prompt`), for a command sent many
 //! times a second (the fast path's `show stat`): no connect, no accept, no new CLI session per
 //! poll. In interactive mode HAProxy ends every answer with the prompt `"\n> "` instead of
-//! closing; an answer is read up to it. Any error drops the connection; the next command
-//! connects again.
+//! closing; an answer is read up to it. Any error drops the connection; the command is tried
+//! once more on a fresh one when the failed connection was a kept one (HAProxy restarted, or
+//! closed it while idle), and the next command connects again.
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
@@ -39,10 +40,20 @@ impl Session {
         &self.api.label
     }
 
-    /// Sends `cmd` and returns HAProxy's answer (without the prompt). Errors: unreachable,
+    /// Sends `cmd` and returns HAProxy's answer (without the prompt). A kept-open connection
+    /// that fails is tried once more on a fresh one: HAProxy closes a CLI connection idle for
+    /// its `stats timeout` (10s by default), longer than a slow `poll`. Errors: unreachable,
     /// the connection closed or an answer too long (the connection is dropped), or no answer
     /// within the API's timeout.
     pub async fn command(&mut self, cmd: &str) -> Result<String, BackendError> {
+        let reused = self.conn.is_some();
+        match self.try_command(cmd).await {
+            Err(_) if reused => self.try_command(cmd).await,
+            answer => answer,
+        }
+    }
+
+    async fn try_command(&mut self, cmd: &str) -> Result<String, BackendError> {
         let timeout = self.api.timeout;
         let result = tokio::time::timeout(timeout, self.exchange(cmd)).await;
         let result = result.unwrap_or_else(|_| {
