@@ -73,8 +73,11 @@ impl FastPathConfig {
         if self.poll < Duration::from_millis(10) || self.poll > Duration::from_secs(60) {
             errors.push(format!("{p}.poll: must be between 10ms and 60s"));
         }
-        if self.confirm_within.is_zero() {
-            errors.push(format!("{p}.confirm_within: must be greater than 0"));
+        if self.confirm_within.is_zero() || self.confirm_within > Duration::from_secs(86400) {
+            errors.push(format!("{p}.confirm_within: must be between 1s and 24h"));
+        }
+        if self.down_for > Duration::from_secs(3600) {
+            errors.push(format!("{p}.down_for: must be at most 1h"));
         }
     }
 }
@@ -235,8 +238,11 @@ pub fn apply(
     };
     let servers = cfg.onprem_servers.join(", ");
     if let Some(e) = episode {
-        let deadline = e.triggered_at
-            + chrono::Duration::from_std(cfg.confirm_within).unwrap_or(chrono::Duration::MAX);
+        // Past the end of time means never (validation bounds it; this must not panic).
+        let deadline = chrono::Duration::from_std(cfg.confirm_within)
+            .ok()
+            .and_then(|d| e.triggered_at.checked_add_signed(d))
+            .unwrap_or(DateTime::<Utc>::MAX_UTC);
         if now < deadline {
             let reason = format!(
                 "fast path: HAProxy saw {servers} DOWN at {}; waiting until {} for the failover alert",
@@ -279,9 +285,10 @@ pub fn apply(
             keep(cloud(reason), Some(e), Some(Change::Triggered))
         }
         // In cloud already (the alert failed over and has resolved since): HAProxy's checks
-        // still fail, so the alert's recovery is not believed yet. Not an episode: nothing
-        // for the alert to confirm.
-        (true, Some(since)) => {
+        // still fail, so the alert's recovery is not believed yet. Any DOWN now holds, not
+        // only one of `down_for`: one unread poll must not let a failback through that the
+        // next polls would undo. Not an episode: nothing for the alert to confirm.
+        (_, Some(since)) if mode == Mode::Cloud => {
             let reason = format!(
                 "{}; but HAProxy sees {servers} DOWN on every HAProxy since {}: staying in cloud",
                 alerts.reason,
@@ -429,6 +436,8 @@ mod tests {
             (10, Mode::Onprem, up, Mode::Cloud, None, true),
             // Past confirm_within but HAProxy cannot be read: stay (the safe side).
             (400, Mode::Onprem, unclear, Mode::Cloud, None, true),
+            // Still DOWN in HAProxy, unconfirmed: the cloud stays.
+            (400, Mode::Onprem, down(390), Mode::Cloud, None, true),
             // Past confirm_within and UP: fail back, unconfirmed.
             (
                 401,
@@ -498,7 +507,8 @@ mod tests {
             })
         );
         assert_eq!(a.episode, None);
-        // The alert resolves while HAProxy still sees DOWN: cloud stays, no new episode.
+        // The alert resolves while HAProxy still sees DOWN: cloud stays, no new episode;
+        // even a DOWN shorter than down_for (after one unread poll) holds it.
         let a = apply(
             Some(&c),
             Mode::Cloud,
@@ -509,6 +519,19 @@ mod tests {
         );
         assert_eq!(a.decision.mode, Mode::Cloud);
         assert_eq!((a.change, a.episode), (None, None));
+        let just_down = View {
+            down_since: Some(t(60)),
+            up: false,
+        };
+        let a = apply(
+            Some(&c),
+            Mode::Cloud,
+            None,
+            alerts(Mode::Onprem),
+            &just_down,
+            t(60),
+        );
+        assert_eq!(a.decision.mode, Mode::Cloud);
         // HAProxy sees it UP (or just not DOWN): the alerts' failback stands.
         let a = apply(
             Some(&c),
@@ -520,6 +543,31 @@ mod tests {
         );
         assert_eq!(a.decision.mode, Mode::Onprem);
         assert_eq!(a.decision.reason, "alerts");
+    }
+
+    #[test]
+    fn a_confirmation_window_past_the_end_of_time_does_not_panic() {
+        let c = FastPathConfig {
+            confirm_within: Duration::from_secs(u64::MAX / 4),
+            ..cfg()
+        };
+        let e = Episode {
+            triggered_at: t(0),
+            down_since: t(0),
+        };
+        let up = View {
+            down_since: None,
+            up: true,
+        };
+        let a = apply(
+            Some(&c),
+            Mode::Cloud,
+            Some(&e),
+            alerts(Mode::Onprem),
+            &up,
+            t(10),
+        );
+        assert_eq!(a.decision.mode, Mode::Cloud);
     }
 
     #[test]
@@ -563,7 +611,7 @@ mod tests {
             "onprem_servers: \"cloud1\" is also in haproxy.cloud_servers",
             "onprem_servers: a server name is empty",
             "poll: must be between 10ms and 60s",
-            "confirm_within: must be greater than 0",
+            "confirm_within: must be between 1s and 24h",
         ] {
             assert!(all.contains(want), "{want} in {all}");
         }

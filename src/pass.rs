@@ -158,8 +158,17 @@ pub fn decide(
         damping(config),
         now,
     );
+    // An override keeping the service on-prem (paused there, `ctl failback`) wins over the
+    // fast path as over the alert: no episode is opened or kept then, so lifting the override
+    // later does not fail over on a DOWN long gone.
+    let (episode, change) = if effective.mode == Mode::Cloud {
+        (fast.episode, fast.change)
+    } else {
+        let closing = matches!(fast.change, Some(fastpath::Change::Unconfirmed));
+        (None, fast.change.filter(|_| closing))
+    };
     let mut next = state.clone();
-    next.fast_path = fast.episode;
+    next.fast_path = episode;
     let transition = (effective.mode != next.mode).then_some((next.mode, effective.mode));
     if transition.is_some() {
         next.mode = effective.mode;
@@ -173,7 +182,7 @@ pub fn decide(
         effective,
         transition,
         next_state: next,
-        fast_path: fast.change,
+        fast_path: change,
         recheck_after: fast.recheck_after,
     }
 }
@@ -570,5 +579,29 @@ services:
         // After the hold-down: back on-prem.
         let p = at(&p.next_state, up, t(602));
         assert_eq!(p.transition, Some((Mode::Cloud, Mode::Onprem)));
+
+        // Paused on-prem: HAProxy's DOWN opens no episode, so resuming later (on-prem UP by
+        // then) does not fail over.
+        let paused = ServiceState {
+            override_: Some(Override::Paused),
+            ..ServiceState::new(t(-100))
+        };
+        let p = at(&paused, down, t(1));
+        assert_eq!(p.next_state.mode, Mode::Onprem);
+        assert_eq!((p.next_state.fast_path.clone(), p.transition), (None, None));
+        let resumed = ServiceState {
+            override_: None,
+            ..p.next_state
+        };
+        assert_eq!(at(&resumed, up, t(5)).next_state.mode, Mode::Onprem);
+        // `ctl failback` during an episode closes it (no unconfirmed count either).
+        let p = at(&ServiceState::new(t(-100)), down, t(1));
+        let forced = ServiceState {
+            override_: Some(Override::Failback),
+            ..p.next_state
+        };
+        let p = at(&forced, down, t(2));
+        assert_eq!(p.next_state.mode, Mode::Onprem);
+        assert_eq!(p.next_state.fast_path, None);
     }
 }

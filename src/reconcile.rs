@@ -874,7 +874,7 @@ async fn record_fast_path(
                 .unconfirmed
                 .get_or_create(&labels)
                 .inc();
-            warn!(service = %svc.name, reason = %reason, "fast path unconfirmed: failing back");
+            warn!(service = %svc.name, reason = %reason, held = d.effective.held.as_deref().unwrap_or(""), "fast path unconfirmed: failback allowed (damping still applies)");
             format!(
                 "unconfirmed: {}",
                 reason

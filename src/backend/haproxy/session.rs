@@ -15,6 +15,9 @@ use crate::backend::BackendError;
 const PROMPT: &[u8] = b"\n> ";
 /// An answer longer than this is not a `show stat` of one backend: drop the connection.
 const MAX_ANSWER: usize = 4 << 20;
+/// A connection is replaced after this long: one kept across a seamless reload stays with the
+/// old worker (which it also keeps alive), so it must not be kept forever.
+const MAX_AGE: std::time::Duration = std::time::Duration::from_secs(60);
 
 trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
@@ -23,6 +26,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 pub struct Session {
     api: RuntimeApi,
     conn: Option<Box<dyn Stream>>,
+    /// When `conn` was opened: it is replaced after [`MAX_AGE`].
+    opened: std::time::Instant,
     /// Connections opened so far (1 while it stays up), for the benchmark and tests.
     pub connects: u64,
 }
@@ -32,6 +37,7 @@ impl Session {
         Session {
             api,
             conn: None,
+            opened: std::time::Instant::now(),
             connects: 0,
         }
     }
@@ -48,7 +54,9 @@ impl Session {
     pub async fn command(&mut self, cmd: &str) -> Result<String, BackendError> {
         let reused = self.conn.is_some();
         match self.try_command(cmd).await {
-            Err(_) if reused => self.try_command(cmd).await,
+            // Closed or reset: a kept connection gone stale. (Not a timeout: a hung HAProxy
+            // would cost twice the timeout, holding every other HAProxy's answer meanwhile.)
+            Err(BackendError::Unreachable { .. }) if reused => self.try_command(cmd).await,
             answer => answer,
         }
     }
@@ -78,13 +86,19 @@ impl Session {
         servers: &[String],
     ) -> Result<Vec<(String, Option<String>)>, BackendError> {
         let out = self.command(&format!("show stat {backend} 4 -1")).await?;
-        let mut found = parse_stat_column(&out, backend, servers, "status").map_err(|m| {
+        let found = parse_stat_column(&out, backend, servers, "status").map_err(|m| {
             BackendError::Rejected {
                 target: format!("haproxy {}", self.api.label),
                 message: m,
                 retryable: true,
             }
         })?;
+        if found.is_empty() {
+            // None of them there: after a seamless reload this connection may still be with
+            // the old worker, whose proxies list no servers. Reconnect at the next poll.
+            self.conn = None;
+        }
+        let mut found = found;
         Ok(servers
             .iter()
             .map(|s| (s.clone(), found.remove(s)))
@@ -92,6 +106,9 @@ impl Session {
     }
 
     async fn exchange(&mut self, cmd: &str) -> Result<String, BackendError> {
+        if self.opened.elapsed() > MAX_AGE {
+            self.conn = None;
+        }
         if self.conn.is_none() {
             let mut s = connect(&self.api).await?;
             // Enter interactive mode: HAProxy answers with the first prompt.
@@ -102,6 +119,7 @@ impl Session {
                 .await
                 .map_err(|e| self.api.unreachable(e))?;
             self.connects += 1;
+            self.opened = std::time::Instant::now();
             self.conn = Some(s);
         }
         let api = self.api.clone();
