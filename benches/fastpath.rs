@@ -34,6 +34,20 @@ async fn main() {
     let port = free_port();
     let rules = format!("{}/prometheus/rules/onprem.yml", env!("CARGO_MANIFEST_DIR"));
     let stack = AlertStack::start(&dir, w.haproxy_onprem_port(), port, &w.token, &rules).await;
+    // Prometheus has scraped on-prem up, so each outage is a real transition for the rule.
+    let up = format!(
+        "http://127.0.0.1:{}/api/v1/query?query=up%7Bjob%3D%22onprem-api%22%7D",
+        stack.prometheus_port
+    );
+    eventually(
+        "prometheus sees on-prem up",
+        Duration::from_secs(30),
+        || async {
+            let v: serde_json::Value = reqwest::get(&up).await.ok()?.json().await.ok()?;
+            (v["data"]["result"][0]["value"][1] == "1").then_some(())
+        },
+    )
+    .await;
     let mut with = Vec::new();
     let mut without = Vec::new();
     for i in 0..RUNS * 2 {
@@ -81,6 +95,24 @@ async fn main() {
             if fast { "fast path" } else { "alert only" }
         );
         if fast { &mut with } else { &mut without }.push(took);
+        // The alert follows (and confirms a fast-path episode) before on-prem returns, as in
+        // a real outage; its failback is the alert's.
+        let alerts = format!("http://127.0.0.1:{}/api/v1/alerts", stack.prometheus_port);
+        eventually(
+            "onprem_down reaches the responder",
+            Duration::from_secs(60),
+            || async {
+                let svc = r.service_view("onprem-api").await;
+                let firing = svc
+                    .firing_alerts
+                    .iter()
+                    .any(|a| a.labels.get("alertname").map(String::as_str) == Some("onprem_down"));
+                // On a timeout, what Prometheus says of its alerts shows where it stopped.
+                let said = get_text(&alerts).await.unwrap_or_default();
+                done_if(firing, said)
+            },
+        )
+        .await;
         w.restart_onprem();
         w.settled(&r, Mode::Onprem, Duration::from_secs(120)).await;
         r.shutdown().await;

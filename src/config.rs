@@ -829,8 +829,18 @@ fn validate_service(name: &str, svc: &mut ServiceConfig, errors: &mut Vec<String
         crate::backend::haproxy::config::validate(h, &format!("{p}.haproxy"), errors);
     }
     if let Some(f) = &svc.fast_path {
-        let cloud = svc.haproxy.as_ref().map(|h| h.cloud_servers.as_slice());
-        f.validate(&format!("{p}.fast_path"), cloud, errors);
+        let managed = svc.haproxy.as_ref().map(|h| {
+            let slots = svc.burst.iter().flat_map(|b| {
+                (1..=b.max.min(1000))
+                    .map(|i| crate::template::slot_name(&b.haproxy.server_prefix, i))
+            });
+            h.cloud_servers
+                .iter()
+                .cloned()
+                .chain(slots)
+                .collect::<Vec<_>>()
+        });
+        f.validate(&format!("{p}.fast_path"), managed.as_deref(), errors);
     }
 }
 

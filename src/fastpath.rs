@@ -49,10 +49,11 @@ fn default_confirm_within() -> Duration {
 }
 
 impl FastPathConfig {
-    /// Checks the keys under `p` (`services.<name>.fast_path`); `cloud_servers` are the
-    /// servers the responder opens and closes, which cannot also be the on-prem ones.
-    pub fn validate(&self, p: &str, haproxy: Option<&[String]>, errors: &mut Vec<String>) {
-        let Some(cloud) = haproxy else {
+    /// Checks the keys under `p` (`services.<name>.fast_path`); `managed` (None without
+    /// `haproxy`) are the servers the responder opens and closes (cloud servers, burst slots),
+    /// which cannot also be the on-prem ones.
+    pub fn validate(&self, p: &str, managed: Option<&[String]>, errors: &mut Vec<String>) {
+        let Some(cloud) = managed else {
             errors.push(format!(
                 "{p}: needs haproxy (the fast path reads HAProxy's health checks)"
             ));
@@ -61,12 +62,15 @@ impl FastPathConfig {
         if self.onprem_servers.is_empty() {
             errors.push(format!("{p}.onprem_servers: at least one server is needed"));
         }
-        for s in &self.onprem_servers {
+        for (i, s) in self.onprem_servers.iter().enumerate() {
+            if self.onprem_servers[..i].contains(s) {
+                errors.push(format!("{p}.onprem_servers: {s:?} is listed twice"));
+            }
             if s.trim().is_empty() {
                 errors.push(format!("{p}.onprem_servers: a server name is empty"));
             } else if cloud.contains(s) {
                 errors.push(format!(
-                    "{p}.onprem_servers: {s:?} is also in haproxy.cloud_servers; the fast path watches on-prem servers, the responder opens and closes cloud ones"
+                    "{p}.onprem_servers: {s:?} is a server the responder opens and closes (haproxy.cloud_servers or a burst slot); the fast path watches on-prem servers"
                 ));
             }
         }
@@ -596,7 +600,7 @@ mod tests {
     fn config_problems_are_named() {
         let mut errors = Vec::new();
         let bad = FastPathConfig {
-            onprem_servers: vec!["cloud1".into(), " ".into()],
+            onprem_servers: vec!["cloud1".into(), " ".into(), "a".into(), "a".into()],
             down_for: Duration::ZERO,
             poll: Duration::from_millis(1),
             confirm_within: Duration::ZERO,
@@ -608,8 +612,9 @@ mod tests {
         );
         let all = errors.join("\n");
         for want in [
-            "onprem_servers: \"cloud1\" is also in haproxy.cloud_servers",
+            "onprem_servers: \"cloud1\" is a server the responder opens and closes",
             "onprem_servers: a server name is empty",
+            "onprem_servers: \"a\" is listed twice",
             "poll: must be between 10ms and 60s",
             "confirm_within: must be between 1s and 24h",
         ] {

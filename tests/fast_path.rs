@@ -255,8 +255,17 @@ async fn the_alert_confirms_the_fast_paths_failover_and_then_owns_the_failback()
         },
     )
     .await;
+    // A seamless reload: the kept connection stays with the old worker, whose view is frozen
+    // (UP for ever); the poller notices the worker is stopping and connects to the new one.
+    // Without that, the outage below would be seen only when the connection is replaced (60 s).
+    let _old_worker = w.haproxy.reload().await;
     w.onprem.kill();
-    w.settled(&r, Mode::Cloud, Duration::from_secs(60)).await;
+    let outage = std::time::Instant::now();
+    w.settled(&r, Mode::Cloud, Duration::from_secs(20)).await;
+    println!(
+        "fast path: on-prem killed right after a seamless reload -> settled in cloud in {:?}",
+        outage.elapsed()
+    );
     // The alert fires (as Alertmanager would post it): the episode is confirmed and closed.
     let starts = chrono::Utc::now();
     assert_eq!(r.post_alerts(&down_body(starts, None)).await.status(), 202);

@@ -282,6 +282,19 @@ async fn the_fast_path_needs_each_onprem_server_in_the_backend_and_health_checke
         "{message}"
     );
 
+    // An operator's maintenance left on it: the fast path is blind while it lasts.
+    w.haproxy.cmd("set server api/onprem state maint").await;
+    let (_, body) = check(&r).await;
+    let found = problems(&body);
+    assert!(
+        found.len() == 2
+            && found.iter().any(|(_, _, m)| m.contains(
+                "server api/onprem (fast_path.onprem_servers) is in maintenance (MAINT)"
+            )),
+        "{found:?}"
+    );
+    w.haproxy.cmd("set server api/onprem state ready").await;
+
     // The on-prem server loses its `check`: HAProxy could never see it DOWN.
     let cfg = std::fs::read_to_string(&w.haproxy.config).expect("haproxy.cfg");
     let port = w.haproxy_onprem_port();

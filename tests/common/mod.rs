@@ -262,6 +262,49 @@ impl Haproxy {
         self.wait_answering().await;
     }
 
+    /// Reloads HAProxy seamlessly, as `systemctl reload` does: a new process from the config
+    /// takes over the sockets (`-sf <old pid>`) while the old one finishes what it holds.
+    /// Returns once the new process answers on the admin socket, with the old process, which
+    /// lives on as long as a connection holds it (killed when dropped).
+    #[must_use = "dropping the old process kills it, unlike a real reload"]
+    pub async fn reload(&mut self) -> Proc {
+        let old = self.proc.child.id();
+        let child = Command::new("haproxy")
+            .arg("-db")
+            .arg("-f")
+            .arg(&self.config)
+            .arg("-sf")
+            .arg(old.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn haproxy");
+        let pid = format!("Pid: {}", child.id());
+        let old = std::mem::replace(
+            &mut self.proc,
+            Proc {
+                child,
+                name: "haproxy".into(),
+            },
+        );
+        let sock = self.socket.clone();
+        eventually(
+            "the reloaded haproxy answers",
+            Duration::from_secs(10),
+            || {
+                let (sock, pid) = (sock.clone(), pid.clone());
+                async move {
+                    runtime_cmd(&sock, "show info")
+                        .await
+                        .ok()
+                        .filter(|o| o.lines().any(|l| l == pid))
+                }
+            },
+        )
+        .await;
+        old
+    }
+
     /// Waits until the admin socket answers `show info`.
     async fn wait_answering(&self) {
         let sock = self.socket.clone();

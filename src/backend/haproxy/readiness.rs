@@ -113,7 +113,8 @@ async fn api_readiness(
 }
 
 /// The fast path sees on-prem DOWN only through HAProxy's checks of these servers: each must
-/// exist and have a `check`. (A missing backend is said once, by the caller.)
+/// exist, have a `check` and not be left in maintenance. (A missing backend or an unreachable
+/// HAProxy is said once, by the caller.)
 async fn onprem_checked(api: &RuntimeApi, backend: &str, onprem: &[String]) -> Vec<Problem> {
     let target = format!("haproxy {}", api.label);
     let Ok(status) = api.stat_column(backend, onprem, "status").await else {
@@ -125,6 +126,7 @@ async fn onprem_checked(api: &RuntimeApi, backend: &str, onprem: &[String]) -> V
             let message = match status.get(s).map(String::as_str) {
                 None => format!("server {backend}/{s} (fast_path.onprem_servers) does not exist: name the on-prem servers of backend {backend} in haproxy.cfg"),
                 Some("no check") => format!("server {backend}/{s} (fast_path.onprem_servers) has no health check, so the fast path can never see it DOWN: add `check` to its line in haproxy.cfg"),
+                Some(m) if m.starts_with("MAINT") => format!("server {backend}/{s} (fast_path.onprem_servers) is in maintenance ({m}), so the fast path cannot see it DOWN: `set server {backend}/{s} state ready` when the work is done"),
                 Some(_) => return None,
             };
             Some(Problem::new("haproxy_onprem_check", &target, message))

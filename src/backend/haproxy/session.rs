@@ -15,6 +15,8 @@ use crate::backend::BackendError;
 const PROMPT: &[u8] = b"\n> ";
 /// An answer longer than this is not a `show stat` of one backend: drop the connection.
 const MAX_ANSWER: usize = 4 << 20;
+/// How often a kept connection asks whether its HAProxy process is stopping (`show info`).
+const WORKER_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
 /// A connection is replaced after this long: one kept across a seamless reload stays with the
 /// old worker (which it also keeps alive), so it must not be kept forever.
 const MAX_AGE: std::time::Duration = std::time::Duration::from_secs(60);
@@ -28,6 +30,8 @@ pub struct Session {
     conn: Option<Box<dyn Stream>>,
     /// When `conn` was opened: it is replaced after [`MAX_AGE`].
     opened: std::time::Instant,
+    /// When it last asked whether its process is stopping.
+    checked: std::time::Instant,
     /// Connections opened so far (1 while it stays up), for the benchmark and tests.
     pub connects: u64,
 }
@@ -38,6 +42,7 @@ impl Session {
             api,
             conn: None,
             opened: std::time::Instant::now(),
+            checked: std::time::Instant::now(),
             connects: 0,
         }
     }
@@ -85,6 +90,16 @@ impl Session {
         backend: &str,
         servers: &[String],
     ) -> Result<Vec<(String, Option<String>)>, BackendError> {
+        if self.conn.is_some() && self.checked.elapsed() >= WORKER_CHECK {
+            // After a seamless reload (`-sf`, master-worker) this connection is still with the
+            // old process: its checks have stopped and its view is frozen. It says so in
+            // `show info` (`Stopping: 1`); the new process is a reconnect away.
+            let info = self.command("show info").await?;
+            self.checked = std::time::Instant::now();
+            if info.lines().any(|l| l.trim() == "Stopping: 1") {
+                self.conn = None;
+            }
+        }
         let out = self.command(&format!("show stat {backend} 4 -1")).await?;
         let found = parse_stat_column(&out, backend, servers, "status").map_err(|m| {
             BackendError::Rejected {
