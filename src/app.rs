@@ -170,6 +170,7 @@ fn spawn_tasks(
             };
             let _ = ctx.metrics.fast_path.triggers.get_or_create(&l);
             let _ = ctx.metrics.fast_path.unconfirmed.get_or_create(&l);
+            let _ = ctx.metrics.fast_path.overdue.get_or_create(&l);
             tasks.push(tokio::spawn(crate::fastpath::watch::run(
                 svc.name.clone(),
                 f.clone(),

@@ -122,6 +122,9 @@ pub struct FastPathMetrics {
     pub triggers: Family<ServiceLabels, Counter>,
     /// Of those, failed back with no failover alert within `confirm_within`.
     pub unconfirmed: Family<ServiceLabels, Counter>,
+    /// 1 while an episode is open past `confirm_within`: no alert, and HAProxy still does not
+    /// see on-prem UP (the cloud stays; the two signals disagree now).
+    pub overdue: Family<ServiceLabels, Gauge>,
 }
 
 impl FastPathMetrics {
@@ -136,6 +139,11 @@ impl FastPathMetrics {
             "fast_path_unconfirmed",
             "Fast-path failovers failed back because no failover alert fired within confirm_within",
             m.unconfirmed.clone(),
+        );
+        registry.register(
+            "fast_path_overdue",
+            "1 while a fast-path failover is past confirm_within with no failover alert and on-prem not UP in HAProxy",
+            m.overdue.clone(),
         );
         m
     }

@@ -847,11 +847,21 @@ async fn record_fast_path(
     d: &pass::Decided,
 ) -> Result<(), crate::store::StoreError> {
     use crate::fastpath::Change;
-    let Some(change) = d.fast_path else {
-        return Ok(());
-    };
     let labels = ServiceLabels {
         service: svc.name.clone(),
+    };
+    if let Some(f) = &svc.config.fast_path {
+        let overdue = d.next_state.fast_path.as_ref().is_some_and(|e| {
+            (Utc::now() - e.triggered_at).to_std().unwrap_or_default() >= f.confirm_within
+        });
+        ctx.metrics
+            .fast_path
+            .overdue
+            .get_or_create(&labels)
+            .set(i64::from(overdue));
+    }
+    let Some(change) = d.fast_path else {
+        return Ok(());
     };
     let reason = &d.decision.reason;
     let message = match change {

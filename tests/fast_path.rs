@@ -266,6 +266,15 @@ async fn the_alert_confirms_the_fast_paths_failover_and_then_owns_the_failback()
         "fast path: on-prem killed right after a seamless reload -> settled in cloud in {:?}",
         outage.elapsed()
     );
+    // Past confirm_within (2 s), no alert, on-prem still DOWN: the cloud stays, overdue.
+    let overdue = "failover_responder_fast_path_overdue{service=\"onprem-api\"}";
+    eventually(
+        "the episode is overdue",
+        Duration::from_secs(10),
+        || async { (metric(&r.metrics().await, overdue) == 1.0).then_some(()) },
+    )
+    .await;
+    assert!(w.is("cloud").await);
     // The alert fires (as Alertmanager would post it): the episode is confirmed and closed.
     let starts = chrono::Utc::now();
     assert_eq!(r.post_alerts(&down_body(starts, None)).await.status(), 202);
@@ -280,6 +289,7 @@ async fn the_alert_confirms_the_fast_paths_failover_and_then_owns_the_failback()
     .await;
     let svc = r.service_view("onprem-api").await;
     assert!(svc.state.as_ref().is_some_and(|s| s.fast_path.is_none()));
+    assert_eq!(metric(&r.metrics().await, overdue), 0.0);
     // On-prem UP in HAProxy, well past confirm_within: the firing alert keeps the cloud.
     w.restart_onprem();
     eventually(
