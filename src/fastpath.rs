@@ -11,8 +11,8 @@
 //! positive evidence: an HAProxy that cannot be read, a server in maintenance or draining, a
 //! server going up or down, none of them count as "DOWN" nor as "UP".
 //!
-//! The I/O half (one `show stat` per HAProxy per `poll`, on a kept-open connection) is
-//! [`watch`].
+//! The I/O half (one `show stat` per HAProxy per `poll`, on a kept-open connection, and a
+//! `show info` once a second to notice a reload) is [`watch`].
 
 use std::time::Duration;
 

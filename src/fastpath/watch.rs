@@ -1,5 +1,6 @@
 //! The fast path's poller: every `poll`, one `show stat <backend>` on each HAProxy's kept-open
-//! Runtime API connection, joined into a [`View`] the service's pass reads. It wakes the
+//! Runtime API connection (see `backend::haproxy::Session`), joined into a [`View`] the
+//! service's pass reads. It wakes the
 //! reconciler when what the pass would decide can have changed (`down_for` reached, UP
 //! gained or lost), so a failover starts within one poll of HAProxy's own verdict.
 
