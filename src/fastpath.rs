@@ -195,6 +195,8 @@ pub enum Change {
     Confirmed { after: Duration },
     /// No failover alert within `confirm_within` and on-prem UP again: failing back.
     Unconfirmed,
+    /// An override keeping the service on-prem (`ctl failback`) ended the episode.
+    Overridden,
 }
 
 /// The fast path applied to the alerts' decision.

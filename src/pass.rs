@@ -163,9 +163,12 @@ pub fn decide(
     // later does not fail over on a DOWN long gone.
     let (episode, change) = if effective.mode == Mode::Cloud {
         (fast.episode, fast.change)
+    } else if matches!(fast.change, Some(fastpath::Change::Unconfirmed)) {
+        (None, fast.change)
+    } else if state.fast_path.is_some() && fast.episode.is_some() {
+        (None, Some(fastpath::Change::Overridden))
     } else {
-        let closing = matches!(fast.change, Some(fastpath::Change::Unconfirmed));
-        (None, fast.change.filter(|_| closing))
+        (None, None)
     };
     let mut next = state.clone();
     next.fast_path = episode;
@@ -603,5 +606,9 @@ services:
         let p = at(&forced, down, t(2));
         assert_eq!(p.next_state.mode, Mode::Onprem);
         assert_eq!(p.next_state.fast_path, None);
+        // Said once (an event), not counted as unconfirmed.
+        let d = decide(&cfg, &forced, &[], down, t(2));
+        assert_eq!(d.fast_path, Some(fastpath::Change::Overridden));
+        assert_eq!(decide(&cfg, &d.next_state, &[], down, t(3)).fast_path, None);
     }
 }

@@ -878,6 +878,13 @@ async fn record_fast_path(
             info!(service = %svc.name, after = %after, "fast path confirmed by the failover alert");
             format!("confirmed: the failover alert fired {after} after the trigger")
         }
+        Change::Overridden => {
+            info!(service = %svc.name, "fast path: the episode ended by the override");
+            format!(
+                "closed by the override ({}): no longer waiting for the failover alert",
+                d.effective.held.as_deref().unwrap_or("on-prem")
+            )
+        }
         Change::Unconfirmed => {
             ctx.metrics
                 .fast_path
