@@ -35,19 +35,7 @@ async fn main() {
     let rules = format!("{}/prometheus/rules/onprem.yml", env!("CARGO_MANIFEST_DIR"));
     let stack = AlertStack::start(&dir, w.haproxy_onprem_port(), port, &w.token, &rules).await;
     // Prometheus has scraped on-prem up, so each outage is a real transition for the rule.
-    let up = format!(
-        "http://127.0.0.1:{}/api/v1/query?query=up%7Bjob%3D%22onprem-api%22%7D",
-        stack.prometheus_port
-    );
-    eventually(
-        "prometheus sees on-prem up",
-        Duration::from_secs(30),
-        || async {
-            let v: serde_json::Value = reqwest::get(&up).await.ok()?.json().await.ok()?;
-            (v["data"]["result"][0]["value"][1] == "1").then_some(())
-        },
-    )
-    .await;
+    stack.onprem_up_seen().await;
     let mut with = Vec::new();
     let mut without = Vec::new();
     for i in 0..RUNS * 2 {

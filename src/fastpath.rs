@@ -186,6 +186,17 @@ pub struct Episode {
     pub down_since: DateTime<Utc>,
 }
 
+impl Episode {
+    /// When the failover alert's time to confirm it runs out. Past the end of time means never
+    /// (validation bounds `confirm_within`; this must not panic).
+    pub fn deadline(&self, confirm_within: Duration) -> DateTime<Utc> {
+        chrono::Duration::from_std(confirm_within)
+            .ok()
+            .and_then(|d| self.triggered_at.checked_add_signed(d))
+            .unwrap_or(DateTime::<Utc>::MAX_UTC)
+    }
+}
+
 /// What a pass did to the fast path's episode, for events and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Change {
@@ -244,11 +255,7 @@ pub fn apply(
     };
     let servers = cfg.onprem_servers.join(", ");
     if let Some(e) = episode {
-        // Past the end of time means never (validation bounds it; this must not panic).
-        let deadline = chrono::Duration::from_std(cfg.confirm_within)
-            .ok()
-            .and_then(|d| e.triggered_at.checked_add_signed(d))
-            .unwrap_or(DateTime::<Utc>::MAX_UTC);
+        let deadline = e.deadline(cfg.confirm_within);
         if now < deadline {
             let reason = format!(
                 "fast path: HAProxy saw {servers} DOWN at {}; waiting until {} for the failover alert",

@@ -851,9 +851,11 @@ async fn record_fast_path(
         service: svc.name.clone(),
     };
     if let Some(f) = &svc.config.fast_path {
-        let overdue = d.next_state.fast_path.as_ref().is_some_and(|e| {
-            (Utc::now() - e.triggered_at).to_std().unwrap_or_default() >= f.confirm_within
-        });
+        let overdue = d
+            .next_state
+            .fast_path
+            .as_ref()
+            .is_some_and(|e| Utc::now() >= e.deadline(f.confirm_within));
         ctx.metrics
             .fast_path
             .overdue

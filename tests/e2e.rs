@@ -31,7 +31,6 @@ async fn real_outage_fails_over_and_back_without_failed_requests() {
     let responder_port = listener.local_addr().expect("addr").port();
     let rules = format!("{}/prometheus/rules/*.yml", env!("CARGO_MANIFEST_DIR"));
     let stack = AlertStack::start(&dir, onprem_port, responder_port, &w.token, &rules).await;
-    let prom_port = stack.prometheus_port;
     let config = w
         .configure()
         .storage(&dir.join("data"))
@@ -44,20 +43,7 @@ async fn real_outage_fails_over_and_back_without_failed_requests() {
         .load(&dir);
     let r = Responder::start_on(config, listener).await;
     // Prometheus has seen on-prem up, so the outage is a real transition.
-    let q =
-        format!("http://127.0.0.1:{prom_port}/api/v1/query?query=up%7Bjob%3D%22onprem-api%22%7D");
-    eventually(
-        "prometheus sees on-prem up",
-        Duration::from_secs(30),
-        || {
-            let q = q.clone();
-            async move {
-                let v: serde_json::Value = reqwest::get(&q).await.ok()?.json().await.ok()?;
-                (v["data"]["result"][0]["value"][1] == "1").then_some(())
-            }
-        },
-    )
-    .await;
+    stack.onprem_up_seen().await;
 
     // The steady client: a request every 50 ms.
     let log: Log = Arc::default();

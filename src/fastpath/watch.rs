@@ -35,7 +35,8 @@ pub struct FastPathStatus {
     pub verdict: String,
     /// Since when that verdict holds.
     pub since: Option<DateTime<Utc>>,
-    /// Since when every HAProxy has said DOWN without a break.
+    /// Since when every HAProxy has said DOWN without a break (the view's, filled in by
+    /// [`Watch::status`]).
     pub down_since: Option<DateTime<Utc>>,
     pub haproxy: Vec<HaproxyHealth>,
     /// Polls made, and Runtime API connections opened for them (one per HAProxy while they
@@ -57,7 +58,11 @@ impl Watch {
     }
 
     pub fn status(&self) -> FastPathStatus {
-        self.lock().1.clone()
+        let g = self.lock();
+        FastPathStatus {
+            down_since: g.0.down_since,
+            ..g.1.clone()
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, (View, FastPathStatus)> {
@@ -129,7 +134,6 @@ pub async fn run(
                 st.since = Some(now);
             }
             st.verdict = name.to_string();
-            st.down_since = after.down_since;
             st.haproxy = health;
             st.polls += 1;
             st.connects = connects;

@@ -932,6 +932,24 @@ impl AlertStack {
             alertmanager_port: am_port,
         }
     }
+
+    /// Waits until Prometheus has scraped the on-prem API up, so that an outage is a real
+    /// transition for the rules (no series at all is deliberately not "down").
+    pub async fn onprem_up_seen(&self) {
+        let q = format!(
+            "http://127.0.0.1:{}/api/v1/query?query=up%7Bjob%3D%22onprem-api%22%7D",
+            self.prometheus_port
+        );
+        eventually(
+            "prometheus sees on-prem up",
+            Duration::from_secs(30),
+            || async {
+                let v: serde_json::Value = reqwest::get(&q).await.ok()?.json().await.ok()?;
+                (v["data"]["result"][0]["value"][1] == "1").then_some(())
+            },
+        )
+        .await;
+    }
 }
 
 /// Spawns `cmd` with its output discarded, killed on drop.
