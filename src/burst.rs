@@ -9,6 +9,11 @@
 //! No thrash under a flapping alert: growth is paced by `scale_up_every`, and every firing
 //! sighting restarts the cooldown, so the count cannot go down and up again within a cooldown.
 //!
+//! No oscillation under steady load, with an underload alert (`burst.scale_in_on`): units that
+//! take their share of the load are what quiets the overload alert, so its silence alone would
+//! remove them and bring it back. With an underload alert the count shrinks only while that
+//! alert fires, and holds while neither fires (the band between the two thresholds).
+//!
 //! The cost guard caps growth only (failover capacity is never held back for money): by the
 //! instances the service may run at once, and by the instance-hours it has used today (UTC).
 
@@ -35,6 +40,10 @@ pub struct BurstState {
     /// Whether the last pass saw the overload alert firing.
     #[serde(default)]
     pub firing: bool,
+    /// When `target` last grew: growth is paced from it, so a scale-in does not delay the next
+    /// growth (absent in states written before it existed: growth is allowed at once).
+    #[serde(default)]
+    pub grown_at: Option<DateTime<Utc>>,
 }
 
 /// What limits growth besides `max`, worked out from the cost guard.
@@ -61,6 +70,8 @@ pub struct Scale {
     pub reason: Option<String>,
     /// Set while the cost guard stops growth the alert asks for.
     pub capped: Option<String>,
+    /// Set while units stay because the underload alert does not fire.
+    pub held: Option<String>,
     /// When the count may change by itself (next scale step or cooldown end).
     pub recheck_after: Option<Duration>,
 }
@@ -95,111 +106,174 @@ fn since(now: DateTime<Utc>, t: Option<DateTime<Utc>>) -> Duration {
     })
 }
 
-/// Works out the count from whether the overload alert fires now. Growth is never delayed
-/// past its pace; shrinking waits for a quiet cooldown. (Over 80 lines: the scale-in signal of
-/// the bursting-oscillation issue reshapes its second half; split it then, by direction.)
+/// What the alerts say about load now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Load {
+    /// An overload alert (`burst.on`) fires.
+    pub overloaded: bool,
+    /// Whether an underload alert (`burst.scale_in_on`) fires; `None` when the service has no
+    /// underload alert, so the overload's silence alone lets units go.
+    pub underloaded: Option<bool>,
+}
+
+/// A change of the count worked out in one direction.
+struct Move {
+    to: u32,
+    reason: Option<String>,
+    capped: Option<String>,
+    held: Option<String>,
+    recheck: Option<Duration>,
+}
+
+/// Works out the count from the alerts firing now. Growth is never delayed past its pace;
+/// shrinking waits for a quiet cooldown and, with an underload alert, for that alert.
 pub fn next(
     rules: Rules,
-    overloaded: bool,
+    load: Load,
     prev: &BurstState,
     guard: Guard,
     now: DateTime<Utc>,
 ) -> Scale {
     let mut s = prev.clone();
     let max = rules.max.min(guard.max_units);
-    let floor = rules.min.min(max);
-    let mut reason = None;
-    let mut capped = None;
-    let mut recheck = None;
-    let since_change = since(now, prev.changed_at);
-    if overloaded || prev.firing {
+    if load.overloaded || prev.firing {
         s.last_firing_at = Some(now);
     }
-    s.firing = overloaded;
-
-    if s.target > max {
+    s.firing = load.overloaded;
+    let m = if s.target > max {
         // A lowered max or a tighter guard is a hard cap: shrink at once.
-        reason = Some(format!("{} -> {max}: above the allowed maximum", s.target));
-        s.target = max;
-    } else if overloaded {
-        let wanted = if s.target < rules.min {
-            rules.min
-        } else if s.target < rules.max && since_change >= rules.scale_up_every {
-            s.target.saturating_add(rules.step).min(rules.max)
-        } else {
-            s.target
-        };
-        let allowed = if guard.budget_spent {
-            s.target
-        } else {
-            wanted.min(max)
-        };
-        if allowed < wanted {
-            capped = Some(if guard.budget_spent {
-                format!(
-                    "cost guard: today's instance-hour budget is used up; staying at {} unit(s)",
-                    s.target
-                )
-            } else {
-                format!("cost guard: at most {max} unit(s) allowed now; overload asks for {wanted}")
-            });
+        Move {
+            to: max,
+            reason: Some(format!("{} -> {max}: above the allowed maximum", s.target)),
+            capped: None,
+            held: None,
+            recheck: None,
         }
-        if allowed > s.target {
-            reason = Some(if s.target < floor {
-                format!("{} -> {allowed}: overload alert firing", s.target)
-            } else {
-                format!(
-                    "{} -> {allowed}: overload alert still firing after {}",
-                    s.target,
-                    humantime::format_duration(rules.scale_up_every)
-                )
-            });
-            s.target = allowed;
+    } else if load.overloaded {
+        grow(rules, &s, guard, max, now)
+    } else {
+        shrink(rules, &s, load.underloaded, now)
+    };
+    if m.reason.is_some() {
+        if m.to > s.target {
+            s.grown_at = Some(now);
         }
-        if s.target < max && !guard.budget_spent {
-            let waited = if reason.is_some() {
-                Duration::ZERO
-            } else {
-                since_change
-            };
-            recheck = Some(rules.scale_up_every.saturating_sub(waited));
-        }
-    } else if s.target > 0 {
-        let quiet = since(now, s.last_firing_at);
-        if quiet >= rules.cooldown && since_change >= rules.scale_in_every {
-            let to = s.target.saturating_sub(rules.step);
-            reason = Some(format!(
-                "{} -> {to}: overload alert quiet for {}",
-                s.target,
-                humantime::format_duration(Duration::from_secs(
-                    quiet.as_secs().min(u64::from(u32::MAX))
-                ))
-            ));
-            s.target = to;
-        }
-        if s.target > 0 {
-            let waited = if reason.is_some() {
-                Duration::ZERO
-            } else {
-                since_change
-            };
-            recheck = Some(
-                rules
-                    .cooldown
-                    .saturating_sub(quiet)
-                    .max(rules.scale_in_every.saturating_sub(waited)),
-            );
-        }
-    }
-    if reason.is_some() {
+        s.target = m.to;
         s.changed_at = Some(now);
     }
     Scale {
         state: s,
+        reason: m.reason,
+        capped: m.capped,
+        held: m.held,
+        recheck_after: m.recheck,
+    }
+}
+
+/// While the overload alert fires: `min` at once, then `step` per `scale_up_every` since the
+/// last growth (a scale-in in between does not delay it), within `max` and the cost guard.
+fn grow(rules: Rules, s: &BurstState, guard: Guard, max: u32, now: DateTime<Utc>) -> Move {
+    let since_growth = since(now, s.grown_at);
+    let wanted = if s.target < rules.min {
+        rules.min
+    } else if s.target < rules.max && since_growth >= rules.scale_up_every {
+        s.target.saturating_add(rules.step).min(rules.max)
+    } else {
+        s.target
+    };
+    let allowed = if guard.budget_spent {
+        s.target
+    } else {
+        wanted.min(max)
+    };
+    let capped = (allowed < wanted).then(|| {
+        if guard.budget_spent {
+            format!(
+                "cost guard: today's instance-hour budget is used up; staying at {} unit(s)",
+                s.target
+            )
+        } else {
+            format!("cost guard: at most {max} unit(s) allowed now; overload asks for {wanted}")
+        }
+    });
+    let reason = (allowed > s.target).then(|| {
+        if s.target < rules.min.min(max) {
+            format!("{} -> {allowed}: overload alert firing", s.target)
+        } else {
+            format!(
+                "{} -> {allowed}: overload alert still firing after {}",
+                s.target,
+                humantime::format_duration(rules.scale_up_every)
+            )
+        }
+    });
+    let waited = if reason.is_some() {
+        Duration::ZERO
+    } else {
+        since_growth
+    };
+    let recheck =
+        (allowed < max && !guard.budget_spent).then(|| rules.scale_up_every.saturating_sub(waited));
+    Move {
+        to: allowed,
         reason,
         capped,
-        recheck_after: recheck,
+        held: None,
+        recheck,
     }
+}
+
+/// While the overload alert is quiet: `step` per `scale_in_every` once it has been quiet for
+/// `cooldown`, and, when the service has an underload alert, only while that alert fires
+/// (between the two thresholds the count holds: units taking their share of the load are what
+/// keeps the overload quiet, so its silence alone is no reason to remove them).
+fn shrink(rules: Rules, s: &BurstState, underloaded: Option<bool>, now: DateTime<Utc>) -> Move {
+    let mut m = Move {
+        to: s.target,
+        reason: None,
+        capped: None,
+        held: None,
+        recheck: None,
+    };
+    if s.target == 0 {
+        return m;
+    }
+    let quiet = since(now, s.last_firing_at);
+    let quiet_for = humantime::format_duration(Duration::from_secs(
+        quiet.as_secs().min(u64::from(u32::MAX)),
+    ));
+    if underloaded == Some(false) {
+        // The webhook of the underload alert wakes the service: nothing to look at before.
+        m.held = Some(format!(
+            "holding {} unit(s): overload alert quiet for {quiet_for}, underload alert not firing",
+            s.target
+        ));
+        return m;
+    }
+    let since_change = since(now, s.changed_at);
+    if quiet >= rules.cooldown && since_change >= rules.scale_in_every {
+        m.to = s.target.saturating_sub(rules.step);
+        let why = if underloaded == Some(true) {
+            "underload alert firing, overload alert quiet for"
+        } else {
+            "overload alert quiet for"
+        };
+        m.reason = Some(format!("{} -> {}: {why} {quiet_for}", s.target, m.to));
+    }
+    if m.to > 0 {
+        let waited = if m.reason.is_some() {
+            Duration::ZERO
+        } else {
+            since_change
+        };
+        m.recheck = Some(
+            rules
+                .cooldown
+                .saturating_sub(quiet)
+                .max(rules.scale_in_every.saturating_sub(waited)),
+        );
+    }
+    m
 }
 
 /// Usage keys of burst units start with this, so the guard can tell them from failover units.
@@ -357,6 +431,16 @@ mod tests {
         DateTime::from_timestamp(1_800_000_000 + s, 0).unwrap()
     }
 
+    /// Without an underload alert.
+    const OVER: Load = Load {
+        overloaded: true,
+        underloaded: None,
+    };
+    const QUIET: Load = Load {
+        overloaded: false,
+        underloaded: None,
+    };
+
     fn rules() -> Rules {
         Rules {
             min: 2,
@@ -374,7 +458,11 @@ mod tests {
         let mut st = BurstState::default();
         let mut changes = Vec::new();
         for s in 0..=until {
-            let out = next(rules(), firing(s), &st, guard, t(s));
+            let load = Load {
+                overloaded: firing(s),
+                underloaded: None,
+            };
+            let out = next(rules(), load, &st, guard, t(s));
             if out.state.target != st.target {
                 assert!(out.reason.is_some(), "a change always says why");
                 changes.push((s, out.state.target));
@@ -417,27 +505,27 @@ mod tests {
     fn cooldown_counts_from_the_first_pass_that_finds_the_alert_gone() {
         // Seen firing at 0 (target 2), no pass until 100, when it is gone: it may have fired
         // until 99, so the cooldown runs from 100.
-        let a = next(rules(), true, &BurstState::default(), Guard::NONE, t(0));
-        let b = next(rules(), false, &a.state, Guard::NONE, t(100));
+        let a = next(rules(), OVER, &BurstState::default(), Guard::NONE, t(0));
+        let b = next(rules(), QUIET, &a.state, Guard::NONE, t(100));
         assert_eq!(b.state.last_firing_at, Some(t(100)));
         assert_eq!(b.recheck_after, Some(Duration::from_secs(300)));
-        let c = next(rules(), false, &b.state, Guard::NONE, t(399));
+        let c = next(rules(), QUIET, &b.state, Guard::NONE, t(399));
         assert_eq!(c.state.target, 2, "still in cooldown");
-        let d = next(rules(), false, &c.state, Guard::NONE, t(400));
+        let d = next(rules(), QUIET, &c.state, Guard::NONE, t(400));
         assert_eq!(d.state.target, 0);
     }
 
     #[test]
     fn recheck_points_at_the_next_possible_change() {
         let st = BurstState::default();
-        let a = next(rules(), true, &st, Guard::NONE, t(0));
+        let a = next(rules(), OVER, &st, Guard::NONE, t(0));
         assert_eq!(a.recheck_after, Some(Duration::from_secs(60)));
-        let b = next(rules(), true, &a.state, Guard::NONE, t(20));
+        let b = next(rules(), OVER, &a.state, Guard::NONE, t(20));
         assert_eq!(b.recheck_after, Some(Duration::from_secs(40)));
-        let c = next(rules(), false, &b.state, Guard::NONE, t(30));
+        let c = next(rules(), QUIET, &b.state, Guard::NONE, t(30));
         // First pass that finds it gone: the whole cooldown is ahead.
         assert_eq!(c.recheck_after, Some(Duration::from_secs(300)));
-        let idle = next(rules(), false, &BurstState::default(), Guard::NONE, t(0));
+        let idle = next(rules(), QUIET, &BurstState::default(), Guard::NONE, t(0));
         assert_eq!(idle.recheck_after, None);
         assert_eq!(
             idle.state,
@@ -459,8 +547,9 @@ mod tests {
             changed_at: Some(t(0)),
             last_firing_at: Some(t(0)),
             firing: true,
+            grown_at: Some(t(0)),
         };
-        let out = next(rules(), true, &st, guard, t(100));
+        let out = next(rules(), OVER, &st, guard, t(100));
         assert_eq!(out.state.target, 3);
         assert!(out.capped.unwrap().contains("at most 3"));
         // Budget spent: not even min.
@@ -468,9 +557,128 @@ mod tests {
             max_units: u32::MAX,
             budget_spent: true,
         };
-        let out = next(rules(), true, &BurstState::default(), spent, t(0));
+        let out = next(rules(), OVER, &BurstState::default(), spent, t(0));
         assert_eq!(out.state.target, 0);
         assert!(out.capped.unwrap().contains("budget"));
+    }
+
+    /// What fires at second s: (overload, underload).
+    type Alerts = fn(i64) -> (bool, bool);
+
+    /// Like `simulate`, with an underload alert; also returns, for every second, whether the
+    /// status would say the count is held.
+    fn simulate_band(alerts: Alerts, until: i64) -> (Vec<(i64, u32)>, Vec<i64>) {
+        let mut st = BurstState::default();
+        let (mut changes, mut held) = (Vec::new(), Vec::new());
+        for s in 0..=until {
+            let (over, under) = alerts(s);
+            let load = Load {
+                overloaded: over,
+                underloaded: Some(under),
+            };
+            let out = next(rules(), load, &st, Guard::NONE, t(s));
+            if out.state.target != st.target {
+                assert!(out.reason.is_some(), "a change always says why");
+                changes.push((s, out.state.target));
+            }
+            if out.held.is_some() {
+                held.push(s);
+            }
+            st = out.state;
+        }
+        (changes, held)
+    }
+
+    #[test]
+    fn with_an_underload_alert_the_count_holds_between_the_thresholds() {
+        // Overload 0..100; then neither alert (the units carry their share) until 1000;
+        // underload 1000..1050; neither again; overload again at 1100..1200; then underload.
+        let alerts: Alerts = |s| match s {
+            0..=99 => (true, false),
+            100..=999 => (false, false),
+            1000..=1049 => (false, true),
+            1050..=1099 => (false, false),
+            1100..=1199 => (true, false),
+            _ => (false, true),
+        };
+        let (changes, held) = simulate_band(alerts, 2000);
+        assert_eq!(
+            changes,
+            vec![
+                (0, 2),    // min at once
+                (60, 4),   // one step per scale_up_every
+                (1000, 2), // underload fires, the cooldown (from 100) long over
+                // 1060 would be the next scale-in, but underload stopped at 1050: held.
+                (1100, 4), // overload again: growth at once, not scale_up_every after 1000
+                (1160, 6),
+                (1500, 4), // cooldown from 1200 (the first pass that finds overload gone)
+                (1560, 2),
+                (1620, 0),
+            ]
+        );
+        // Held from the first quiet pass to underload, and again after it stopped.
+        assert_eq!(held.first(), Some(&100));
+        assert!(held.contains(&999) && !held.contains(&1000));
+        assert!(held.contains(&1060) && held.contains(&1099));
+        assert!(!held.iter().any(|s| (1100..1200).contains(s) || *s >= 1200));
+    }
+
+    #[test]
+    fn without_an_underload_alert_steady_load_oscillates() {
+        // What the underload alert is for. A steady load that needs 4 units: with fewer,
+        // on-prem's own overload alert fires; with 4 it resolves (the units carry their share)
+        // and nothing says the load is low.
+        let count_over_an_hour = |underloaded: Option<bool>| {
+            let mut st = BurstState::default();
+            let mut changes = Vec::new();
+            for s in 0..=3600 {
+                let load = Load {
+                    overloaded: st.target < 4,
+                    underloaded,
+                };
+                let out = next(rules(), load, &st, Guard::NONE, t(s));
+                if out.state.target != st.target {
+                    changes.push((s, out.state.target));
+                }
+                st = out.state;
+            }
+            changes
+        };
+        // Without it: the units leave after every cooldown (from 61, the first quiet pass) and
+        // come back at once.
+        let alone = count_over_an_hour(None);
+        assert_eq!(&alone[..4], &[(0, 2), (60, 4), (361, 2), (362, 4)]);
+        assert!(alone.len() > 20, "{alone:?}");
+        // With it (never firing: the load is not low): 4 units for the whole hour.
+        assert_eq!(count_over_an_hour(Some(false)), vec![(0, 2), (60, 4)]);
+    }
+
+    #[test]
+    fn underload_during_the_cooldown_waits_for_it() {
+        let over = Load {
+            overloaded: true,
+            underloaded: Some(false),
+        };
+        let under = Load {
+            overloaded: false,
+            underloaded: Some(true),
+        };
+        let a = next(rules(), over, &BurstState::default(), Guard::NONE, t(0));
+        let b = next(rules(), under, &a.state, Guard::NONE, t(10));
+        assert_eq!(b.state.target, 2, "cooldown runs from 10");
+        assert_eq!(b.held, None, "not held: waiting for the cooldown");
+        assert_eq!(b.recheck_after, Some(Duration::from_secs(300)));
+        let c = next(rules(), under, &b.state, Guard::NONE, t(310));
+        assert_eq!(c.state.target, 0);
+        assert!(c.reason.unwrap().contains("underload alert firing"));
+        // Held: nothing to recheck, the underload alert's webhook wakes the service.
+        let quiet = Load {
+            overloaded: false,
+            underloaded: Some(false),
+        };
+        let d = next(rules(), quiet, &b.state, Guard::NONE, t(400));
+        assert_eq!((d.state.target, d.recheck_after), (2, None));
+        assert!(d.held.unwrap().contains("holding 2 unit(s)"));
     }
 
     #[test]
@@ -480,12 +688,13 @@ mod tests {
             changed_at: Some(t(0)),
             last_firing_at: Some(t(0)),
             firing: true,
+            grown_at: Some(t(0)),
         };
         let guard = Guard {
             max_units: 4,
             budget_spent: false,
         };
-        assert_eq!(next(rules(), true, &st, guard, t(1)).state.target, 4);
+        assert_eq!(next(rules(), OVER, &st, guard, t(1)).state.target, 4);
     }
 
     #[test]

@@ -388,11 +388,16 @@ pub struct ServiceConfig {
 /// `burst:` in a service's config: while an alert matching `on` fires, units (containers on the
 /// service's Docker host, or EC2 instances from a pool) are added `step` at a time, up to `max`,
 /// each opened in HAProxy as a normal server in a `server-template` slot. After the alert has
-/// been quiet for `cooldown`, they are removed `step` at a time: drain, maint, stop.
+/// been quiet for `cooldown` (and, with `scale_in_on`, while the underload alert fires), they
+/// are removed `step` at a time: drain, maint, stop.
 #[derive(Debug, Clone, Deserialize)]
 pub struct BurstConfig {
     /// Burst while a firing alert matches all of these (Alertmanager matcher syntax).
     pub on: Vec<String>,
+    /// The underload alert (Alertmanager matcher syntax), e.g. `alertname="onprem_underloaded"`.
+    /// Set: units are removed only while it fires, and the count holds while neither alert
+    /// fires. Absent: the overload alert's silence alone removes units (after `cooldown`).
+    pub scale_in_on: Option<Vec<String>>,
     /// Units started as soon as the overload alert fires.
     #[serde(default = "default_burst_min")]
     pub min: u32,
@@ -427,6 +432,9 @@ pub struct BurstConfig {
     /// `on`, parsed.
     #[serde(skip)]
     pub matchers: Vec<Matcher>,
+    /// `scale_in_on`, parsed (`None` when absent).
+    #[serde(skip)]
+    pub scale_in_matchers: Option<Vec<Matcher>>,
 }
 
 impl BurstConfig {
@@ -811,6 +819,10 @@ fn validate_service(name: &str, svc: &mut ServiceConfig, errors: &mut Vec<String
     }
     if let Some(b) = &mut svc.burst {
         b.matchers = parse_matchers(&b.on, &format!("{p}.burst.on"), errors);
+        b.scale_in_matchers = b
+            .scale_in_on
+            .as_ref()
+            .map(|raw| parse_matchers(raw, &format!("{p}.burst.scale_in_on"), errors));
         validate_burst(b, svc.haproxy.as_ref(), svc.docker.as_ref(), &p, errors);
     }
     for (key, v) in [
@@ -1087,6 +1099,16 @@ fn validate_burst(
     if b.on.is_empty() {
         errors.push(format!("{p}.on: at least one matcher is needed"));
     }
+    match &b.scale_in_on {
+        Some(raw) if raw.is_empty() => errors.push(format!(
+            "{p}.scale_in_on: at least one matcher is needed (or leave the key out)"
+        )),
+        // The same alert as both would have every overload remove units.
+        Some(raw) if sorted(raw) == sorted(&b.on) => errors.push(format!(
+            "{p}.scale_in_on: the same matchers as burst.on; name the underload alert"
+        )),
+        _ => {}
+    }
     if b.max == 0 || b.max > 1000 {
         errors.push(format!("{p}.max: must be between 1 and 1000"));
     }
@@ -1103,6 +1125,12 @@ fn validate_burst(
     }
     validate_slots(b, haproxy, &p, errors);
     validate_units(b, docker, &p, errors);
+}
+
+fn sorted(v: &[String]) -> Vec<&str> {
+    let mut v: Vec<&str> = v.iter().map(|s| s.trim()).collect();
+    v.sort_unstable();
+    v
 }
 
 /// `burst.haproxy`: the `server-template` slots the units are opened in.
@@ -1388,9 +1416,10 @@ cloud_servers = ["c1"]
                 &["services.b.haproxy: server b/c on /s is also managed by service \"a\""],
             ),
             (
-                "auth: {insecure_no_auth: true}\nservices:\n  a:\n    failover_on: ['a=\"b\"']\n    haproxy: {runtime_api: ['/s'], backend: b, cloud_servers: [c]}\n    cost: {instance_hourly_price: -1}\n    burst: {on: [], min: 5, max: 2, step: 0, scale_up_every: 0s, address: 'x:{port}', haproxy: {server_prefix: 'bad prefix', weight: 300}, container: {name: '-u', image: i, ports: ['1:99999']}}\n",
+                "auth: {insecure_no_auth: true}\nservices:\n  a:\n    failover_on: ['a=\"b\"']\n    haproxy: {runtime_api: ['/s'], backend: b, cloud_servers: [c]}\n    cost: {instance_hourly_price: -1}\n    burst: {on: [], scale_in_on: [], min: 5, max: 2, step: 0, scale_up_every: 0s, address: 'x:{port}', haproxy: {server_prefix: 'bad prefix', weight: 300}, container: {name: '-u', image: i, ports: ['1:99999']}}\n",
                 &[
                     "services.a.burst.on: at least one matcher",
+                    "services.a.burst.scale_in_on: at least one matcher is needed (or leave the key out)",
                     "services.a.burst.min: 5 is more than max 2",
                     "services.a.burst.step: must be greater than 0",
                     "services.a.burst: scale_up_every and scale_in_every must be greater than 0",
@@ -1413,12 +1442,16 @@ cloud_servers = ["c1"]
             ),
             (
                 // Unit 1 renders fine (8001:80); unit 100 would publish port 80100.
-                "auth: {insecure_no_auth: true}\nservices:\n  a:\n    failover_on: ['a=\"b\"']\n    docker: {containers: [{name: c, image: i}]}\n    haproxy: {runtime_api: ['/s'], backend: be, cloud_servers: [c]}\n    burst: {on: ['a=\"o\"'], max: 100, address: '127.0.0.1:{port}', port_base: 9000, haproxy: {server_prefix: b}, container: {name: u, image: i, ports: ['80{index}:80']}}\n",
-                &["services.a.burst.container (unit 100).ports[0]: \"80100:80\""],
+                "auth: {insecure_no_auth: true}\nservices:\n  a:\n    failover_on: ['a=\"b\"']\n    docker: {containers: [{name: c, image: i}]}\n    haproxy: {runtime_api: ['/s'], backend: be, cloud_servers: [c]}\n    burst: {on: ['a=\"o\"'], scale_in_on: ['no operator'], max: 100, address: '127.0.0.1:{port}', port_base: 9000, haproxy: {server_prefix: b}, container: {name: u, image: i, ports: ['80{index}:80']}}\n",
+                &[
+                    "services.a.burst.scale_in_on[0]",
+                    "services.a.burst.container (unit 100).ports[0]: \"80100:80\"",
+                ],
             ),
             (
-                "auth: {insecure_no_auth: true}\nservices:\n  a:\n    failover_on: ['a=\"b\"']\n    haproxy: {runtime_api: ['/s'], backend: be, cloud_servers: [c]}\n    burst: {on: ['a=\"o\"'], max: 3, address: '{private_ip}:80', haproxy: {server_prefix: b}, ec2: {instance_ids: ['i-1']}}\n  b:\n    failover_on: ['a=\"b\"']\n    haproxy: {runtime_api: ['/s'], backend: be, cloud_servers: [b2]}\n",
+                "auth: {insecure_no_auth: true}\nservices:\n  a:\n    failover_on: ['a=\"b\"']\n    haproxy: {runtime_api: ['/s'], backend: be, cloud_servers: [c]}\n    burst: {on: ['a=\"o\"'], scale_in_on: [' a=\"o\"'], max: 3, address: '{private_ip}:80', haproxy: {server_prefix: b}, ec2: {instance_ids: ['i-1']}}\n  b:\n    failover_on: ['a=\"b\"']\n    haproxy: {runtime_api: ['/s'], backend: be, cloud_servers: [b2]}\n",
                 &[
+                    "services.a.burst.scale_in_on: the same matchers as burst.on",
                     "services.a.burst.ec2.instance_ids: 1 instance(s) for max 3",
                     "services.b.haproxy: server be/b2 on /s is also managed by service \"a\"",
                 ],

@@ -169,6 +169,27 @@ fn check_config(path: &std::path::Path) -> ExitCode {
                         humantime::format_duration(f.confirm_within)
                     );
                 }
+                if let Some(b) = &s.burst {
+                    let scale_in = match &b.scale_in_on {
+                        Some(m) => format!(
+                            "while the underload alert fires ({}) and the overload has been quiet for {}; the count holds between the two",
+                            m.join(", "),
+                            humantime::format_duration(b.cooldown)
+                        ),
+                        None => format!(
+                            "once the overload alert has been quiet for {} (no underload alert: set scale_in_on to hold between thresholds)",
+                            humantime::format_duration(b.cooldown)
+                        ),
+                    };
+                    println!(
+                        "    burst: {}..{} unit(s), +{} every {} while {} fires; scale-in {scale_in}",
+                        b.min,
+                        b.max,
+                        b.step,
+                        humantime::format_duration(b.scale_up_every),
+                        b.on.join(", ")
+                    );
+                }
             }
             ExitCode::SUCCESS
         }
@@ -407,6 +428,18 @@ fn print_status(st: &serde_json::Value, only: Option<&str>) {
         }
         if s["state"]["fast_path"].is_object() {
             line.push_str(", in cloud on the fast path (no alert yet)");
+        }
+        if let (Some(target), Some(open)) =
+            (s["burst"]["target"].as_u64(), s["burst"]["open"].as_u64())
+        {
+            line.push_str(&format!(", burst {open}/{target} unit(s) open"));
+            if s["burst"]["overloaded"] == true {
+                line.push_str(" (overload firing)");
+            } else if s["burst"]["underloaded"] == true {
+                line.push_str(" (underload firing)");
+            } else if s["burst"]["held"].is_string() {
+                line.push_str(" (holding: no underload alert)");
+            }
         }
         if let Some(ok) = s["last_drill"]["ok"].as_bool() {
             let at = s["last_drill"]["started_at"].as_str().unwrap_or("?");

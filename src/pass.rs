@@ -101,7 +101,7 @@ pub fn desired(
     let d = decide(config, state, firing, signals, now);
     let scale = config.burst.as_ref().map(|b| {
         let guard = burst::guard(&config.cost, b.ec2.is_some(), &state.usage, now);
-        burst::next(b.into(), overloaded(b, firing), &state.burst, guard, now)
+        burst::next(b.into(), load(b, firing), &state.burst, guard, now)
     });
     Desired {
         decision: d.decision,
@@ -207,13 +207,7 @@ pub fn finish(config: &ServiceConfig, decided: Decided, input: &Input<'_>) -> Pa
         .observe(&running_units(input.observed, input.units), now);
     let scale = config.burst.as_ref().map(|b| {
         let guard = burst::guard(&config.cost, b.ec2.is_some(), &next.usage, now);
-        burst::next(
-            b.into(),
-            overloaded(b, input.firing),
-            &next.burst,
-            guard,
-            now,
-        )
+        burst::next(b.into(), load(b, input.firing), &next.burst, guard, now)
     });
     if let Some(sc) = &scale {
         next.burst = sc.state.clone();
@@ -275,9 +269,22 @@ pub fn overload_alert(b: &BurstConfig, labels: &Labels) -> bool {
     matches_all(&b.matchers, labels)
 }
 
-/// Whether an overload alert fires now.
-pub fn overloaded(b: &BurstConfig, firing: &[FiringAlert]) -> bool {
-    firing.iter().any(|a| overload_alert(b, &a.labels))
+/// Whether an alert with these labels is the burst's underload alert (`scale_in_on`).
+pub fn underload_alert(b: &BurstConfig, labels: &Labels) -> bool {
+    b.scale_in_matchers
+        .as_ref()
+        .is_some_and(|m| matches_all(m, labels))
+}
+
+/// What the firing alerts say about load now.
+pub fn load(b: &BurstConfig, firing: &[FiringAlert]) -> burst::Load {
+    burst::Load {
+        overloaded: firing.iter().any(|a| overload_alert(b, &a.labels)),
+        underloaded: b
+            .scale_in_matchers
+            .as_ref()
+            .map(|_| firing.iter().any(|a| underload_alert(b, &a.labels))),
+    }
 }
 
 /// Every cloud unit running now, named for the usage record (burst ones prefixed).

@@ -102,18 +102,19 @@ impl ServiceRuntime {
     }
 
     /// Whether an alert with these labels concerns this service (matches its failover_on,
-    /// failback_on or burst.on). Others can never move it.
+    /// failback_on, burst.on or burst.scale_in_on). Others can never move it.
     pub fn concerns(&self, labels: &crate::alert::Labels) -> bool {
         crate::matcher::matches_all(&self.config.failover_matchers, labels)
             || crate::matcher::matches_all(&self.config.failback_matchers, labels)
-            || self.overload_alert(labels)
+            || self.load_alert(labels)
     }
 
-    fn overload_alert(&self, labels: &crate::alert::Labels) -> bool {
+    /// The burst's overload or underload alert.
+    fn load_alert(&self, labels: &crate::alert::Labels) -> bool {
         self.config
             .burst
             .as_ref()
-            .is_some_and(|b| pass::overload_alert(b, labels))
+            .is_some_and(|b| pass::overload_alert(b, labels) || pass::underload_alert(b, labels))
     }
 
     /// Since when the on-prem probe has answered continuously (None: failing or not probed).
@@ -939,7 +940,7 @@ async fn record_scale(
         ctx.metrics.burst_scaled(&svc.name, direction);
         let fps = firing
             .iter()
-            .filter(|a| pass::overload_alert(b, &a.labels))
+            .filter(|a| pass::overload_alert(b, &a.labels) || pass::underload_alert(b, &a.labels))
             .map(|a| a.fingerprint.clone())
             .collect();
         ctx.store
@@ -1022,6 +1023,7 @@ fn record_burst(
                 })
                 .count();
             let open = u32::try_from(open).unwrap_or(u32::MAX);
+            let load = pass::load(b, firing);
             let bm = ctx.metrics.burst(&svc.name);
             bm.desired.set(i64::from(sc.state.target));
             bm.open.set(i64::from(open));
@@ -1029,7 +1031,9 @@ fn record_burst(
                 target: sc.state.target,
                 min: b.min,
                 max: b.max,
-                overloaded: pass::overloaded(b, firing),
+                overloaded: load.overloaded,
+                underloaded: load.underloaded,
+                held: sc.held.clone(),
                 open,
                 capped: sc.capped.clone(),
                 units: p.units.clone(),

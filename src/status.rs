@@ -79,6 +79,13 @@ pub struct BurstStatus {
     pub max: u32,
     /// Whether the overload alert fires now.
     pub overloaded: bool,
+    /// Whether the underload alert (`scale_in_on`) fires now; absent without one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub underloaded: Option<bool>,
+    /// Why units stay although the overload alert is quiet (the underload alert does not
+    /// fire), while they do.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub held: Option<String>,
     /// Slots open (ready) on every HAProxy.
     pub open: u32,
     /// Why the cost guard holds growth back, while it does.
