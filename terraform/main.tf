@@ -16,6 +16,12 @@ locals {
   burst_tag_value = var.burst_service
   burst_ami_id    = coalesce(var.burst_ami_id, local.ami_id)
 
+  # The tag on every resource of the stack (default_tags in versions.tf). The budget selects
+  # its costs by it, so both read it from here and cannot drift apart.
+  application_tag_value = "failover-responder"
+  budget_enabled        = coalesce(var.budget_monthly_limit_usd, 0) > 0
+  budget_sns_topic_arns = var.budget_alert_sns_topic_arn == null ? [] : [var.budget_alert_sns_topic_arn]
+
   responder_config_yaml = coalesce(var.responder_config_yaml, file("${path.module}/../config/failover-responder.yaml"))
 
   # Rendered in two steps: the bootstrap script, then cloud-config that carries it (and the
@@ -386,5 +392,62 @@ resource "aws_ec2_instance_state" "burst" {
 
   lifecycle {
     ignore_changes = [state]
+  }
+}
+
+# --- Optional cost budget --------------------------------------------------------------------
+#
+# The budget alerts of the bursting design: the responder's cost guard (cost.max_instances,
+# max_instance_hours_per_day) bounds what bursting may start, and this budget tells people
+# when the month's bill of what this stack built heads past budget_monthly_limit_usd, whatever
+# the cause (a long burst, a failover that stayed in the cloud, a pool left running).
+#
+# It sees only costs tagged Application=failover-responder, and only once that tag is
+# activated as a cost allocation tag (Billing console, payer account; it takes effect up to
+# 24 h later, for costs from then on). Costs this stack does not create or cannot tag (a NAT
+# gateway and the traffic through it, CloudWatch metrics) are not in it; any other resource
+# carrying the same tag in the account (a second deployment of this stack) is.
+resource "aws_budgets_budget" "monthly" {
+  count = local.budget_enabled ? 1 : 0
+
+  name         = "${var.name}-standby-and-burst"
+  budget_type  = "COST"
+  limit_amount = tostring(var.budget_monthly_limit_usd)
+  limit_unit   = "USD"
+  time_unit    = "MONTHLY"
+
+  cost_filter {
+    name   = "TagKeyValue"
+    values = [format("user:Application$%s", local.application_tag_value)]
+  }
+
+  # Early warning: the month's forecast passes 80 % (Budgets forecasts only once it has some
+  # weeks of usage history, so a new stack gets this one late).
+  notification {
+    comparison_operator        = "GREATER_THAN"
+    threshold                  = 80
+    threshold_type             = "PERCENTAGE"
+    notification_type          = "FORECASTED"
+    subscriber_email_addresses = var.budget_alert_emails
+    subscriber_sns_topic_arns  = local.budget_sns_topic_arns
+  }
+
+  # The money is spent: actual cost passes the limit.
+  notification {
+    comparison_operator        = "GREATER_THAN"
+    threshold                  = 100
+    threshold_type             = "PERCENTAGE"
+    notification_type          = "ACTUAL"
+    subscriber_email_addresses = var.budget_alert_emails
+    subscriber_sns_topic_arns  = local.budget_sns_topic_arns
+  }
+
+  lifecycle {
+    # A budget nobody hears about is no alert. (Checked here, not in a variable validation:
+    # those may refer only to their own variable before Terraform 1.9.)
+    precondition {
+      condition     = length(var.budget_alert_emails) > 0 || var.budget_alert_sns_topic_arn != null
+      error_message = "budget_monthly_limit_usd is set but nobody would be notified: set budget_alert_emails and/or budget_alert_sns_topic_arn."
+    }
   }
 }

@@ -37,3 +37,8 @@ output "burst_instance_ids" {
   description = "The burst pool's instances (stopped until the responder starts them); unit i is the i-th id in sorted order."
   value       = sort(aws_instance.burst[*].id)
 }
+
+output "budget_name" {
+  description = "The AWS Budgets budget of this stack's monthly cost (null: no budget, budget_monthly_limit_usd unset or 0)."
+  value       = one(aws_budgets_budget.monthly[*].name)
+}

@@ -253,6 +253,55 @@ variable "haproxy_cidrs" {
   }
 }
 
+# --- Optional cost budget (the budget alerts of the bursting design) --------------------------
+
+variable "budget_monthly_limit_usd" {
+  description = <<-EOT
+    Monthly AWS Budgets cost budget (USD) for what this stack creates: the standby host and the
+    burst pool (instance hours and volumes). It notifies at 80 % FORECASTED and at 100 % ACTUAL
+    of this amount. Null or 0: no budget. It selects costs by the tag
+    Application=failover-responder, which every resource of the stack carries (default_tags in
+    versions.tf); that tag must be ACTIVATED as a cost allocation tag (Billing console > Cost
+    allocation tags, in the payer account), otherwise the budget sees no cost and never alerts.
+    Needs budget_alert_emails and/or budget_alert_sns_topic_arn.
+  EOT
+  type        = number
+  default     = null
+
+  validation {
+    # A conditional, not ||: null >= 0 is an error, and || evaluates both sides (before 1.12).
+    condition     = var.budget_monthly_limit_usd == null ? true : var.budget_monthly_limit_usd >= 0
+    error_message = "budget_monthly_limit_usd: an amount in USD greater than 0 (null or 0: no budget)."
+  }
+}
+
+variable "budget_alert_emails" {
+  description = "Email addresses the budget notifies, at 80 % forecasted and 100 % actual (at most 10: the AWS Budgets limit per notification)."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = length(var.budget_alert_emails) <= 10 && alltrue([for e in var.budget_alert_emails : can(regex("^[^@[:space:]]+@[^@[:space:]]+\\.[^@[:space:]]+$", e))])
+    error_message = "budget_alert_emails: at most 10 addresses (the AWS Budgets limit), each like name@example.com."
+  }
+}
+
+variable "budget_alert_sns_topic_arn" {
+  description = <<-EOT
+    Standard SNS topic the budget also notifies (e.g. one that pages or posts to chat). Null:
+    email only. It is not created here: its access policy must allow budgets.amazonaws.com to
+    SNS:Publish (and the key policy of an encrypted topic must let Budgets use the key), or
+    Budgets cannot deliver to it.
+  EOT
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.budget_alert_sns_topic_arn == null ? true : can(regex("^arn:aws[a-z-]*:sns:[a-z0-9-]+:[0-9]{12}:[A-Za-z0-9_-]{1,256}$", var.budget_alert_sns_topic_arn))
+    error_message = "budget_alert_sns_topic_arn: the ARN of a standard SNS topic (arn:aws:sns:<region>:<account>:<name>)."
+  }
+}
+
 variable "tags" {
   description = "Extra tags on every resource."
   type        = map(string)

@@ -12,6 +12,11 @@
 # starts one per burst unit; the role may start/stop exactly the instances with that tag.
 # haproxy_cidrs opens burst_service_port to the on-prem HAProxy. Outputs: burst_pool_tag_*.
 #
+# Optional cost budget (budget_monthly_limit_usd > 0, default null): an AWS Budgets monthly
+# budget over the costs tagged Application=failover-responder (the standby host and the burst
+# pool), notifying budget_alert_emails / budget_alert_sns_topic_arn at 80 % forecasted and
+# 100 % actual. The tag must be activated as a cost allocation tag first. Output: budget_name.
+#
 # What it deliberately does not build: the VPC, subnet, VPN/Direct Connect and the token
 # parameter. They are inputs, so the token never passes through Terraform state and the
 # network stays owned by whoever owns it.
@@ -24,8 +29,10 @@ terraform {
 
   required_providers {
     aws = {
-      source  = "hashicorp/aws"
-      version = ">= 5.0, < 7.0"
+      source = "hashicorp/aws"
+      # 5.39: default_tags also tag the instances' root volumes, so the budget's tag filter
+      # sees them (a stopped burst pool costs only its volumes).
+      version = ">= 5.39, < 7.0"
     }
   }
 }
@@ -35,7 +42,7 @@ provider "aws" {
 
   default_tags {
     tags = merge(var.tags, {
-      Application = "failover-responder"
+      Application = local.application_tag_value # the budget's cost filter too (main.tf)
       ManagedBy   = "terraform"
     })
   }
