@@ -2,9 +2,13 @@
 //! Docker engine, the responder in-process. Overload fires -> capacity grows to max in steps,
 //! each unit opened as a normal weighted server; the alert resolves -> after the cooldown it
 //! shrinks to zero, each unit drained, closed, then stopped; a flapping alert never thrashes.
+//! With an underload alert (`scale_in_on`), the count holds while neither alert fires.
 
 mod common;
 
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -13,6 +17,12 @@ use common::*;
 fn overload_body(starts: chrono::DateTime<chrono::Utc>, resolved: bool) -> Vec<u8> {
     let ends = resolved.then(chrono::Utc::now);
     alert_body("onprem_overloaded", "00000000000000aa", starts, ends)
+}
+
+/// `onprem_underloaded` for service onprem-api, firing or resolved (now).
+fn underload_body(starts: chrono::DateTime<chrono::Utc>, resolved: bool) -> Vec<u8> {
+    let ends = resolved.then(chrono::Utc::now);
+    alert_body("onprem_underloaded", "00000000000000bb", starts, ends)
 }
 
 struct Burst {
@@ -34,21 +44,38 @@ const STAMP_SLACK_MS: i64 = 400;
 
 /// A world whose service bursts into up to three busybox containers behind slots burst1..3.
 async fn burst_stack(test: &str, timing: [&str; 3]) -> Option<Burst> {
-    let world = World::start(test).await?;
+    burst_stack_with(test, timing, "").await
+}
+
+/// The burst units' container name prefix for `test`, and guards that remove units 1..=MAX
+/// (leftovers of an aborted run removed now: they would make the test meaningless).
+fn unit_containers(test: &str) -> (String, Vec<ContainerGuard>) {
     let prefix = format!("fr-burst-{test}-{}", std::process::id());
     let guards: Vec<ContainerGuard> = (1..=MAX)
         .map(|i| ContainerGuard(format!("{prefix}-{i}")))
         .collect();
-    // Leftovers from an aborted run would make the test meaningless.
     for g in &guards {
         drop(ContainerGuard(g.0.clone()));
     }
-    let port_base = free_port_range(MAX as u16);
-    let unit = format!(
-        "haproxy: {{server_prefix: burst, weight: 50}}\n\
+    (prefix, guards)
+}
+
+/// The burst section's unit keys: containers `<prefix>-<i>` of the test image in slots
+/// burst1..MAX at `weight`, and `keys`.
+fn unit_keys(prefix: &str, weight: u32, keys: &str) -> String {
+    format!(
+        "haproxy: {{server_prefix: burst, weight: {weight}}}\n\
          container: {{name: {prefix}, image: {IMAGE}, ports: ['127.0.0.1:{{port}}:8080'], \
-         health_url: 'http://127.0.0.1:{{port}}/health'}}"
-    );
+         health_url: 'http://127.0.0.1:{{port}}/health'}}\n{keys}"
+    )
+}
+
+/// `burst_stack` with more keys in the burst section.
+async fn burst_stack_with(test: &str, timing: [&str; 3], keys: &str) -> Option<Burst> {
+    let world = World::start(test).await?;
+    let (prefix, guards) = unit_containers(test);
+    let port_base = free_port_range(MAX as u16);
+    let unit = unit_keys(&prefix, 50, keys);
     let cfg = world
         .configure()
         .hold_down("0s")
@@ -131,6 +158,37 @@ impl Burst {
     }
 }
 
+impl Burst {
+    /// Posts a notification; the webhook must accept it.
+    async fn notify(&self, body: &[u8]) {
+        assert_eq!(self.responder.post_alerts(body).await.status(), 202);
+    }
+
+    /// Waits until all MAX units run and their slots are open.
+    async fn until_grown_to_max(&self) {
+        until(
+            self,
+            "grown to max",
+            Duration::from_secs(60),
+            |open, running| open.len() == MAX as usize && running.len() == MAX as usize,
+        )
+        .await;
+    }
+
+    /// Waits until the last `scale` event took the count to `n`.
+    async fn scaled_to(&self, n: u32) {
+        eventually(
+            &format!("scaled to {n}"),
+            Duration::from_secs(30),
+            || async {
+                let (to, _) = *self.scale_events().await.last()?;
+                (to == n).then_some(())
+            },
+        )
+        .await;
+    }
+}
+
 /// Polls until `f` holds, checking the safety invariant on every look.
 async fn until(s: &Burst, what: &str, timeout: Duration, f: impl Fn(&[u32], &[u32]) -> bool) {
     eventually(what, timeout, || async {
@@ -167,13 +225,7 @@ async fn overload_grows_to_max_in_steps_and_shrinks_after_cooldown_with_drain() 
         "burst: first unit open {:?} after the notification",
         t0.elapsed()
     );
-    until(
-        &s,
-        "grown to max",
-        Duration::from_secs(60),
-        |open, running| open.len() == MAX as usize && running.len() == MAX as usize,
-    )
-    .await;
+    s.until_grown_to_max().await;
     println!(
         "burst: {MAX} units open {:?} after the notification",
         t0.elapsed()
@@ -291,13 +343,7 @@ async fn overload_grows_to_max_in_steps_and_shrinks_after_cooldown_with_drain() 
         (downs[0].1 - resolved_at).num_milliseconds() >= 1900,
         "first scale-in before the cooldown: {all:?} resolved {resolved_at}"
     );
-    let steps: Vec<String> = r
-        .events("service=onprem-api")
-        .await
-        .iter()
-        .filter(|e| e["kind"] == "step")
-        .filter_map(|e| e["message"].as_str().map(String::from))
-        .collect();
+    let steps = r.event_messages("step").await;
     for i in 1..=MAX {
         let at = |prefix: &str| {
             steps
@@ -445,4 +491,315 @@ async fn the_plan_preview_of_an_overload_lists_the_burst_steps_the_reconciler_th
         .map(|x| x.step.clone())
         .collect();
     assert_eq!(ran, previewed, "{svc:#?}");
+}
+
+/// The burst count as the status shows it, and whether it says the count is held.
+async fn target_and_held(s: &Burst) -> (u32, bool) {
+    let b = s
+        .responder
+        .service_view("onprem-api")
+        .await
+        .status
+        .burst
+        .expect("burst status");
+    (b.target, b.held.is_some())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_an_underload_alert_the_count_holds_until_it_fires() {
+    // Growth every 3 s, cooldown 2 s, one unit out per 1 s.
+    let Some(s) = burst_stack_with(
+        "band",
+        ["3s", "2s", "1s"],
+        "scale_in_on: ['alertname=\"onprem_underloaded\"', 'service=\"onprem-api\"']",
+    )
+    .await
+    else {
+        return;
+    };
+    let r = &s.responder;
+    let overload_from = chrono::Utc::now();
+    s.notify(&overload_body(overload_from, false)).await;
+    s.until_grown_to_max().await;
+
+    // The overload resolves (the units carry their share) and nothing says the load is low:
+    // no unit leaves, for four cooldowns.
+    let resolved_at = Instant::now();
+    s.notify(&overload_body(overload_from, true)).await;
+    let mut looks = 0;
+    while resolved_at.elapsed() < Duration::from_secs(8) {
+        s.assert_safe("held").await;
+        let (open, running) = (s.open_slots().await, s.running().await);
+        assert_eq!(
+            (open.len(), running.len()),
+            (MAX as usize, MAX as usize),
+            "a unit left {:?} after the overload resolved, with no underload alert",
+            resolved_at.elapsed()
+        );
+        looks += 1;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let (target, held) = target_and_held(&s).await;
+    assert_eq!((target, held), (MAX, true), "the status says it holds");
+    assert!(looks >= 20, "looked only {looks} times in 8 s");
+    let before_underload = s.scale_events().await.len();
+
+    // Underload fires: units leave, one per scale_in_every. At 2 it stops firing and the
+    // overload comes back: growth at once, not scale_up_every after the last change.
+    let underload_from = chrono::Utc::now();
+    s.notify(&underload_body(underload_from, false)).await;
+    s.scaled_to(MAX - 1).await;
+    s.notify(&underload_body(underload_from, true)).await;
+    let overload_again = Instant::now();
+    let overload_again_from = chrono::Utc::now();
+    s.notify(&overload_body(overload_again_from, false)).await;
+    s.scaled_to(MAX).await;
+    let regrow = overload_again.elapsed();
+    println!("burst: overload again -> grown by one unit {regrow:?} later (scale_up_every 3 s)");
+    assert!(
+        regrow < Duration::from_millis(2500),
+        "growth waited {regrow:?} after a scale-in; it should resume at once"
+    );
+
+    // Overload resolves, underload fires: every unit leaves, one per second, drained first.
+    s.notify(&overload_body(overload_again_from, true)).await;
+    let underload_again = chrono::Utc::now();
+    s.notify(&underload_body(underload_again, false)).await;
+    until(
+        &s,
+        "underload: shrunk to zero",
+        Duration::from_secs(60),
+        |open, running| open.is_empty() && running.is_empty(),
+    )
+    .await;
+    let events = s.scale_events().await;
+    let counts: Vec<u32> = events[before_underload..].iter().map(|(n, _)| *n).collect();
+    assert_eq!(counts, vec![2, 3, 2, 1, 0], "{events:?}");
+    let last_three = &events[events.len() - 3..];
+    for w in last_three.windows(2) {
+        let gap = (w[1].1 - w[0].1).num_milliseconds();
+        assert!(
+            gap >= 1000 - STAMP_SLACK_MS,
+            "scaled in faster than scale_in_every: {events:?}"
+        );
+    }
+    let reasons: Vec<String> = r
+        .event_messages("scale")
+        .await
+        .into_iter()
+        .filter(|m| m.contains("-> 0"))
+        .collect();
+    assert!(
+        reasons.iter().all(|m| m.contains("underload alert firing")),
+        "{reasons:?}"
+    );
+}
+
+/// A steady client load: `rate` requests per second to `url`, spread over workers that each keep
+/// their own pace (a slow answer delays only its worker).
+struct SteadyLoad {
+    stop: Arc<AtomicBool>,
+    failed: Arc<AtomicU64>,
+    sent: Arc<AtomicU64>,
+    workers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl SteadyLoad {
+    fn start(url: String, rate: u32) -> SteadyLoad {
+        const WORKERS: u32 = 6;
+        let (stop, failed, sent) = (Arc::default(), Arc::default(), Arc::default());
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .build()
+            .expect("client");
+        let workers = (0..WORKERS)
+            .map(|_| {
+                let (stop, failed, sent): (Arc<AtomicBool>, Arc<AtomicU64>, Arc<AtomicU64>) =
+                    (Arc::clone(&stop), Arc::clone(&failed), Arc::clone(&sent));
+                let (client, url) = (client.clone(), url.clone());
+                tokio::spawn(async move {
+                    let mut tick = tokio::time::interval(Duration::from_secs(1) * WORKERS / rate);
+                    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    while !stop.load(Ordering::Relaxed) {
+                        tick.tick().await;
+                        let ok = match client.get(&url).send().await {
+                            Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
+                            Err(_) => false,
+                        };
+                        sent.fetch_add(1, Ordering::Relaxed);
+                        if !ok {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                })
+            })
+            .collect();
+        SteadyLoad {
+            stop,
+            failed,
+            sent,
+            workers,
+        }
+    }
+
+    /// Stops the load; returns (sent, failed).
+    async fn stop(self) -> (u64, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        for w in self.workers {
+            let _ = w.await;
+        }
+        (
+            self.sent.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+        )
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn steady_load_measured_by_prometheus_settles_the_count_then_underload_removes_it() {
+    // The repository's rules on a real Prometheus, HAProxy's own exporter for the frontend
+    // rate, the responder's burst gauges, Alertmanager to the webhook: nothing posted by hand.
+    if !require_world() || !require_alert_stack() {
+        return;
+    }
+    let Some(w) = World::start("burst-e2e").await else {
+        return;
+    };
+    let dir = w.dir.path().to_path_buf();
+    let (prefix, guards) = unit_containers("e2e");
+    let port_base = free_port_range(MAX as u16);
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let responder_port = listener.local_addr().expect("addr").port();
+    let scrape = format!(
+        "  - job_name: haproxy\n    static_configs: [{{targets: ['127.0.0.1:{}']}}]\n    \
+         metric_relabel_configs: [{{source_labels: [proxy], regex: fe, target_label: service, replacement: onprem-api}}]\n  \
+         - job_name: failover-responder\n    static_configs: [{{targets: ['127.0.0.1:{responder_port}']}}]\n",
+        w.haproxy.exporter_port
+    );
+    let rules = format!("{}/prometheus/rules/*.yml", env!("CARGO_MANIFEST_DIR"));
+    let stack = AlertStack::start_scraping(
+        &dir,
+        w.haproxy_onprem_port(),
+        responder_port,
+        &w.token,
+        &rules,
+        &scrape,
+    )
+    .await;
+    let unit = unit_keys(
+        &prefix,
+        100,
+        "scale_in_on: ['alertname=\"onprem_underloaded\"', 'service=\"onprem-api\"']",
+    );
+    const COOLDOWN: Duration = Duration::from_secs(4);
+    let config = w
+        .configure()
+        .storage(&dir.join("data"))
+        .alertmanager(stack.alertmanager_port, "resync_interval: 5s")
+        .burst(MAX, ["2s", "4s", "2s"], port_base, &unit)
+        .load(&dir);
+    let r = Responder::start_on(config, listener).await;
+    stack.onprem_up_seen().await;
+    let burst = || async {
+        r.service_view("onprem-api")
+            .await
+            .status
+            .burst
+            .expect("burst status")
+    };
+
+    // 180 requests/s at the frontend: 180 per unit on-prem alone (overload above 100); 90
+    // with one burst unit, 60 with two: both inside the band (50..100).
+    let load = SteadyLoad::start(w.haproxy.frontend(), 180);
+    let t0 = Instant::now();
+    eventually(
+        "the overload grows the count",
+        Duration::from_secs(90),
+        || async {
+            let b = burst().await;
+            (b.open >= 1).then_some(())
+        },
+    )
+    .await;
+    println!(
+        "burst e2e: first unit open {:?} into the load",
+        t0.elapsed()
+    );
+    eventually(
+        "the overload alert resolves with the units serving",
+        Duration::from_secs(60),
+        || async {
+            let b = burst().await;
+            (!b.overloaded && b.target >= 1 && b.open == b.target).then_some(())
+        },
+    )
+    .await;
+    let settled = burst().await.target;
+    let settled_at = Instant::now();
+
+    // Steady load: the count must not change for at least 3 x cooldown.
+    let mut timeline = Vec::new();
+    while settled_at.elapsed() < COOLDOWN * 3 + Duration::from_secs(3) {
+        let b = burst().await;
+        timeline.push((settled_at.elapsed().as_secs(), b.target, b.open));
+        assert_eq!(
+            (b.target, b.open),
+            (settled, settled),
+            "the count moved under a steady load: {timeline:?}"
+        );
+        assert_eq!(b.underloaded, Some(false), "underload fired under load");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let per_unit = stack
+        .query("service:haproxy_frontend_http_requests:rate_per_serving_unit")
+        .await;
+    let b = burst().await;
+    println!(
+        "burst e2e: settled at {settled} unit(s) for {:?} (held: {:?}); {per_unit:?} requests/s per serving unit",
+        settled_at.elapsed(),
+        b.held
+    );
+    assert!(b.held.is_some(), "the status says why the units stay");
+    let per_unit = per_unit.expect("the per-unit rate is recorded");
+    assert!(
+        (50.0..=100.0).contains(&per_unit),
+        "{per_unit} requests/s per unit is outside the band"
+    );
+
+    // The load stops: underload fires and every unit leaves, one step at a time.
+    let (sent, failed) = load.stop().await;
+    let stopped = Instant::now();
+    println!("burst e2e: {sent} requests sent under load, {failed} failed");
+    assert_eq!(failed, 0, "requests failed while units came and went");
+    eventually("the units leave", Duration::from_secs(120), || async {
+        let b = burst().await;
+        (b.target == 0 && b.open == 0).then_some(())
+    })
+    .await;
+    eventually("no unit running", Duration::from_secs(30), || async {
+        for i in 1..=MAX {
+            if container_running(&w.docker, &format!("{prefix}-{i}")).await == Some(true) {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await;
+    println!(
+        "burst e2e: all units gone {:?} after the load stopped",
+        stopped.elapsed()
+    );
+    let downs: Vec<String> = r
+        .event_messages("scale")
+        .await
+        .into_iter()
+        .filter(|m| m.contains("underload"))
+        .collect();
+    assert_eq!(
+        downs.len(),
+        settled as usize,
+        "one scale-in per unit: {downs:?}"
+    );
+    drop(guards);
+    r.shutdown().await;
 }

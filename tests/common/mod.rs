@@ -207,13 +207,15 @@ pub fn start_httpd(dir: &Path, port: u16, body: &str) -> Proc {
 
 /// A real HAProxy with a frontend, an on-prem server, a `backup` cloud server that starts
 /// in maint (`disabled`), four burst slots from a `server-template` (normal servers, in maint
-/// until the responder points one at a unit and opens it), and an admin socket.
+/// until the responder points one at a unit and opens it), an admin socket, and HAProxy's
+/// built-in Prometheus exporter on `exporter_port` (`/metrics`).
 pub struct Haproxy {
     pub proc: Proc,
     pub socket: PathBuf,
     /// A second Runtime API at `level operator` (it may not `set server`).
     pub operator_socket: PathBuf,
     pub frontend_port: u16,
+    pub exporter_port: u16,
     pub config: PathBuf,
 }
 
@@ -222,6 +224,7 @@ impl Haproxy {
         let socket = dir.join("admin.sock");
         let operator_socket = dir.join("operator.sock");
         let frontend_port = free_port();
+        let exporter_port = free_port();
         let config = dir.join("haproxy.cfg");
         let cfg = format!(
             "global\n  stats socket {sock} mode 600 level admin\n  \
@@ -229,6 +232,8 @@ impl Haproxy {
              defaults\n  mode http\n  timeout connect 1s\n  timeout client 10s\n  timeout server 10s\n  \
              retries 1\n  option redispatch\n\n\
              frontend fe\n  bind 127.0.0.1:{frontend_port}\n  default_backend api\n\n\
+             frontend prometheus\n  bind 127.0.0.1:{exporter_port}\n  \
+             http-request use-service prometheus-exporter if {{ path /metrics }}\n\n\
              backend api\n  option httpchk GET /health\n  default-server inter 200ms fall 2 rise 1\n  \
              server onprem 127.0.0.1:{onprem_port} check\n  \
              server cloud1 127.0.0.1:{cloud_port} check backup disabled\n  \
@@ -246,6 +251,7 @@ impl Haproxy {
             socket,
             operator_socket,
             frontend_port,
+            exporter_port,
             config,
         };
         h.wait_answering().await;
@@ -593,6 +599,16 @@ impl Responder {
     }
 
     /// `GET /api/v1/events?{query}`, the events array.
+    /// The messages of service onprem-api's events of `kind`, oldest first.
+    pub async fn event_messages(&self, kind: &str) -> Vec<String> {
+        self.events("service=onprem-api")
+            .await
+            .iter()
+            .filter(|e| e["kind"] == kind)
+            .filter_map(|e| e["message"].as_str().map(String::from))
+            .collect()
+    }
+
     pub async fn events(&self, query: &str) -> Vec<serde_json::Value> {
         let v: serde_json::Value = self
             .client
@@ -874,6 +890,19 @@ impl AlertStack {
         token: &Path,
         rule_files: &str,
     ) -> AlertStack {
+        Self::start_scraping(dir, onprem_port, responder_port, token, rule_files, "").await
+    }
+
+    /// [`AlertStack::start`] with more `scrape_configs` entries (YAML list items, indented by
+    /// two spaces), as the bursting rules need: HAProxy's exporter and the responder.
+    pub async fn start_scraping(
+        dir: &Path,
+        onprem_port: u16,
+        responder_port: u16,
+        token: &Path,
+        rule_files: &str,
+        scrape: &str,
+    ) -> AlertStack {
         let (am_port, prom_port) = (free_port(), free_port());
         // What Prometheus scrapes: the on-prem API's /metrics (start_httpd serves www-<port>).
         std::fs::write(
@@ -906,7 +935,8 @@ impl AlertStack {
                 "global: {{scrape_interval: 1s, evaluation_interval: 1s, scrape_timeout: 900ms}}\n\
                  rule_files: ['{rule_files}']\n\
                  alerting: {{alertmanagers: [{{static_configs: [{{targets: ['127.0.0.1:{am_port}']}}]}}]}}\n\
-                 scrape_configs:\n  - job_name: onprem-api\n    static_configs: [{{targets: ['127.0.0.1:{onprem_port}']}}]\n"
+                 scrape_configs:\n  - job_name: onprem-api\n    \
+                 static_configs: [{{targets: ['127.0.0.1:{onprem_port}'], labels: {{service: onprem-api}}}}]\n{scrape}"
             ),
         )
         .expect("prometheus.yml");
@@ -931,6 +961,21 @@ impl AlertStack {
             prometheus_port: prom_port,
             alertmanager_port: am_port,
         }
+    }
+
+    /// The value of an instant query's first sample, if any.
+    pub async fn query(&self, expr: &str) -> Option<f64> {
+        let url = format!("http://127.0.0.1:{}/api/v1/query", self.prometheus_port);
+        let v: serde_json::Value = reqwest::Client::new()
+            .get(&url)
+            .query(&[("query", expr)])
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        v["data"]["result"][0]["value"][1].as_str()?.parse().ok()
     }
 
     /// Waits until Prometheus has scraped the on-prem API up, so that an outage is a real
