@@ -7,9 +7,12 @@
 # getting on-prem). Prints a timeline with the measured RTO and failed requests. Cleans up on
 # exit and Ctrl-C.
 #
-# Then, with --burst (or DEMO_BURST=1), cloud bursting: real requests at 200/s make the
-# onprem_overloaded rule fire (simulate_onprem_overload.sh), the responder adds burst containers
-# in server-template slots one step at a time, and removes them after the load stops.
+# Then, with --burst (or DEMO_BURST=1), cloud bursting: a steady 250 requests/s at the frontend
+# (simulate_onprem_overload.sh), counted by HAProxy's own Prometheus exporter and divided by the
+# units serving, makes onprem_overloaded fire; the responder adds burst containers in
+# server-template slots until the load per unit falls inside the band (50..100/s), where the count
+# holds; when the load stops, onprem_underloaded fires and the units leave. Prints the count
+# over time.
 #
 # With --ha instead: two responders on an etcd lease, the leader killed in the middle of a
 # failover and the other finishing it (scripts/demo-ha.sh).
@@ -29,7 +32,8 @@ CLOUD_PORT=18081       # cloud container, published on loopback
 RESPONDER_PORT=19095
 PROMETHEUS_PORT=19090
 ALERTMANAGER_PORT=19093
-BURST_PORT_BASE=18082 # burst units 1 and 2: 18082, 18083
+BURST_PORT_BASE=18082 # burst units 1 to 3: 18082, 18083, 18084
+HAPROXY_EXPORTER_PORT=18404 # HAProxy's own Prometheus exporter
 CONTAINER=fr-demo-cloud-api
 BURST=fr-demo-burst    # burst unit i is container fr-demo-burst-<i>
 IMAGE=onprem-api:latest
@@ -40,7 +44,7 @@ say() { printf '\033[1m[demo]\033[0m %s\n' "$*"; }
 now_ms() { date +%s%3N; }
 
 for p in $ONPREM_PORT $FRONTEND_PORT $CLOUD_PORT $BURST_PORT_BASE $((BURST_PORT_BASE + 1)) \
-  $RESPONDER_PORT $PROMETHEUS_PORT $ALERTMANAGER_PORT; do
+  $((BURST_PORT_BASE + 2)) $HAPROXY_EXPORTER_PORT $RESPONDER_PORT $PROMETHEUS_PORT $ALERTMANAGER_PORT; do
   if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
     echo "port 127.0.0.1:$p is in use; stop what uses it and run again" >&2
     exit 1
@@ -62,7 +66,7 @@ scripts/build-image.sh "$IMAGE" cloud
 
 remove_containers() {
   local c
-  for c in "$CONTAINER" "$BURST-1" "$BURST-2"; do
+  for c in "$CONTAINER" "$BURST-1" "$BURST-2" "$BURST-3"; do
     curl -fsS --unix-socket /var/run/docker.sock -X DELETE \
       "http://localhost/containers/$c?force=true" >/dev/null 2>&1 || true
   done
@@ -112,6 +116,10 @@ defaults
 frontend fe
   bind 127.0.0.1:$FRONTEND_PORT
   default_backend api
+# HAProxy's built-in Prometheus exporter: the frontend's request count for the burst rules.
+frontend prometheus
+  bind 127.0.0.1:$HAPROXY_EXPORTER_PORT
+  http-request use-service prometheus-exporter if { path /metrics }
 backend api
   option httpchk GET /health
   default-server inter 500ms fall 2 rise 2
@@ -119,7 +127,7 @@ backend api
   # The cloud copy: a backup server that starts in maint; the responder opens it.
   server cloud1 127.0.0.1:$CLOUD_PORT check backup disabled
   # Burst slots: normal servers, in maint until the responder points one at a unit and opens it.
-  server-template burst 1-2 127.0.0.1:9 check disabled
+  server-template burst 1-3 127.0.0.1:9 check disabled
 EOF
 haproxy -db -f "$DEMO_DIR/haproxy.cfg" >"$DEMO_DIR/haproxy.log" 2>&1 &
 pids+=($!)
@@ -157,12 +165,14 @@ services:
     # a second in, before the alert can; onprem_down then confirms the failover and, as the
     # authority, decides the failback.
     fast_path: {onprem_servers: [onprem], down_for: 0s, poll: 200ms, confirm_within: 2m}
-    # Bursting (demo timings): one unit as soon as onprem_overloaded fires, a second 3 s later;
-    # removed one by one once the alert has been gone for 5 s.
+    # Bursting (demo timings): one unit as soon as onprem_overloaded fires, another every 3 s
+    # while it still fires; removed one every 3 s only while onprem_underloaded fires (and the
+    # overload has been gone for 5 s). Between the two alerts the count holds.
     burst:
       on: ['alertname="onprem_overloaded"', 'service="onprem-api"']
+      scale_in_on: ['alertname="onprem_underloaded"', 'service="onprem-api"']
       min: 1
-      max: 2
+      max: 3
       step: 1
       scale_up_every: 3s
       cooldown: 5s
@@ -212,6 +222,10 @@ scrape_configs:
     static_configs: [{targets: ['127.0.0.1:$ONPREM_PORT'], labels: {service: onprem-api}}]
   - job_name: failover-responder
     static_configs: [{targets: ['127.0.0.1:$RESPONDER_PORT']}]
+  - job_name: haproxy
+    static_configs: [{targets: ['127.0.0.1:$HAPROXY_EXPORTER_PORT']}]
+    metric_relabel_configs:
+      - {source_labels: [proxy], regex: fe, target_label: service, replacement: onprem-api}
 EOF
 prometheus --config.file="$DEMO_DIR/prometheus.yml" --storage.tsdb.path="$DEMO_DIR/prom" \
   --web.listen-address=127.0.0.1:$PROMETHEUS_PORT >"$DEMO_DIR/prometheus.log" 2>&1 &
@@ -362,30 +376,58 @@ print(f"  requests: {len(client)} in all; failed during the outage: {failed_out}
 EOF
 
 if [ "$burst_act" = 1 ]; then
-  say "act 2, cloud bursting: 200 requests/s through the frontend (on-prem's rule fires above 100/s)"
-  burst_field() { # field of services.onprem-api.burst in the status
-    status | python3 -c 'import json,sys; b=json.load(sys.stdin)["services"]["onprem-api"].get("burst") or {}; print(b.get(sys.argv[1], ""))' "$1"
+  say "act 2, cloud bursting: a steady 250 requests/s through the frontend"
+  say "  (overload above 100/s per serving unit, underload below 50/s: between them the count holds)"
+  burst_field() { # field of services.onprem-api.burst in the status (booleans as true/false)
+    status | python3 -c 'import json,sys; b=json.load(sys.stdin)["services"]["onprem-api"].get("burst") or {}; v=b.get(sys.argv[1], ""); print(str(v).lower() if isinstance(v, bool) else v)' "$1"
   }
   unit_running() { # container
     curl -fsS --unix-socket /var/run/docker.sock "http://localhost/containers/$1/json" 2>/dev/null |
       grep -q '"Running":true'
   }
+  # The count over time: every 500 ms, the status's burst target, open slots and alerts, and
+  # the load per serving unit as Prometheus computes it.
+  python3 - "$RESPONDER_PORT" "$PROMETHEUS_PORT" >"$DEMO_DIR/burst-samples.txt" 2>/dev/null <<'SAMPLER' &
+import json, sys, time, urllib.parse, urllib.request
+rp, pp = sys.argv[1], sys.argv[2]
+q = urllib.parse.quote("service:haproxy_frontend_http_requests:rate_per_serving_unit")
+while True:
+    try:
+        b = json.load(urllib.request.urlopen(f"http://127.0.0.1:{rp}/api/v1/status", timeout=2))["services"]["onprem-api"]["burst"]
+        r = json.load(urllib.request.urlopen(f"http://127.0.0.1:{pp}/api/v1/query?query={q}", timeout=2))["data"]["result"]
+        per_unit = float(r[0]["value"][1]) if r else float("nan")
+        print(int(time.time() * 1000), b["target"], b["open"], int(b["overloaded"]),
+              int(bool(b.get("underloaded"))), f"{per_unit:.0f}", flush=True)
+    except (OSError, KeyError, ValueError):
+        pass
+    time.sleep(0.5)
+SAMPLER
+  pids+=($!)
   t_load=$(now_ms)
-  scripts/simulate_onprem_overload.sh start 200
+  scripts/simulate_onprem_overload.sh start 250
+  # Settled: units open and the overload alert resolved with them serving.
+  settled=""
   for _ in $(seq 1 900); do
-    [ "$(burst_field open)" = 2 ] && break
+    if [ "$(burst_field overloaded)" = false ] && [ "$(burst_field open)" != 0 ] &&
+      [ "$(burst_field open)" = "$(burst_field target)" ]; then
+      settled=$(burst_field target)
+      break
+    fi
     sleep 0.2
   done
-  [ "$(burst_field open)" = 2 ] || { say "bursting never reached 2 units; logs kept in $DEMO_DIR"; DEMO_KEEP=1; exit 1; }
-  say "2 burst units open beside on-prem; holding 5 s under load"
-  sleep 5
+  [ -n "$settled" ] || { say "bursting never settled; logs kept in $DEMO_DIR"; DEMO_KEEP=1; exit 1; }
+  t_settled=$(now_ms)
+  say "settled at $settled burst unit(s) beside on-prem; holding the load for 3 cooldowns (15 s)"
+  sleep 15
+  [ "$(burst_field target)" = "$settled" ] ||
+    { say "the count moved under a steady load; logs kept in $DEMO_DIR"; DEMO_KEEP=1; exit 1; }
   status >"$DEMO_DIR/status-burst.json"
-  say "the load stops; the alert resolves once on-prem's 1-minute rate falls under 100/s"
+  say "the load stops: onprem_underloaded fires once the load per unit falls under 50/s"
   t_stop=$(now_ms)
   scripts/simulate_onprem_overload.sh stop
   for _ in $(seq 1 1500); do
     if [ "$(burst_field target)" = 0 ] && [ "$(burst_field open)" = 0 ] &&
-      ! unit_running "$BURST-1" && ! unit_running "$BURST-2"; then
+      ! unit_running "$BURST-1" && ! unit_running "$BURST-2" && ! unit_running "$BURST-3"; then
       break
     fi
     sleep 0.2
@@ -404,36 +446,55 @@ cols = lines[0].lstrip("# ").split(",")
 px, sv, stot = cols.index("pxname"), cols.index("svname"), cols.index("stot")
 for line in lines[1:]:
     f = line.split(",")
-    if len(f) > stot and f[px] == "api" and f[sv] in ("onprem", "burst1", "burst2"):
+    if len(f) > stot and f[px] == "api" and f[sv] in ("onprem", "burst1", "burst2", "burst3"):
         print(f[sv], f[stot])
 PY
-  python3 - "$DEMO_DIR" "$t_load" "$t_stop" "$t_idle" <<'PY'
+  python3 - "$DEMO_DIR" "$t_load" "$t_settled" "$t_stop" "$t_idle" <<'PY'
 import json, sys, datetime
-d, t_load, t_stop, t_idle = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+d = sys.argv[1]
+t_load, t_settled, t_stop, t_idle = map(int, sys.argv[2:6])
 def ts(iso):
     base, _, frac = iso.rstrip("Z").partition(".")
     t = datetime.datetime.fromisoformat(base).replace(tzinfo=datetime.timezone.utc)
     return int(t.timestamp() * 1000) + int((frac + "000")[:3] or 0)
 events = [e for e in json.load(open(f"{d}/events.json"))["events"] if ts(e["at"]) >= t_load]
-rows = [("overload starts: 200 requests/s", t_load)]
+rows = [("load starts: 250 requests/s", t_load)]
 for e in events:
     m = e["message"]
     if e["kind"] == "scale":
         rows.append((m.split(":")[0] + " (" + m.split(": ", 1)[1] + ")", ts(e["at"])))
-    elif e["kind"] == "step" and m.split(" ")[0] in ("ready", "drain", "maint", "stop") and "burst" in m:
+    elif e["kind"] == "step" and m.split(" ")[0] in ("ready", "drain", "stop") and "burst" in m:
         rows.append((m.replace(": success", ""), ts(e["at"])))
-notes = json.load(open(f"{d}/status-final.json"))["notifications"]
-for n in notes:
-    if "onprem_overloaded" in n["group_key"] and ts(n["received_at"]) >= t_load:
-        rows.append((f"webhook onprem_overloaded {n['status']} received", ts(n["received_at"])))
+for n in json.load(open(f"{d}/status-final.json"))["notifications"]:
+    for name in ("onprem_overloaded", "onprem_underloaded"):
+        if f'"{name}"' in n["group_key"] and ts(n["received_at"]) >= t_load:
+            rows.append((f"webhook {name} {n['status']} received", ts(n["received_at"])))
+rows.append(("count settled (overload resolved with the units serving)", t_settled))
 rows.append(("load stops", t_stop))
 rows.append(("no burst unit left running", t_idle))
 rows.sort(key=lambda r: r[1])
-print("\n  bursting timeline (seconds after the overload began)")
+print("\n  bursting timeline (seconds after the load began)")
 for name, t in rows:
     print(f"  {(t - t_load) / 1000:7.2f}  {name}")
+
+# The count over time: one row whenever the count, the open slots or the alerts change.
+samples = [l.split() for l in open(f"{d}/burst-samples.txt") if len(l.split()) == 6]
+print("\n  burst count over time (wanted / open, alerts firing, requests/s per serving unit)")
+last = None
+for t, target, opened, over, under, per_unit in samples:
+    if int(t) < t_load:
+        continue
+    if (target, opened, over, under) != last:
+        alerts = "overload" if over == "1" else "underload" if under == "1" else "neither (band)" if target != "0" else "neither"
+        print(f"  {(int(t) - t_load) / 1000:7.2f}  {target} / {opened}   {alerts:<15} {per_unit:>4}/s per unit")
+        last = (target, opened, over, under)
+held = [s for s in samples if t_settled <= int(s[0]) <= t_stop]
+counts = sorted({s[1] for s in held})
+verdict = "unchanged" if len(counts) == 1 else "MOVED"
+print(f"\n  under the steady load after settling: {len(held)} samples over "
+      f"{(t_stop - t_settled) / 1000:.0f} s, count {', '.join(counts)} ({verdict})")
 cost = json.load(open(f"{d}/status-burst.json"))["services"]["onprem-api"]["cost"]
-print(f"\n  at 2 units: {len(cost['running'])} cloud units running, estimate {cost['estimated_cost_per_hour']:.2f}/h")
+print(f"  settled: {len(cost['running'])} cloud units running, estimate {cost['estimated_cost_per_hour']:.2f}/h")
 served = dict(line.split() for line in open(f"{d}/served.txt"))
 print("  requests served over the whole demo: " + ", ".join(f"{k} {v}" for k, v in served.items()))
 PY

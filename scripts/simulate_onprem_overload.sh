@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Simulates an on-prem overload with real requests: `start` sends RATE requests/s (default 200)
-# to the HAProxy frontend, `stop` stops them. While running, it also publishes how many requests
-# the on-prem server has served, as HAProxy counts them (`show stat`, stot of server onprem),
-# as `http_requests_total` on the on-prem API's /metrics: the counter the onprem_overloaded rule
-# (prometheus/rules/onprem.yml, > 100 req/s) reads. Nothing is faked past that: Prometheus,
-# Alertmanager, the responder, HAProxy and the burst containers all act for real.
+# Simulates an on-prem overload with real requests: `start` sends RATE requests/s (default 180)
+# to the HAProxy frontend, `stop` stops them. Nothing is faked: HAProxy's own Prometheus exporter
+# counts them at the frontend (haproxy_frontend_http_requests_total), Prometheus divides that
+# rate by the units serving (prometheus/rules/onprem.yml: over 100/s per unit fires
+# onprem_overloaded, under 50/s onprem_underloaded), and Alertmanager, the responder, HAProxy and
+# the burst containers all act for real.
 # Reads DEMO_DIR/env written by demo.sh (or pass DEMO_DIR).
 #
 # Usage: scripts/simulate_onprem_overload.sh start [RATE] | stop
@@ -20,12 +20,11 @@ start)
     echo "overload already running"
     exit 0
   fi
-  rate=${2:-200}
-  python3 - "$rate" "$FRONTEND_PORT" "$DEMO_DIR/haproxy.sock" "$DEMO_DIR/onprem-www/metrics" \
-    >"$DEMO_DIR/overload.log" 2>&1 <<'EOF' &
-import os, socket, sys, threading, time, urllib.request
+  rate=${2:-180}
+  python3 - "$rate" "$FRONTEND_PORT" >"$DEMO_DIR/overload.log" 2>&1 <<'EOF' &
+import sys, threading, time, urllib.request
 
-rate, port, sock_path, metrics = float(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+rate, port = float(sys.argv[1]), int(sys.argv[2])
 url = f"http://127.0.0.1:{port}/"
 THREADS = 8
 
@@ -41,41 +40,11 @@ def client():
         nxt += period
         time.sleep(max(0.0, nxt - time.monotonic()))
 
-def served_by_onprem():
-    s = socket.socket(socket.AF_UNIX)
-    s.connect(sock_path)
-    s.sendall(b"show stat\n")
-    out = b""
-    while chunk := s.recv(65536):
-        out += chunk
-    s.close()
-    lines = out.decode().splitlines()
-    cols = lines[0].lstrip("# ").split(",")
-    px, sv, stot = cols.index("pxname"), cols.index("svname"), cols.index("stot")
-    for line in lines[1:]:
-        f = line.split(",")
-        if len(f) > stot and f[px] == "api" and f[sv] == "onprem":
-            return int(f[stot])
-    return None
-
-def exporter():
-    while True:
-        try:
-            n = served_by_onprem()
-        except OSError:
-            n = None
-        if n is not None:
-            tmp = metrics + ".tmp"
-            with open(tmp, "w") as fh:
-                fh.write("# TYPE onprem_api_info gauge\nonprem_api_info 1\n")
-                fh.write("# TYPE http_requests_total counter\n")
-                fh.write(f"http_requests_total {n}\n")
-            os.replace(tmp, metrics)
-        time.sleep(0.5)
-
-for _ in range(THREADS):
-    threading.Thread(target=client, daemon=True).start()
-exporter()
+threads = [threading.Thread(target=client, daemon=True) for _ in range(THREADS)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
 EOF
   echo $! >"$pidfile"
   echo "overload: $rate requests/s to 127.0.0.1:$FRONTEND_PORT"
