@@ -40,8 +40,8 @@ pub struct BurstState {
     /// Whether the last pass saw the overload alert firing.
     #[serde(default)]
     pub firing: bool,
-    /// When `target` last grew: growth is paced from it, so a scale-in does not delay the next
-    /// growth (absent in states written before it existed: growth is allowed at once).
+    /// When `target` last grew: with an underload alert, growth is paced from it, so a scale-in
+    /// does not delay the next growth (absent in states written before it existed: `changed_at`).
     #[serde(default)]
     pub grown_at: Option<DateTime<Utc>>,
 }
@@ -150,7 +150,7 @@ pub fn next(
             recheck: None,
         }
     } else if load.overloaded {
-        grow(rules, &s, guard, max, now)
+        grow(rules, &s, guard, max, load.underloaded.is_some(), now)
     } else {
         shrink(rules, &s, load.underloaded, now)
     };
@@ -170,10 +170,26 @@ pub fn next(
     }
 }
 
-/// While the overload alert fires: `min` at once, then `step` per `scale_up_every` since the
-/// last growth (a scale-in in between does not delay it), within `max` and the cost guard.
-fn grow(rules: Rules, s: &BurstState, guard: Guard, max: u32, now: DateTime<Utc>) -> Move {
-    let since_growth = since(now, s.grown_at);
+/// While the overload alert fires: `min` at once, then `step` per `scale_up_every`, within `max`
+/// and the cost guard. With an underload alert (`banded`), paced from the last growth: a
+/// scale-in means the load was low, so an overload after it is news and is answered at once.
+/// Without one, paced from the last change as before (there, a scale-in is the cooldown's
+/// guess, and growing right back would make a steady load cycle faster).
+fn grow(
+    rules: Rules,
+    s: &BurstState,
+    guard: Guard,
+    max: u32,
+    banded: bool,
+    now: DateTime<Utc>,
+) -> Move {
+    // States written before `grown_at` existed pace from their last change.
+    let paced_from = if banded {
+        s.grown_at.or(s.changed_at)
+    } else {
+        s.changed_at
+    };
+    let since_growth = since(now, paced_from);
     let wanted = if s.target < rules.min {
         rules.min
     } else if s.target < rules.max && since_growth >= rules.scale_up_every {
@@ -645,12 +661,55 @@ mod tests {
             changes
         };
         // Without it: the units leave after every cooldown (from 61, the first quiet pass) and
-        // come back at once.
+        // come back one scale_up_every later.
         let alone = count_over_an_hour(None);
-        assert_eq!(&alone[..4], &[(0, 2), (60, 4), (361, 2), (362, 4)]);
-        assert!(alone.len() > 20, "{alone:?}");
+        assert_eq!(&alone[..4], &[(0, 2), (60, 4), (361, 2), (421, 4)]);
+        assert!(
+            alone.len() >= 18,
+            "about one cycle every 6 minutes: {alone:?}"
+        );
         // With it (never firing: the load is not low): 4 units for the whole hour.
         assert_eq!(count_over_an_hour(Some(false)), vec![(0, 2), (60, 4)]);
+    }
+
+    #[test]
+    fn growth_after_a_scale_in_waits_only_without_an_underload_alert() {
+        // Shrunk at 400 (last growth at 0); the overload returns at 410.
+        let st = BurstState {
+            target: 2,
+            changed_at: Some(t(400)),
+            last_firing_at: Some(t(0)),
+            firing: false,
+            grown_at: Some(t(0)),
+        };
+        let banded = Load {
+            overloaded: true,
+            underloaded: Some(false),
+        };
+        assert_eq!(
+            next(rules(), banded, &st, Guard::NONE, t(410)).state.target,
+            4
+        );
+        // Without one, as before: scale_up_every after the last change.
+        assert_eq!(
+            next(rules(), OVER, &st, Guard::NONE, t(410)).state.target,
+            2
+        );
+        assert_eq!(
+            next(rules(), OVER, &st, Guard::NONE, t(460)).state.target,
+            4
+        );
+        // A state persisted before grown_at existed paces from its last change.
+        let old = BurstState {
+            grown_at: None,
+            ..st
+        };
+        assert_eq!(
+            next(rules(), banded, &old, Guard::NONE, t(410))
+                .state
+                .target,
+            2
+        );
     }
 
     #[test]

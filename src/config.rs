@@ -1103,10 +1103,12 @@ fn validate_burst(
         Some(raw) if raw.is_empty() => errors.push(format!(
             "{p}.scale_in_on: at least one matcher is needed (or leave the key out)"
         )),
-        // The same alert as both would have every overload remove units.
-        Some(raw) if sorted(raw) == sorted(&b.on) => errors.push(format!(
-            "{p}.scale_in_on: the same matchers as burst.on; name the underload alert"
-        )),
+        // Every matcher of `on` among them: every underload alert would also be an overload.
+        Some(raw) if b.on.iter().all(|m| trimmed(raw).contains(&m.trim())) => {
+            errors.push(format!(
+                "{p}.scale_in_on: every matcher of burst.on is among them, so the underload alert would also count as an overload; name the underload alert (e.g. alertname=\"onprem_underloaded\")"
+            ))
+        }
         _ => {}
     }
     if b.max == 0 || b.max > 1000 {
@@ -1127,10 +1129,8 @@ fn validate_burst(
     validate_units(b, docker, &p, errors);
 }
 
-fn sorted(v: &[String]) -> Vec<&str> {
-    let mut v: Vec<&str> = v.iter().map(|s| s.trim()).collect();
-    v.sort_unstable();
-    v
+fn trimmed(v: &[String]) -> Vec<&str> {
+    v.iter().map(|s| s.trim()).collect()
 }
 
 /// `burst.haproxy`: the `server-template` slots the units are opened in.
@@ -1449,9 +1449,9 @@ cloud_servers = ["c1"]
                 ],
             ),
             (
-                "auth: {insecure_no_auth: true}\nservices:\n  a:\n    failover_on: ['a=\"b\"']\n    haproxy: {runtime_api: ['/s'], backend: be, cloud_servers: [c]}\n    burst: {on: ['a=\"o\"'], scale_in_on: [' a=\"o\"'], max: 3, address: '{private_ip}:80', haproxy: {server_prefix: b}, ec2: {instance_ids: ['i-1']}}\n  b:\n    failover_on: ['a=\"b\"']\n    haproxy: {runtime_api: ['/s'], backend: be, cloud_servers: [b2]}\n",
+                "auth: {insecure_no_auth: true}\nservices:\n  a:\n    failover_on: ['a=\"b\"']\n    haproxy: {runtime_api: ['/s'], backend: be, cloud_servers: [c]}\n    burst: {on: ['a=\"o\"'], scale_in_on: [' a=\"o\"', 'x=\"y\"'], max: 3, address: '{private_ip}:80', haproxy: {server_prefix: b}, ec2: {instance_ids: ['i-1']}}\n  b:\n    failover_on: ['a=\"b\"']\n    haproxy: {runtime_api: ['/s'], backend: be, cloud_servers: [b2]}\n",
                 &[
-                    "services.a.burst.scale_in_on: the same matchers as burst.on",
+                    "services.a.burst.scale_in_on: every matcher of burst.on is among them",
                     "services.a.burst.ec2.instance_ids: 1 instance(s) for max 3",
                     "services.b.haproxy: server be/b2 on /s is also managed by service \"a\"",
                 ],

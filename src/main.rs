@@ -432,13 +432,13 @@ fn print_status(st: &serde_json::Value, only: Option<&str>) {
         if let (Some(target), Some(open)) =
             (s["burst"]["target"].as_u64(), s["burst"]["open"].as_u64())
         {
-            line.push_str(&format!(", burst {open}/{target} unit(s) open"));
+            line.push_str(&format!(", burst {open} open, {target} wanted"));
             if s["burst"]["overloaded"] == true {
                 line.push_str(" (overload firing)");
             } else if s["burst"]["underloaded"] == true {
                 line.push_str(" (underload firing)");
             } else if s["burst"]["held"].is_string() {
-                line.push_str(" (holding: no underload alert)");
+                line.push_str(" (holding: underload alert not firing)");
             }
         }
         if let Some(ok) = s["last_drill"]["ok"].as_bool() {
