@@ -76,6 +76,8 @@ pub enum MatcherError {
     MissingOperator,
     #[error("unterminated quoted value")]
     Unterminated,
+    #[error("unquoted value {0:?} contains a double quote (quote the whole value, escaping it as \\\" if it belongs)")]
+    UnescapedQuote(String),
     #[error("unexpected text after quoted value: {0:?}")]
     TrailingText(String),
     #[error("invalid escape sequence \\{0}")]
@@ -209,6 +211,10 @@ fn parse_name(s: &str) -> Result<(String, &str), MatcherError> {
 
 fn parse_value(s: &str) -> Result<String, MatcherError> {
     let Some(body) = s.strip_prefix('"') else {
+        // Alertmanager refuses it too; accepted, `alertname=onprem_down"` would match nothing.
+        if s.contains('"') {
+            return Err(MatcherError::UnescapedQuote(s.to_string()));
+        }
         return Ok(s.to_string());
     };
     let (value, rest) = unquote(body)?;
@@ -397,6 +403,10 @@ mod tests {
                     name: r"a\nb".into(),
                     found: '\\',
                 },
+            ),
+            (
+                r#"alertname=onprem_down""#,
+                MatcherError::UnescapedQuote(r#"onprem_down""#.into()),
             ),
             (
                 r#"fo"o"="x""#,
