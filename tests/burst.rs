@@ -507,10 +507,10 @@ async fn target_and_held(s: &Burst) -> (u32, bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_an_underload_alert_the_count_holds_until_it_fires() {
-    // Growth every 3 s, cooldown 2 s, one unit out per 1 s.
+    // Growth every 10 s, cooldown 2 s, one unit out per 1 s.
     let Some(s) = burst_stack_with(
         "band",
-        ["3s", "2s", "1s"],
+        ["10s", "2s", "1s"],
         "scale_in_on: ['alertname=\"onprem_underloaded\"', 'service=\"onprem-api\"']",
     )
     .await
@@ -523,10 +523,11 @@ async fn with_an_underload_alert_the_count_holds_until_it_fires() {
     s.until_grown_to_max().await;
 
     // The overload resolves (the units carry their share) and nothing says the load is low:
-    // no unit leaves, for four cooldowns.
+    // no unit leaves, for four cooldowns. The event log is the authority (it records every
+    // change, however seldom a loaded machine lets this loop look); the loop checks the units.
+    let before_resolved = s.scale_events().await.len();
     let resolved_at = Instant::now();
     s.notify(&overload_body(overload_from, true)).await;
-    let mut looks = 0;
     while resolved_at.elapsed() < Duration::from_secs(8) {
         s.assert_safe("held").await;
         let (open, running) = (s.open_slots().await, s.running().await);
@@ -536,29 +537,35 @@ async fn with_an_underload_alert_the_count_holds_until_it_fires() {
             "a unit left {:?} after the overload resolved, with no underload alert",
             resolved_at.elapsed()
         );
-        looks += 1;
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let (target, held) = target_and_held(&s).await;
     assert_eq!((target, held), (MAX, true), "the status says it holds");
-    assert!(looks >= 20, "looked only {looks} times in 8 s");
     let before_underload = s.scale_events().await.len();
+    assert_eq!(
+        before_underload,
+        before_resolved,
+        "the count changed while neither alert fired: {:?}",
+        s.scale_events().await
+    );
 
-    // Underload fires: units leave, one per scale_in_every. At 2 it stops firing and the
-    // overload comes back: growth at once, not scale_up_every after the last change.
+    // Underload fires: units leave, one per scale_in_every. At 2 the overload comes back
+    // (posted before the underload resolves, so no further scale-in can slip in between: the
+    // overload wins): growth at once, not scale_up_every (10 s) after the scale-in. "At once" includes
+    // the rest of the scale-in's pass (drain, maint, stop), which the new pass waits for.
     let underload_from = chrono::Utc::now();
     s.notify(&underload_body(underload_from, false)).await;
     s.scaled_to(MAX - 1).await;
-    s.notify(&underload_body(underload_from, true)).await;
-    let overload_again = Instant::now();
     let overload_again_from = chrono::Utc::now();
     s.notify(&overload_body(overload_again_from, false)).await;
+    s.notify(&underload_body(underload_from, true)).await;
     s.scaled_to(MAX).await;
-    let regrow = overload_again.elapsed();
-    println!("burst: overload again -> grown by one unit {regrow:?} later (scale_up_every 3 s)");
+    let events = s.scale_events().await;
+    let regrow = (events[events.len() - 1].1 - events[events.len() - 2].1).num_milliseconds();
+    println!("burst: scale-in -> overload again -> grown by one unit {regrow} ms after the scale-in (scale_up_every 10 s)");
     assert!(
-        regrow < Duration::from_millis(2500),
-        "growth waited {regrow:?} after a scale-in; it should resume at once"
+        regrow < 5000,
+        "growth waited {regrow} ms after a scale-in; it should resume at once: {events:?}"
     );
 
     // Overload resolves, underload fires: every unit leaves, one per second, drained first.
@@ -696,7 +703,7 @@ async fn steady_load_measured_by_prometheus_settles_the_count_then_underload_rem
         .configure()
         .storage(&dir.join("data"))
         .alertmanager(stack.alertmanager_port, "resync_interval: 5s")
-        .burst(MAX, ["2s", "4s", "2s"], port_base, &unit)
+        .burst(MAX, ["4s", "4s", "2s"], port_base, &unit)
         .load(&dir);
     let r = Responder::start_on(config, listener).await;
     stack.onprem_up_seen().await;
@@ -708,9 +715,10 @@ async fn steady_load_measured_by_prometheus_settles_the_count_then_underload_rem
             .expect("burst status")
     };
 
-    // 180 requests/s at the frontend: 180 per unit on-prem alone (overload above 100); 90
-    // with one burst unit, 60 with two: both inside the band (50..100).
-    let load = SteadyLoad::start(w.haproxy.frontend(), 180);
+    // 240 requests/s at the frontend: 240 per unit on-prem alone, 120 with one burst unit
+    // (overload above 100); 80 with two, 60 with three: inside the band (50..100). Whichever
+    // count the alert's round trip lets it reach, it is in the band or still growing.
+    let load = SteadyLoad::start(w.haproxy.frontend(), 240);
     let t0 = Instant::now();
     eventually(
         "the overload grows the count",
@@ -747,7 +755,6 @@ async fn steady_load_measured_by_prometheus_settles_the_count_then_underload_rem
             (settled, settled),
             "the count moved under a steady load: {timeline:?}"
         );
-        assert_eq!(b.underloaded, Some(false), "underload fired under load");
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let per_unit = stack
@@ -760,6 +767,7 @@ async fn steady_load_measured_by_prometheus_settles_the_count_then_underload_rem
         b.held
     );
     assert!(b.held.is_some(), "the status says why the units stay");
+    assert_eq!(b.underloaded, Some(false), "underload fired under load");
     let per_unit = per_unit.expect("the per-unit rate is recorded");
     assert!(
         (50.0..=100.0).contains(&per_unit),

@@ -110,7 +110,7 @@ async fn only_haproxys_checks_fail_over_and_the_unconfirmed_episode_fails_back()
         ),
         0.0
     );
-    assert!(&r.event_messages("fast_path").await.is_empty());
+    assert!(r.event_messages("fast_path").await.is_empty());
     w.haproxy.cmd("set server api/onprem state ready").await;
     eventually(
         "the fast path sees on-prem UP again",
@@ -158,7 +158,7 @@ async fn only_haproxys_checks_fail_over_and_the_unconfirmed_episode_fails_back()
         svc.state.as_ref().is_some_and(|s| s.fast_path.is_some()),
         "the episode is persisted"
     );
-    let triggered = &r.event_messages("fast_path").await;
+    let triggered = r.event_messages("fast_path").await;
     assert!(
         triggered.len() == 1 && triggered[0].starts_with("triggered: HAProxy sees onprem DOWN"),
         "{triggered:?}"
@@ -180,7 +180,7 @@ async fn only_haproxys_checks_fail_over_and_the_unconfirmed_episode_fails_back()
     );
     assert_eq!(failed, 0, "requests failed during the failback");
     assert_eq!(log.last().map(String::as_str), Some("onprem"));
-    let all = &r.event_messages("fast_path").await;
+    let all = r.event_messages("fast_path").await;
     assert!(
         all.len() == 2 && all[1].starts_with("unconfirmed: no failover alert within 4s"),
         "{all:?}"
@@ -272,7 +272,7 @@ async fn the_alert_confirms_the_fast_paths_failover_and_then_owns_the_failback()
         "the alert confirms the episode",
         Duration::from_secs(10),
         || async {
-            let e = &r.event_messages("fast_path").await;
+            let e = r.event_messages("fast_path").await;
             e.iter().any(|m| m.starts_with("confirmed:")).then_some(())
         },
     )

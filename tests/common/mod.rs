@@ -598,7 +598,6 @@ impl Responder {
             .expect("status json")
     }
 
-    /// `GET /api/v1/events?{query}`, the events array.
     /// The messages of service onprem-api's events of `kind`, oldest first.
     pub async fn event_messages(&self, kind: &str) -> Vec<String> {
         self.events("service=onprem-api")
@@ -609,6 +608,7 @@ impl Responder {
             .collect()
     }
 
+    /// `GET /api/v1/events?{query}`, the events array.
     pub async fn events(&self, query: &str) -> Vec<serde_json::Value> {
         let v: serde_json::Value = self
             .client
