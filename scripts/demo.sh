@@ -479,7 +479,7 @@ for name, t in rows:
 
 # The count over time: one row whenever the count, the open slots or the alerts change.
 samples = [l.split() for l in open(f"{d}/burst-samples.txt") if len(l.split()) == 6]
-print("\n  burst count over time (wanted / open, alerts firing, requests/s per serving unit)")
+print("\n  burst count over time (wanted / open, alerts firing, requests/s per serving unit as Prometheus last computed it)")
 last = None
 for t, target, opened, over, under, per_unit in samples:
     if int(t) < t_load:
@@ -493,6 +493,8 @@ counts = sorted({s[1] for s in held})
 verdict = "unchanged" if len(counts) == 1 else "MOVED"
 print(f"\n  under the steady load after settling: {len(held)} samples over "
       f"{(t_stop - t_settled) / 1000:.0f} s, count {', '.join(counts)} ({verdict})")
+if len(counts) != 1:
+    sys.exit("the burst count moved under a steady load")
 cost = json.load(open(f"{d}/status-burst.json"))["services"]["onprem-api"]["cost"]
 print(f"  settled: {len(cost['running'])} cloud units running, estimate {cost['estimated_cost_per_hour']:.2f}/h")
 served = dict(line.split() for line in open(f"{d}/served.txt"))

@@ -421,6 +421,13 @@ resource "aws_budgets_budget" "monthly" {
     values = [format("user:Application$%s", local.application_tag_value)]
   }
 
+  # What the stack spends, not what credits or refunds happen to offset: a promotional credit
+  # would otherwise hide a burst pool left running.
+  cost_types {
+    include_credit = false
+    include_refund = false
+  }
+
   # Early warning: the month's forecast passes 80 % (Budgets forecasts only once it has some
   # weeks of usage history, so a new stack gets this one late).
   notification {
