@@ -247,12 +247,14 @@ wait_for "Alertmanager" "http://127.0.0.1:$ALERTMANAGER_PORT/-/ready"
 wait_for "Prometheus" "http://127.0.0.1:$PROMETHEUS_PORT/-/ready"
 say "stack up: frontend http://127.0.0.1:$FRONTEND_PORT, responder http://127.0.0.1:$RESPONDER_PORT/api/v1/status"
 
-# The client: one request every 100 ms, logging time, HTTP code and body.
+# The client: one request every 100 ms, logging time, HTTP code and body. Stamped when the
+# answer arrives (not when the request left), on the same wall clock the responder stamps its
+# events with, so "first answer from the cloud" can never sort before "cloud1 ready".
 (
   while :; do
-    t=$(now_ms)
     # Body without its newline, then the HTTP code (000 when the connection failed).
     out=$(curl -s --max-time 1 -w ' %{http_code}' "http://127.0.0.1:$FRONTEND_PORT/" 2>/dev/null | tr -d '\n' || true)
+    t=$(now_ms)
     echo "$t $out"
     sleep 0.1
   done
