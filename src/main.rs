@@ -1,6 +1,7 @@
 //! The `failover-responder` binary: `serve` and `check-config`. anyhow lives only here.
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -58,6 +59,9 @@ enum Command {
         /// File holding the bearer token; else FAILOVER_RESPONDER_TOKEN is used.
         #[arg(long = "token-file", value_name = "PATH")]
         token_file: Option<PathBuf>,
+        /// `table` for people (colour on a terminal), `json` for scripts: the API's answer as is.
+        #[arg(long, value_enum, default_value = "table")]
+        output: Output,
         #[arg(value_enum)]
         action: CtlAction,
         /// The service (every action but status needs one).
@@ -83,6 +87,12 @@ enum CtlAction {
     Drill,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum LogFormat {
     Text,
@@ -96,9 +106,16 @@ fn main() -> ExitCode {
         Command::Ctl {
             url,
             token_file,
+            output,
             action,
             service,
-        } => match ctl(&url, token_file.as_deref(), action, service.as_deref()) {
+        } => match ctl(
+            &url,
+            token_file.as_deref(),
+            output,
+            action,
+            service.as_deref(),
+        ) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("failover-responder ctl: {e:#}");
@@ -232,6 +249,7 @@ async fn serve(
 async fn ctl(
     url: &str,
     token_file: Option<&std::path::Path>,
+    output: Output,
     action: CtlAction,
     service: Option<&str>,
 ) -> anyhow::Result<()> {
@@ -248,7 +266,13 @@ async fn ctl(
             .error_for_status()?
             .json()
             .await?;
-        print_status(&st, service);
+        match output {
+            // A closed pipe (`| head`) ends the output, not the process with a panic.
+            Output::Json => {
+                let _ = writeln!(std::io::stdout(), "{st:#}");
+            }
+            Output::Table => print_status(&st, service),
+        }
         return Ok(());
     }
     let service = service.context("this action needs a SERVICE")?;
@@ -282,6 +306,13 @@ async fn ctl(
             "{status}: {}",
             body["error"].as_str().unwrap_or("no message")
         );
+    }
+    if output == Output::Json && action != CtlAction::Drill {
+        let _ = writeln!(std::io::stdout(), "{body:#}");
+        if action == CtlAction::Check && body["ready"] != true {
+            anyhow::bail!("{service}: not ready");
+        }
+        return Ok(());
     }
     if action == CtlAction::Check {
         return print_readiness(service, &body);
@@ -369,9 +400,12 @@ fn print_readiness(service: &str, r: &serde_json::Value) -> anyhow::Result<()> {
     anyhow::bail!("{service}: {} readiness problem(s)", problems.len())
 }
 
-/// In a cluster, one line for this node (role, leader, etcd); then one line per service: mode,
-/// converged, override, why held, last error.
+/// In a cluster, one line for this node (role, leader, etcd); then a table, one row per
+/// service: mode, converged, standby readiness, burst units, and notes (override, why held, last
+/// error, verification, fast path, last drill). Colour only on a terminal (anstream strips it
+/// otherwise, and honours NO_COLOR).
 fn print_status(st: &serde_json::Value, only: Option<&str>) {
+    use anstyle::{AnsiColor, Style};
     let Some(services) = st["services"].as_object() else {
         println!("{st:#}");
         return;
@@ -384,70 +418,138 @@ fn print_status(st: &serde_json::Value, only: Option<&str>) {
         if let Some(r) = c["reason"].as_str() {
             line.push_str(&format!(": {r}"));
         }
-        println!("{line}");
+        let _ = writeln!(std::io::stdout(), "{line}");
     }
-    for (name, s) in services {
-        if only.is_some_and(|o| o != name) {
-            continue;
+    let bad = Style::new().fg_color(Some(AnsiColor::Red.into())).bold();
+    let warn = Style::new().fg_color(Some(AnsiColor::Yellow.into()));
+    let good = Style::new().fg_color(Some(AnsiColor::Green.into()));
+    let rows: Vec<StatusRow> = services
+        .iter()
+        .filter(|(name, _)| only.is_none_or(|o| o == *name))
+        .map(|(name, s)| StatusRow::of(name, s))
+        .collect();
+    let header = StatusRow {
+        cells: ["SERVICE", "MODE", "STATE", "STANDBY", "BURST"].map(|h| (h.to_string(), None)),
+        notes: vec!["NOTES".into()],
+    };
+    let widths: Vec<usize> = (0..5)
+        .map(|i| {
+            std::iter::once(&header)
+                .chain(&rows)
+                .map(|r| r.cells[i].0.len())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    for row in std::iter::once(&header).chain(&rows) {
+        let mut line = String::new();
+        for ((text, tone), width) in row.cells.iter().zip(&widths) {
+            // Pad first, then colour: escape codes must not count towards the width.
+            let padded = format!("{text:<width$}  ");
+            let style = match tone {
+                Some(Tone::Bad) => bad,
+                Some(Tone::Warn) => warn,
+                Some(Tone::Good) => good,
+                None => Style::new(),
+            };
+            line.push_str(&format!("{style}{padded}{style:#}"));
         }
+        line.push_str(&row.notes.join("; "));
+        if writeln!(anstream::stdout(), "{}", line.trim_end()).is_err() {
+            return; // the reader went away (`| head`)
+        }
+    }
+}
+
+/// How a cell of `ctl status` reads at a glance.
+#[derive(Clone, Copy)]
+enum Tone {
+    Bad,
+    Warn,
+    Good,
+}
+
+/// One row of `ctl status`: five cells (text and tone) and the notes.
+struct StatusRow {
+    cells: [(String, Option<Tone>); 5],
+    notes: Vec<String>,
+}
+
+impl StatusRow {
+    fn of(name: &str, s: &serde_json::Value) -> StatusRow {
         let mode = s["state"]["mode"].as_str().unwrap_or("onprem");
-        let converged = if s["converged"] == true {
-            "converged"
+        let mode_tone = (mode != "onprem").then_some(Tone::Warn);
+        let (state, state_tone) = if s["converged"] == true {
+            ("converged", Tone::Good)
         } else {
-            "converging"
+            ("converging", Tone::Warn)
         };
-        let mut line = format!("{name}: {mode} ({converged})");
-        if let Some(o) = s["state"]["override"].as_str() {
-            line.push_str(&format!(", override {o}"));
+        let (standby, standby_tone) = match s["readiness"]["problems"].as_array().map(Vec::len) {
+            Some(0) => ("ready".to_string(), Some(Tone::Good)),
+            Some(n) => (format!("NOT READY ({n})"), Some(Tone::Bad)),
+            None => ("-".to_string(), None),
+        };
+        let burst = match (s["burst"]["open"].as_u64(), s["burst"]["target"].as_u64()) {
+            (Some(open), Some(wanted)) => format!("{open} open, {wanted} wanted"),
+            _ => "-".to_string(),
+        };
+        StatusRow {
+            cells: [
+                (name.to_string(), None),
+                (mode.to_string(), mode_tone),
+                (state.to_string(), Some(state_tone)),
+                (standby, standby_tone),
+                (burst, None),
+            ],
+            notes: status_notes(name, s),
         }
-        if let Some(h) = s["held"].as_str() {
-            line.push_str(&format!(", held: {h}"));
-        }
-        if let Some(e) = s["last_error"].as_str() {
-            line.push_str(&format!(", last error: {e}"));
-        }
-        match s["readiness"]["problems"].as_array().map(Vec::len) {
-            Some(0) => line.push_str(", standby ready"),
-            Some(n) => {
-                let problems = if n == 1 { "problem" } else { "problems" };
-                line.push_str(&format!(
-                    ", standby NOT READY ({n} {problems}: ctl check {name})"
-                ));
-            }
-            None => {}
-        }
-        match s["verification"]["verified"].as_bool() {
-            Some(true) => line.push_str(", failover verified"),
-            Some(false) => line.push_str(", failover NOT VERIFIED (see status verification)"),
-            None => {}
-        }
-        match s["fast_path"]["verdict"].as_str() {
-            Some("down") => line.push_str(", HAProxy sees on-prem DOWN"),
-            Some("unclear") => line.push_str(", HAProxy's view of on-prem unclear"),
-            _ => {}
-        }
-        if s["state"]["fast_path"].is_object() {
-            line.push_str(", in cloud on the fast path (no alert yet)");
-        }
-        if let (Some(target), Some(open)) =
-            (s["burst"]["target"].as_u64(), s["burst"]["open"].as_u64())
-        {
-            line.push_str(&format!(", burst {open} open, {target} wanted"));
-            if s["burst"]["overloaded"] == true {
-                line.push_str(" (overload firing)");
-            } else if s["burst"]["underloaded"] == true {
-                line.push_str(" (underload firing)");
-            } else if s["burst"]["held"].is_string() {
-                line.push_str(" (holding: underload alert not firing)");
-            }
-        }
-        if let Some(ok) = s["last_drill"]["ok"].as_bool() {
-            let at = s["last_drill"]["started_at"].as_str().unwrap_or("?");
-            let verdict = if ok { "ok" } else { "FAILED" };
-            line.push_str(&format!(", last drill {verdict} ({at})"));
-        }
-        println!("{line}");
     }
+}
+
+/// The notes column of a service's row: what is unusual about it now.
+fn status_notes(name: &str, s: &serde_json::Value) -> Vec<String> {
+    let mut notes = Vec::new();
+    if let Some(o) = s["state"]["override"].as_str() {
+        notes.push(format!("override {o}"));
+    }
+    if let Some(h) = s["held"].as_str() {
+        notes.push(format!("held: {h}"));
+    }
+    if let Some(e) = s["last_error"].as_str() {
+        notes.push(format!("last error: {e}"));
+    }
+    if s["readiness"]["problems"]
+        .as_array()
+        .is_some_and(|p| !p.is_empty())
+    {
+        notes.push(format!("see: ctl check {name}"));
+    }
+    match s["verification"]["verified"].as_bool() {
+        Some(true) => notes.push("failover verified".into()),
+        Some(false) => notes.push("failover NOT VERIFIED (see status verification)".into()),
+        None => {}
+    }
+    match s["fast_path"]["verdict"].as_str() {
+        Some("down") => notes.push("HAProxy sees on-prem DOWN".into()),
+        Some("unclear") => notes.push("HAProxy's view of on-prem unclear".into()),
+        _ => {}
+    }
+    if s["state"]["fast_path"].is_object() {
+        notes.push("in cloud on the fast path (no alert yet)".into());
+    }
+    if s["burst"]["overloaded"] == true {
+        notes.push("overload firing".into());
+    } else if s["burst"]["underloaded"] == true {
+        notes.push("underload firing".into());
+    } else if s["burst"]["held"].is_string() {
+        notes.push("burst holding: underload alert not firing".into());
+    }
+    if let Some(ok) = s["last_drill"]["ok"].as_bool() {
+        let at = s["last_drill"]["started_at"].as_str().unwrap_or("?");
+        let verdict = if ok { "ok" } else { "FAILED" };
+        notes.push(format!("last drill {verdict} ({at})"));
+    }
+    notes
 }
 
 /// SIGINT or SIGTERM (systemd's stop).

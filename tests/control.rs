@@ -150,8 +150,29 @@ async fn overrides_pause_force_and_persist() {
         .args(["ctl", "--url", &r.url, "status"])
         .output()
         .expect("ctl");
+    // A table, without colour when not on a terminal.
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("onprem-api: onprem (converged)"), "{text}");
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        lines[0].starts_with("SERVICE") && lines[0].contains("BURST"),
+        "{text}"
+    );
+    let row: Vec<&str> = lines
+        .iter()
+        .find(|l| l.starts_with("onprem-api "))
+        .unwrap_or_else(|| panic!("no row for onprem-api: {text}"))
+        .split_whitespace()
+        .collect();
+    assert_eq!(row[..3], ["onprem-api", "onprem", "converged"], "{text}");
+    assert!(!text.contains('\x1b'), "colour codes in a pipe: {text:?}");
+    // --output json: the API's status as is.
+    let out = std::process::Command::new(bin)
+        .args(["ctl", "--url", &r.url, "--output", "json", "status"])
+        .output()
+        .expect("ctl");
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ctl --output json");
+    assert_eq!(doc["services"]["onprem-api"]["state"]["mode"], "onprem");
+    assert_eq!(doc["services"]["onprem-api"]["converged"], true);
     let out = std::process::Command::new(bin)
         .args(["ctl", "--url", &r.url, "pause", "onprem-api"])
         .env_remove("FAILOVER_RESPONDER_TOKEN")
