@@ -7,17 +7,22 @@ use std::net::TcpListener;
 use std::sync::Arc;
 
 use actix_web::{web, App, HttpServer};
+use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+use std::sync::atomic::AtomicUsize;
+
 use crate::cluster::Cluster;
-use crate::config::Config;
+use crate::config::{Config, ServerLimits};
 use crate::http::{auth::Auth, routes, AppState};
 use crate::metrics::Metrics;
-use crate::reconcile::{run_service, Context, ServiceRuntime};
-use crate::resync::Resync;
+use crate::reconcile::Services;
+use crate::reconcile::{Context, ServiceRuntime};
 use crate::status::StatusBoard;
 use crate::store::{Store, StoreError};
+use crate::supervisor::{Shared, Supervisor};
+use crate::tls::Tls;
 
 /// Why the responder could not run.
 #[derive(Debug, thiserror::Error)]
@@ -33,12 +38,15 @@ pub enum AppError {
 
 /// Runs the responder until `shutdown` completes, then stops accepting, lets in-flight
 /// requests finish, and stops the reconcilers (a step in flight is abandoned; the next start
-/// observes the world and carries on from there).
+/// observes the world and carries on from there). SIGHUP reloads the config file
+/// ([`Supervisor::reload`]) from the moment this is called.
 pub async fn run(
     listener: TcpListener,
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AppError> {
+    // First, so that a SIGHUP during the start is a reload, not the end of the process.
+    let hup = crate::supervisor::sighup()?;
     let mut store = Store::open(&config.storage.path, config.storage.retention())?;
     info!(path = %store.path().display(), journal = store.journal_len(), firing = store.firing().len(), "storage open");
     let status = StatusBoard::default();
@@ -66,30 +74,54 @@ pub async fn run(
         tracing::warn!("dry run: plans are recorded, no step is executed");
     }
     let stop = CancellationToken::new();
-    let services = Arc::new(services);
-    let mut tasks = spawn_tasks(&config, &ctx, &services, &stop);
+    let shared = Shared {
+        ctx,
+        services: Services::new(services),
+        auth: Arc::new(ArcSwap::from_pointee(config.auth.clone())),
+        max_body_bytes: Arc::new(AtomicUsize::new(config.webhook.max_body_bytes)),
+        tls: config.tls_loaded.clone(),
+    };
+    let (services, auth, max_body_bytes) = (
+        shared.services.clone(),
+        Auth::new(shared.auth.clone()),
+        shared.max_body_bytes.clone(),
+    );
+    let tls = config.tls_loaded.clone();
+    let limits = config.server.clone();
+    let supervisor = Supervisor::start(config, shared, stop.clone());
     let state = AppState {
         store: store.clone(),
         status,
         metrics,
         services,
         cluster,
-        auth: Auth::from_config(&config.auth),
-        tls: config.tls_loaded.clone(),
-        max_body_bytes: config.webhook.max_body_bytes,
+        auth,
+        max_body_bytes,
+        supervisor: supervisor.clone(),
     };
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
-    let server = http_server(listener, &config, state, &mut tasks, &stop)?;
+    let server = http_server(listener, &limits, tls.as_ref(), state)?;
     let handle = server.handle();
-    info!(%addr, tls = config.tls_loaded.is_some(), "listening");
-
+    info!(%addr, tls = tls.is_some(), "listening");
     let server = tokio::spawn(server);
+    let side = [
+        tokio::spawn(crate::supervisor::reload_on_sighup(
+            supervisor.clone(),
+            hup,
+            stop.clone(),
+        )),
+        tokio::spawn(supervisor.clone().feed_watchdog(stop.clone())),
+    ];
+    crate::systemd::ready();
+
     shutdown.await;
     info!("shutting down");
+    crate::systemd::stopping();
     handle.stop(true).await;
     stop.cancel();
-    for t in tasks {
+    supervisor.join().await;
+    for t in side {
         let _ = t.await;
     }
     let served = match server.await {
@@ -98,22 +130,20 @@ pub async fn run(
     };
     // Everything else holding the store is gone now: let the writer finish and let go of the
     // database before returning.
-    drop(ctx);
+    drop(supervisor);
     store.close(std::time::Duration::from_secs(5)).await;
     served
 }
 
 /// The HTTP server on `listener`, started but not yet polled: the routes, the connection
-/// limits, TLS when configured (its SIGHUP reload task goes onto `tasks`). Errors: the TLS
-/// material or the listener cannot be used.
+/// limits, TLS when configured. Errors: the TLS material or the listener cannot be used.
 fn http_server(
     listener: TcpListener,
-    config: &Config,
+    limits: &ServerLimits,
+    tls: Option<&Tls>,
     state: AppState,
-    tasks: &mut Vec<tokio::task::JoinHandle<()>>,
-    stop: &CancellationToken,
 ) -> Result<actix_web::dev::Server, AppError> {
-    let limits = config.server.clone();
+    let limits = limits.clone();
     let server = HttpServer::new(move || {
         App::new()
             .app_data(web::Data::new(state.clone()))
@@ -126,118 +156,15 @@ fn http_server(
     .keep_alive(limits.keep_alive)
     .disable_signals()
     .shutdown_timeout(5);
-    let server = match &config.tls_loaded {
+    let server = match tls {
         Some(tls) => {
             let sc = tls
                 .server_config()
                 .map_err(|e| AppError::Io(std::io::Error::other(e)))?;
-            tasks.push(tokio::spawn(reload_on_sighup(tls.clone(), stop.clone())));
             server.listen_rustls_0_23(listener, sc)?
         }
         None => server.listen(listener)?,
     }
     .run();
     Ok(server)
-}
-
-/// Starts what runs beside the HTTP server until `stop`: one reconciler per service, the
-/// readiness check of each, the cluster's campaign (and the wake-up of the reconcilers when it
-/// wins), the resync from Alertmanager.
-fn spawn_tasks(
-    config: &Config,
-    ctx: &Context,
-    services: &Arc<Vec<ServiceRuntime>>,
-    stop: &CancellationToken,
-) -> Vec<tokio::task::JoinHandle<()>> {
-    let mut tasks = Vec::new();
-    for svc in services.iter() {
-        tasks.push(tokio::spawn(run_service(
-            svc.clone(),
-            ctx.clone(),
-            stop.clone(),
-        )));
-        tasks.push(tokio::spawn(crate::readiness::run(
-            svc.clone(),
-            ctx.clone(),
-            stop.clone(),
-        )));
-        if let (Some(watch), Some(f), Some(h)) =
-            (&svc.fast_path, &svc.config.fast_path, &svc.config.haproxy)
-        {
-            // The series exist from the start (0), so rules see a service that never triggered.
-            let l = crate::metrics::ServiceLabels {
-                service: svc.name.clone(),
-            };
-            let _ = ctx.metrics.fast_path.triggers.get_or_create(&l);
-            let _ = ctx.metrics.fast_path.unconfirmed.get_or_create(&l);
-            let _ = ctx.metrics.fast_path.overdue.get_or_create(&l);
-            tasks.push(tokio::spawn(crate::fastpath::watch::run(
-                svc.name.clone(),
-                f.clone(),
-                svc.world.haproxy().to_vec(),
-                h.backend.clone(),
-                watch.clone(),
-                svc.wake.clone(),
-                stop.clone(),
-            )));
-        }
-    }
-    if let Some(c) = &ctx.cluster {
-        info!(
-            node = c.name(),
-            "cluster: campaigning for the leader lease in etcd; acting only while leader"
-        );
-        tasks.push(tokio::spawn(c.clone().run(stop.clone())));
-        tasks.push(tokio::spawn(wake_on_leadership(
-            c.clone(),
-            services.clone(),
-            stop.clone(),
-        )));
-    }
-    if let Some(am) = &config.alertmanager {
-        let resync = Resync::new(
-            am.clone(),
-            ctx.store.clone(),
-            ctx.status.clone(),
-            ctx.metrics.clone(),
-            services.clone(),
-        );
-        tasks.push(tokio::spawn(resync.run(stop.clone())));
-    } else {
-        tracing::warn!("alertmanager.url is not set: a lost or stale notification is repaired only by the next one (see the incarnation rules in the README)");
-    }
-    tasks
-}
-
-/// Wakes every service's reconciler when this node becomes leader: a takeover acts at once,
-/// not at the next timer.
-async fn wake_on_leadership(
-    cluster: Cluster,
-    services: Arc<Vec<ServiceRuntime>>,
-    stop: CancellationToken,
-) {
-    loop {
-        tokio::select! {
-            () = cluster.gained() => services.iter().for_each(|s| s.wake.notify_one()),
-            () = stop.cancelled() => return,
-        }
-    }
-}
-
-/// Reloads the TLS material on SIGHUP until `stop`.
-async fn reload_on_sighup(tls: crate::tls::Tls, stop: CancellationToken) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        tracing::warn!("cannot listen for SIGHUP; use POST /-/reload to reload certificates");
-        return;
-    };
-    loop {
-        tokio::select! {
-            _ = hup.recv() => match tls.reload() {
-                Ok(()) => info!("SIGHUP: TLS certificates reloaded"),
-                Err(e) => tracing::error!(error = %e, "SIGHUP: TLS reload failed; keeping the previous certificates"),
-            },
-            () = stop.cancelled() => return,
-        }
-    }
 }

@@ -63,6 +63,58 @@ pub struct Config {
     /// Plan and record, execute nothing (`--dry-run`; not a config key).
     #[serde(skip)]
     pub dry_run: bool,
+    /// The file this was loaded from ([`Config::load`]); a reload reads it again. None: built
+    /// from text.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
+    /// The command-line flags that override keys, kept so a reload applies them again.
+    #[serde(skip)]
+    pub cli: CliOverrides,
+    /// The merged config (file and environment) as plain data, before defaults: a reload
+    /// compares it per section to tell what changed.
+    #[serde(skip)]
+    pub raw: serde_json::Value,
+}
+
+/// Command-line flags that take the place of config keys.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CliOverrides {
+    /// `--web.listen-address`, instead of `listen_address`.
+    pub listen_address: Option<SocketAddr>,
+    /// `--storage.path`, instead of `storage.path`.
+    pub storage_path: Option<PathBuf>,
+    /// `--dry-run`.
+    pub dry_run: bool,
+}
+
+impl Config {
+    /// Applies the command-line overrides and keeps them for a reload.
+    pub fn with_cli(mut self, cli: CliOverrides) -> Config {
+        if let Some(dir) = &cli.storage_path {
+            self.storage.path = dir.clone();
+        }
+        self.dry_run = cli.dry_run;
+        self.cli = cli;
+        self
+    }
+
+    /// Where the listener is bound: the flag, else `listen_address`.
+    pub fn effective_listen_address(&self) -> SocketAddr {
+        self.cli.listen_address.unwrap_or(self.listen_address)
+    }
+
+    /// The raw text-level config of one top-level section (`reconcile`, `alertmanager`, ...)
+    /// or of `services.<name>`; Null when absent.
+    pub fn raw_section(&self, path: &[&str]) -> serde_json::Value {
+        let mut v = &self.raw;
+        for key in path {
+            match v.get(key) {
+                Some(next) => v = next,
+                None => return serde_json::Value::Null,
+            }
+        }
+        v.clone()
+    }
 }
 
 /// Credentials accepted on the webhook. At least one must be configured unless
@@ -220,6 +272,15 @@ pub struct ReconcileConfig {
     /// Longest wait between retries of a failing step.
     #[serde(default = "default_retry_max", with = "humantime_serde")]
     pub retry_max: Duration,
+    /// A pass running longer than this counts as stuck: the systemd watchdog is no longer fed
+    /// (with `WatchdogSec=` in the unit), so systemd restarts the responder. Longer than any
+    /// step may wait (`timeouts`, an EC2 start).
+    #[serde(default = "default_stuck_after", with = "humantime_serde")]
+    pub stuck_after: Duration,
+}
+
+fn default_stuck_after() -> Duration {
+    Duration::from_secs(15 * 60)
 }
 
 impl Default for ReconcileConfig {
@@ -228,6 +289,7 @@ impl Default for ReconcileConfig {
             interval: default_interval(),
             retry_initial: default_retry_initial(),
             retry_max: default_retry_max(),
+            stuck_after: default_stuck_after(),
         }
     }
 }
@@ -650,6 +712,7 @@ impl Config {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigErrors(vec![format!("config.file {}: {e}", path.display())]))?;
         let mut cfg = Self::build(&text, Format::from_path(path), Some(env))?;
+        cfg.source = Some(path.to_path_buf());
         cfg.auth.credentials = read_credentials(&cfg.auth).map_err(ConfigErrors)?;
         if let Some(c) = &cfg.cluster {
             let errors = c.check_files();
@@ -683,6 +746,11 @@ impl Config {
             .build()
             .map_err(|e| ConfigErrors(vec![format!("config: {e}")]))?;
 
+        // Only for comparing two loads: a config that parses below always converts.
+        let raw = merged
+            .clone()
+            .try_deserialize::<serde_json::Value>()
+            .unwrap_or_default();
         let mut unknown = Vec::new();
         let mut on_unknown = |path: serde_ignored::Path<'_>| unknown.push(unknown_key(&path));
         let de = serde_ignored::Deserializer::new(merged, &mut on_unknown);
@@ -699,6 +767,7 @@ impl Config {
                 return Err(ConfigErrors(errors));
             }
         };
+        cfg.raw = raw;
         let mut errors = unknown;
         cfg.validate(&mut errors);
         if errors.is_empty() {
@@ -756,6 +825,7 @@ impl Config {
             ("reconcile.interval", self.reconcile.interval),
             ("reconcile.retry_initial", self.reconcile.retry_initial),
             ("reconcile.retry_max", self.reconcile.retry_max),
+            ("reconcile.stuck_after", self.reconcile.stuck_after),
         ] {
             if d.is_zero() {
                 errors.push(format!("{key}: must be greater than 0"));

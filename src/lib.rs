@@ -41,6 +41,8 @@ pub mod reconcile;
 pub mod resync;
 pub mod status;
 pub mod store;
+pub mod supervisor;
+pub mod systemd;
 pub mod template;
 pub mod tls;
 pub mod verify;

@@ -234,12 +234,14 @@ async fn serve(
     storage: Option<PathBuf>,
     dry_run: bool,
 ) -> anyhow::Result<()> {
-    let mut config = Config::load(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    if let Some(dir) = storage {
-        config.storage.path = dir;
-    }
-    config.dry_run = dry_run;
-    let addr = listen.unwrap_or(config.listen_address);
+    let config = Config::load(path)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+        .with_cli(failover_responder::config::CliOverrides {
+            listen_address: listen,
+            storage_path: storage,
+            dry_run,
+        });
+    let addr = config.effective_listen_address();
     let listener = std::net::TcpListener::bind(addr).with_context(|| format!("binding {addr}"))?;
     failover_responder::app::run(listener, config, shutdown_signal()).await?;
     Ok(())

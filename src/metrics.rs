@@ -95,6 +95,10 @@ pub struct Metrics {
     pub resyncs: Family<ResultLabels, Counter>,
     /// Notifications in the journal.
     pub journal_entries: Gauge,
+    /// 1 when the last config reload succeeded (and at start), 0 after a failed one.
+    pub config_last_reload_successful: Gauge,
+    /// Unix time of the last successful config reload, or of the start.
+    pub config_last_reload_success_timestamp: Gauge,
     /// Burst units that should be up and open.
     pub burst_desired: Family<ServiceLabels, Gauge>,
     /// Burst slots open on every HAProxy.
@@ -336,6 +340,19 @@ impl Metrics {
             "Notifications kept in the journal",
             journal_entries.clone(),
         );
+        // Named as Prometheus and Alertmanager name theirs, so the same alert rule fits all three.
+        let config_last_reload_successful = Gauge::default();
+        registry.register(
+            "config_last_reload_successful",
+            "1 when the last configuration reload succeeded (also after the start), 0 when it failed",
+            config_last_reload_successful.clone(),
+        );
+        let config_last_reload_success_timestamp = Gauge::default();
+        registry.register(
+            "config_last_reload_success_timestamp_seconds",
+            "Unix time of the last successful configuration reload (or of the start)",
+            config_last_reload_success_timestamp.clone(),
+        );
         let burst_desired = Family::default();
         registry.register(
             "burst_units_desired",
@@ -396,6 +413,8 @@ impl Metrics {
             alertmanager_up,
             resyncs,
             journal_entries,
+            config_last_reload_successful,
+            config_last_reload_success_timestamp,
             notifications,
             failover_alerts,
             desired_mode,

@@ -9,6 +9,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use chrono::{DateTime, Utc};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -63,6 +64,75 @@ pub struct ServiceRuntime {
     /// What HAProxy's checks say of on-prem, when `fast_path` is configured (its poller,
     /// `fastpath::watch::run`, is started beside the reconciler).
     pub fast_path: Option<crate::fastpath::watch::Watch>,
+    /// Whether its reconciler is alive, for the systemd watchdog.
+    pub liveness: Arc<Liveness>,
+}
+
+/// The services reconciled now, swapped whole by a reload. Cheap to clone; readers take a
+/// snapshot ([`Services::current`]) that a reload meanwhile does not change.
+#[derive(Clone, Default)]
+pub struct Services(Arc<ArcSwap<Vec<ServiceRuntime>>>);
+
+impl Services {
+    pub fn new(services: Vec<ServiceRuntime>) -> Self {
+        Services(Arc::new(ArcSwap::from_pointee(services)))
+    }
+
+    /// Every service now, in config order.
+    pub fn current(&self) -> Arc<Vec<ServiceRuntime>> {
+        self.0.load_full()
+    }
+
+    /// The service of that name now.
+    pub fn get(&self, name: &str) -> Option<ServiceRuntime> {
+        self.0.load().iter().find(|s| s.name == name).cloned()
+    }
+
+    /// Swaps in a reloaded set (the supervisor's config reload).
+    pub fn set(&self, services: Vec<ServiceRuntime>) {
+        self.0.store(Arc::new(services));
+    }
+}
+
+/// What the systemd watchdog asks of a reconciler: is it in a pass, since when, did it die.
+#[derive(Debug, Default)]
+pub struct Liveness {
+    pass_started: std::sync::Mutex<Option<Instant>>,
+    died: std::sync::atomic::AtomicBool,
+}
+
+impl Liveness {
+    /// Why the reconciler is not alive (None: alive): it panicked, or its pass has run longer
+    /// than `stuck_after`.
+    pub fn problem(&self, stuck_after: Duration) -> Option<String> {
+        if self.died.load(std::sync::atomic::Ordering::SeqCst) {
+            return Some("its reconciler panicked".into());
+        }
+        let started = *self.pass_started.lock().unwrap_or_else(|e| e.into_inner());
+        let running = started?.elapsed();
+        (running > stuck_after).then(|| {
+            format!(
+                "a pass has run for {} (reconcile.stuck_after {})",
+                humantime::format_duration(Duration::from_secs(running.as_secs())),
+                humantime::format_duration(stuck_after)
+            )
+        })
+    }
+
+    fn pass(&self, running: bool) {
+        *self.pass_started.lock().unwrap_or_else(|e| e.into_inner()) = running.then(Instant::now);
+    }
+}
+
+/// Marks the reconciler dead when its task unwinds from a panic (dropped on the way out).
+struct DeathWatch(Arc<Liveness>);
+
+impl Drop for DeathWatch {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.died.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
 }
 
 impl ServiceRuntime {
@@ -82,9 +152,27 @@ impl ServiceRuntime {
         (asked || due).then_some(asked)
     }
 
+    /// The runtime of this service under a reloaded config: new backend clients, the same
+    /// wake-up, probe history, failover verification clock, pending drill and liveness, so a
+    /// reload in the middle of an outage does not restart their clocks. The fast path's
+    /// view starts afresh (its poller restarts with the new config). Errors: as [`Self::new`].
+    pub fn successor(&self, config: Arc<ServiceConfig>) -> Result<Self, String> {
+        let fresh = ServiceRuntime::new(&self.name, config)?;
+        Ok(ServiceRuntime {
+            wake: self.wake.clone(),
+            onprem_healthy_since: self.onprem_healthy_since.clone(),
+            cloud_opened_at: self.cloud_opened_at.clone(),
+            drill_requested: self.drill_requested.clone(),
+            created: self.created,
+            liveness: self.liveness.clone(),
+            ..fresh
+        })
+    }
+
     /// Errors: a backend client that cannot be built from the config (see [`World::new`]).
     pub fn new(name: &str, config: Arc<ServiceConfig>) -> Result<Self, String> {
         Ok(ServiceRuntime {
+            liveness: Arc::default(),
             fast_path: config.fast_path.as_ref().map(|_| Default::default()),
             name: name.to_string(),
             world: World::new(&config).map_err(|e| format!("service {name}: {e}"))?,
@@ -213,8 +301,17 @@ impl PassError {
     }
 }
 
-/// Runs one service's loop until `shutdown` is cancelled.
-pub async fn run_service(svc: ServiceRuntime, ctx: Context, shutdown: CancellationToken) {
+/// Runs one service's loop until `shutdown` is cancelled (which abandons a pass in flight) or
+/// `retire` is (a reload replaced or removed the service: honoured only between passes, so a
+/// step is never cut short by a reload). Cancelling `shutdown` must cancel `retire` too (a
+/// child token).
+pub async fn run_service(
+    svc: ServiceRuntime,
+    ctx: Context,
+    shutdown: CancellationToken,
+    retire: CancellationToken,
+) {
+    let _death = DeathWatch(svc.liveness.clone());
     let mut failures: u32 = 0;
     let mut busy: u32 = 0;
     // A step still marked in flight means the last run died during it. Say so; the pass below
@@ -251,6 +348,9 @@ pub async fn run_service(svc: ServiceRuntime, ctx: Context, shutdown: Cancellati
         })
         .set(svc.config.drill.every.map_or(0, |d| d.as_secs() as i64));
     loop {
+        if retire.is_cancelled() {
+            return;
+        }
         let last = ctx.store.service(&svc.name).and_then(|s| s.last_drill);
         if let Some(asked) = svc.drill_wanted(last.as_ref()) {
             tokio::select! {
@@ -258,6 +358,7 @@ pub async fn run_service(svc: ServiceRuntime, ctx: Context, shutdown: Cancellati
                 () = shutdown.cancelled() => return,
             }
         }
+        svc.liveness.pass(true);
         let pass = async {
             tokio::select! {
                 r = reconcile_once(&svc, &ctx) => Some(r),
@@ -266,6 +367,7 @@ pub async fn run_service(svc: ServiceRuntime, ctx: Context, shutdown: Cancellati
         }
         .instrument(info_span!("reconcile", service = %svc.name))
         .await;
+        svc.liveness.pass(false);
         let Some(result) = pass else { return };
         let wait = match result {
             Ok(PassOutcome::Converged) => {
@@ -312,7 +414,7 @@ pub async fn run_service(svc: ServiceRuntime, ctx: Context, shutdown: Cancellati
         tokio::select! {
             () = svc.wake.notified() => {}
             () = tokio::time::sleep(wait) => {}
-            () = shutdown.cancelled() => return,
+            () = retire.cancelled() => return,
         }
     }
 }
@@ -1238,6 +1340,7 @@ mod tests {
             interval: Duration::from_secs(10),
             retry_initial: Duration::from_secs(1),
             retry_max: Duration::from_secs(60),
+            ..ReconcileConfig::default()
         };
         let got: Vec<u64> = (1..=8).map(|n| backoff(&s, n, true).as_secs()).collect();
         assert_eq!(got, vec![1, 2, 4, 8, 16, 32, 60, 60]);

@@ -16,7 +16,7 @@ use tracing::{info, warn};
 use crate::alert::Labels;
 use crate::config::AlertmanagerConfig;
 use crate::metrics::{Metrics, ResultLabels};
-use crate::reconcile::ServiceRuntime;
+use crate::reconcile::Services;
 use crate::status::StatusBoard;
 use crate::store::{Store, StoreError, StoredAlert};
 
@@ -65,7 +65,7 @@ pub struct Resync {
     /// Where the outcome of each resync is shown.
     pub status: StatusBoard,
     pub metrics: Arc<Metrics>,
-    pub services: Arc<Vec<ServiceRuntime>>,
+    pub services: Services,
     client: reqwest::Client,
 }
 
@@ -75,7 +75,7 @@ impl Resync {
         store: Store,
         status: StatusBoard,
         metrics: Arc<Metrics>,
-        services: Arc<Vec<ServiceRuntime>>,
+        services: Services,
     ) -> Self {
         let client = reqwest::Client::builder()
             .timeout(config.timeout)
@@ -134,7 +134,7 @@ impl Resync {
             st.muted = *muted;
             if *changed {
                 info!(alerts = count, "resync changed the firing alerts");
-                for s in self.services.iter() {
+                for s in self.services.current().iter() {
                     s.wake.notify_one();
                 }
             }
@@ -186,9 +186,10 @@ impl Resync {
                 url: url.clone(),
                 message: e.to_string(),
             })?;
+        let services = self.services.current();
         let relevant: Vec<ApiAlert> = alerts
             .into_iter()
-            .filter(|a| self.services.iter().any(|s| s.concerns(&a.labels)))
+            .filter(|a| services.iter().any(|s| s.concerns(&a.labels)))
             .collect();
         let still_active = relevant.iter().map(|a| a.fingerprint.clone()).collect();
         let ours = |a: &ApiAlert| {
@@ -213,7 +214,7 @@ impl Resync {
             })
             .collect();
         let count = relevant.len();
-        let services = self.services.iter().map(|s| s.name.clone()).collect();
+        let services = services.iter().map(|s| s.name.clone()).collect();
         let message = format!("firing alerts replaced from Alertmanager ({count} relevant active)");
         let changed = self
             .store

@@ -1,9 +1,10 @@
 //! TLS for the listener (rustls): a server certificate, and optionally a client CA so that only
 //! clients holding a certificate it signed get in (mTLS, as Alertmanager's `tls_config` sends).
 //!
-//! The certificate, key and client CA are read again on SIGHUP or `POST /-/reload` and swapped
-//! in for new handshakes; connections already open keep theirs, so nothing is dropped. A reload
-//! that fails (unreadable file, key not matching) keeps the old material and says why.
+//! The certificate, key and client CA are read again by a config reload (SIGHUP or `POST
+//! /-/reload`) and swapped in for new handshakes; connections already open keep theirs, so
+//! nothing is dropped. A reload that fails (unreadable file, key not matching) keeps the old
+//! material and says why.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -110,7 +111,6 @@ fn load_verifier(
 /// The swappable certificate and client verifier. Cheap to clone.
 #[derive(Clone)]
 pub struct Tls {
-    cfg: TlsConfig,
     provider: Arc<CryptoProvider>,
     key: Arc<RwLock<Arc<CertifiedKey>>>,
     verifier: Option<Arc<RwLock<Arc<dyn ClientCertVerifier>>>>,
@@ -119,7 +119,7 @@ pub struct Tls {
 impl fmt::Debug for Tls {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Tls")
-            .field("cfg", &self.cfg)
+            .field("client_certificates", &self.verifier.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -134,26 +134,37 @@ impl Tls {
             None => None,
         };
         Ok(Tls {
-            cfg: cfg.clone(),
             provider,
             key: Arc::new(RwLock::new(key)),
             verifier,
         })
     }
 
-    /// Reads the files again and swaps them in for new handshakes. On error the old material
-    /// stays in use.
-    pub fn reload(&self) -> Result<(), TlsError> {
-        let key = load_key(&self.cfg, &self.provider)?;
-        let verifier = match (&self.cfg.client_ca_file, &self.verifier) {
-            (Some(p), Some(_)) => Some(load_verifier(p, &self.provider)?),
-            _ => None,
-        };
+    /// Puts `reloaded`'s certificate and client CA in force for new handshakes (material a
+    /// config reload has loaded and checked). Errors: client certificates switched on or off,
+    /// which a running listener cannot change (that needs a restart); nothing is swapped then.
+    pub fn adopt(&self, reloaded: &Tls) -> Result<(), TlsError> {
+        if self.verifier.is_some() != reloaded.verifier.is_some() {
+            return Err(TlsError::Config(
+                "tls.client_ca_file set or removed: needs a restart".into(),
+            ));
+        }
+        let key = reloaded
+            .key
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         *self.key.write().unwrap_or_else(|e| e.into_inner()) = key;
-        if let (Some(v), Some(slot)) = (verifier, &self.verifier) {
-            *slot.write().unwrap_or_else(|e| e.into_inner()) = v;
+        if let (Some(mine), Some(new)) = (&self.verifier, &reloaded.verifier) {
+            let v = new.read().unwrap_or_else(|e| e.into_inner()).clone();
+            *mine.write().unwrap_or_else(|e| e.into_inner()) = v;
         }
         Ok(())
+    }
+
+    /// Whether clients must present a certificate (`tls.client_ca_file`).
+    pub fn client_certificates(&self) -> bool {
+        self.verifier.is_some()
     }
 
     /// The rustls server config using the swappable parts.

@@ -8,23 +8,12 @@ use std::time::Duration;
 use common::*;
 use failover_responder::config::Config;
 use failover_responder::desired::Override;
-use serde_json::Value;
 
 fn config(w: &World, storage: &std::path::Path) -> Config {
     w.configure()
         .storage(storage)
         .hold_down("0s")
         .load(w.dir.path())
-}
-
-async fn post(r: &Responder, path: &str, token: Option<&str>) -> (u16, Value) {
-    let mut req = r.client.post(format!("{}{path}", r.url));
-    if let Some(t) = token {
-        req = req.bearer_auth(t);
-    }
-    let resp = req.send().await.expect("post");
-    let code = resp.status().as_u16();
-    (code, resp.json().await.unwrap_or(Value::Null))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -37,18 +26,20 @@ async fn overrides_pause_force_and_persist() {
 
     // Refusals first: they change nothing.
     assert_eq!(
-        post(&r, "/api/v1/services/onprem-api/pause", None).await.0,
+        r.post("/api/v1/services/onprem-api/pause", None).await.0,
         401
     );
     assert_eq!(
-        post(&r, "/api/v1/services/onprem-api/pause", Some("wrong"))
+        r.post("/api/v1/services/onprem-api/pause", Some("wrong"))
             .await
             .0,
         401
     );
-    let (code, body) = post(&r, "/api/v1/services/nope/pause", Some(TOKEN)).await;
+    let (code, body) = r.post("/api/v1/services/nope/pause", Some(TOKEN)).await;
     assert_eq!(code, 404, "{body}");
-    let (code, body) = post(&r, "/api/v1/services/onprem-api/explode", Some(TOKEN)).await;
+    let (code, body) = r
+        .post("/api/v1/services/onprem-api/explode", Some(TOKEN))
+        .await;
     assert_eq!(code, 400);
     assert!(
         body["error"]
@@ -60,7 +51,7 @@ async fn overrides_pause_force_and_persist() {
 
     // Paused: the alert is recorded, nothing moves.
     assert_eq!(
-        post(&r, "/api/v1/services/onprem-api/pause", Some(TOKEN))
+        r.post("/api/v1/services/onprem-api/pause", Some(TOKEN))
             .await
             .0,
         200
@@ -96,7 +87,7 @@ async fn overrides_pause_force_and_persist() {
 
     // Resume: follows the firing alert.
     assert_eq!(
-        post(&r, "/api/v1/services/onprem-api/resume", Some(TOKEN))
+        r.post("/api/v1/services/onprem-api/resume", Some(TOKEN))
             .await
             .0,
         200
@@ -104,7 +95,7 @@ async fn overrides_pause_force_and_persist() {
     w.settled(&r, Mode::Cloud, Duration::from_secs(30)).await;
     // Forced failback while the alert still fires.
     assert_eq!(
-        post(&r, "/api/v1/services/onprem-api/failback", Some(TOKEN))
+        r.post("/api/v1/services/onprem-api/failback", Some(TOKEN))
             .await
             .0,
         200
@@ -119,7 +110,7 @@ async fn overrides_pause_force_and_persist() {
         202
     );
     assert_eq!(
-        post(&r, "/api/v1/services/onprem-api/failover", Some(TOKEN))
+        r.post("/api/v1/services/onprem-api/failover", Some(TOKEN))
             .await
             .0,
         200

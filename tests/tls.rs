@@ -189,12 +189,7 @@ async fn mtls_only_admits_clients_signed_by_the_ca_and_reloads_without_dropping(
     // SIGHUP reloads too.
     let newest_ca = ca("newest server CA");
     write_server(d, &leaf(&newest_ca, false));
-    let pid = std::process::id().to_string();
-    assert!(std::process::Command::new("kill")
-        .args(["-HUP", &pid])
-        .status()
-        .expect("kill")
-        .success());
+    signal(std::process::id(), "-HUP");
     let newest = client(&newest_ca, Some(&alertmanager_id));
     eventually(
         "SIGHUP reloaded the certificate",

@@ -46,6 +46,7 @@ pub async fn status(state: web::Data<AppState>) -> HttpResponse {
     let firing = state.store.firing_detail();
     let services = state
         .services
+        .current()
         .iter()
         .map(|svc| {
             let view = ServiceView {
@@ -84,16 +85,13 @@ pub struct EventsQuery {
     limit: Option<usize>,
 }
 
-/// Every decision and step, with the alert fingerprints and reason behind it, in order.
+/// Every decision and step, with the alert fingerprints and reason behind it, in order. A
+/// service a reload removed keeps its history here; a name with neither config nor history
+/// is 404.
 pub async fn events(
     state: web::Data<AppState>,
     q: web::Query<EventsQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    if let Some(s) = &q.service {
-        if state.service(s).is_none() {
-            return Err(ApiError::NotFound(format!("no service named {s:?}")));
-        }
-    }
     let (since_id, since_time) = match q.since.as_deref() {
         None | Some("") => (None, None),
         Some(s) => match (s.parse::<u64>(), s.parse::<DateTime<Utc>>()) {
@@ -111,5 +109,16 @@ pub async fn events(
         .store
         .events(q.service.as_deref(), since_id, since_time, limit)
         .map_err(|e| ApiError::Internal(e.to_string()))?;
+    if let Some(s) = &q.service {
+        let known = state.service(s).is_some()
+            || !events.is_empty()
+            || state
+                .store
+                .events(Some(s), None, None, 1)
+                .is_ok_and(|e| !e.is_empty());
+        if !known {
+            return Err(ApiError::NotFound(format!("no service named {s:?}")));
+        }
+    }
     Ok(HttpResponse::Ok().json(json!({ "events": events })))
 }

@@ -79,7 +79,7 @@ pub async fn check(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let svc = authorized_service(&req, &path, &state)?;
-    let r = crate::readiness::check(svc, &state.status, &state.metrics, &state.store).await;
+    let r = crate::readiness::check(&svc, &state.status, &state.metrics, &state.store).await;
     Ok(HttpResponse::Ok().json(r))
 }
 
@@ -94,7 +94,8 @@ pub async fn drill(
 ) -> Result<HttpResponse, ApiError> {
     let svc = authorized_service(&req, &path, &state)?;
     let name = &svc.name;
-    if let Some(r) = crate::reconcile::drill::check(svc, &state.store, state.cluster.as_ref()).await
+    if let Some(r) =
+        crate::reconcile::drill::check(&svc, &state.store, state.cluster.as_ref()).await
     {
         return Err(ApiError::Conflict(format!("no drill: {r}")));
     }
@@ -109,11 +110,11 @@ pub async fn drill(
 
 /// The service the path names, once the request's credentials are checked. Errors: 401,
 /// then 404 for an unknown service.
-fn authorized_service<'a>(
+fn authorized_service(
     req: &HttpRequest,
     name: &str,
-    state: &'a AppState,
-) -> Result<&'a crate::reconcile::ServiceRuntime, ApiError> {
+    state: &AppState,
+) -> Result<crate::reconcile::ServiceRuntime, ApiError> {
     state.auth.check(req)?;
     state
         .service(name)
@@ -132,7 +133,7 @@ pub async fn plan(
     let firing = state.store.preview_firing(&n, now);
     let board = state.status.service_status();
     let mut out = serde_json::Map::new();
-    for svc in state.services.iter() {
+    for svc in state.services.current().iter() {
         let st = state
             .store
             .service(&svc.name)

@@ -17,8 +17,10 @@ use actix_web::web;
 use crate::alert::Notification;
 use crate::metrics::Metrics;
 use crate::reconcile::ServiceRuntime;
+use crate::reconcile::Services;
 use crate::status::StatusBoard;
 use crate::store::{RecordOutcome, Store, StoreError};
+use crate::supervisor::Supervisor;
 
 pub mod api;
 pub mod auth;
@@ -34,13 +36,16 @@ pub struct AppState {
     /// What the reconcilers and the resync last saw and did; memory only.
     pub status: StatusBoard,
     pub metrics: Arc<Metrics>,
-    pub services: Arc<Vec<ServiceRuntime>>,
+    /// The services reconciled now; a reload swaps them.
+    pub services: Services,
+    /// Reloads the config (`POST /-/reload`, as SIGHUP does).
+    pub supervisor: Supervisor,
     /// This node's membership of a responder cluster; None when standalone.
     pub cluster: Option<crate::cluster::Cluster>,
+    /// Reloadable in place: a config reload updates every clone.
     pub auth: auth::Auth,
-    pub max_body_bytes: usize,
-    /// Reloadable TLS material, when serving HTTPS.
-    pub tls: Option<crate::tls::Tls>,
+    /// `webhook.max_body_bytes`; a config reload changes it.
+    pub max_body_bytes: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl AppState {
@@ -51,10 +56,11 @@ impl AppState {
         n: Notification,
         raw: web::Bytes,
     ) -> Result<(RecordOutcome, Vec<String>), StoreError> {
+        let services = self.services.current();
         let relevant: Vec<bool> = n
             .alerts
             .iter()
-            .map(|a| self.services.iter().any(|s| s.concerns(&a.labels)))
+            .map(|a| services.iter().any(|s| s.concerns(&a.labels)))
             .collect();
         let n = Arc::new(n);
         let outcome = self.store.record(n.clone(), raw, relevant).await?;
@@ -65,7 +71,7 @@ impl AppState {
         // repeat, an HA twin, a storm of duplicates) has nothing to tell the reconciler, and
         // waking it anyway would spend an alert storm's CPU on passes that change nothing.
         let mut concerned = Vec::new();
-        for s in self.services.iter() {
+        for s in services.iter() {
             if n.alerts.iter().any(|a| s.concerns(&a.labels)) {
                 if outcome.changed {
                     s.wake.notify_one();
@@ -76,8 +82,9 @@ impl AppState {
         Ok((outcome, concerned))
     }
 
-    pub fn service(&self, name: &str) -> Option<&ServiceRuntime> {
-        self.services.iter().find(|s| s.name == name)
+    /// The service of that name now (a clone: cheap, and unaffected by a reload meanwhile).
+    pub fn service(&self, name: &str) -> Option<ServiceRuntime> {
+        self.services.get(name)
     }
 }
 

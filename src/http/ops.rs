@@ -1,7 +1,8 @@
-//! Operational endpoints: metrics and the health/readiness probes.
+//! Operational endpoints: metrics, the health/readiness probes, the config reload.
 
 use std::collections::BTreeMap;
 
+use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
 
@@ -9,6 +10,7 @@ use super::error::ApiError;
 use super::AppState;
 use crate::plan::{ContainerState, InstanceState, ServerState};
 use crate::status::ServiceStatus;
+use crate::supervisor::ReloadError;
 
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok()
@@ -28,7 +30,10 @@ pub async fn healthy() -> HttpResponse {
 /// Webhooks are taken either way: `/-/healthy` is the liveness check.
 pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
     let board = state.status.service_status();
-    match readiness(state.services.iter().map(|s| s.name.as_str()), &board) {
+    match readiness(
+        state.services.current().iter().map(|s| s.name.as_str()),
+        &board,
+    ) {
         Ok(()) => HttpResponse::Ok().body("Ready\n"),
         Err(why) => HttpResponse::ServiceUnavailable()
             .content_type("text/plain; charset=utf-8")
@@ -79,22 +84,28 @@ pub fn readiness<'a>(
     }
 }
 
-/// Reloads the TLS certificate, key and client CA (as SIGHUP does). Needs credentials. Open
-/// connections keep their session; new handshakes get the new material.
+/// Reloads the config file, as SIGHUP does ([`crate::supervisor::Supervisor::reload`]).
+/// Needs credentials. 200 with what changed per service; 400 listing every problem of a file
+/// that does not load; 409 listing what needs a restart. Nothing changes on an error.
 pub async fn reload(
     req: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     state.auth.check(&req)?;
-    let Some(tls) = &state.tls else {
-        return Ok(HttpResponse::Ok()
-            .json(json!({ "reloaded": false, "reason": "TLS is not configured" })));
-    };
-    tls.reload().map_err(|e| {
-        ApiError::BadRequest(format!("reload failed, previous certificates kept: {e}"))
-    })?;
-    tracing::info!("TLS certificates reloaded");
-    Ok(HttpResponse::Ok().json(json!({ "reloaded": true })))
+    match state.supervisor.reload().await {
+        Ok(report) => Ok(HttpResponse::Ok().json(json!({ "reloaded": true, "report": report }))),
+        Err(e) => {
+            let status = match e {
+                ReloadError::Invalid(_) => StatusCode::BAD_REQUEST,
+                ReloadError::NeedsRestart(_) => StatusCode::CONFLICT,
+            };
+            Ok(HttpResponse::build(status).json(json!({
+                "reloaded": false,
+                "error": format!("reload failed, the running configuration stays: {e}"),
+                "problems": e.problems(),
+            })))
+        }
+    }
 }
 
 #[cfg(test)]

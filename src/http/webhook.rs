@@ -28,10 +28,7 @@ async fn handle(
     payload: web::Payload,
     state: &AppState,
 ) -> Result<HttpResponse, ApiError> {
-    // Credentials first: an unauthenticated client learns nothing else about the endpoint.
-    state.auth.check(req)?;
-    check_json(req)?;
-    let body = read_capped(req, payload, state.max_body_bytes).await?;
+    let body = read_body(req, payload, state).await?;
     let n = parse_notification(&body).map_err(|e| ApiError::BadRequest(e.to_string()))?;
 
     let span = info_span!("notification", group_key = %n.group_key, status = ?n.status);
@@ -82,11 +79,24 @@ pub async fn read_notification(
     payload: web::Payload,
     state: &AppState,
 ) -> Result<crate::alert::Notification, ApiError> {
+    let body = read_body(req, payload, state).await?;
+    parse_notification(&body).map_err(|e| ApiError::BadRequest(e.to_string()))
+}
+
+/// Authenticates, checks the content type and reads the body up to `webhook.max_body_bytes`
+/// as it is now.
+async fn read_body(
+    req: &HttpRequest,
+    payload: web::Payload,
+    state: &AppState,
+) -> Result<web::BytesMut, ApiError> {
     // Credentials first: an unauthenticated client learns nothing else about the endpoint.
     state.auth.check(req)?;
     check_json(req)?;
-    let body = read_capped(req, payload, state.max_body_bytes).await?;
-    parse_notification(&body).map_err(|e| ApiError::BadRequest(e.to_string()))
+    let limit = state
+        .max_body_bytes
+        .load(std::sync::atomic::Ordering::Relaxed);
+    read_capped(req, payload, limit).await
 }
 
 fn check_json(req: &HttpRequest) -> Result<(), ApiError> {

@@ -167,6 +167,15 @@ where
     }
 }
 
+/// `kill <sig> <pid>` (sig as `-HUP`), asserting it was delivered.
+pub fn signal(pid: u32, sig: &str) {
+    assert!(Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .expect("kill")
+        .success());
+}
+
 /// A child process killed when dropped.
 pub struct Proc {
     pub child: Child,
@@ -532,6 +541,18 @@ impl Responder {
             client: reqwest::Client::new(),
             _storage: storage,
         }
+    }
+
+    /// `POST {path}` with no body, with `token` as bearer credentials if given: the status and
+    /// the JSON answer (Null when it is not JSON).
+    pub async fn post(&self, path: &str, token: Option<&str>) -> (u16, serde_json::Value) {
+        let mut req = self.client.post(format!("{}{path}", self.url));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.expect("post");
+        let code = resp.status().as_u16();
+        (code, resp.json().await.unwrap_or(serde_json::Value::Null))
     }
 
     pub async fn post_alerts(&self, body: &[u8]) -> reqwest::Response {

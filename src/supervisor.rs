@@ -1,0 +1,591 @@
+//! The tasks beside the HTTP server, and the config reload that swaps them.
+//!
+//! Per service: its reconciler, its readiness check and its fast-path poller; once: the resync
+//! from Alertmanager, the cluster's campaign. A reload (SIGHUP, `POST /-/reload`) reads the
+//! config file again and validates all of it before anything changes. A config that does not
+//! load, or that changes what only a restart can (the listener, storage, cluster membership,
+//! connection limits, client certificates on or off), changes nothing and says every reason.
+//! Otherwise it applies at once:
+//!
+//! - auth, `webhook.max_body_bytes` and the TLS material for the next request;
+//! - a service added starts being reconciled;
+//! - a service changed (its section, or `reconcile:` for all) is handed over: its reconciler
+//!   ends after the pass it is in (a step is never cut short) and the new one starts then;
+//! - a service removed stops being reconciled; its containers, servers and instances are left
+//!   as they are (said in its events and the log), as a responder that is stopped leaves them;
+//! - the resync runs again at once, so a service added sees alerts already firing.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+
+use serde::Serialize;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::cluster::Cluster;
+use crate::config::{AuthConfig, Config};
+use crate::metrics::{Metrics, ServiceLabels};
+use crate::reconcile::{run_service, Context, ServiceRuntime, Services};
+use crate::resync::Resync;
+use crate::tls::Tls;
+
+/// Why a reload changed nothing. Each message starts with the key it concerns.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ReloadError {
+    /// The file does not load: every problem, with its key path.
+    #[error("{} configuration problem(s): {}", .0.len(), .0.join("; "))]
+    Invalid(Vec<String>),
+    /// It loads, but changes what only a restart can change.
+    #[error("needs a restart: {}", .0.join("; "))]
+    NeedsRestart(Vec<String>),
+}
+
+impl ReloadError {
+    pub fn problems(&self) -> &[String] {
+        match self {
+            ReloadError::Invalid(p) | ReloadError::NeedsRestart(p) => p,
+        }
+    }
+}
+
+/// What a reload did, by service name.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct ReloadReport {
+    pub added: Vec<String>,
+    /// Handed over to their new config after the pass in flight.
+    pub changed: Vec<String>,
+    /// No longer reconciled; their cloud capacity is left as it is.
+    pub removed: Vec<String>,
+    pub unchanged: Vec<String>,
+    /// From reading the file to every change applied (handovers still waiting for a pass to
+    /// end are not counted), in milliseconds.
+    pub took_ms: u64,
+}
+
+/// Starts, swaps and stops the tasks; reloads the config. Cheap to clone; one reload at a
+/// time.
+#[derive(Clone)]
+pub struct Supervisor {
+    inner: Arc<tokio::sync::Mutex<State>>,
+    metrics: Arc<Metrics>,
+}
+
+/// The handles that live as long as the listener, whatever the config says.
+pub struct Shared {
+    pub ctx: Context,
+    pub services: Services,
+    /// `auth:` as the HTTP layer checks it on each request.
+    pub auth: Arc<ArcSwap<AuthConfig>>,
+    pub max_body_bytes: Arc<AtomicUsize>,
+    pub tls: Option<Tls>,
+}
+
+struct State {
+    running: Config,
+    shared: Shared,
+    /// Per service: the token that retires it, and its task.
+    tasks: BTreeMap<String, (CancellationToken, JoinHandle<()>)>,
+    /// Tasks retired by a reload, still finishing their pass; awaited at shutdown.
+    retiring: Vec<JoinHandle<()>>,
+    resync: Option<(CancellationToken, JoinHandle<()>)>,
+    /// The cluster's campaign and the wake-up on leadership; not reloadable.
+    fixed: Vec<JoinHandle<()>>,
+    stop: CancellationToken,
+}
+
+impl Supervisor {
+    /// Starts every task of `config` (whose services are already in `shared.services`),
+    /// until `stop`.
+    pub fn start(config: Config, shared: Shared, stop: CancellationToken) -> Self {
+        let metrics = shared.ctx.metrics.clone();
+        let mut tasks = BTreeMap::new();
+        for svc in shared.services.current().iter() {
+            let retire = stop.child_token();
+            let task = spawn_service(
+                svc.clone(),
+                shared.ctx.clone(),
+                stop.clone(),
+                retire.clone(),
+                Vec::new(),
+            );
+            tasks.insert(svc.name.clone(), (retire, task));
+        }
+        let mut fixed = Vec::new();
+        if let Some(c) = &shared.ctx.cluster {
+            info!(
+                node = c.name(),
+                "cluster: campaigning for the leader lease in etcd; acting only while leader"
+            );
+            fixed.push(tokio::spawn(c.clone().run(stop.clone())));
+            fixed.push(tokio::spawn(wake_on_leadership(
+                c.clone(),
+                shared.services.clone(),
+                stop.clone(),
+            )));
+        }
+        let resync = spawn_resync(&config, &shared, &stop);
+        metrics.config_last_reload_successful.set(1);
+        metrics
+            .config_last_reload_success_timestamp
+            .set(chrono::Utc::now().timestamp());
+        Supervisor {
+            inner: Arc::new(tokio::sync::Mutex::new(State {
+                running: config,
+                shared,
+                tasks,
+                retiring: Vec::new(),
+                resync,
+                fixed,
+                stop,
+            })),
+            metrics,
+        }
+    }
+
+    /// Reads the config file again and applies it (see the module doc). Errors: the file does
+    /// not load, or needs a restart; nothing changed then.
+    pub async fn reload(&self) -> Result<ReloadReport, ReloadError> {
+        let started = Instant::now();
+        let mut state = self.inner.lock().await;
+        crate::systemd::reloading();
+        let result = state.reload();
+        crate::systemd::ready();
+        match &result {
+            Ok(report) => {
+                self.metrics.config_last_reload_successful.set(1);
+                self.metrics
+                    .config_last_reload_success_timestamp
+                    .set(chrono::Utc::now().timestamp());
+                let took_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+                info!(
+                    added = ?report.added, changed = ?report.changed, removed = ?report.removed,
+                    took_ms, "configuration reloaded"
+                );
+                return Ok(ReloadReport {
+                    took_ms,
+                    ..report.clone()
+                });
+            }
+            Err(e) => {
+                self.metrics.config_last_reload_successful.set(0);
+                warn!(error = %e, "configuration reload failed; the running configuration stays");
+            }
+        }
+        result
+    }
+
+    /// Stops every task (`stop` must be cancelled first) and waits for them.
+    pub async fn join(&self) {
+        let mut state = self.inner.lock().await;
+        let mut handles: Vec<JoinHandle<()>> = std::mem::take(&mut state.retiring);
+        handles.extend(
+            std::mem::take(&mut state.tasks)
+                .into_values()
+                .map(|(_, t)| t),
+        );
+        handles.extend(state.resync.take().map(|(_, t)| t));
+        handles.append(&mut state.fixed);
+        for h in handles {
+            let _ = h.await;
+        }
+    }
+
+    /// Feeds the systemd watchdog every half `WatchdogSec` while every reconciler is alive
+    /// (none panicked, none in a pass longer than `reconcile.stuck_after`), until `stop`. One
+    /// that is not alive withholds the ping, so systemd restarts the responder when
+    /// `WatchdogSec` runs out; a blocked runtime withholds it too, as this cannot run then.
+    /// Returns at once when the unit has no watchdog.
+    pub async fn feed_watchdog(self, stop: CancellationToken) {
+        let Some(limit) = crate::systemd::watchdog_limit() else {
+            return;
+        };
+        let every = (limit / 2).max(std::time::Duration::from_millis(100));
+        info!(watchdog = %humantime::format_duration(limit), "systemd watchdog on: fed while every reconciler is alive");
+        let mut tick = tokio::time::interval(every);
+        let mut withheld = false;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = stop.cancelled() => return,
+            }
+            let problems = self.liveness_problems().await;
+            if problems.is_empty() {
+                crate::systemd::watchdog_ping();
+                if withheld {
+                    info!("every reconciler is alive again: feeding the systemd watchdog");
+                    withheld = false;
+                }
+            } else if !withheld {
+                tracing::error!(problems = ?problems, "a reconciler is not alive: no longer feeding the systemd watchdog, which restarts the responder");
+                withheld = true;
+            }
+        }
+    }
+
+    /// Every reconciler's liveness problem (empty: all alive).
+    pub async fn liveness_problems(&self) -> Vec<String> {
+        let state = self.inner.lock().await;
+        let stuck_after = state.running.reconcile.stuck_after;
+        state
+            .shared
+            .services
+            .current()
+            .iter()
+            .filter_map(|s| {
+                s.liveness
+                    .problem(stuck_after)
+                    .map(|p| format!("{}: {p}", s.name))
+            })
+            .collect()
+    }
+}
+
+impl State {
+    fn reload(&mut self) -> Result<ReloadReport, ReloadError> {
+        let Some(path) = self.running.source.clone() else {
+            return Err(ReloadError::Invalid(vec![
+                "config.file: this configuration was not loaded from a file".into(),
+            ]));
+        };
+        let new = Config::load(&path)
+            .map_err(|e| ReloadError::Invalid(e.0))?
+            .with_cli(self.running.cli.clone());
+        let restart = needs_restart(&self.running, &new);
+        if !restart.is_empty() {
+            return Err(ReloadError::NeedsRestart(restart));
+        }
+        let all_changed =
+            self.running.raw_section(&["reconcile"]) != new.raw_section(&["reconcile"]);
+        let old = self.shared.services.current();
+        // Every runtime is built before anything is swapped: a backend client that cannot be
+        // made fails the reload with nothing changed.
+        let mut report = ReloadReport::default();
+        let mut next = Vec::new();
+        let mut errors = Vec::new();
+        for (name, cfg) in &new.services {
+            let cfg = Arc::new(cfg.clone());
+            let built = match old.iter().find(|s| &s.name == name) {
+                None => {
+                    report.added.push(name.clone());
+                    ServiceRuntime::new(name, cfg)
+                }
+                Some(s)
+                    if all_changed
+                        || self.running.raw_section(&["services", name])
+                            != new.raw_section(&["services", name]) =>
+                {
+                    report.changed.push(name.clone());
+                    s.successor(cfg)
+                }
+                Some(s) => {
+                    report.unchanged.push(name.clone());
+                    Ok(s.clone())
+                }
+            };
+            match built {
+                Ok(rt) => next.push(rt),
+                Err(e) => errors.push(e),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(ReloadError::Invalid(errors));
+        }
+        report.removed = old
+            .iter()
+            .filter(|s| !new.services.contains_key(&s.name))
+            .map(|s| s.name.clone())
+            .collect();
+        if let (Some(mine), Some(theirs)) = (&self.shared.tls, &new.tls_loaded) {
+            // Checked by needs_restart; a failure here would be a bug, and changes nothing.
+            mine.adopt(theirs)
+                .map_err(|e| ReloadError::NeedsRestart(vec![e.to_string()]))?;
+        }
+
+        // From here on nothing fails.
+        self.shared.auth.store(Arc::new(new.auth.clone()));
+        self.shared
+            .max_body_bytes
+            .store(new.webhook.max_body_bytes, Ordering::Relaxed);
+        self.shared.ctx.settings = new.reconcile.clone();
+        self.shared.services.set(next.clone());
+        for name in &report.removed {
+            if let Some((retire, task)) = self.tasks.remove(name) {
+                retire.cancel();
+                self.retiring.push(task);
+            }
+            warn!(service = %name, "removed from the configuration: no longer reconciled; its containers, servers and instances are left as they are");
+            self.record(name, "reload", "removed from the configuration: no longer reconciled; its cloud capacity is left as it is");
+        }
+        for svc in next.iter().filter(|s| !report.unchanged.contains(&s.name)) {
+            let before = self.tasks.remove(&svc.name).map(|(retire, task)| {
+                retire.cancel();
+                task
+            });
+            let retire = self.stop.child_token();
+            let task = spawn_service(
+                svc.clone(),
+                self.shared.ctx.clone(),
+                self.stop.clone(),
+                retire.clone(),
+                before.into_iter().collect(),
+            );
+            self.tasks.insert(svc.name.clone(), (retire, task));
+            let what = if report.added.contains(&svc.name) {
+                "added by a configuration reload: reconciled from now on"
+            } else {
+                "configuration changed by a reload: the new one applies from the next pass"
+            };
+            self.record(&svc.name, "reload", what);
+        }
+        if let Some((retire, task)) = self.resync.take() {
+            retire.cancel();
+            self.retiring.push(task);
+        }
+        self.resync = spawn_resync(&new, &self.shared, &self.stop);
+        self.retiring.retain(|t| !t.is_finished());
+        self.running = new;
+        Ok(report)
+    }
+
+    /// An event in the service's history; a store that cannot write it is logged, not fatal.
+    fn record(&self, service: &str, kind: &'static str, message: &'static str) {
+        let store = self.shared.ctx.store.clone();
+        let service = service.to_string();
+        tokio::spawn(async move {
+            if let Err(e) = store
+                .event(&service, kind, message.to_string(), vec![])
+                .await
+            {
+                warn!(service, error = %e, "could not record the reload in the events");
+            }
+        });
+    }
+}
+
+/// What in `new` only a restart can apply, compared with `running`: one line per key, saying
+/// why. Empty: the reload may proceed.
+pub fn needs_restart(running: &Config, new: &Config) -> Vec<String> {
+    let mut why = Vec::new();
+    let (a, b) = (
+        running.effective_listen_address(),
+        new.effective_listen_address(),
+    );
+    if a != b {
+        why.push(format!(
+            "listen_address: {a} -> {b}: the listener is bound at start; restart to move it"
+        ));
+    }
+    for (key, reason) in [
+        ("storage", "the database is opened at start"),
+        (
+            "server",
+            "connection limits are set when the listener starts",
+        ),
+        ("cluster", "membership of the etcd lease is set at start"),
+    ] {
+        if running.raw_section(&[key]) != new.raw_section(&[key]) {
+            why.push(format!("{key}: changed; {reason}, restart to apply it"));
+        }
+    }
+    if running.storage.path != new.storage.path {
+        why.push(
+            "storage.path: changed; the database is opened at start, restart to apply it".into(),
+        );
+    }
+    match (&running.tls_loaded, &new.tls_loaded) {
+        (None, None) => {}
+        (Some(a), Some(b)) if a.client_certificates() == b.client_certificates() => {}
+        (Some(a), Some(b)) => why.push(format!(
+            "tls.client_ca_file: client certificates {} -> {}: set when the listener starts; restart to apply it",
+            on_off(a.client_certificates()),
+            on_off(b.client_certificates())
+        )),
+        (a, b) => why.push(format!(
+            "tls: HTTPS {} -> {}: the listener's protocol is set at start; restart to apply it",
+            on_off(a.is_some()),
+            on_off(b.is_some())
+        )),
+    }
+    why.dedup_by(|a, b| a.starts_with("storage") && b.starts_with("storage"));
+    why
+}
+
+fn on_off(b: bool) -> &'static str {
+    if b {
+        "on"
+    } else {
+        "off"
+    }
+}
+
+/// One service's tasks under one config: waits for `after` (the reconciler it replaces, ending
+/// its pass), then runs the readiness check and the fast-path poller (both only observe, so
+/// they stop at once on `retire`) beside the reconciler (which stops between passes).
+fn spawn_service(
+    svc: ServiceRuntime,
+    ctx: Context,
+    stop: CancellationToken,
+    retire: CancellationToken,
+    after: Vec<JoinHandle<()>>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        for t in after {
+            let _ = t.await;
+        }
+        let mut side = vec![tokio::spawn(crate::readiness::run(
+            svc.clone(),
+            ctx.clone(),
+            retire.clone(),
+        ))];
+        if let (Some(watch), Some(f), Some(h)) =
+            (&svc.fast_path, &svc.config.fast_path, &svc.config.haproxy)
+        {
+            // The series exist from the start (0), so rules see a service that never triggered.
+            let l = ServiceLabels {
+                service: svc.name.clone(),
+            };
+            let _ = ctx.metrics.fast_path.triggers.get_or_create(&l);
+            let _ = ctx.metrics.fast_path.unconfirmed.get_or_create(&l);
+            let _ = ctx.metrics.fast_path.overdue.get_or_create(&l);
+            side.push(tokio::spawn(crate::fastpath::watch::run(
+                svc.name.clone(),
+                f.clone(),
+                svc.world.haproxy().to_vec(),
+                h.backend.clone(),
+                watch.clone(),
+                svc.wake.clone(),
+                retire.clone(),
+            )));
+        }
+        run_service(svc, ctx, stop, retire.clone()).await;
+        retire.cancel();
+        for t in side {
+            let _ = t.await;
+        }
+    })
+}
+
+fn spawn_resync(
+    config: &Config,
+    shared: &Shared,
+    stop: &CancellationToken,
+) -> Option<(CancellationToken, JoinHandle<()>)> {
+    let Some(am) = &config.alertmanager else {
+        warn!("alertmanager.url is not set: a lost or stale notification is repaired only by the next one (see the incarnation rules in the README)");
+        return None;
+    };
+    let resync = Resync::new(
+        am.clone(),
+        shared.ctx.store.clone(),
+        shared.ctx.status.clone(),
+        shared.ctx.metrics.clone(),
+        shared.services.clone(),
+    );
+    let retire = stop.child_token();
+    let task = tokio::spawn(resync.run(retire.clone()));
+    Some((retire, task))
+}
+
+/// Wakes every service's reconciler when this node becomes leader: a takeover acts at once,
+/// not at the next timer.
+async fn wake_on_leadership(cluster: Cluster, services: Services, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = cluster.gained() => services.current().iter().for_each(|s| s.wake.notify_one()),
+            () = stop.cancelled() => return,
+        }
+    }
+}
+
+/// Reloads on every SIGHUP until `stop`. The handler is installed before this is awaited
+/// (by [`sighup`]), so a SIGHUP never ends the process, even one that comes early.
+pub async fn reload_on_sighup(
+    supervisor: Supervisor,
+    mut hup: tokio::signal::unix::Signal,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                info!("SIGHUP: reloading the configuration");
+                // The outcome is logged and in the metrics; nothing else to do with it here.
+                let _ = supervisor.reload().await;
+            }
+            () = stop.cancelled() => return,
+        }
+    }
+}
+
+/// Installs the SIGHUP handler. Errors: the signal cannot be listened for.
+pub fn sighup() -> std::io::Result<tokio::signal::unix::Signal> {
+    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{CliOverrides, Format};
+
+    const BASE: &str = "auth: {insecure_no_auth: true}
+reconcile: {interval: 10s}
+services:
+  api:
+    failover_on: ['alertname=\"onprem_down\"']
+    haproxy: {runtime_api: ['unix:/run/haproxy/admin.sock'], backend: api, cloud_servers: [cloud1]}
+";
+
+    fn load(extra: &str, cli: &CliOverrides) -> Config {
+        let text = format!("{extra}\n{BASE}");
+        Config::from_str(&text, Format::Yaml)
+            .unwrap_or_else(|e| panic!("{e}\n{text}"))
+            .with_cli(cli.clone())
+    }
+
+    #[test]
+    fn only_what_is_set_at_start_needs_a_restart() {
+        let none = CliOverrides::default();
+        let flag = CliOverrides {
+            listen_address: "127.0.0.1:9999".parse().ok(),
+            ..CliOverrides::default()
+        };
+        let cluster = "cluster: {name: a, etcd: {endpoints: ['http://127.0.0.1:2379']}}";
+        // (top-level lines of the running config, of the new one, the flags, the keys named)
+        let cases: &[(&str, &str, &CliOverrides, &[&str])] = &[
+            ("", "", &none, &[]),
+            // Reloadable: they are not named.
+            ("", "webhook: {max_body_bytes: 4096}", &none, &[]),
+            (
+                "",
+                "listen_address: 127.0.0.1:9096",
+                &none,
+                &["listen_address"],
+            ),
+            // The flag wins over the file: the file's address moving changes nothing.
+            ("", "listen_address: 127.0.0.1:9096", &flag, &[]),
+            ("", "storage: {events_max_age: 1d}", &none, &["storage"]),
+            ("", "storage: {path: /elsewhere}", &none, &["storage"]),
+            ("", "server: {workers: 3}", &none, &["server"]),
+            ("", cluster, &none, &["cluster"]),
+            (cluster, cluster, &none, &[]),
+            (
+                "",
+                "listen_address: 127.0.0.1:1\nserver: {workers: 3}",
+                &none,
+                &["listen_address", "server"],
+            ),
+        ];
+        for (old, new, cli, want) in cases {
+            let got = needs_restart(&load(old, cli), &load(new, cli));
+            let keys: Vec<&str> = got
+                .iter()
+                .map(|l| l.split(':').next().unwrap_or_default())
+                .collect();
+            assert_eq!(&keys, want, "{old:?} -> {new:?}: {got:?}");
+        }
+    }
+}
