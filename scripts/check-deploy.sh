@@ -2,6 +2,8 @@
 # Checks every deployment file of the project, offline:
 #
 #   prometheus/    promtool check config, check rules, test rules (unit tests)
+#   /metrics       promtool check metrics on a responder started on loopback
+#                  (scripts/check-metrics.sh, inside the network namespace)
 #   alertmanager/  amtool check-config, routing table (alertmanager/tests/test-routes.sh)
 #   deploy/systemd systemd-analyze verify, systemd-analyze security (exposure score),
 #                  systemd-sysusers --dry-run
@@ -219,6 +221,21 @@ else
   for c in "promtool check config" "promtool check rules" "promtool test rules"; do
     skip "$c" "promtool not installed (Debian package prometheus)"
   done
+fi
+
+# --- The responder's own metrics ---------------------------------------------------------------
+# The binary the test command built (built here when missing, before going offline).
+responder_bin="${CARGO_TARGET_DIR:-$repo/target}/debug/failover-responder"
+if [ ! -x "$responder_bin" ] && have cargo; then
+  say "build: cargo build --locked --bin failover-responder"
+  cargo build --quiet --locked --bin failover-responder >"$work/build.log" 2>&1 || indent <"$work/build.log"
+fi
+if have promtool && [ -x "$responder_bin" ]; then
+  check "promtool check metrics on a running responder's /metrics (scripts/check-metrics.sh)" \
+    scripts/check-metrics.sh "$responder_bin" &&
+    tail -n 1 "$work/out.txt" | indent
+else
+  skip "promtool check metrics" "needs promtool (Debian package prometheus) and the responder built (cargo)"
 fi
 
 # --- Alertmanager -----------------------------------------------------------------------------

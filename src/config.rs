@@ -73,7 +73,18 @@ pub struct Config {
     /// The merged config (file and environment) as plain data, before defaults: a reload
     /// compares it per section to tell what changed.
     #[serde(skip)]
-    pub raw: serde_json::Value,
+    pub raw: RawConfig,
+}
+
+/// The merged config as plain data. Its `Debug` shows nothing: it holds inline secrets
+/// (`auth.bearer_token`, a password from the environment).
+#[derive(Clone, Default, PartialEq)]
+pub struct RawConfig(pub serde_json::Value);
+
+impl fmt::Debug for RawConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("RawConfig(..)")
+    }
 }
 
 /// Command-line flags that take the place of config keys.
@@ -106,7 +117,7 @@ impl Config {
     /// The raw text-level config of one top-level section (`reconcile`, `alertmanager`, ...)
     /// or of `services.<name>`; Null when absent.
     pub fn raw_section(&self, path: &[&str]) -> serde_json::Value {
-        let mut v = &self.raw;
+        let mut v = &self.raw.0;
         for key in path {
             match v.get(key) {
                 Some(next) => v = next,
@@ -767,7 +778,7 @@ impl Config {
                 return Err(ConfigErrors(errors));
             }
         };
-        cfg.raw = raw;
+        cfg.raw = RawConfig(raw);
         let mut errors = unknown;
         cfg.validate(&mut errors);
         if errors.is_empty() {
@@ -785,6 +796,17 @@ impl Config {
         }
         for (name, svc) in &mut self.services {
             validate_service(name, svc, errors);
+            // A pass may wait for health, a drain and a stop in a row: the watchdog must not
+            // count that as stuck, or systemd would restart a responder doing its job.
+            let t = &svc.timeouts;
+            let longest = t.healthy + t.drain + t.stop;
+            if self.reconcile.stuck_after <= longest {
+                errors.push(format!(
+                    "reconcile.stuck_after: {} is not longer than what a pass of service {name} may wait (timeouts healthy + drain + stop = {})",
+                    humantime::format_duration(self.reconcile.stuck_after),
+                    humantime::format_duration(longest)
+                ));
+            }
         }
         check_ownership(&self.services, errors);
     }
@@ -1464,6 +1486,10 @@ cloud_servers = ["c1"]
                     "services.a.docker.containers[0].ports[0]",
                     "services.a.docker.containers[0].health_url",
                 ],
+            ),
+            (
+                "auth: {insecure_no_auth: true}\nreconcile: {stuck_after: 2m}\nservices:\n  a:\n    failover_on: ['a=\"b\"']\n    haproxy: {runtime_api: ['unix:/s'], backend: b, cloud_servers: [c]}\n    timeouts: {healthy: 90s, drain: 20s, stop: 10s}\n",
+                &["reconcile.stuck_after: 2m is not longer than what a pass of service a may wait (timeouts healthy + drain + stop = 2m)"],
             ),
             (
                 "auth: {insecure_no_auth: true}\nservices:\n  a:\n    failover_on: []\n",

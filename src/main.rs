@@ -234,6 +234,10 @@ async fn serve(
     storage: Option<PathBuf>,
     dry_run: bool,
 ) -> anyhow::Result<()> {
+    // First of all: from here a SIGHUP is a reload (once the responder runs) or nothing (while
+    // it starts), never the end of the process. tokio keeps the handler for the process's life.
+    let _early_hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("listening for SIGHUP")?;
     let config = Config::load(path)
         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
         .with_cli(failover_responder::config::CliOverrides {

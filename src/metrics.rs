@@ -112,7 +112,8 @@ pub struct Metrics {
     /// What the running units cost per hour at the configured prices.
     pub cost_per_hour: Family<ServiceLabels, FloatGauge>,
     /// Instance-hours used today (UTC).
-    pub instance_hours_today: Family<ServiceLabels, FloatGauge>,
+    /// Seconds of EC2 instance time used today (UTC); was `instance_hours_today` (hours).
+    pub instance_seconds_today: Family<ServiceLabels, FloatGauge>,
     /// Readiness checks, drills and verification.
     pub readiness: ReadinessMetrics,
     /// The fast path's failovers, and those no alert confirmed.
@@ -389,11 +390,11 @@ impl Metrics {
             "Running cloud units at the configured hourly prices",
             cost_per_hour.clone(),
         );
-        let instance_hours_today = Family::default();
+        let instance_seconds_today = Family::default();
         registry.register(
-            "instance_hours_today",
-            "EC2 instance-hours used today (UTC)",
-            instance_hours_today.clone(),
+            "instance_seconds_today",
+            "EC2 instance time used today (UTC), in seconds",
+            instance_seconds_today.clone(),
         );
         let readiness = ReadinessMetrics::register(&mut registry);
         let fast_path = FastPathMetrics::register(&mut registry);
@@ -407,7 +408,7 @@ impl Metrics {
             burst_capped,
             units_running,
             cost_per_hour,
-            instance_hours_today,
+            instance_seconds_today,
             transitions,
             transitions_capped,
             alertmanager_up,
@@ -449,7 +450,7 @@ impl Metrics {
             last_reconcile: self.last_reconcile.get_or_create(&l).clone(),
             transitions_capped: self.transitions_capped.get_or_create(&l).clone(),
             cost_per_hour: self.cost_per_hour.get_or_create(&l).clone(),
-            instance_hours_today: self.instance_hours_today.get_or_create(&l).clone(),
+            instance_seconds_today: self.instance_seconds_today.get_or_create(&l).clone(),
         }
     }
 
@@ -487,12 +488,118 @@ impl Metrics {
     }
 
     /// Prometheus text exposition.
+    /// OpenMetrics 1.0 text, as prometheus-client writes it (`/metrics` answers it to a
+    /// scraper that asks for `application/openmetrics-text`, as Prometheus does).
     pub fn encode(&self) -> String {
         let mut out = String::new();
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
+
+    /// Drops the series of a service a reload removed (after its last pass), so that its
+    /// gauges do not stand still and page (`FailoverReconcileStalled`, `FailoverStuck`, ...).
+    /// `targets` are its `(backend, target)` pairs of `backend_up`. Counters and histograms of
+    /// steps stay: they only stop growing, which no alert reads as a problem.
+    pub fn forget_service(&self, service: &str, targets: &[(&'static str, String)]) {
+        let l = ServiceLabels {
+            service: service.to_string(),
+        };
+        for f in [
+            &self.failover_alerts,
+            &self.converged,
+            &self.consecutive_failures,
+            &self.blocked,
+            &self.last_reconcile,
+            &self.transitions_capped,
+            &self.burst_desired,
+            &self.burst_open,
+            &self.burst_capped,
+            &self.fast_path.overdue,
+            &self.readiness.standby_ready,
+            &self.readiness.failover_verified,
+            &self.readiness.drill_last_success,
+            &self.readiness.drill_interval,
+        ] {
+            f.remove(&l);
+        }
+        for f in [
+            &self.cost_per_hour,
+            &self.instance_seconds_today,
+            &self.readiness.drill_time_to_ready,
+        ] {
+            f.remove(&l);
+        }
+        for mode in ["onprem", "cloud"] {
+            self.desired_mode.remove(&ModeLabels {
+                service: service.to_string(),
+                mode: mode.to_string(),
+            });
+        }
+        for kind in ["instance", "container"] {
+            self.units_running.remove(&KindLabels {
+                service: service.to_string(),
+                kind: kind.to_string(),
+            });
+        }
+        for (backend, target) in targets {
+            self.backend_up.remove(&TargetLabels {
+                service: service.to_string(),
+                backend: backend.to_string(),
+                target: target.clone(),
+            });
+        }
+    }
+
+    /// The Prometheus text format 0.0.4 (what a plain `curl` and `promtool check metrics`
+    /// read): [`Self::encode`] turned by [`classic_text`].
+    pub fn encode_classic(&self) -> String {
+        classic_text(&self.encode())
+    }
+}
+
+/// OpenMetrics text as prometheus-client writes it, in the Prometheus text format 0.0.4. The
+/// samples are the same; what differs is around them: a counter's HELP and TYPE name its
+/// `_total` series (OpenMetrics names the family without it, which the 0.0.4 parser and
+/// promtool's lint read as a counter without help), `info` becomes a gauge, `unknown`
+/// becomes `untyped`, `# UNIT` and `# EOF` go, and HELP loses the `\"` escape 0.0.4 does not
+/// have. prometheus-client writes no `_created` series, exemplars or timestamps here.
+pub fn classic_text(openmetrics: &str) -> String {
+    // Family name -> the suffix its samples carry: the name HELP and TYPE take in 0.0.4.
+    let suffixed: std::collections::HashMap<&str, &str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| match l.split_once(' ') {
+            Some((name, "counter")) => Some((name, "_total")),
+            Some((name, "info")) => Some((name, "_info")),
+            _ => None,
+        })
+        .collect();
+    let classic_name = |name: &str| format!("{name}{}", suffixed.get(name).unwrap_or(&""));
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        let classic = if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        } else if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (name, help) = rest.split_once(' ').unwrap_or((rest, ""));
+            let name = classic_name(name);
+            format!("# HELP {name} {}", help.replace("\\\"", "\""))
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, "untyped"));
+            let kind = match kind {
+                "info" => "gauge",
+                "unknown" => "untyped",
+                k => k,
+            };
+            let name = classic_name(name);
+            format!("# TYPE {name} {kind}")
+        } else {
+            line.to_string()
+        };
+        out.push_str(&classic);
+        out.push('\n');
+    }
+    out
 }
 
 /// One service's series that every pass sets: handles sharing the registered values.
@@ -504,7 +611,7 @@ pub struct ServiceMetrics {
     pub last_reconcile: Gauge,
     pub transitions_capped: Gauge,
     pub cost_per_hour: FloatGauge,
-    pub instance_hours_today: FloatGauge,
+    pub instance_seconds_today: FloatGauge,
 }
 
 /// A bursting service's series.
@@ -518,5 +625,57 @@ pub struct BurstMetrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus_client::metrics::info::Info;
+
+    #[test]
+    fn classic_text_names_counters_by_their_total_series() {
+        let mut r = Registry::with_prefix("fr");
+        let c: Family<ResultLabels, Counter> = Family::default();
+        r.register("notifications", "Notifications, by \"result\"", c.clone());
+        c.get_or_create(&ResultLabels {
+            result: "accepted".into(),
+        })
+        .inc();
+        let g = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
+        r.register_with_unit(
+            "age",
+            "Age",
+            prometheus_client::registry::Unit::Seconds,
+            g.clone(),
+        );
+        r.register("build", "Build", Info::new(vec![("version", "1")]));
+        let mut om = String::new();
+        prometheus_client::encoding::text::encode(&mut om, &r).expect("encode");
+        let got = classic_text(&om);
+        // (line wanted in the 0.0.4 text, or absent when it starts with "!")
+        let cases = [
+            "# HELP fr_notifications_total Notifications, by \"result\".",
+            "# TYPE fr_notifications_total counter",
+            "fr_notifications_total{result=\"accepted\"} 1",
+            "# HELP fr_age_seconds Age.",
+            "# HELP fr_build_info Build.",
+            "# TYPE fr_age_seconds gauge",
+            "fr_age_seconds 0",
+            "# TYPE fr_build_info gauge",
+            "fr_build_info{version=\"1\"} 1",
+            "!# EOF",
+            "!# UNIT fr_age_seconds seconds",
+            "!# TYPE fr_notifications counter",
+        ];
+        for want in cases {
+            match want.strip_prefix('!') {
+                Some(absent) => assert!(!got.lines().any(|l| l == absent), "{absent} in\n{got}"),
+                None => assert!(
+                    got.lines().any(|l| l == want),
+                    "{want} not in\n{got}\nfrom\n{om}"
+                ),
+            }
+        }
     }
 }

@@ -353,10 +353,13 @@ pub async fn run_service(
         }
         let last = ctx.store.service(&svc.name).and_then(|s| s.last_drill);
         if let Some(asked) = svc.drill_wanted(last.as_ref()) {
+            // Watched like a pass: a drill that hangs starves the watchdog too.
+            svc.liveness.pass(true);
             tokio::select! {
                 _ = drill::run(&svc, &ctx, asked) => {}
                 () = shutdown.cancelled() => return,
             }
+            svc.liveness.pass(false);
         }
         svc.liveness.pass(true);
         let pass = async {
@@ -1096,7 +1099,7 @@ fn record_burst(
     let estimate = usage.hourly_estimate(cost.instance_hourly_price, cost.container_hourly_price);
     let hours = usage.instance_hours_today(now);
     m.cost_per_hour.set(estimate);
-    m.instance_hours_today.set(hours);
+    m.instance_seconds_today.set(hours * 3600.0);
     for kind in [UnitKind::Instance, UnitKind::Container] {
         let n = usage.running.values().filter(|r| r.kind == kind).count();
         ctx.metrics

@@ -94,7 +94,12 @@ impl Resync {
     /// Resyncs now and then every interval, until `shutdown`.
     pub async fn run(self, shutdown: CancellationToken) {
         loop {
-            let _ = self.once().await;
+            // Raced against the token: a resync a reload replaced must not write an older
+            // snapshot after its successor.
+            tokio::select! {
+                _ = self.once() => {}
+                () = shutdown.cancelled() => return,
+            }
             tokio::select! {
                 () = tokio::time::sleep(self.config.resync_interval) => {}
                 () = shutdown.cancelled() => return,

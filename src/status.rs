@@ -198,6 +198,15 @@ impl StatusBoard {
     }
 
     /// Records the drill running now, or the last one.
+    /// Drops a service a reload removed (after its last pass).
+    pub fn forget(&self, service: &str) {
+        self.inner
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .services
+            .remove(service);
+    }
+
     pub fn set_drill(&self, service: &str, d: Option<crate::store::DrillReport>) {
         self.update(service, |s| s.last_drill = d);
     }

@@ -43,12 +43,16 @@ pub enum ReloadError {
     /// It loads, but changes what only a restart can change.
     #[error("needs a restart: {}", .0.join("; "))]
     NeedsRestart(Vec<String>),
+    /// The responder is stopping.
+    #[error("the responder is shutting down")]
+    ShuttingDown,
 }
 
 impl ReloadError {
     pub fn problems(&self) -> &[String] {
         match self {
             ReloadError::Invalid(p) | ReloadError::NeedsRestart(p) => p,
+            ReloadError::ShuttingDown => &[],
         }
     }
 }
@@ -90,23 +94,29 @@ struct State {
     shared: Shared,
     /// Per service: the token that retires it, and its task.
     tasks: BTreeMap<String, (CancellationToken, JoinHandle<()>)>,
-    /// Tasks retired by a reload, still finishing their pass; awaited at shutdown.
-    retiring: Vec<JoinHandle<()>>,
+    /// Tasks a reload retired (services removed, by name; the old resync, unnamed), still
+    /// finishing: a service added again under a name starts after them. Awaited at shutdown.
+    retiring: Vec<(String, JoinHandle<()>)>,
     resync: Option<(CancellationToken, JoinHandle<()>)>,
     /// The cluster's campaign and the wake-up on leadership; not reloadable.
     fixed: Vec<JoinHandle<()>>,
     stop: CancellationToken,
+    /// The runtime `start` ran on: every task goes there, also those a reload started from
+    /// an HTTP handler (whose own runtime is the worker's, which ends with the listener).
+    rt: tokio::runtime::Handle,
 }
 
 impl Supervisor {
     /// Starts every task of `config` (whose services are already in `shared.services`),
     /// until `stop`.
     pub fn start(config: Config, shared: Shared, stop: CancellationToken) -> Self {
+        let rt = tokio::runtime::Handle::current();
         let metrics = shared.ctx.metrics.clone();
         let mut tasks = BTreeMap::new();
         for svc in shared.services.current().iter() {
             let retire = stop.child_token();
             let task = spawn_service(
+                &rt,
                 svc.clone(),
                 shared.ctx.clone(),
                 stop.clone(),
@@ -128,7 +138,7 @@ impl Supervisor {
                 stop.clone(),
             )));
         }
-        let resync = spawn_resync(&config, &shared, &stop);
+        let resync = spawn_resync(&rt, &config, &shared, &stop);
         metrics.config_last_reload_successful.set(1);
         metrics
             .config_last_reload_success_timestamp
@@ -142,6 +152,7 @@ impl Supervisor {
                 resync,
                 fixed,
                 stop,
+                rt,
             })),
             metrics,
         }
@@ -152,6 +163,9 @@ impl Supervisor {
     pub async fn reload(&self) -> Result<ReloadReport, ReloadError> {
         let started = Instant::now();
         let mut state = self.inner.lock().await;
+        if state.stop.is_cancelled() {
+            return Err(ReloadError::ShuttingDown);
+        }
         crate::systemd::reloading();
         let result = state.reload();
         crate::systemd::ready();
@@ -171,6 +185,7 @@ impl Supervisor {
                     ..report.clone()
                 });
             }
+            Err(ReloadError::ShuttingDown) => {}
             Err(e) => {
                 self.metrics.config_last_reload_successful.set(0);
                 warn!(error = %e, "configuration reload failed; the running configuration stays");
@@ -182,7 +197,10 @@ impl Supervisor {
     /// Stops every task (`stop` must be cancelled first) and waits for them.
     pub async fn join(&self) {
         let mut state = self.inner.lock().await;
-        let mut handles: Vec<JoinHandle<()>> = std::mem::take(&mut state.retiring);
+        let mut handles: Vec<JoinHandle<()>> = std::mem::take(&mut state.retiring)
+            .into_iter()
+            .map(|(_, t)| t)
+            .collect();
         handles.extend(
             std::mem::take(&mut state.tasks)
                 .into_values()
@@ -313,26 +331,53 @@ impl State {
             .store(new.webhook.max_body_bytes, Ordering::Relaxed);
         self.shared.ctx.settings = new.reconcile.clone();
         self.shared.services.set(next.clone());
+        let old_by_name: BTreeMap<&str, &ServiceRuntime> =
+            old.iter().map(|s| (s.name.as_str(), s)).collect();
         for name in &report.removed {
-            if let Some((retire, task)) = self.tasks.remove(name) {
+            if let (Some((retire, task)), Some(svc)) =
+                (self.tasks.remove(name), old_by_name.get(name.as_str()))
+            {
                 retire.cancel();
-                self.retiring.push(task);
+                // Its series and status go once its last pass is over (that pass would set
+                // them again); left standing still, its gauges would page.
+                let metrics = self.shared.ctx.metrics.clone();
+                let status = self.shared.ctx.status.clone();
+                let (gone, targets) = (name.clone(), svc.world.targets());
+                let forget = self.rt.spawn(async move {
+                    let _ = task.await;
+                    metrics.forget_service(&gone, &targets);
+                    status.forget(&gone);
+                });
+                self.retiring.push((name.clone(), forget));
             }
             warn!(service = %name, "removed from the configuration: no longer reconciled; its containers, servers and instances are left as they are");
             self.record(name, "reload", "removed from the configuration: no longer reconciled; its cloud capacity is left as it is");
         }
         for svc in next.iter().filter(|s| !report.unchanged.contains(&s.name)) {
-            let before = self.tasks.remove(&svc.name).map(|(retire, task)| {
-                retire.cancel();
-                task
-            });
+            // Whatever still runs under this name goes first: the task it replaces, or that of
+            // a service of this name removed earlier and still in its pass.
+            let mut before: Vec<JoinHandle<()>> = self
+                .tasks
+                .remove(&svc.name)
+                .map(|(retire, task)| {
+                    retire.cancel();
+                    task
+                })
+                .into_iter()
+                .collect();
+            let (same, others): (Vec<_>, Vec<_>) = std::mem::take(&mut self.retiring)
+                .into_iter()
+                .partition(|(n, _)| n == &svc.name);
+            self.retiring = others;
+            before.extend(same.into_iter().map(|(_, t)| t));
             let retire = self.stop.child_token();
             let task = spawn_service(
+                &self.rt,
                 svc.clone(),
                 self.shared.ctx.clone(),
                 self.stop.clone(),
                 retire.clone(),
-                before.into_iter().collect(),
+                before,
             );
             self.tasks.insert(svc.name.clone(), (retire, task));
             let what = if report.added.contains(&svc.name) {
@@ -344,10 +389,10 @@ impl State {
         }
         if let Some((retire, task)) = self.resync.take() {
             retire.cancel();
-            self.retiring.push(task);
+            self.retiring.push((String::new(), task));
         }
-        self.resync = spawn_resync(&new, &self.shared, &self.stop);
-        self.retiring.retain(|t| !t.is_finished());
+        self.resync = spawn_resync(&self.rt, &new, &self.shared, &self.stop);
+        self.retiring.retain(|(_, t)| !t.is_finished());
         self.running = new;
         Ok(report)
     }
@@ -356,7 +401,7 @@ impl State {
     fn record(&self, service: &str, kind: &'static str, message: &'static str) {
         let store = self.shared.ctx.store.clone();
         let service = service.to_string();
-        tokio::spawn(async move {
+        self.rt.spawn(async move {
             if let Err(e) = store
                 .event(&service, kind, message.to_string(), vec![])
                 .await
@@ -380,22 +425,30 @@ pub fn needs_restart(running: &Config, new: &Config) -> Vec<String> {
             "listen_address: {a} -> {b}: the listener is bound at start; restart to move it"
         ));
     }
+    // The path in force (`--storage.path` wins over the file), the rest as written.
+    let storage = |c: &Config| {
+        let mut raw = c.raw_section(&["storage"]);
+        if let Some(map) = raw.as_object_mut() {
+            map.remove("path");
+        }
+        (c.storage.path.clone(), raw)
+    };
+    if storage(running) != storage(new) {
+        why.push("storage: changed; the database is opened at start, restart to apply it".into());
+    }
     for (key, reason) in [
-        ("storage", "the database is opened at start"),
         (
             "server",
             "connection limits are set when the listener starts",
         ),
-        ("cluster", "membership of the etcd lease is set at start"),
+        (
+            "cluster",
+            "membership of the etcd lease is set at start (and etcd's credentials read then)",
+        ),
     ] {
         if running.raw_section(&[key]) != new.raw_section(&[key]) {
             why.push(format!("{key}: changed; {reason}, restart to apply it"));
         }
-    }
-    if running.storage.path != new.storage.path {
-        why.push(
-            "storage.path: changed; the database is opened at start, restart to apply it".into(),
-        );
     }
     match (&running.tls_loaded, &new.tls_loaded) {
         (None, None) => {}
@@ -411,7 +464,6 @@ pub fn needs_restart(running: &Config, new: &Config) -> Vec<String> {
             on_off(b.is_some())
         )),
     }
-    why.dedup_by(|a, b| a.starts_with("storage") && b.starts_with("storage"));
     why
 }
 
@@ -427,17 +479,23 @@ fn on_off(b: bool) -> &'static str {
 /// its pass), then runs the readiness check and the fast-path poller (both only observe, so
 /// they stop at once on `retire`) beside the reconciler (which stops between passes).
 fn spawn_service(
+    rt: &tokio::runtime::Handle,
     svc: ServiceRuntime,
     ctx: Context,
     stop: CancellationToken,
     retire: CancellationToken,
     after: Vec<JoinHandle<()>>,
 ) -> JoinHandle<()> {
-    tokio::spawn(async move {
+    let inner = rt.clone();
+    rt.spawn(async move {
+        let handover = !after.is_empty();
         for t in after {
             let _ = t.await;
         }
-        let mut side = vec![tokio::spawn(crate::readiness::run(
+        if handover && !retire.is_cancelled() {
+            info!(service = %svc.name, "handover done: the reloaded configuration is in force");
+        }
+        let mut side = vec![inner.spawn(crate::readiness::run(
             svc.clone(),
             ctx.clone(),
             retire.clone(),
@@ -452,7 +510,7 @@ fn spawn_service(
             let _ = ctx.metrics.fast_path.triggers.get_or_create(&l);
             let _ = ctx.metrics.fast_path.unconfirmed.get_or_create(&l);
             let _ = ctx.metrics.fast_path.overdue.get_or_create(&l);
-            side.push(tokio::spawn(crate::fastpath::watch::run(
+            side.push(inner.spawn(crate::fastpath::watch::run(
                 svc.name.clone(),
                 f.clone(),
                 svc.world.haproxy().to_vec(),
@@ -462,7 +520,11 @@ fn spawn_service(
                 retire.clone(),
             )));
         }
-        run_service(svc, ctx, stop, retire.clone()).await;
+        // Its own task: a panic in it ends that task only (its liveness says so, which starves
+        // the watchdog), and the side tasks are still stopped and awaited here.
+        let _ = inner
+            .spawn(run_service(svc, ctx, stop, retire.clone()))
+            .await;
         retire.cancel();
         for t in side {
             let _ = t.await;
@@ -471,6 +533,7 @@ fn spawn_service(
 }
 
 fn spawn_resync(
+    rt: &tokio::runtime::Handle,
     config: &Config,
     shared: &Shared,
     stop: &CancellationToken,
@@ -487,7 +550,7 @@ fn spawn_resync(
         shared.services.clone(),
     );
     let retire = stop.child_token();
-    let task = tokio::spawn(resync.run(retire.clone()));
+    let task = rt.spawn(resync.run(retire.clone()));
     Some((retire, task))
 }
 
@@ -502,8 +565,7 @@ async fn wake_on_leadership(cluster: Cluster, services: Services, stop: Cancella
     }
 }
 
-/// Reloads on every SIGHUP until `stop`. The handler is installed before this is awaited
-/// (by [`sighup`]), so a SIGHUP never ends the process, even one that comes early.
+/// Reloads on every SIGHUP until `stop`, from `hup` ([`sighup`]).
 pub async fn reload_on_sighup(
     supervisor: Supervisor,
     mut hup: tokio::signal::unix::Signal,
@@ -511,12 +573,14 @@ pub async fn reload_on_sighup(
 ) {
     loop {
         tokio::select! {
+            // A SIGHUP racing the shutdown loses: no reload after STOPPING=1.
+            biased;
+            () = stop.cancelled() => return,
             _ = hup.recv() => {
                 info!("SIGHUP: reloading the configuration");
                 // The outcome is logged and in the metrics; nothing else to do with it here.
                 let _ = supervisor.reload().await;
             }
-            () = stop.cancelled() => return,
         }
     }
 }

@@ -228,6 +228,14 @@ impl World {
         out
     }
 
+    /// Every `(backend, target)` pair [`Self::answered`] can name: to drop their series when a
+    /// reload removes the service.
+    pub fn targets(&self) -> Vec<(&'static str, String)> {
+        let docker = self.docker.iter().map(|d| ("docker", d.host().to_string()));
+        let haproxy = self.haproxy.iter().map(|a| ("haproxy", a.label.clone()));
+        docker.chain(haproxy).collect()
+    }
+
     /// Whether each backend observed answered: `(backend, target, up)` per observation, for
     /// the `backend_up` metric.
     pub fn answered(&self, observed: &Observed) -> Vec<(&'static str, String, bool)> {

@@ -98,9 +98,13 @@ async fn reload_adds_hands_over_and_removes_services_and_a_bad_file_changes_noth
     )
     .await;
 
-    // A file that does not load: every problem with its key path, 400, nothing changes.
+    // A file that does not load: every problem with its key path, 400, nothing changes (not
+    // even the valid part of it: a new token).
+    let new_token = dir.join("token2");
+    std::fs::write(&new_token, "a-different-token-of-sufficient-length\n").expect("token");
     with_other
         .clone()
+        .auth(&format!("bearer_token_file: {}", new_token.display()))
         .key("hold_dwn: 1s")
         .timeouts("0s", "1s", "1s")
         .write(dir);
@@ -118,6 +122,12 @@ async fn reload_adds_hands_over_and_removes_services_and_a_bad_file_changes_noth
         0.0
     );
     assert_eq!(service_names(&r).await, vec!["onprem-api", "other"]);
+    assert_eq!(
+        r.post("/api/v1/services/onprem-api/resume", Some(TOKEN))
+            .await
+            .0,
+        200
+    );
 
     // What only a restart can apply: 409, each key named, nothing changes.
     let moved = with_other
@@ -158,7 +168,7 @@ async fn reload_adds_hands_over_and_removes_services_and_a_bad_file_changes_noth
         },
     )
     .await;
-    add_other(base.clone().hold_down("1s")).write(dir);
+    add_other(base.clone().key("drill: {every: 24h}")).write(dir);
     let (code, body) = reload(&r, Some(TOKEN)).await;
     assert_eq!(code, 200, "{body}");
     assert_eq!(
@@ -166,17 +176,8 @@ async fn reload_adds_hands_over_and_removes_services_and_a_bad_file_changes_noth
         vec!["onprem-api"],
         "{body}"
     );
-    let in_flight = r
-        .service_view("onprem-api")
-        .await
-        .state
-        .and_then(|s| s.step_in_flight);
-    assert!(
-        in_flight
-            .as_deref()
-            .is_some_and(|s| s.starts_with("wait-healthy")),
-        "the reload ended the step: {in_flight:?}"
-    );
+    let drill_interval = r#"failover_responder_drill_interval_seconds{service="onprem-api"}"#;
+    assert_eq!(metric(&r.metrics().await, drill_interval), 0.0);
     let _health = start_httpd(dir, health_port, "ok");
     w.settled(
         &r,
@@ -192,6 +193,13 @@ async fn reload_adds_hands_over_and_removes_services_and_a_bad_file_changes_noth
         "{steps:?}"
     );
     assert!(r.event_messages("resume").await.is_empty());
+    // The new config runs once the step is over: its reconciler publishes its drill interval.
+    eventually(
+        "the new config in force",
+        Duration::from_secs(10),
+        || async { (metric(&r.metrics().await, drill_interval) == 86400.0).then_some(()) },
+    )
+    .await;
     let reloads = r.event_messages("reload").await;
     assert!(
         reloads.iter().any(|m| m.contains("configuration changed")),
@@ -205,7 +213,7 @@ async fn reload_adds_hands_over_and_removes_services_and_a_bad_file_changes_noth
         (container_running(&w.docker, &other).await == Some(true)).then_some(())
     })
     .await;
-    base.clone().hold_down("1s").write(dir);
+    base.clone().key("drill: {every: 24h}").write(dir);
     let (code, body) = reload(&r, Some(TOKEN)).await;
     assert_eq!(code, 200, "{body}");
     assert_eq!(names(&body["report"]["removed"]), vec!["other"], "{body}");
@@ -225,6 +233,19 @@ async fn reload_adds_hands_over_and_removes_services_and_a_bad_file_changes_noth
     .await;
     r.passes(2).await;
     assert_eq!(container_running(&w.docker, &other).await, Some(true));
+    // Its gauges are gone rather than frozen (a frozen last_reconcile would page).
+    eventually(
+        "other's series dropped",
+        Duration::from_secs(10),
+        || async {
+            let m = r.metrics().await;
+            (!m.contains(r#"last_reconcile_timestamp_seconds{service="other"}"#)).then_some(())
+        },
+    )
+    .await;
+    let m = r.metrics().await;
+    assert!(!m.contains(r#"desired_mode{service="other""#), "{m}");
+    assert!(!m.contains(r#"converged{service="other""#), "{m}");
     let gone: Vec<String> = r
         .events("service=other")
         .await
@@ -235,10 +256,8 @@ async fn reload_adds_hands_over_and_removes_services_and_a_bad_file_changes_noth
     assert!(gone.iter().any(|m| m.contains("left as it is")), "{gone:?}");
 
     // Auth: the new token in, the old one out, at once.
-    let new_token = dir.join("token2");
-    std::fs::write(&new_token, "a-different-token-of-sufficient-length\n").expect("token");
     base.clone()
-        .hold_down("1s")
+        .key("drill: {every: 24h}")
         .auth(&format!("bearer_token_file: {}", new_token.display()))
         .write(dir);
     assert_eq!(reload(&r, Some(TOKEN)).await.0, 200);
@@ -246,7 +265,7 @@ async fn reload_adds_hands_over_and_removes_services_and_a_bad_file_changes_noth
 
     // SIGHUP reloads too: a smaller body limit applies to the next webhook.
     base.clone()
-        .hold_down("1s")
+        .key("drill: {every: 24h}")
         .auth(&format!("bearer_token_file: {}", new_token.display()))
         .top("webhook: {max_body_bytes: 1024}")
         .write(dir);
@@ -344,6 +363,7 @@ async fn systemd_hears_ready_reloading_watchdog_and_stopping() {
     let config = |docker: &str| {
         ConfigBuilder::new(&token)
             .top("reconcile: {interval: 500ms, retry_initial: 200ms, retry_max: 500ms, stuck_after: 1s}")
+            .timeouts("300ms", "0s", "300ms")
             .docker_host(&format!("unix://{}", d.join(docker).display()))
             .container("fr-test-never-started", IMAGE)
             .write(d)

@@ -12,10 +12,23 @@ use crate::plan::{ContainerState, InstanceState, ServerState};
 use crate::status::ServiceStatus;
 use crate::supervisor::ReloadError;
 
-pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type("text/plain; version=0.0.4; charset=utf-8")
-        .body(state.metrics.encode())
+/// OpenMetrics to a scraper that asks for it (Prometheus does), else the Prometheus text
+/// format 0.0.4 (`curl`, `promtool check metrics`).
+pub async fn metrics(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    let openmetrics = req
+        .headers()
+        .get(actix_web::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/openmetrics-text"));
+    if openmetrics {
+        HttpResponse::Ok()
+            .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
+            .body(state.metrics.encode())
+    } else {
+        HttpResponse::Ok()
+            .content_type("text/plain; version=0.0.4; charset=utf-8")
+            .body(state.metrics.encode_classic())
+    }
 }
 
 /// The process is alive and serving HTTP.
@@ -86,7 +99,8 @@ pub fn readiness<'a>(
 
 /// Reloads the config file, as SIGHUP does ([`crate::supervisor::Supervisor::reload`]).
 /// Needs credentials. 200 with what changed per service; 400 listing every problem of a file
-/// that does not load; 409 listing what needs a restart. Nothing changes on an error.
+/// that does not load; 409 listing what needs a restart; 503 while shutting down. Nothing
+/// changes on an error.
 pub async fn reload(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -98,6 +112,7 @@ pub async fn reload(
             let status = match e {
                 ReloadError::Invalid(_) => StatusCode::BAD_REQUEST,
                 ReloadError::NeedsRestart(_) => StatusCode::CONFLICT,
+                ReloadError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             };
             Ok(HttpResponse::build(status).json(json!({
                 "reloaded": false,
