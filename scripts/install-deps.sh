@@ -2,7 +2,8 @@
 # Installs the real components that the demo and the tests talk to: Debian's haproxy,
 # busybox-static (the cloud container image is built from it), prometheus and
 # prometheus-alertmanager, etcd-server (and protoc, which the etcd client needs to build),
-# and moto's server from PyPI (the EC2 API stand-in).
+# chromium and chromium-driver (the status page's browser test), and from PyPI moto's server
+# (the EC2 API stand-in) and selenium.
 # Idempotent: does nothing when all are present.
 set -euo pipefail
 
@@ -17,6 +18,17 @@ command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 [ -f /usr/include/google/protobuf/descriptor.proto ] || need+=(libprotobuf-dev)
+
+# The status page is tested in Debian's headless chromium, driven through chromedriver by
+# selenium (PyPI, in a venv of its own).
+[ -x /usr/bin/chromium ] || need+=(chromium)
+[ -x /usr/bin/chromedriver ] || need+=(chromium-driver)
+ui_venv=${UI_VENV:-$HOME/.cache/failover-responder/venv-ui}
+if [ ! -x "$ui_venv/bin/python" ] || ! "$ui_venv/bin/python" -c 'import selenium' 2>/dev/null; then
+  echo "install-deps: installing selenium into $ui_venv"
+  python3 -m venv "$ui_venv"
+  "$ui_venv/bin/pip" install -q --disable-pip-version-check "selenium==4.27.1"
+fi
 
 # moto's server stands in for the EC2 API in the tests (PyPI, in a venv of its own).
 moto_venv=${MOTO_VENV:-$HOME/.cache/failover-responder/venv-moto}

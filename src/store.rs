@@ -467,6 +467,13 @@ impl Store {
         self.read().journal_len
     }
 
+    /// The `n` most recent events (of `service` when given), oldest first.
+    pub fn recent_events(&self, service: Option<&str>, n: usize) -> Result<Vec<Event>, StoreError> {
+        let mut out = self.scan_events(0, true, n, |ev| service.is_none_or(|s| s == ev.service))?;
+        out.reverse();
+        Ok(out)
+    }
+
     /// Events in id order, optionally for one service and after an id or a time.
     pub fn events(
         &self,
@@ -475,6 +482,21 @@ impl Store {
         since_time: Option<DateTime<Utc>>,
         limit: usize,
     ) -> Result<Vec<Event>, StoreError> {
+        let start = since_id.map_or(0, |id| id.saturating_add(1));
+        self.scan_events(start, false, limit, |ev| {
+            service.is_none_or(|s| s == ev.service) && since_time.is_none_or(|t| ev.at >= t)
+        })
+    }
+
+    /// Up to `limit` events with ids from `start` that `keep` accepts, in id order or
+    /// (`newest_first`) the reverse. Entries that do not parse are skipped.
+    fn scan_events(
+        &self,
+        start: u64,
+        newest_first: bool,
+        limit: usize,
+        keep: impl Fn(&Event) -> bool,
+    ) -> Result<Vec<Event>, StoreError> {
         let rerr = |e: DbError| StoreError::Read(Arc::new(e));
         let txn = self.db.begin_read().map_err(|e| rerr(db(e)))?;
         let table = match txn.open_table(EVENTS) {
@@ -482,19 +504,21 @@ impl Store {
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
             Err(e) => return Err(rerr(db(e))),
         };
-        let start = since_id.map_or(0, |id| id.saturating_add(1));
+        let range = table.range(start..).map_err(|e| rerr(db(e)))?;
+        let items: Box<dyn Iterator<Item = _>> = if newest_first {
+            Box::new(range.rev())
+        } else {
+            Box::new(range)
+        };
         let mut out = Vec::new();
-        for item in table.range(start..).map_err(|e| rerr(db(e)))? {
-            let (_, v) = item.map_err(|e| rerr(db(e)))?;
-            let Ok(ev) = serde_json::from_slice::<Event>(v.value()) else {
-                continue;
-            };
-            if service.is_some_and(|s| s != ev.service) || since_time.is_some_and(|t| ev.at < t) {
-                continue;
-            }
-            out.push(ev);
+        for item in items {
             if out.len() >= limit {
                 break;
+            }
+            let (_, v) = item.map_err(|e| rerr(db(e)))?;
+            match serde_json::from_slice::<Event>(v.value()) {
+                Ok(ev) if keep(&ev) => out.push(ev),
+                _ => {}
             }
         }
         Ok(out)

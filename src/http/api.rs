@@ -83,6 +83,8 @@ pub struct EventsQuery {
     /// An event id (events after it) or an RFC 3339 time (events at or after it).
     since: Option<String>,
     limit: Option<usize>,
+    /// The N most recent events instead (oldest first); not with `since`.
+    tail: Option<usize>,
 }
 
 /// Every decision and step, with the alert fingerprints and reason behind it, in order. A
@@ -105,10 +107,20 @@ pub async fn events(
         },
     };
     let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
-    let events = state
-        .store
-        .events(q.service.as_deref(), since_id, since_time, limit)
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let events = match q.tail {
+        Some(_) if q.since.is_some() => {
+            return Err(ApiError::BadRequest(
+                "tail and since cannot be combined: tail is the most recent events".into(),
+            ))
+        }
+        Some(n) => state
+            .store
+            .recent_events(q.service.as_deref(), n.clamp(1, 10_000)),
+        None => state
+            .store
+            .events(q.service.as_deref(), since_id, since_time, limit),
+    }
+    .map_err(|e| ApiError::Internal(e.to_string()))?;
     if let Some(s) = &q.service {
         let known = state.service(s).is_some()
             || !events.is_empty()

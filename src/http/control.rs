@@ -60,7 +60,11 @@ pub async fn set_override(
         .event(
             &name,
             "override",
-            format!("{action}: override {old:?} -> {new:?}"),
+            format!(
+                "{action}: override {} -> {}",
+                override_name(old),
+                override_name(new)
+            ),
             vec![],
         )
         .await
@@ -172,4 +176,14 @@ pub async fn plan(
         );
     }
     Ok(HttpResponse::Ok().json(json!({ "services": out, "changed": false })))
+}
+
+/// How an override reads in events: `none`, `paused`, `failover`, `failback`.
+fn override_name(o: Option<Override>) -> &'static str {
+    match o {
+        None => "none",
+        Some(Override::Paused) => "paused",
+        Some(Override::Failover) => "failover",
+        Some(Override::Failback) => "failback",
+    }
 }

@@ -5,6 +5,7 @@
 //! - `GET /api/v1/status`, `GET /api/v1/events`: what the responder sees, decided and did.
 //! - `POST /api/v1/services/{name}/{pause|resume|failover|failback}`: manual control.
 //! - `POST /api/v1/plan`: the steps a webhook body would cause, changing nothing.
+//! - `GET /`: the status page (`ui.rs`), drawn from the two read-only endpoints above.
 //! - `GET /metrics`, `GET /-/healthy` (alive), `GET /-/ready` (can act: 503 with the reasons).
 //!
 //! Everything that changes state or reveals a plan needs the webhook's credentials; status,
@@ -27,6 +28,7 @@ pub mod auth;
 pub mod control;
 pub mod error;
 pub mod ops;
+pub mod ui;
 pub mod webhook;
 
 /// State shared by all handlers. Cheap to clone.
@@ -90,7 +92,10 @@ impl AppState {
 
 /// Registers every route.
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/api/v1/alerts", web::post().to(webhook::receive))
+    cfg.route("/", web::get().to(ui::index))
+        .route("/ui/app.js", web::get().to(ui::script))
+        .route("/ui/app.css", web::get().to(ui::style))
+        .route("/api/v1/alerts", web::post().to(webhook::receive))
         .route("/failover", web::post().to(webhook::receive))
         .route("/api/v1/status", web::get().to(api::status))
         .route("/api/v1/events", web::get().to(api::events))

@@ -1,0 +1,193 @@
+// The status page: reads /api/v1/status and /api/v1/events every 2 s and draws them; the
+// buttons call the control API with the bearer token (asked once, kept in this tab's
+// sessionStorage). Everything from the API goes into the page as text, never as HTML.
+"use strict";
+
+const REFRESH_MS = 2000;
+const TOKEN_KEY = "failover-responder-token";
+const results = {}; // service -> last button outcome, kept across redraws
+
+function el(tag, attrs, ...children) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === undefined || v === null) continue;
+    if (k === "class") e.className = v;
+    else if (k.startsWith("data-")) e.setAttribute(k, v);
+    else if (k === "onclick") e.addEventListener("click", v);
+    else e[k] = v;
+  }
+  for (const c of children.flat()) {
+    if (c === undefined || c === null) continue;
+    e.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return e;
+}
+
+function ago(iso) {
+  if (!iso) return "never";
+  const s = Math.max(0, Math.round((Date.now() - Date.parse(iso)) / 1000));
+  if (s < 90) return `${s} s ago`;
+  if (s < 5400) return `${Math.round(s / 60)} min ago`;
+  if (s < 172800) return `${Math.round(s / 3600)} h ago`;
+  return `${Math.round(s / 86400)} d ago`;
+}
+
+function time(iso) {
+  const d = new Date(iso);
+  return isNaN(d) ? String(iso) : d.toLocaleTimeString();
+}
+
+function stateCell(state, extra) {
+  return el("td", { class: `state-${state}` }, state, extra ? ` (${extra})` : "");
+}
+
+function table(head, rows) {
+  if (rows.length === 0) return el("p", { class: "muted" }, "none");
+  return el("table", { class: "grid" },
+    el("thead", {}, el("tr", {}, head.map((h) => el("th", {}, h)))),
+    el("tbody", {}, rows));
+}
+
+function labels(l) {
+  return Object.entries(l || {}).filter(([k]) => k !== "alertname")
+    .map(([k, v]) => `${k}=${v}`).join(" ");
+}
+
+function observed(o) {
+  const containers = (o.containers || []).map((c) =>
+    el("tr", {}, el("td", {}, "container"), el("td", {}, c.name), stateCell(c.state, c.health || c.reason)));
+  const servers = (o.servers || []).map((s) =>
+    el("tr", {}, el("td", {}, "HAProxy server"), el("td", {}, `${s.backend}/${s.server} @ ${s.api}`),
+      stateCell(s.state, s.reason)));
+  const instances = (o.instances || []).map((i) =>
+    el("tr", {}, el("td", {}, "EC2 instance"), el("td", {}, i.id), stateCell(i.state, i.reason)));
+  return table(["kind", "name", "state"], [...containers, ...servers, ...instances]);
+}
+
+function steps(list) {
+  const rows = (list || []).slice(-10).reverse().map((s) =>
+    el("tr", {}, el("td", {}, time(s.at)), el("td", {}, s.step), stateCell(s.outcome, s.error),
+      el("td", {}, `${s.duration_ms} ms`)));
+  return table(["time", "step", "outcome", "took"], rows);
+}
+
+function notes(v) {
+  const out = [];
+  const st = v.state || {};
+  if (st.override) out.push(el("span", { class: "pill warn", "data-override": st.override }, `override: ${st.override}`));
+  out.push(v.converged ? el("span", { class: "pill ok" }, "converged") : el("span", { class: "pill warn" }, "working"));
+  if (st.step_in_flight) out.push(el("span", { class: "pill" }, `step: ${st.step_in_flight}`));
+  if (v.held) out.push(el("span", { class: "pill warn" }, `held: ${v.held}`));
+  for (const b of v.blocked || []) out.push(el("span", { class: "pill bad" }, `blocked: ${b}`));
+  if (v.readiness && !v.readiness.ready) out.push(el("span", { class: "pill bad" }, "standby not ready"));
+  if (v.consecutive_failures > 0) out.push(el("span", { class: "pill bad" }, `${v.consecutive_failures} failed passes`));
+  return out;
+}
+
+function control(name, action) {
+  return async () => {
+    let token = sessionStorage.getItem(TOKEN_KEY);
+    if (!token) {
+      token = window.prompt(`Bearer token to ${action} ${name}:`);
+      if (!token) return;
+      sessionStorage.setItem(TOKEN_KEY, token);
+    }
+    let text;
+    try {
+      const r = await fetch(`/api/v1/services/${encodeURIComponent(name)}/${action}`, {
+        method: "POST", headers: { Authorization: `Bearer ${token}` },
+      });
+      const body = await r.json().catch(() => ({}));
+      if (r.status === 401) sessionStorage.removeItem(TOKEN_KEY);
+      text = r.ok ? `${action}: done` : `${action}: ${r.status} ${body.error || ""}`;
+    } catch (e) {
+      text = `${action}: ${e}`;
+    }
+    results[name] = text;
+    refresh();
+  };
+}
+
+function card(name, v) {
+  const st = v.state || {};
+  const mode = st.mode || (v.desired && v.desired.mode) || "unknown";
+  const d = v.desired || {};
+  const firing = (v.firing_alerts || []).map((a) =>
+    el("li", {}, el("b", {}, a.labels.alertname || "?"), " ", labels(a.labels), el("span", { class: "muted" }, ` since ${ago(a.starts_at)}`)));
+  const b = v.burst;
+  return el("div", { class: "card", id: `svc-${name}`, "data-service": name, "data-mode": mode },
+    el("div", { class: "card-head" },
+      el("h2", {}, name),
+      el("span", { class: "mode", "data-mode": mode }, mode),
+      el("span", { class: "muted" }, `since ${ago(st.since)}`),
+      notes(v)),
+    el("p", {}, el("b", {}, "Decision: "), d.reason || "not decided yet",
+      el("span", { class: "muted" }, ` (last pass ${ago(v.last_reconcile_at)})`)),
+    el("div", { class: "cols" },
+      el("div", {}, el("h3", {}, "Firing alerts"), firing.length ? el("ul", { class: "plain" }, firing) : el("p", { class: "muted" }, "none")),
+      b ? el("div", {}, el("h3", {}, "Burst"),
+        el("p", { class: "burst" }, `${b.open} open, ${b.target} wanted (min ${b.min}, max ${b.max})`,
+          b.overloaded ? " · overloaded" : "")) : null),
+    el("div", { class: "cols" },
+      el("div", {}, el("h3", {}, "Observed"), observed(v.observed || {})),
+      el("div", {}, el("h3", {}, "Last steps"), steps(v.last_steps))),
+    el("div", { class: "actions" },
+      ["pause", "resume", "failover", "failback"].map((a) =>
+        el("button", { type: "button", "data-action": a, onclick: control(name, a) }, a)),
+      el("span", { class: "result muted" }, results[name] || "")));
+}
+
+function timeline(events) {
+  const rows = events.slice().reverse().map((e) =>
+    el("tr", { "data-kind": e.kind }, el("td", {}, time(e.at)), el("td", {}, e.service || ""),
+      el("td", {}, e.kind), el("td", {}, e.message)));
+  document.querySelector("#timeline tbody").replaceChildren(...rows);
+}
+
+function header(doc) {
+  const c = doc.cluster || {};
+  document.getElementById("role").textContent = c.role ? `${c.role}${c.leader ? ` (leader ${c.leader})` : ""}` : "";
+  const r = doc.alertmanager_resync || {};
+  document.getElementById("resync").textContent = r.last_attempt
+    ? `Alertmanager resync ${r.last_error ? "failing" : "ok"}, ${ago(r.last_attempt)}` : "";
+}
+
+let inflight = false;
+async function refresh() {
+  if (inflight) return;
+  inflight = true;
+  const banner = document.getElementById("banner");
+  try {
+    const [st, ev] = await Promise.all([
+      fetch("/api/v1/status", { cache: "no-store" }).then((r) => r.json()),
+      fetch("/api/v1/events?tail=30", { cache: "no-store" }).then((r) => r.json()),
+    ]);
+    header(st);
+    const cards = Object.entries(st.services || {}).map(([n, v]) => card(n, v));
+    document.getElementById("services").replaceChildren(...cards);
+    timeline((ev.events || []).slice(-30));
+    document.getElementById("refreshed").textContent = `updated ${new Date().toLocaleTimeString()}`;
+    banner.hidden = true;
+  } catch (e) {
+    banner.textContent = `Cannot read the responder's API: ${e}`;
+    banner.hidden = false;
+  } finally {
+    inflight = false;
+  }
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  const tb = document.getElementById("token-button");
+  const label = () => { tb.textContent = sessionStorage.getItem(TOKEN_KEY) ? "Forget token" : "Set token"; };
+  tb.addEventListener("click", () => {
+    if (sessionStorage.getItem(TOKEN_KEY)) sessionStorage.removeItem(TOKEN_KEY);
+    else {
+      const t = window.prompt("Bearer token for the buttons:");
+      if (t) sessionStorage.setItem(TOKEN_KEY, t);
+    }
+    label();
+  });
+  label();
+  refresh();
+  setInterval(refresh, REFRESH_MS);
+});
