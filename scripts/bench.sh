@@ -51,7 +51,10 @@ export BENCH_FIXTURES=$repo/tests/fixtures/alertmanager-0.25 BENCH_TOKEN=bench-t
 printf '%-12s %14s %10s %10s %10s\n' connections notifications/s p50_ms p99_ms errors
 for c in 1 16 64; do
   line=$(wrk -t "$(( c < 2 ? 1 : 2 ))" -c "$c" -d "$duration" -s scripts/bench/post.lua "http://127.0.0.1:$port" | grep '^BENCH')
-  eval "$(echo "$line" | sed 's/^BENCH //')"
+  # The Lua script prints `BENCH rps=... p50_ms=... p99_ms=... errors=...`: its fields become
+  # the variables below.
+  rps="" p50_ms="" p99_ms="" errors=""
+  eval "${line#BENCH }"
   printf '%-12s %14s %10s %10s %10s\n' "$c" "$rps" "$p50_ms" "$p99_ms" "$errors"
 done
 echo "RSS after load: $(rss)"

@@ -8,6 +8,9 @@
 #   deploy/systemd systemd-analyze verify, systemd-analyze security (exposure score),
 #                  systemd-sysusers --dry-run
 #   deploy/haproxy haproxy -c (no error and no warning allowed)
+#   scripts        shellcheck on every shell script (no finding)
+#   .github/       the workflows and the composite action against GitHub's schemas
+#                  (check-jsonschema's vendored copies)
 #   terraform/     python-hcl2 parse of every .tf, templates render and parse,
 #                  checkov (no failed check allowed), terraform fmt if terraform is installed
 #   cross-file     the responder's config, the alert rules, Prometheus and Alertmanager agree
@@ -144,11 +147,11 @@ apt_install() {
 }
 
 # Debian package that provides each command.
-declare -A pkg_of=([promtool]=prometheus [amtool]=prometheus-alertmanager [systemd-analyze]=systemd [systemd-sysusers]=systemd [haproxy]=haproxy)
+declare -A pkg_of=([promtool]=prometheus [amtool]=prometheus-alertmanager [systemd-analyze]=systemd [systemd-sysusers]=systemd [haproxy]=haproxy [shellcheck]=shellcheck)
 # haproxy lives in /usr/sbin, which a non-root PATH may lack.
 haproxy_bin() { command -v haproxy 2>/dev/null || { [ -x /usr/sbin/haproxy ] && echo /usr/sbin/haproxy; }; }
 missing_pkgs=()
-for cmd in promtool amtool systemd-analyze systemd-sysusers haproxy; do
+for cmd in promtool amtool systemd-analyze systemd-sysusers haproxy shellcheck; do
   command -v "$cmd" >/dev/null 2>&1 && continue
   [ "$cmd" = haproxy ] && [ -n "$(haproxy_bin)" ] && continue
   p="${pkg_of[$cmd]}"
@@ -236,6 +239,23 @@ if have promtool && [ -x "$responder_bin" ]; then
     tail -n 1 "$work/out.txt" | indent
 else
   skip "promtool check metrics" "needs promtool (Debian package prometheus) and the responder built (cargo)"
+fi
+
+# --- Shell scripts and GitHub workflows --------------------------------------------------------
+if have shellcheck; then
+  mapfile -t shell_scripts < <(git ls-files '*.sh' .ci/run)
+  check "shellcheck (${#shell_scripts[@]} scripts, no finding left)" shellcheck "${shell_scripts[@]}"
+else
+  skip "shellcheck" "shellcheck not installed (Debian package shellcheck)"
+fi
+if [ -n "$tools_py" ] && [ -x "$(dirname "$tools_py")/check-jsonschema" ]; then
+  cj="$(dirname "$tools_py")/check-jsonschema"
+  check "check-jsonschema .github/workflows/*.yml (GitHub's workflow schema)" \
+    "$cj" --builtin-schema vendor.github-workflows .github/workflows/*.yml
+  check "check-jsonschema .github/actions/*/action.yml (GitHub's action schema)" \
+    "$cj" --builtin-schema vendor.github-actions .github/actions/*/action.yml
+else
+  skip "check-jsonschema .github/" "the tools venv could not be made (PyPI check-jsonschema)"
 fi
 
 # --- Alertmanager -----------------------------------------------------------------------------

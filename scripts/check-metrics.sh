@@ -85,7 +85,10 @@ curl -sf "$url/metrics" >"$work/metrics.txt"
 promtool check metrics <"$work/metrics.txt"
 families=$(grep -c '^# TYPE ' "$work/metrics.txt")
 series=$(grep -vc '^#' "$work/metrics.txt")
-! grep -q '^# EOF' "$work/metrics.txt"
+if grep -q '^# EOF' "$work/metrics.txt"; then
+  echo "the text format has an OpenMetrics # EOF line"
+  exit 1
+fi
 type=$(curl -sf -o /dev/null -w '%{content_type}' \
   -H 'Accept: application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5' "$url/metrics")
 case "$type" in

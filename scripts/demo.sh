@@ -79,8 +79,9 @@ cleanup() {
   trap - EXIT INT TERM
   say "cleaning up"
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  [ -f "$DEMO_DIR/onprem.pid" ] && kill "$(cat "$DEMO_DIR/onprem.pid")" 2>/dev/null || true
-  [ -f "$DEMO_DIR/overload.pid" ] && kill "$(cat "$DEMO_DIR/overload.pid")" 2>/dev/null || true
+  for f in onprem overload; do
+    if [ -f "$DEMO_DIR/$f.pid" ]; then kill "$(cat "$DEMO_DIR/$f.pid")" 2>/dev/null || true; fi
+  done
   wait 2>/dev/null || true
   remove_containers
   if [ "${DEMO_KEEP:-0}" = 1 ]; then say "kept $DEMO_DIR"; else rm -rf "$DEMO_DIR"; fi
@@ -232,8 +233,8 @@ prometheus --config.file="$DEMO_DIR/prometheus.yml" --storage.tsdb.path="$DEMO_D
 pids+=($!)
 
 wait_for() { # what url
-  local i
-  for i in $(seq 1 100); do
+  local _
+  for _ in $(seq 1 100); do
     curl -fsS -o /dev/null "$2" 2>/dev/null && return 0
     sleep 0.2
   done

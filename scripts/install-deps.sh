@@ -21,8 +21,9 @@ command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 
 # The status page is tested in Debian's headless chromium, driven through chromedriver by
 # selenium (PyPI, in a venv of its own).
-[ -x /usr/bin/chromium ] || need+=(chromium)
-[ -x /usr/bin/chromedriver ] || need+=(chromium-driver)
+# FR_CHROMIUM / FR_CHROMEDRIVER name another build (a CI runner's Chrome) instead.
+[ -x "${FR_CHROMIUM:-/usr/bin/chromium}" ] || need+=(chromium)
+[ -x "${FR_CHROMEDRIVER:-/usr/bin/chromedriver}" ] || need+=(chromium-driver)
 ui_venv=${UI_VENV:-$HOME/.cache/failover-responder/venv-ui}
 if [ ! -x "$ui_venv/bin/python" ] || ! "$ui_venv/bin/python" -c 'import selenium' 2>/dev/null; then
   echo "install-deps: installing selenium into $ui_venv"

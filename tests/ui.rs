@@ -22,10 +22,13 @@ fn selenium_python() -> PathBuf {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_page_follows_a_failover_and_pauses_with_the_token() {
     let python = selenium_python();
+    // FR_CHROMIUM / FR_CHROMEDRIVER: another Chromium build (a CI runner's Chrome).
+    let browser = std::env::var("FR_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    let driver =
+        std::env::var("FR_CHROMEDRIVER").unwrap_or_else(|_| "/usr/bin/chromedriver".into());
     if !require(
         "chromium and chromedriver (Debian packages chromium, chromium-driver)",
-        std::path::Path::new("/usr/bin/chromium").exists()
-            && std::path::Path::new("/usr/bin/chromedriver").exists(),
+        std::path::Path::new(&browser).exists() && std::path::Path::new(&driver).exists(),
     ) || !require(
         "selenium in ~/.cache/failover-responder/venv-ui (scripts/install-deps.sh)",
         python.exists(),
@@ -46,7 +49,9 @@ async fn status_page_follows_a_failover_and_pauses_with_the_token() {
     let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/alertmanager-0.25/onprem_down-firing.json");
     let mut cmd = tokio::process::Command::new(&python);
-    cmd.arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/ui/status_page.py"))
+    cmd.env("FR_CHROMIUM", &browser)
+        .env("FR_CHROMEDRIVER", &driver)
+        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/ui/status_page.py"))
         .arg(&r.url)
         .arg(TOKEN)
         .arg(&fixture);

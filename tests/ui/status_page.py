@@ -11,6 +11,7 @@ last line: page load to first drawn status, notification to cloud shown.
 Usage: status_page.py URL TOKEN FIXTURE [SCREENSHOT.png]
 """
 import json
+import os
 import sys
 import time
 import urllib.request
@@ -25,7 +26,7 @@ url, token, fixture = sys.argv[1], sys.argv[2], sys.argv[3]
 screenshot = sys.argv[4] if len(sys.argv) > 4 else None
 
 opts = webdriver.ChromeOptions()
-opts.binary_location = "/usr/bin/chromium"
+opts.binary_location = os.environ.get("FR_CHROMIUM", "/usr/bin/chromium")
 for flag in (
     "--headless=new",
     "--no-sandbox",  # root in a container; the page is our own, on loopback
@@ -40,7 +41,8 @@ for flag in (
 ):
     opts.add_argument(flag)
 opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=opts)
+driver = webdriver.Chrome(
+    service=Service(os.environ.get("FR_CHROMEDRIVER", "/usr/bin/chromedriver")), options=opts)
 card = "#svc-onprem-api"
 
 
