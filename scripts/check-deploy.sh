@@ -2,7 +2,8 @@
 # Checks every deployment file of the project, offline:
 #
 #   prometheus/    promtool check config, check rules, test rules (unit tests)
-#   /metrics       promtool check metrics on a responder started on loopback
+#   /metrics       promtool check metrics on a responder started on loopback, and every
+#                  query of deploy/grafana/ run on a Prometheus scraping it
 #                  (scripts/check-metrics.sh, inside the network namespace)
 #   alertmanager/  amtool check-config, routing table (alertmanager/tests/test-routes.sh)
 #   deploy/systemd systemd-analyze verify, systemd-analyze security (exposure score),
@@ -233,12 +234,12 @@ if [ ! -x "$responder_bin" ] && have cargo; then
   say "build: cargo build --locked --bin failover-responder"
   cargo build --quiet --locked --bin failover-responder >"$work/build.log" 2>&1 || indent <"$work/build.log"
 fi
-if have promtool && [ -x "$responder_bin" ]; then
-  check "promtool check metrics on a running responder's /metrics (scripts/check-metrics.sh)" \
+if have promtool && have prometheus && [ -x "$responder_bin" ]; then
+  check "promtool check metrics and the Grafana dashboard's queries on a running responder (scripts/check-metrics.sh)" \
     scripts/check-metrics.sh "$responder_bin" &&
-    tail -n 1 "$work/out.txt" | indent
+    tail -n 2 "$work/out.txt" | indent
 else
-  skip "promtool check metrics" "needs promtool (Debian package prometheus) and the responder built (cargo)"
+  skip "promtool check metrics, dashboard queries" "needs promtool and prometheus (Debian package prometheus) and the responder built (cargo)"
 fi
 
 # --- Shell scripts and GitHub workflows --------------------------------------------------------

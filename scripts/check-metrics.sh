@@ -96,3 +96,23 @@ case "$type" in
   *) echo "asked for OpenMetrics, got $type"; exit 1 ;;
 esac
 echo "$families metric families, $series series: promtool check metrics has nothing to say"
+
+# The Grafana dashboard: a real Prometheus scrapes this responder, then every query runs there.
+prom_port=19196
+cat >"$work/prometheus.yml" <<EOF
+global: {scrape_interval: 1s, evaluation_interval: 1s}
+scrape_configs:
+  - job_name: failover-responder
+    static_configs: [{targets: ['127.0.0.1:$port']}]
+EOF
+prometheus --config.file="$work/prometheus.yml" --storage.tsdb.path="$work/prom" \
+  --web.listen-address="127.0.0.1:$prom_port" >"$work/prometheus.log" 2>&1 &
+prom_pid=$!
+trap 'kill "$prom_pid" 2>/dev/null; wait "$prom_pid" 2>/dev/null; cleanup' EXIT
+scraped() {
+  curl -sf "http://127.0.0.1:$prom_port/api/v1/query?query=up%7Bjob%3D%22failover-responder%22%7D" |
+    grep -q '"value":\[[0-9.]*,"1"\]'
+}
+wait_for "Prometheus scraping the responder" scraped
+python3 "$repo/scripts/check-dashboard.py" "$repo/deploy/grafana/failover-responder.json" \
+  "http://127.0.0.1:$prom_port" "$work/metrics.txt"
