@@ -112,7 +112,7 @@ pub struct Metrics {
     /// What the running units cost per hour at the configured prices.
     pub cost_per_hour: Family<ServiceLabels, FloatGauge>,
     /// Instance-hours used today (UTC).
-    /// Seconds of EC2 instance time used today (UTC); was `instance_hours_today` (hours).
+    /// EC2 instance time used today (UTC), in seconds (was `instance_hours_today`, in hours).
     pub instance_seconds_today: Family<ServiceLabels, FloatGauge>,
     /// Readiness checks, drills and verification.
     pub readiness: ReadinessMetrics,
@@ -436,6 +436,25 @@ impl Metrics {
                 result: result.to_string(),
             })
             .inc();
+    }
+
+    /// Creates a service's counters at 0: its transitions into either mode and its step
+    /// failures per action. A counter series that appears at its first increment is missed
+    /// by `increase()` (dashboards, alert rules), so these exist before anything happens.
+    pub fn register_service(&self, service: &str, actions: &[&str]) {
+        for mode in ["onprem", "cloud"] {
+            let _ = self.transitions.get_or_create(&ModeLabels {
+                service: service.to_string(),
+                mode: mode.to_string(),
+            });
+        }
+        for action in actions {
+            let _ = self.steps.get_or_create(&StepLabels {
+                service: service.to_string(),
+                action: action.to_string(),
+                outcome: "failure".to_string(),
+            });
+        }
     }
 
     /// One service's always-present series, resolved once for a pass.

@@ -391,6 +391,25 @@ impl Step {
     }
 
     /// Short name for metrics and logs.
+    /// Every name [`Self::action`] gives, so that each service's failure counters exist from
+    /// the start (an `increase()` over a series that appears at its first failure misses it).
+    pub const ACTIONS: &'static [&'static str] = &[
+        "start_container",
+        "recreate_container",
+        "wait_healthy",
+        "server_ready",
+        "server_drain",
+        "server_maint",
+        "wait_drained",
+        "stop_container",
+        "start_instances",
+        "wait_instances_running",
+        "wait_docker_ready",
+        "stop_instances",
+        "server_addr",
+        "server_weight",
+    ];
+
     pub fn action(&self) -> &'static str {
         match self {
             Step::StartContainer { .. } => "start_container",

@@ -312,6 +312,7 @@ pub async fn run_service(
     retire: CancellationToken,
 ) {
     let _death = DeathWatch(svc.liveness.clone());
+    ctx.metrics.register_service(&svc.name, Step::ACTIONS);
     let mut failures: u32 = 0;
     let mut busy: u32 = 0;
     // A step still marked in flight means the last run died during it. Say so; the pass below

@@ -264,9 +264,12 @@ async fn plan_preview_and_dry_run_change_nothing() {
     );
     assert!(!w.cloud_open().await, "dry run opened the server");
     let m = r.metrics().await;
-    assert!(
-        !m.contains("failover_responder_steps_total{"),
-        "no step ran: {m}"
-    );
+    // The failure counters exist from the start, at 0; no step counted anything.
+    let counted: Vec<&str> = m
+        .lines()
+        .filter(|l| l.starts_with("failover_responder_steps_total{") && !l.ends_with(" 0"))
+        .collect();
+    assert!(counted.is_empty(), "no step ran: {counted:?}");
+    assert!(m.contains(r#"failover_responder_steps_total{service="onprem-api",action="start_container",outcome="failure"} 0"#), "{m}");
     r.shutdown().await;
 }

@@ -83,7 +83,8 @@ pub struct EventsQuery {
     /// An event id (events after it) or an RFC 3339 time (events at or after it).
     since: Option<String>,
     limit: Option<usize>,
-    /// The N most recent events instead (oldest first); not with `since`.
+    /// The N most recent events instead (oldest first); not with `since`, and `limit` does
+    /// not apply.
     tail: Option<usize>,
 }
 
@@ -108,7 +109,7 @@ pub async fn events(
     };
     let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
     let events = match q.tail {
-        Some(_) if q.since.is_some() => {
+        Some(_) if q.since.as_deref().is_some_and(|s| !s.is_empty()) => {
             return Err(ApiError::BadRequest(
                 "tail and since cannot be combined: tail is the most recent events".into(),
             ))

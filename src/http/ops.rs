@@ -15,20 +15,46 @@ use crate::supervisor::ReloadError;
 /// OpenMetrics to a scraper that asks for it (Prometheus does), else the Prometheus text
 /// format 0.0.4 (`curl`, `promtool check metrics`).
 pub async fn metrics(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
-    let openmetrics = req
+    let accept = req
         .headers()
         .get(actix_web::http::header::ACCEPT)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.contains("application/openmetrics-text"));
-    if openmetrics {
-        HttpResponse::Ok()
-            .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
+        .unwrap_or_default();
+    let mut resp = HttpResponse::Ok();
+    resp.insert_header((actix_web::http::header::VARY, "Accept"));
+    if wants_openmetrics(accept) {
+        resp.content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
             .body(state.metrics.encode())
     } else {
-        HttpResponse::Ok()
-            .content_type("text/plain; version=0.0.4; charset=utf-8")
+        resp.content_type("text/plain; version=0.0.4; charset=utf-8")
             .body(state.metrics.encode_classic())
     }
+}
+
+/// Whether an `Accept` header prefers OpenMetrics to the 0.0.4 text: its highest quality
+/// (q) is above 0 and not below that of `text/plain` (or of `*/*` when text/plain is not
+/// named). Prometheus sends OpenMetrics first at q=1.
+fn wants_openmetrics(accept: &str) -> bool {
+    let quality = |wanted: &str| -> Option<f32> {
+        accept
+            .split(',')
+            .filter_map(|range| {
+                let mut parts = range.split(';').map(str::trim);
+                let media = parts.next()?;
+                (media.eq_ignore_ascii_case(wanted)).then(|| {
+                    parts
+                        .find_map(|p| p.strip_prefix("q="))
+                        .and_then(|q| q.parse::<f32>().ok())
+                        .unwrap_or(1.0)
+                })
+            })
+            .reduce(f32::max)
+    };
+    let om = quality("application/openmetrics-text").unwrap_or(0.0);
+    let text = quality("text/plain")
+        .or_else(|| quality("*/*"))
+        .unwrap_or(0.0);
+    om > 0.0 && om >= text
 }
 
 /// The process is alive and serving HTTP.
@@ -127,6 +153,25 @@ pub async fn reload(
 mod tests {
     use super::*;
     use crate::plan::{ContainerObs, Observed};
+
+    #[test]
+    fn openmetrics_only_when_preferred() {
+        let prometheus = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+        // (Accept header, OpenMetrics wanted)
+        let cases = [
+            (prometheus, true),
+            ("", false),
+            ("*/*", false),
+            ("text/plain", false),
+            ("application/openmetrics-text", true),
+            ("application/openmetrics-text;q=0", false),
+            ("text/plain;q=1, application/openmetrics-text;q=0.5", false),
+            ("application/openmetrics-text;q=0.5, */*;q=0.1", true),
+        ];
+        for (accept, want) in cases {
+            assert_eq!(wants_openmetrics(accept), want, "{accept:?}");
+        }
+    }
 
     #[test]
     fn ready_once_every_service_passed_and_every_backend_answered() {

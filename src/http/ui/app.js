@@ -5,7 +5,7 @@
 
 const REFRESH_MS = 2000;
 const TOKEN_KEY = "failover-responder-token";
-const results = {}; // service -> last button outcome, kept across redraws
+const cards = new Map(); // service -> {root, body, result}: built once, body redrawn
 
 function el(tag, attrs, ...children) {
   const e = document.createElement(tag);
@@ -34,7 +34,9 @@ function ago(iso) {
 
 function time(iso) {
   const d = new Date(iso);
-  return isNaN(d) ? String(iso) : d.toLocaleTimeString();
+  if (isNaN(d)) return String(iso);
+  const today = d.toDateString() === new Date().toDateString();
+  return today ? d.toLocaleTimeString() : d.toLocaleString();
 }
 
 function stateCell(state, extra) {
@@ -58,7 +60,7 @@ function observed(o) {
     el("tr", {}, el("td", {}, "container"), el("td", {}, c.name), stateCell(c.state, c.health || c.reason)));
   const servers = (o.servers || []).map((s) =>
     el("tr", {}, el("td", {}, "HAProxy server"), el("td", {}, `${s.backend}/${s.server} @ ${s.api}`),
-      stateCell(s.state, s.reason)));
+      stateCell(s.state, s.reason || (s.op_state ? `check ${s.op_state}` : ""))));
   const instances = (o.instances || []).map((i) =>
     el("tr", {}, el("td", {}, "EC2 instance"), el("td", {}, i.id), stateCell(i.state, i.reason)));
   return table(["kind", "name", "state"], [...containers, ...servers, ...instances]);
@@ -84,8 +86,24 @@ function notes(v) {
   return out;
 }
 
-function control(name, action) {
+function problems(v) {
+  const items = [
+    ...(v.last_error ? [`last error: ${v.last_error}`] : []),
+    ...(v.pending_steps || []).map((p) => `pending: ${p}`),
+    ...(v.waiting || []).map((w) => `waiting: ${w}`),
+  ];
+  return items.length ? el("ul", { class: "plain problems" }, items.map((i) => el("li", {}, i))) : null;
+}
+
+function updateTokenButton() {
+  document.getElementById("token-button").textContent =
+    sessionStorage.getItem(TOKEN_KEY) ? "Forget token" : "Set token";
+}
+
+function control(name, action, result) {
   return async () => {
+    if ((action === "failover" || action === "failback") &&
+        !window.confirm(`${action} ${name} now, whatever the alerts say? (resume hands it back to the alerts)`)) return;
     let token = sessionStorage.getItem(TOKEN_KEY);
     if (!token) {
       token = window.prompt(`Bearer token to ${action} ${name}:`);
@@ -103,19 +121,39 @@ function control(name, action) {
     } catch (e) {
       text = `${action}: ${e}`;
     }
-    results[name] = text;
+    result.textContent = text;
+    updateTokenButton();
     refresh();
   };
 }
 
-function card(name, v) {
+// A service's card: built once, so its buttons keep focus and never miss a click; only its
+// body is redrawn.
+function cardFor(name) {
+  let c = cards.get(name);
+  if (c) return c;
+  const result = el("span", { class: "result muted", "aria-live": "polite" });
+  const body = el("div", {});
+  const root = el("div", { class: "card", id: `svc-${name}`, "data-service": name }, body,
+    el("div", { class: "actions" },
+      ["pause", "resume", "failover", "failback"].map((a) =>
+        el("button", { type: "button", "data-action": a, onclick: control(name, a, result) }, a)),
+      result));
+  c = { root, body };
+  cards.set(name, c);
+  return c;
+}
+
+function draw(name, v) {
   const st = v.state || {};
   const mode = st.mode || (v.desired && v.desired.mode) || "unknown";
   const d = v.desired || {};
   const firing = (v.firing_alerts || []).map((a) =>
-    el("li", {}, el("b", {}, a.labels.alertname || "?"), " ", labels(a.labels), el("span", { class: "muted" }, ` since ${ago(a.starts_at)}`)));
+    el("li", {}, el("b", {}, (a.labels || {}).alertname || "?"), " ", labels(a.labels), el("span", { class: "muted" }, ` since ${ago(a.starts_at)}`)));
   const b = v.burst;
-  return el("div", { class: "card", id: `svc-${name}`, "data-service": name, "data-mode": mode },
+  const c = cardFor(name);
+  c.root.setAttribute("data-mode", mode);
+  c.body.replaceChildren(...[
     el("div", { class: "card-head" },
       el("h2", {}, name),
       el("span", { class: "mode", "data-mode": mode }, mode),
@@ -123,6 +161,7 @@ function card(name, v) {
       notes(v)),
     el("p", {}, el("b", {}, "Decision: "), d.reason || "not decided yet",
       el("span", { class: "muted" }, ` (last pass ${ago(v.last_reconcile_at)})`)),
+    problems(v),
     el("div", { class: "cols" },
       el("div", {}, el("h3", {}, "Firing alerts"), firing.length ? el("ul", { class: "plain" }, firing) : el("p", { class: "muted" }, "none")),
       b ? el("div", {}, el("h3", {}, "Burst"),
@@ -131,10 +170,8 @@ function card(name, v) {
     el("div", { class: "cols" },
       el("div", {}, el("h3", {}, "Observed"), observed(v.observed || {})),
       el("div", {}, el("h3", {}, "Last steps"), steps(v.last_steps))),
-    el("div", { class: "actions" },
-      ["pause", "resume", "failover", "failback"].map((a) =>
-        el("button", { type: "button", "data-action": a, onclick: control(name, a) }, a)),
-      el("span", { class: "result muted" }, results[name] || "")));
+  ].filter((part) => part !== null));
+  return c.root;
 }
 
 function timeline(events) {
@@ -158,17 +195,29 @@ async function refresh() {
   inflight = true;
   const banner = document.getElementById("banner");
   try {
-    const [st, ev] = await Promise.all([
-      fetch("/api/v1/status", { cache: "no-store" }).then((r) => r.json()),
-      fetch("/api/v1/events?tail=30", { cache: "no-store" }).then((r) => r.json()),
-    ]);
+    const json = async (url) => {
+      const r = await fetch(url, { cache: "no-store" });
+      if (!r.ok) throw new Error(`${url}: HTTP ${r.status}`);
+      return r.json();
+    };
+    const [st, ev] = await Promise.all([json("/api/v1/status"), json("/api/v1/events?tail=30")]);
     header(st);
-    const cards = Object.entries(st.services || {}).map(([n, v]) => card(n, v));
-    document.getElementById("services").replaceChildren(...cards);
+    const names = Object.keys(st.services || {});
+    for (const gone of [...cards.keys()].filter((n) => !names.includes(n))) {
+      cards.get(gone).root.remove();
+      cards.delete(gone);
+    }
+    // Cards stay in the page (never detached, which would drop focus); only new ones go in.
+    const container = document.getElementById("services");
+    for (const n of names) {
+      const root = draw(n, st.services[n]);
+      if (root.parentNode !== container) container.append(root);
+    }
     timeline((ev.events || []).slice(-30));
     document.getElementById("refreshed").textContent = `updated ${new Date().toLocaleTimeString()}`;
     banner.hidden = true;
   } catch (e) {
+    console.error("status page refresh failed:", e);
     banner.textContent = `Cannot read the responder's API: ${e}`;
     banner.hidden = false;
   } finally {
@@ -178,16 +227,15 @@ async function refresh() {
 
 document.addEventListener("DOMContentLoaded", () => {
   const tb = document.getElementById("token-button");
-  const label = () => { tb.textContent = sessionStorage.getItem(TOKEN_KEY) ? "Forget token" : "Set token"; };
   tb.addEventListener("click", () => {
     if (sessionStorage.getItem(TOKEN_KEY)) sessionStorage.removeItem(TOKEN_KEY);
     else {
       const t = window.prompt("Bearer token for the buttons:");
       if (t) sessionStorage.setItem(TOKEN_KEY, t);
     }
-    label();
+    updateTokenButton();
   });
-  label();
+  updateTokenButton();
   refresh();
   setInterval(refresh, REFRESH_MS);
 });
