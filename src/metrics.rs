@@ -520,7 +520,12 @@ impl Metrics {
     /// gauges do not stand still and page (`FailoverReconcileStalled`, `FailoverStuck`, ...).
     /// `targets` are its `(backend, target)` pairs of `backend_up`. Counters and histograms of
     /// steps stay: they only stop growing, which no alert reads as a problem.
-    pub fn forget_service(&self, service: &str, targets: &[(&'static str, String)]) {
+    pub fn forget_service(
+        &self,
+        service: &str,
+        targets: &[(&'static str, String)],
+        checks: &[&str],
+    ) {
         let l = ServiceLabels {
             service: service.to_string(),
         };
@@ -559,6 +564,12 @@ impl Metrics {
             self.units_running.remove(&KindLabels {
                 service: service.to_string(),
                 kind: kind.to_string(),
+            });
+        }
+        for check in checks {
+            self.readiness.problems.remove(&CheckLabels {
+                service: service.to_string(),
+                check: check.to_string(),
             });
         }
         for (backend, target) in targets {

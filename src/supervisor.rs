@@ -180,6 +180,14 @@ impl Supervisor {
                     added = ?report.added, changed = ?report.changed, removed = ?report.removed,
                     took_ms, "configuration reloaded"
                 );
+                state.record(
+                    "",
+                    "reload",
+                    format!(
+                        "configuration reloaded in {took_ms} ms: added {:?}, changed {:?}, removed {:?} (auth, webhook, TLS and reconcile settings as in the file)",
+                        report.added, report.changed, report.removed
+                    ),
+                );
                 return Ok(ReloadReport {
                     took_ms,
                     ..report.clone()
@@ -189,6 +197,21 @@ impl Supervisor {
             Err(e) => {
                 self.metrics.config_last_reload_successful.set(0);
                 warn!(error = %e, "configuration reload failed; the running configuration stays");
+                // The event is readable without credentials: the keys only, not the messages
+                // (a type error quotes the value it met).
+                let keys: Vec<&str> = e
+                    .problems()
+                    .iter()
+                    .map(|p| p.split(": ").next().unwrap_or_default())
+                    .collect();
+                state.record(
+                    "",
+                    "reload",
+                    format!(
+                        "reload failed, the running configuration stays; problems at: {} (the reload's answer and the log say what)",
+                        keys.join(", ")
+                    ),
+                );
             }
         }
         result
@@ -345,13 +368,13 @@ impl State {
                 let (gone, targets) = (name.clone(), svc.world.targets());
                 let forget = self.rt.spawn(async move {
                     let _ = task.await;
-                    metrics.forget_service(&gone, &targets);
+                    metrics.forget_service(&gone, &targets, crate::backend::CHECKS);
                     status.forget(&gone);
                 });
                 self.retiring.push((name.clone(), forget));
             }
             warn!(service = %name, "removed from the configuration: no longer reconciled; its containers, servers and instances are left as they are");
-            self.record(name, "reload", "removed from the configuration: no longer reconciled; its cloud capacity is left as it is");
+            self.record(name, "reload", "removed from the configuration: no longer reconciled; its cloud capacity is left as it is".into());
         }
         for svc in next.iter().filter(|s| !report.unchanged.contains(&s.name)) {
             // Whatever still runs under this name goes first: the task it replaces, or that of
@@ -385,7 +408,7 @@ impl State {
             } else {
                 "configuration changed by a reload: the new one applies from the next pass"
             };
-            self.record(&svc.name, "reload", what);
+            self.record(&svc.name, "reload", what.into());
         }
         if let Some((retire, task)) = self.resync.take() {
             retire.cancel();
@@ -398,14 +421,11 @@ impl State {
     }
 
     /// An event in the service's history; a store that cannot write it is logged, not fatal.
-    fn record(&self, service: &str, kind: &'static str, message: &'static str) {
+    fn record(&self, service: &str, kind: &'static str, message: String) {
         let store = self.shared.ctx.store.clone();
         let service = service.to_string();
         self.rt.spawn(async move {
-            if let Err(e) = store
-                .event(&service, kind, message.to_string(), vec![])
-                .await
-            {
+            if let Err(e) = store.event(&service, kind, message, vec![]).await {
                 warn!(service, error = %e, "could not record the reload in the events");
             }
         });

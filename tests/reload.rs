@@ -122,6 +122,20 @@ async fn reload_adds_hands_over_and_removes_services_and_a_bad_file_changes_noth
         0.0
     );
     assert_eq!(service_names(&r).await, vec!["onprem-api", "other"]);
+    // The timeline says so too, naming the keys only (the events are readable by anyone).
+    let failed: Vec<String> = r
+        .events("tail=5")
+        .await
+        .iter()
+        .filter(|e| e["kind"] == "reload")
+        .filter_map(|e| e["message"].as_str().map(String::from))
+        .collect();
+    assert!(
+        failed
+            .iter()
+            .any(|m| m.starts_with("reload failed") && m.contains("services.other.hold_dwn")),
+        "{failed:?}"
+    );
     assert_eq!(
         r.post("/api/v1/services/onprem-api/resume", Some(TOKEN))
             .await
@@ -246,6 +260,7 @@ async fn reload_adds_hands_over_and_removes_services_and_a_bad_file_changes_noth
     let m = r.metrics().await;
     assert!(!m.contains(r#"desired_mode{service="other""#), "{m}");
     assert!(!m.contains(r#"converged{service="other""#), "{m}");
+    assert!(!m.contains(r#"readiness_problems{service="other""#), "{m}");
     let gone: Vec<String> = r
         .events("service=other")
         .await

@@ -116,7 +116,7 @@ pub async fn events(
         }
         Some(n) => state
             .store
-            .recent_events(q.service.as_deref(), n.clamp(1, 10_000)),
+            .recent_events(q.service.as_deref(), n.min(10_000)),
         None => state
             .store
             .events(q.service.as_deref(), since_id, since_time, limit),

@@ -86,11 +86,25 @@ function notes(v) {
   return out;
 }
 
+// "waiting: server api/burst3@…: <reason>" once per reason, with how many wait on it: one
+// unreachable HAProxy makes every slot wait for the same thing.
+function waitingLines(waiting) {
+  const byReason = new Map();
+  for (const w of waiting || []) {
+    const i = w.indexOf(": ");
+    const reason = i < 0 ? w : w.slice(i + 2);
+    byReason.set(reason, (byReason.get(reason) || 0) + 1);
+  }
+  return [...byReason].map(([reason, n]) => `waiting${n > 1 ? ` (${n} targets)` : ""}: ${reason}`);
+}
+
 function problems(v) {
+  const ready = v.readiness;
   const items = [
     ...(v.last_error ? [`last error: ${v.last_error}`] : []),
+    ...(ready && !ready.ready ? ready.problems.map((p) => `not ready (${p.check}): ${p.message}`) : []),
     ...(v.pending_steps || []).map((p) => `pending: ${p}`),
-    ...(v.waiting || []).map((w) => `waiting: ${w}`),
+    ...waitingLines(v.waiting),
   ];
   return items.length ? el("ul", { class: "plain problems" }, items.map((i) => el("li", {}, i))) : null;
 }
