@@ -13,6 +13,8 @@ command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
 command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
 command -v alertmanager >/dev/null 2>&1 || command -v prometheus-alertmanager >/dev/null 2>&1 || need+=(prometheus-alertmanager)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+# `ip` brings loopback up in the network namespace scripts/check-metrics.sh runs in.
+command -v ip >/dev/null 2>&1 || [ -x /usr/sbin/ip ] || need+=(iproute2)
 # etcd holds the leader lease of a responder cluster (the HA tests start their own members);
 # protoc compiles etcd's protos for the etcd-client crate at build time.
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)

@@ -56,13 +56,7 @@ async fn overrides_pause_force_and_persist() {
             .0,
         200
     );
-    assert_eq!(
-        r.post_alerts(&fixture("onprem_down-firing.json"))
-            .await
-            .status()
-            .as_u16(),
-        202
-    );
+    assert_eq!(r.post_fixture("onprem_down-firing.json").await, 202);
     r.passes(2).await;
     let s = r.service_view("onprem-api").await;
     assert_eq!(s.mode(), Some(Mode::Onprem), "{s:#?}");
@@ -102,13 +96,7 @@ async fn overrides_pause_force_and_persist() {
     );
     w.settled(&r, Mode::Onprem, Duration::from_secs(30)).await;
     // Forced failover with no alert at all.
-    assert_eq!(
-        r.post_alerts(&fixture("onprem_down-resolved.json"))
-            .await
-            .status()
-            .as_u16(),
-        202
-    );
+    assert_eq!(r.post_fixture("onprem_down-resolved.json").await, 202);
     assert_eq!(
         r.post("/api/v1/services/onprem-api/failover", Some(TOKEN))
             .await
@@ -244,13 +232,7 @@ async fn plan_preview_and_dry_run_change_nothing() {
     let mut cfg = config(&w, &storage);
     cfg.dry_run = true;
     let r = Responder::start_with(cfg).await;
-    assert_eq!(
-        r.post_alerts(&fixture("onprem_down-firing.json"))
-            .await
-            .status()
-            .as_u16(),
-        202
-    );
+    assert_eq!(r.post_fixture("onprem_down-firing.json").await, 202);
     eventually("dry run decided cloud", Duration::from_secs(10), || async {
         let s = r.service_view("onprem-api").await;
         (s.mode() == Some(Mode::Cloud) && !s.status.pending_steps.is_empty()).then_some(())

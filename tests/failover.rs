@@ -105,13 +105,7 @@ async fn failover_and_failback_through_real_haproxy_and_docker() {
 
     // The same notification again: no extra steps.
     let before = r.service_view("onprem-api").await.actions().len();
-    assert_eq!(
-        r.post_alerts(&fixture("onprem_down-firing.json"))
-            .await
-            .status()
-            .as_u16(),
-        202
-    );
+    assert_eq!(r.post_fixture("onprem_down-firing.json").await, 202);
     r.passes(2).await;
     let svc = r.service_view("onprem-api").await;
     assert_eq!(
@@ -155,13 +149,7 @@ async fn drift_is_repaired_within_one_period() {
         return;
     };
     let r = &s.responder;
-    assert_eq!(
-        r.post_alerts(&fixture("onprem_down-firing.json"))
-            .await
-            .status()
-            .as_u16(),
-        202
-    );
+    assert_eq!(r.post_fixture("onprem_down-firing.json").await, 202);
     converged(r, Mode::Cloud).await;
 
     // Someone stops the container behind the responder's back.
@@ -229,22 +217,10 @@ async fn recovery_alert_fails_back_without_resolved_notification() {
         return;
     };
     let r = &s.responder;
-    assert_eq!(
-        r.post_alerts(&fixture("onprem_down-firing.json"))
-            .await
-            .status()
-            .as_u16(),
-        202
-    );
+    assert_eq!(r.post_fixture("onprem_down-firing.json").await, 202);
     converged(r, Mode::Cloud).await;
     // The resolved notification is lost; onprem_recovered fires later (startsAt 05:38:23 > 05:38:00).
-    assert_eq!(
-        r.post_alerts(&fixture("onprem_recovered-firing.json"))
-            .await
-            .status()
-            .as_u16(),
-        202
-    );
+    assert_eq!(r.post_fixture("onprem_recovered-firing.json").await, 202);
     let svc = converged(r, Mode::Onprem).await;
     let reason = svc.status.desired.map(|d| d.reason).unwrap_or_default();
     assert!(reason.contains("failback alert"), "{reason}");
@@ -293,13 +269,7 @@ async fn a_failing_service_backs_off_and_the_other_goes_on() {
         .timeouts("500ms", "1s", "1s")
         .yaml();
     let r = Responder::start(&cfg, dir_good.path()).await;
-    assert_eq!(
-        r.post_alerts(&fixture("onprem_down-firing.json"))
-            .await
-            .status()
-            .as_u16(),
-        202
-    );
+    assert_eq!(r.post_fixture("onprem_down-firing.json").await, 202);
 
     // The healthy service converges while the broken one keeps failing.
     converged(&r, Mode::Cloud).await;

@@ -163,13 +163,7 @@ async fn reload_adds_hands_over_and_removes_services_and_a_bad_file_changes_noth
     // step), and the failover completes.
     with_other.write(dir);
     assert_eq!(reload(&r, Some(TOKEN)).await.0, 200);
-    assert_eq!(
-        r.post_alerts(&fixture("onprem_down-firing.json"))
-            .await
-            .status()
-            .as_u16(),
-        202
-    );
+    assert_eq!(r.post_fixture("onprem_down-firing.json").await, 202);
     eventually(
         "the health wait in flight",
         Duration::from_secs(30),
@@ -232,13 +226,7 @@ async fn reload_adds_hands_over_and_removes_services_and_a_bad_file_changes_noth
     assert_eq!(code, 200, "{body}");
     assert_eq!(names(&body["report"]["removed"]), vec!["other"], "{body}");
     assert_eq!(service_names(&r).await, vec!["onprem-api"]);
-    assert_eq!(
-        r.post_alerts(&fixture("onprem_recovered-firing.json"))
-            .await
-            .status()
-            .as_u16(),
-        202
-    );
+    assert_eq!(r.post_fixture("onprem_recovered-firing.json").await, 202);
     w.settled(
         &r,
         failover_responder::desired::Mode::Onprem,

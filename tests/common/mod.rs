@@ -555,6 +555,11 @@ impl Responder {
         (code, resp.json().await.unwrap_or(serde_json::Value::Null))
     }
 
+    /// Posts the fixture `name` (tests/fixtures) to the webhook: the HTTP status.
+    pub async fn post_fixture(&self, name: &str) -> u16 {
+        self.post_alerts(&fixture(name)).await.status().as_u16()
+    }
+
     pub async fn post_alerts(&self, body: &[u8]) -> reqwest::Response {
         self.client
             .post(format!("{}/api/v1/alerts", self.url))
