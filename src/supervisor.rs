@@ -22,7 +22,7 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -71,12 +71,32 @@ pub struct ReloadReport {
     pub took_ms: u64,
 }
 
+/// The configuration's reload history as `GET /api/v1/status` shows it (`config`); the same
+/// facts as the `config_last_reload_*` metrics, readable without credentials, so the problems
+/// are named by key path only (a type error quotes the value it met).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ConfigStatus {
+    /// The file the responder reads (`--config.file`); absent when built without one (tests).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    /// Whether the last load (start or reload) was applied.
+    pub last_reload_successful: bool,
+    /// When the running configuration was loaded (start or last good reload).
+    pub last_reload_success_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// When a reload was last refused, and the key paths of its problems.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failed_reload_at: Option<chrono::DateTime<chrono::Utc>>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub last_failed_reload_keys: Vec<String>,
+}
+
 /// Starts, swaps and stops the tasks; reloads the config. Cheap to clone; one reload at a
 /// time.
 #[derive(Clone)]
 pub struct Supervisor {
     inner: Arc<tokio::sync::Mutex<State>>,
     metrics: Arc<Metrics>,
+    config: Arc<std::sync::Mutex<ConfigStatus>>,
 }
 
 /// The handles that live as long as the listener, whatever the config says.
@@ -139,10 +159,17 @@ impl Supervisor {
             )));
         }
         let resync = spawn_resync(&rt, &config, &shared, &stop);
+        let now = chrono::Utc::now();
         metrics.config_last_reload_successful.set(1);
         metrics
             .config_last_reload_success_timestamp
-            .set(chrono::Utc::now().timestamp());
+            .set(now.timestamp());
+        let status = ConfigStatus {
+            file: config.source.as_ref().map(|p| p.display().to_string()),
+            last_reload_successful: true,
+            last_reload_success_at: Some(now),
+            ..ConfigStatus::default()
+        };
         Supervisor {
             inner: Arc::new(tokio::sync::Mutex::new(State {
                 running: config,
@@ -155,6 +182,31 @@ impl Supervisor {
                 rt,
             })),
             metrics,
+            config: Arc::new(std::sync::Mutex::new(status)),
+        }
+    }
+
+    /// The reload history for the status document.
+    pub fn config_status(&self) -> ConfigStatus {
+        self.config
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn note_reload(&self, failed_keys: Option<Vec<String>>) {
+        let mut c = self
+            .config
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = chrono::Utc::now();
+        c.last_reload_successful = failed_keys.is_none();
+        match failed_keys {
+            None => c.last_reload_success_at = Some(now),
+            Some(keys) => {
+                c.last_failed_reload_at = Some(now);
+                c.last_failed_reload_keys = keys;
+            }
         }
     }
 
@@ -171,6 +223,7 @@ impl Supervisor {
         crate::systemd::ready();
         match &result {
             Ok(report) => {
+                self.note_reload(None);
                 self.metrics.config_last_reload_successful.set(1);
                 self.metrics
                     .config_last_reload_success_timestamp
@@ -204,6 +257,7 @@ impl Supervisor {
                     .iter()
                     .map(|p| p.split(": ").next().unwrap_or_default())
                     .collect();
+                self.note_reload(Some(keys.iter().map(|k| k.to_string()).collect()));
                 state.record(
                     "",
                     "reload",

@@ -187,6 +187,12 @@ async fn overrides_pause_force_and_persist() {
     for (q, code) in [("since=yesterday", 400), ("service=nope", 404)] {
         assert_eq!(r.get(&format!("/api/v1/events?{q}")).await.0, code, "{q}");
     }
+    // A query that does not parse answers in the API's JSON shape, naming the query.
+    let (code, body) = r.get("/api/v1/events?tail=abc").await;
+    assert_eq!(code, 400, "{body}");
+    let body: serde_json::Value = serde_json::from_str(&body).expect("a JSON error body");
+    let error = body["error"].as_str().unwrap_or_default();
+    assert!(error.contains("tail=abc"), "{body}");
     r.shutdown().await;
 }
 

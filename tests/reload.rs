@@ -136,6 +136,17 @@ async fn reload_adds_hands_over_and_removes_services_and_a_bad_file_changes_noth
             .any(|m| m.starts_with("reload failed") && m.contains("services.other.hold_dwn")),
         "{failed:?}"
     );
+    // And the status document: refused, when, which keys; the running config's load time kept.
+    let config = &r.status().await["config"];
+    assert_eq!(config["last_reload_successful"], false, "{config}");
+    assert!(config["last_failed_reload_at"].is_string(), "{config}");
+    let keys = names(&config["last_failed_reload_keys"]);
+    assert!(
+        keys.contains(&"services.other.hold_dwn".to_string()),
+        "{keys:?}"
+    );
+    assert!(!keys.iter().any(|k| k.contains("token2")), "{keys:?}");
+    assert!(config["last_reload_success_at"].is_string(), "{config}");
     assert_eq!(
         r.post("/api/v1/services/onprem-api/resume", Some(TOKEN))
             .await

@@ -33,6 +33,16 @@ pub enum BackendError {
 }
 
 impl BackendError {
+    /// The message without the target, for a caller that names the target itself (a
+    /// readiness [`Problem`] has its own `target`; printing both said it twice).
+    pub fn detail(&self) -> String {
+        match self {
+            BackendError::Unreachable { message, .. } => format!("unreachable: {message}"),
+            BackendError::Rejected { message, .. } => message.clone(),
+            BackendError::Timeout { .. } => self.to_string(),
+        }
+    }
+
     /// Whether the same call could succeed later without a human changing something.
     pub fn is_retryable(&self) -> bool {
         match self {

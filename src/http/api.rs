@@ -23,6 +23,8 @@ pub struct StatusDoc {
     pub alertmanager_resync: ResyncStatus,
     /// This node's part in a responder cluster (`role: standalone` without `cluster:`).
     pub cluster: crate::cluster::ClusterStatus,
+    /// The config file and its last reload (good or refused, with the refused keys).
+    pub config: crate::supervisor::ConfigStatus,
 }
 
 /// One service in [`StatusDoc`].
@@ -74,6 +76,7 @@ pub async fn status(state: web::Data<AppState>) -> HttpResponse {
             .cluster
             .as_ref()
             .map_or_else(crate::cluster::ClusterStatus::standalone, |c| c.status()),
+        config: state.supervisor.config_status(),
     })
 }
 

@@ -92,7 +92,14 @@ impl AppState {
 
 /// Registers every route.
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/", web::get().to(ui::index))
+    // A query string that does not parse (`?tail=abc`) answers 400 in the API's JSON shape,
+    // naming the query, not actix's plain-text default.
+    let query = web::QueryConfig::default().error_handler(|err, req| {
+        let query = req.query_string().to_owned();
+        error::ApiError::BadRequest(format!("query string {query:?}: {err}")).into()
+    });
+    cfg.app_data(query)
+        .route("/", web::get().to(ui::index))
         .route("/ui/app.js", web::get().to(ui::script))
         .route("/ui/app.css", web::get().to(ui::style))
         .route("/api/v1/alerts", web::post().to(webhook::receive))

@@ -53,7 +53,8 @@ async fn api_readiness(
             return vec![problem(
                 "haproxy_runtime_api",
                 format!(
-                    "{e}: check that HAProxy runs and that its stats socket is at this address"
+                    "{}: check that HAProxy runs and that its stats socket is at this address",
+                    e.detail()
                 ),
             )]
         }

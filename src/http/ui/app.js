@@ -77,7 +77,7 @@ function notes(v) {
   const out = [];
   const st = v.state || {};
   if (st.override) out.push(el("span", { class: "pill warn", "data-override": st.override }, `override: ${st.override}`));
-  out.push(v.converged ? el("span", { class: "pill ok" }, "converged") : el("span", { class: "pill warn" }, "working"));
+  out.push(v.converged ? el("span", { class: "pill ok" }, "converged") : el("span", { class: "pill warn" }, "converging"));
   if (st.step_in_flight) out.push(el("span", { class: "pill" }, `step: ${st.step_in_flight}`));
   if (v.held) out.push(el("span", { class: "pill warn" }, `held: ${v.held}`));
   for (const b of v.blocked || []) out.push(el("span", { class: "pill bad" }, `blocked: ${b}`));
@@ -201,6 +201,13 @@ function header(doc) {
   const r = doc.alertmanager_resync || {};
   document.getElementById("resync").textContent = r.last_attempt
     ? `Alertmanager resync ${r.last_error ? "failing" : "ok"}, ${ago(r.last_attempt)}` : "";
+  const cfg = doc.config || {};
+  const loaded = cfg.last_reload_success_at ? `config loaded ${ago(cfg.last_reload_success_at)}` : "";
+  const configEl = document.getElementById("config");
+  configEl.textContent = cfg.last_reload_successful === false
+    ? `config reload REFUSED ${ago(cfg.last_failed_reload_at)} (${(cfg.last_failed_reload_keys || []).join(", ")}); ${loaded} still runs`
+    : loaded;
+  configEl.classList.toggle("bad", cfg.last_reload_successful === false);
 }
 
 let inflight = false;
