@@ -244,7 +244,7 @@ fi
 
 # --- Shell scripts and GitHub workflows --------------------------------------------------------
 if have shellcheck; then
-  mapfile -t shell_scripts < <(git ls-files '*.sh' .ci/run)
+  mapfile -t shell_scripts < <(git ls-files '*.sh' .ci/run deploy/debian/postinst deploy/debian/postrm)
   check "shellcheck (${#shell_scripts[@]} scripts, no finding left)" shellcheck "${shell_scripts[@]}"
 else
   skip "shellcheck" "shellcheck not installed (Debian package shellcheck)"
@@ -278,11 +278,11 @@ if have systemd-analyze; then
   # `systemd-analyze verify` refuses a unit whose ExecStart binary does not exist, and the
   # responder is not installed here. --root=DIR does not help (it then wants a whole unit
   # tree, sysinit.target and all, under DIR). So verify a copy, under the same unit name,
-  # whose /usr/local/bin/failover-responder points at a stand-in executable (a copy of
+  # whose /usr/bin/failover-responder points at a stand-in executable (a copy of
   # `true`); every other line is verified exactly as written.
   mkdir -p "$work/unit"
   cp "$(type -P true)" "$work/unit/failover-responder"
-  sed "s#/usr/local/bin/failover-responder#$work/unit/failover-responder#g" "$unit" \
+  sed "s#/usr/bin/failover-responder#$work/unit/failover-responder#g" "$unit" \
     >"$work/unit/failover-responder.service"
   # verify only WARNS about unparsable lines ("Failed to parse ..., ignoring") and still
   # exits 0, and a silently ignored hardening line is exactly what must not pass: any output
@@ -305,8 +305,8 @@ if have systemd-sysusers; then
   # shows what it would create, without creating anything on this machine.
   mkdir -p "$work/sysroot/etc"
   cp /etc/passwd /etc/group "$work/sysroot/etc/" 2>/dev/null
-  check "systemd-sysusers --dry-run deploy/systemd/failover-responder.sysusers.conf" \
-    systemd-sysusers --root="$work/sysroot" --dry-run "$repo/deploy/systemd/failover-responder.sysusers.conf"
+  check "systemd-sysusers --dry-run deploy/systemd/failover-responder.sysusers" \
+    systemd-sysusers --root="$work/sysroot" --dry-run "$repo/deploy/systemd/failover-responder.sysusers"
 else
   skip "systemd-sysusers --dry-run" "systemd-sysusers not installed (Debian package systemd)"
 fi

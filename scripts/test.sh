@@ -16,7 +16,8 @@ scripts/install-deps.sh
 
 stage "scripts are executable (the README runs them as scripts/NAME.sh)"
 if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
-  not_exec=$(git ls-files -s -- 'scripts/*.sh' '.ci/run' | awk '$1 != "100755" { print $4 }')
+  not_exec=$(git ls-files -s -- 'scripts/*.sh' '.ci/run' 'tests/package/*.sh' 'deploy/debian/postinst' \
+    'deploy/debian/postrm' | awk '$1 != "100755" { print $4 }')
   if [ -n "$not_exec" ]; then
     echo "not executable in git (git update-index --chmod=+x FILE): $not_exec" >&2
     exit 1
@@ -85,6 +86,9 @@ if [ -x scripts/check-deploy.sh ]; then
   stage "deployment files (promtool, amtool, systemd-analyze, terraform checks)"
   scripts/check-deploy.sh
 fi
+
+stage "Debian package (cargo deb, lintian, its life on a clean Debian root under systemd)"
+scripts/check-package.sh
 
 # The tests' closing line again, last, so it is what a reader sees at the end of the output.
 printf '\n==> all stages passed\n'

@@ -220,7 +220,11 @@ fn check_config(path: &std::path::Path) -> ExitCode {
 fn init_tracing(level: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // Colour only on a terminal: redirected to a file or the journal, escape codes are noise.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
@@ -571,5 +575,76 @@ async fn shutdown_signal() {
         Err(_) => {
             let _ = tokio::signal::ctrl_c().await;
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::expect_used)] // a test: a failure is a panic
+mod man_pages {
+    use clap::CommandFactory;
+
+    /// `failover-responder.1` and one page per subcommand, as clap_mangen renders them.
+    fn render() -> Vec<(String, Vec<u8>)> {
+        let cli = super::Cli::command();
+        let mut pages = Vec::new();
+        // The page's name (failover-responder-serve) and how the synopsis calls it
+        // (failover-responder serve).
+        let mut page = |name: String, call: String, cmd: clap::Command| {
+            let mut out = Vec::new();
+            clap_mangen::Man::new(cmd.display_name(name.clone()).bin_name(call))
+                .render(&mut out)
+                .expect("rendering into a Vec cannot fail");
+            pages.push((format!("{name}.1"), out));
+        };
+        for sub in cli.get_subcommands().filter(|s| s.get_name() != "help") {
+            let name = sub.get_name();
+            page(
+                format!("failover-responder-{name}"),
+                format!("failover-responder {name}"),
+                sub.clone(),
+            );
+        }
+        page(
+            "failover-responder".into(),
+            "failover-responder".into(),
+            cli,
+        );
+        pages
+    }
+
+    /// The Debian package installs deploy/debian/man/ (`man failover-responder-serve`); they must
+    /// say what the binary says. FR_UPDATE_MAN=1 rewrites them instead of failing.
+    #[test]
+    fn man_pages_match_the_cli() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/debian/man");
+        let update = std::env::var_os("FR_UPDATE_MAN").is_some();
+        let pages = render();
+        // A page with no subcommand behind it any more would still ship (the package takes
+        // deploy/debian/man/*.1).
+        let mut stale: Vec<String> = std::fs::read_dir(&dir)
+            .map(|d| {
+                d.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                    .filter(|f| f.ends_with(".1") && !pages.iter().any(|(p, _)| p == f))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if update {
+            for f in stale.drain(..) {
+                std::fs::remove_file(dir.join(f)).expect("removing a stale man page");
+            }
+        }
+        for (file, want) in pages {
+            let path = dir.join(&file);
+            if update {
+                std::fs::create_dir_all(&dir).expect("creating deploy/debian/man");
+                std::fs::write(&path, &want).expect("writing a man page");
+            } else if std::fs::read(&path).ok().as_deref() != Some(want.as_slice()) {
+                stale.push(file);
+            }
+        }
+        assert!(
+            stale.is_empty(),
+            "stale man pages {stale:?}: run FR_UPDATE_MAN=1 cargo test --bin failover-responder man_pages"
+        );
     }
 }

@@ -25,10 +25,10 @@ locals {
   responder_config_yaml = coalesce(var.responder_config_yaml, file("${path.module}/../config/failover-responder.yaml"))
 
   # Rendered in two steps: the bootstrap script, then cloud-config that carries it (and the
-  # unit and config) base64-encoded, so no file content can break the YAML's indentation.
+  # config) base64-encoded, so no file content can break the YAML's indentation.
   bootstrap_sh = templatefile("${path.module}/templates/bootstrap.sh.tftpl", {
-    binary_url        = var.responder_binary_url
-    binary_sha256     = var.responder_binary_sha256
+    package_url       = var.responder_package_url
+    package_sha256    = var.responder_package_sha256
     responder_version = var.responder_version
     token_parameter   = var.token_ssm_parameter_name
     region            = local.region
@@ -37,8 +37,6 @@ locals {
   })
 
   user_data = templatefile("${path.module}/templates/cloud-init.yaml.tftpl", {
-    unit_b64       = base64encode(file("${path.module}/../deploy/systemd/failover-responder.service"))
-    sysusers_b64   = base64encode(file("${path.module}/../deploy/systemd/failover-responder.sysusers.conf"))
     config_b64     = base64encode(local.responder_config_yaml)
     bootstrap_b64  = base64encode(local.bootstrap_sh)
     responder_port = var.responder_port
@@ -108,13 +106,13 @@ resource "aws_vpc_security_group_ingress_rule" "scrape" {
   to_port           = var.responder_port
 }
 
-# Out: HTTPS (SSM, the binary, container registries, Debian mirrors), HTTP (Debian's AWS
+# Out: HTTPS (SSM, the package, container registries, Debian mirrors), HTTP (Debian's AWS
 # mirror serves apt over HTTP; packages are signature-checked) and Alertmanager's API. DNS,
 # NTP and the instance metadata service are link-local and not subject to security groups.
 # Add a rule here if the HAProxy Runtime API is reached over TCP.
 resource "aws_vpc_security_group_egress_rule" "https" {
   security_group_id = aws_security_group.responder.id
-  description       = "HTTPS out: SSM, responder binary, container registries"
+  description       = "HTTPS out: SSM, responder package, container registries"
   cidr_ipv4         = "0.0.0.0/0"
   ip_protocol       = "tcp"
   from_port         = 443

@@ -25,7 +25,7 @@ variable "subnet_id" {
   description = <<-EOT
     Subnet of the standby host: a PRIVATE subnet reachable from Alertmanager over the VPN /
     Direct Connect / peering. It needs outbound HTTPS/HTTP (NAT gateway or VPC endpoints) for
-    Debian packages, SSM and the responder binary. The instance gets no public IP.
+    Debian packages, SSM and the responder package. The instance gets no public IP.
   EOT
   type        = string
 }
@@ -83,7 +83,7 @@ variable "instance_type" {
 }
 
 variable "architecture" {
-  description = "CPU architecture of the AMI and of the responder binary: amd64 or arm64."
+  description = "CPU architecture of the AMI and of the responder package: amd64 or arm64."
   type        = string
   default     = "amd64"
 
@@ -116,23 +116,23 @@ variable "responder_version" {
   type        = string
 }
 
-variable "responder_binary_url" {
-  description = "HTTPS URL of the failover-responder binary for var.architecture (e.g. a release asset or a presigned S3 URL)."
+variable "responder_package_url" {
+  description = "HTTPS URL of the failover-responder Debian package (.deb, `cargo deb`) for var.architecture (e.g. a release asset or a presigned S3 URL)."
   type        = string
 
   validation {
-    condition     = startswith(var.responder_binary_url, "https://")
-    error_message = "responder_binary_url must be https://: the binary runs with access to the Docker socket."
+    condition     = startswith(var.responder_package_url, "https://")
+    error_message = "responder_package_url must be https://: the package installs a program with access to the Docker socket."
   }
 }
 
-variable "responder_binary_sha256" {
-  description = "SHA-256 of the binary; the bootstrap refuses to install anything else."
+variable "responder_package_sha256" {
+  description = "SHA-256 of the package; the bootstrap refuses to install anything else."
   type        = string
 
   validation {
-    condition     = can(regex("^[0-9a-f]{64}$", var.responder_binary_sha256))
-    error_message = "responder_binary_sha256 must be 64 lowercase hex digits."
+    condition     = can(regex("^[0-9a-f]{64}$", var.responder_package_sha256))
+    error_message = "responder_package_sha256 must be 64 lowercase hex digits."
   }
 }
 
