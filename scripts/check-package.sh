@@ -19,7 +19,7 @@
 #        exits 1 when a check failed.
 # Env:   PACKAGE_OUT (default $CARGO_TARGET_DIR/debian) where the .deb is written;
 #        DEBIAN_MIRROR (default http://deb.debian.org/debian) for debootstrap.
-# A missing tool is installed (Debian packages debootstrap, lintian, dpkg-dev; cargo-deb from
+# A missing tool is installed (Debian packages debootstrap, lintian, dpkg, binutils; cargo-deb from
 # crates.io); if it cannot be, the check fails under CI=true and is skipped loudly otherwise.
 set -uo pipefail
 
@@ -81,7 +81,7 @@ for tool in dpkg-deb objcopy; do
 done
 mkdir -p "$out_dir"
 rm -f "$out_dir"/failover-responder_*.deb "$out_dir"/failover-responder-dbgsym_*.ddeb
-if "$tools/bin/cargo-deb" --locked --compress-debug-symbols=zlib --output "$out_dir" >"$out_dir/build.log" 2>&1; then
+if "$tools/bin/cargo-deb" --locked --output "$out_dir" >"$out_dir/build.log" 2>&1; then
   deb=$(ls "$out_dir"/failover-responder_*.deb)
   dbgsym=$(ls "$out_dir"/failover-responder-dbgsym_*.ddeb 2>/dev/null)
   pass "cargo deb builds $(basename "$deb") ($(du -k "$deb" | cut -f1) KiB, $(dpkg-deb -f "$deb" Installed-Size) KiB installed) and $(basename "${dbgsym:-no dbgsym package}") ($(du -k "${dbgsym:-/dev/null}" | cut -f1) KiB)"
@@ -187,19 +187,17 @@ if ! docker image inspect "$image" >/dev/null 2>&1; then
   missing "install, run, remove, purge on $suite" "could not build $image (debootstrap)"
   finish
 fi
-# systemd as PID 1 needs tmpfs on /run and a cgroup tree it may write: on cgroup v2 a private
-# cgroup namespace; on v1 the host's hierarchy, where it keeps to the container's own subtree
-# (/proc/self/cgroup names it; a private namespace would make it take the root). CAP_SYS_ADMIN
-# lets it build the unit's sandbox (mount namespaces for ProtectSystem= and friends) as on a
-# host (--privileged is refused where the Docker engine itself runs with fewer capabilities).
-# No network: nothing in the scenario may reach out.
-if [ "$(docker info --format '{{.CgroupVersion}}' 2>/dev/null)" = 1 ]; then
-  cgroup_args=(--cgroupns=host -v /sys/fs/cgroup:/sys/fs/cgroup:rw)
-else
-  cgroup_args=(--cgroupns=private)
-fi
+# systemd as PID 1 needs tmpfs on /run and a cgroup tree it may write: the host's hierarchy,
+# mounted writable, in the host's cgroup namespace, where /proc/self/cgroup names the
+# container's own subtree and systemd keeps to it (in a private namespace it would take the
+# bind-mounted root for its own). That is the usual recipe on cgroup v1 (this machine) and v2
+# (not run here). CAP_SYS_ADMIN lets it build the unit's sandbox (mount namespaces for
+# ProtectSystem= and friends) as on a host; --privileged is refused where the Docker engine
+# itself runs with fewer capabilities. No network: nothing in the scenario may reach out.
+cgroup_args=(--cgroupns=host -v /sys/fs/cgroup:/sys/fs/cgroup:rw)
 name="fr-package-$$"
 docker rm -f "$name" >/dev/null 2>&1
+trap 'docker rm -f "$name" >/dev/null 2>&1' EXIT
 # AppArmor's docker-default profile (Ubuntu hosts) forbids the mounts the sandbox makes; this
 # container is thrown away after the run.
 docker run -d --name "$name" --cap-add SYS_ADMIN --security-opt apparmor=unconfined \
@@ -207,7 +205,6 @@ docker run -d --name "$name" --cap-add SYS_ADMIN --security-opt apparmor=unconfi
   --tmpfs /run --tmpfs /run/lock --tmpfs /tmp \
   -v "$deb:/pkg/$(basename "$deb"):ro" -v "$repo/tests/package:/pkg/tests:ro" \
   "$image" >/dev/null
-trap 'docker rm -f "$name" >/dev/null 2>&1' EXIT
 if timeout 600 docker exec "$name" /pkg/tests/lifecycle.sh "/pkg/$(basename "$deb")" 2>&1 | indent; then
   pass "install, configure, start under systemd, reload, upgrade, remove, purge on $suite"
 else

@@ -291,8 +291,9 @@ async fn ctl(
             .with_context(|| format!("reading token file {}", p.display()))?
             .trim_end_matches(['\n', '\r'])
             .to_string(),
-        None => std::env::var("FAILOVER_RESPONDER_TOKEN")
-            .context("no --token-file and FAILOVER_RESPONDER_TOKEN is not set")?,
+        None => std::env::var("FAILOVER_RESPONDER_TOKEN").map_err(|_| {
+            anyhow::anyhow!("no --token-file and FAILOVER_RESPONDER_TOKEN is not set")
+        })?,
     };
     let verb = match action {
         CtlAction::Check => "check",
@@ -334,7 +335,10 @@ async fn ctl(
             .to_string();
         return follow_drill(&client, base, service, &since).await;
     }
-    println!("{service}: override {}", body["override"]);
+    match body["override"].as_str() {
+        Some(o) => println!("{service}: override {o}"),
+        None => println!("{service}: no override, following the alerts"),
+    }
     Ok(())
 }
 
@@ -431,6 +435,21 @@ fn print_status(st: &serde_json::Value, only: Option<&str>) {
         let _ = writeln!(std::io::stdout(), "{line}");
     }
     let bad = Style::new().fg_color(Some(AnsiColor::Red.into())).bold();
+    let cfg = &st["config"];
+    if cfg["last_reload_successful"] == false {
+        // The operator's next look after `systemctl reload` (which cannot say it failed).
+        let keys: Vec<&str> = cfg["last_failed_reload_keys"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|k| k.as_str()).collect())
+            .unwrap_or_default();
+        let _ = writeln!(
+            anstream::stdout(),
+            "{bad}config: reload REFUSED at {} (problems at: {}); still running the config loaded at {}{bad:#}",
+            cfg["last_failed_reload_at"].as_str().unwrap_or("?"),
+            keys.join(", "),
+            cfg["last_reload_success_at"].as_str().unwrap_or("?"),
+        );
+    }
     let warn = Style::new().fg_color(Some(AnsiColor::Yellow.into()));
     let good = Style::new().fg_color(Some(AnsiColor::Green.into()));
     let rows: Vec<StatusRow> = services
@@ -585,13 +604,18 @@ mod man_pages {
 
     /// `failover-responder.1` and one page per subcommand, as clap_mangen renders them.
     fn render() -> Vec<(String, Vec<u8>)> {
-        let cli = super::Cli::command();
+        // Without the implicit `help` subcommand (no page of its own to point to); each page
+        // carries the version in its footer.
+        let cli = super::Cli::command().disable_help_subcommand(true);
         let mut pages = Vec::new();
         // The page's name (failover-responder-serve) and how the synopsis calls it
         // (failover-responder serve).
         let mut page = |name: String, call: String, cmd: clap::Command| {
             let mut out = Vec::new();
-            clap_mangen::Man::new(cmd.display_name(name.clone()).bin_name(call))
+            // The footer shows the command's name: the page's, not `serve`. (`name` wants a
+            // 'static str; leaking four short strings in a test is fine.)
+            let name_static: &'static str = Box::leak(name.clone().into_boxed_str());
+            clap_mangen::Man::new(cmd.name(name_static).bin_name(call))
                 .render(&mut out)
                 .expect("rendering into a Vec cannot fail");
             pages.push((format!("{name}.1"), out));
@@ -601,7 +625,7 @@ mod man_pages {
             page(
                 format!("failover-responder-{name}"),
                 format!("failover-responder {name}"),
-                sub.clone(),
+                sub.clone().version(env!("CARGO_PKG_VERSION")),
             );
         }
         page(

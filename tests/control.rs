@@ -124,6 +124,10 @@ async fn overrides_pause_force_and_persist() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "onprem-api: no override, following the alerts"
+    );
     w.settled(&r, Mode::Onprem, Duration::from_secs(30)).await;
     let out = std::process::Command::new(bin)
         .args(["ctl", "--url", &r.url, "status"])

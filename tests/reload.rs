@@ -147,6 +147,19 @@ async fn reload_adds_hands_over_and_removes_services_and_a_bad_file_changes_noth
     );
     assert!(!keys.iter().any(|k| k.contains("token2")), "{keys:?}");
     assert!(config["last_reload_success_at"].is_string(), "{config}");
+    // `ctl status`, where an operator looks after `systemctl reload` (which cannot say it
+    // failed), says so above the table.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_failover-responder"))
+        .args(["ctl", "--url", &r.url, "status"])
+        .output()
+        .expect("ctl status");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let first = text.lines().next().unwrap_or_default();
+    assert!(
+        first.starts_with("config: reload REFUSED at ")
+            && first.contains("services.other.hold_dwn"),
+        "{text}"
+    );
     assert_eq!(
         r.post("/api/v1/services/onprem-api/resume", Some(TOKEN))
             .await

@@ -106,3 +106,35 @@ pub fn validate_http_url(url: &str, key: &str, errors: &mut Vec<String>) {
         Err(e) => errors.push(format!("{key}: {url:?}: {e}")),
     }
 }
+
+#[cfg(test)]
+mod detail_tests {
+    use super::BackendError;
+    use std::time::Duration;
+
+    /// A readiness problem names its target itself: the detail must not say it again.
+    #[test]
+    fn detail_leaves_the_target_out() {
+        let target = "haproxy unix:/run/haproxy/admin.sock".to_string();
+        let unreachable = BackendError::Unreachable {
+            target: target.clone(),
+            message: "No such file or directory (os error 2)".into(),
+        };
+        assert_eq!(
+            unreachable.detail(),
+            "unreachable: No such file or directory (os error 2)"
+        );
+        assert!(unreachable.to_string().starts_with(&target));
+        let rejected = BackendError::Rejected {
+            target: target.clone(),
+            message: "No such server.".into(),
+            retryable: false,
+        };
+        assert_eq!(rejected.detail(), "No such server.");
+        let timeout = BackendError::Timeout {
+            what: "show servers state".into(),
+            after: Duration::from_secs(2),
+        };
+        assert_eq!(timeout.detail(), "show servers state: timed out after 2s");
+    }
+}

@@ -91,8 +91,8 @@ if [ "$rc" -eq 1 ] && grep -q "auth.bearer_token_file: cannot read $etc/token" <
 else
   not_ok "check-config without the token file: exit 1, names auth.bearer_token_file" "exit $rc: $out"
 fi
-# The README's step: the token, readable by the service user only.
-install -m 0600 -o failover-responder -g failover-responder /dev/null "$etc/token"
+# The README's step: the token, readable by root and the service's group only.
+install -m 0640 -o root -g failover-responder /dev/null "$etc/token"
 head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$etc/token"
 check "check-config from /usr/bin, as the service user, on the shipped config" \
   runuser -u failover-responder -- /usr/bin/failover-responder check-config \

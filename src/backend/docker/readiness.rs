@@ -8,18 +8,22 @@ use bollard::query_parameters::ListContainersOptions;
 use bollard::Docker;
 
 use super::{ContainerSpec, DockerBackend, PortSpec};
-use crate::backend::Problem;
+use crate::backend::{BackendError, Problem};
 
 impl DockerBackend {
     /// What would keep `specs` (a service's failover containers or burst units) from starting
     /// on this engine now; empty when nothing would. Reads only: inspects, an image lookup and
     /// one list of the running containers.
     pub async fn readiness(&self, service: &str, specs: &[ContainerSpec]) -> Vec<Problem> {
-        let engine = |e: &dyn std::fmt::Display| {
+        // The problem names the engine as its target; the error's own text without it.
+        let engine = |e: &BackendError| {
             vec![Problem::new(
                 "docker_engine",
                 format!("docker {}", self.host),
-                format!("{e}: start the Docker engine on the cloud host, or fix docker.host"),
+                format!(
+                    "{}: start the Docker engine on the cloud host, or fix docker.host",
+                    e.detail()
+                ),
             )]
         };
         let d = match self.client().await {
