@@ -620,7 +620,7 @@ mod man_pages {
                 .expect("rendering into a Vec cannot fail");
             pages.push((format!("{name}.1"), out));
         };
-        for sub in cli.get_subcommands().filter(|s| s.get_name() != "help") {
+        for sub in cli.get_subcommands() {
             let name = sub.get_name();
             page(
                 format!("failover-responder-{name}"),

@@ -159,18 +159,11 @@ impl Supervisor {
             )));
         }
         let resync = spawn_resync(&rt, &config, &shared, &stop);
-        let now = chrono::Utc::now();
-        metrics.config_last_reload_successful.set(1);
-        metrics
-            .config_last_reload_success_timestamp
-            .set(now.timestamp());
         let status = ConfigStatus {
             file: config.source.as_ref().map(|p| p.display().to_string()),
-            last_reload_successful: true,
-            last_reload_success_at: Some(now),
             ..ConfigStatus::default()
         };
-        Supervisor {
+        let supervisor = Supervisor {
             inner: Arc::new(tokio::sync::Mutex::new(State {
                 running: config,
                 shared,
@@ -183,7 +176,9 @@ impl Supervisor {
             })),
             metrics,
             config: Arc::new(std::sync::Mutex::new(status)),
-        }
+        };
+        supervisor.note_reload(None);
+        supervisor
     }
 
     /// The reload history for the status document.
@@ -194,12 +189,22 @@ impl Supervisor {
             .clone()
     }
 
+    /// A load applied (`None`: start or good reload) or refused (the problems' key paths): in
+    /// the status document and in the `config_last_reload_*` metrics alike.
     fn note_reload(&self, failed_keys: Option<Vec<String>>) {
+        let now = chrono::Utc::now();
+        self.metrics
+            .config_last_reload_successful
+            .set(i64::from(failed_keys.is_none()));
+        if failed_keys.is_none() {
+            self.metrics
+                .config_last_reload_success_timestamp
+                .set(now.timestamp());
+        }
         let mut c = self
             .config
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let now = chrono::Utc::now();
         c.last_reload_successful = failed_keys.is_none();
         match failed_keys {
             None => c.last_reload_success_at = Some(now),
@@ -224,10 +229,6 @@ impl Supervisor {
         match &result {
             Ok(report) => {
                 self.note_reload(None);
-                self.metrics.config_last_reload_successful.set(1);
-                self.metrics
-                    .config_last_reload_success_timestamp
-                    .set(chrono::Utc::now().timestamp());
                 let took_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
                 info!(
                     added = ?report.added, changed = ?report.changed, removed = ?report.removed,
@@ -248,7 +249,6 @@ impl Supervisor {
             }
             Err(ReloadError::ShuttingDown) => {}
             Err(e) => {
-                self.metrics.config_last_reload_successful.set(0);
                 warn!(error = %e, "configuration reload failed; the running configuration stays");
                 // The event is readable without credentials: the keys only, not the messages
                 // (a type error quotes the value it met).

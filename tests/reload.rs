@@ -14,6 +14,16 @@ async fn reload(r: &Responder, token: Option<&str>) -> (u16, Value) {
     r.post("/-/reload", token).await
 }
 
+/// The messages of the `reload` events that `GET /api/v1/events?{query}` answers.
+async fn reload_events(r: &Responder, query: &str) -> Vec<String> {
+    r.events(query)
+        .await
+        .iter()
+        .filter(|e| e["kind"] == "reload")
+        .filter_map(|e| e["message"].as_str().map(String::from))
+        .collect()
+}
+
 fn names(v: &Value) -> Vec<String> {
     v.as_array()
         .map(|a| {
@@ -123,13 +133,7 @@ async fn reload_adds_hands_over_and_removes_services_and_a_bad_file_changes_noth
     );
     assert_eq!(service_names(&r).await, vec!["onprem-api", "other"]);
     // The timeline says so too, naming the keys only (the events are readable by anyone).
-    let failed: Vec<String> = r
-        .events("tail=5")
-        .await
-        .iter()
-        .filter(|e| e["kind"] == "reload")
-        .filter_map(|e| e["message"].as_str().map(String::from))
-        .collect();
+    let failed = reload_events(&r, "tail=5").await;
     assert!(
         failed
             .iter()
@@ -273,13 +277,7 @@ async fn reload_adds_hands_over_and_removes_services_and_a_bad_file_changes_noth
     assert!(!m.contains(r#"desired_mode{service="other""#), "{m}");
     assert!(!m.contains(r#"converged{service="other""#), "{m}");
     assert!(!m.contains(r#"readiness_problems{service="other""#), "{m}");
-    let gone: Vec<String> = r
-        .events("service=other")
-        .await
-        .iter()
-        .filter(|e| e["kind"] == "reload")
-        .filter_map(|e| e["message"].as_str().map(String::from))
-        .collect();
+    let gone = reload_events(&r, "service=other").await;
     assert!(gone.iter().any(|m| m.contains("left as it is")), "{gone:?}");
 
     // Auth: the new token in, the old one out, at once.
